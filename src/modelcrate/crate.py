@@ -1,0 +1,358 @@
+"""Crate: a manifest plus its files, in directory form or single-file ``.crate`` form.
+
+A ``.crate`` is an uncompressed POSIX tar with ``crate.json`` first, the other
+files in sorted order, and fixed mtime/uid/gid/mode, so the same inputs always
+give the same bytes. Reading never extracts: members are checked (regular files
+only, safe names, no duplicates, sizes within limits, every file listed in the
+manifest) and then read by offset, and every read is checked against the
+size and sha256 the manifest records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from modelcrate.errors import CrateFormatError, IntegrityError, UnsafeContentError
+from modelcrate.manifest import (
+    FILE_PATH_PATTERN,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    FileEntry,
+    Manifest,
+    parse_manifest,
+)
+
+CHUNK = 1024 * 1024
+MAX_MEMBERS = 10_000
+MAX_FILE_BYTES = 64 * 1024**3
+_FILE_PATH = re.compile(FILE_PATH_PATTERN)
+# A pickle stream starts with PROTO (0x80) and a protocol number; torch.save
+# archives are zips holding a data.pkl. Neither is ever loaded from a crate.
+_PICKLE_PROTOCOLS = frozenset(range(2, 6))
+
+
+class FileSource(Protocol):
+    """Where a crate's file bytes live: a directory, a .crate archive, a blob store."""
+
+    def open(self, path: str) -> BinaryIO: ...
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a safe relative path inside a crate, else raise."""
+    if not isinstance(path, str) or not _FILE_PATH.fullmatch(path):
+        raise UnsafeContentError(
+            f"file name {path!r} is not allowed in a crate: expected a relative path of "
+            "letters, digits, '.', '_', '-' segments (no '..', no absolute path, no backslash)"
+        )
+    return path
+
+
+def hash_stream(stream: BinaryIO) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sniff_pickle(head: bytes) -> bool:
+    """True when ``head`` (a file's first 64 bytes) is a pickle stream or a torch.save archive.
+
+    Format is told by magic bytes, never by extension. A safetensors file can
+    start with 0x80 0x02 too (a header length of 640 bytes), so a header that
+    reads as a small little-endian length followed by ``{`` is not a pickle.
+    """
+    if head.startswith(b"PK") and b"data.pkl" in head:
+        return True
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        looks_like_safetensors = len(head) >= 9 and head[5:8] == b"\0\0\0" and head[8:9] == b"{"
+        return not looks_like_safetensors
+    return False
+
+
+class DirectorySource:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self, path: str) -> BinaryIO:
+        full = self.root / check_path(path)
+        if full.is_symlink() or not full.is_file():
+            raise UnsafeContentError(f"{path!r} is not a regular file in {self.root.name}")
+        return full.open("rb")
+
+
+class ArchiveSource:
+    """Reads members of an uncompressed tar by offset, after they were all checked."""
+
+    def __init__(self, archive: Path, offsets: dict[str, tuple[int, int]]) -> None:
+        self.archive = archive
+        self.offsets = offsets
+
+    def open(self, path: str) -> BinaryIO:
+        if path not in self.offsets:
+            raise CrateFormatError(f"{self.archive.name} has no member {path!r}")
+        start, size = self.offsets[path]
+        with self.archive.open("rb") as handle:
+            handle.seek(start)
+            data = handle.read(size)
+        return io.BytesIO(data)
+
+
+class Crate:
+    """One packaged model version: a validated manifest plus a source for its files."""
+
+    def __init__(self, manifest: Manifest, source: FileSource) -> None:
+        self.manifest = manifest
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Crate({self.manifest.ref}, {self.digest[:19]}…)"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    # -- reading -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Crate:
+        """Open a ``.crate`` file or a crate directory (nothing is extracted)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls._open_directory(path)
+        if not path.is_file():
+            raise CrateFormatError(f"{path}: no such crate file or directory")
+        return cls._open_archive(path)
+
+    @classmethod
+    def _open_directory(cls, root: Path) -> Crate:
+        manifest_path = root / MANIFEST_NAME
+        if not manifest_path.is_file() or manifest_path.is_symlink():
+            raise CrateFormatError(f"{root}: not a crate directory (no {MANIFEST_NAME})")
+        manifest = parse_manifest(_read_capped(manifest_path))
+        return cls(manifest, DirectorySource(root))
+
+    @classmethod
+    def _open_archive(cls, archive: Path) -> Crate:
+        offsets, manifest_bytes = _scan_archive(archive)
+        manifest = parse_manifest(manifest_bytes)
+        listed = {entry.path for entry in manifest.files}
+        unlisted = sorted(set(offsets) - listed)
+        if unlisted:
+            raise UnsafeContentError(f"{archive.name}: files not listed in crate.json: {unlisted}")
+        for entry in manifest.files:
+            if entry.path not in offsets:
+                raise IntegrityError(f"{archive.name}: {entry.path} is listed but missing")
+            if offsets[entry.path][1] != entry.size:
+                raise IntegrityError(
+                    f"{archive.name}: {entry.path} is {offsets[entry.path][1]} bytes, "
+                    f"crate.json says {entry.size}"
+                )
+        return cls(manifest, ArchiveSource(archive, offsets))
+
+    def read_bytes(self, path: str) -> bytes:
+        """Return one file's bytes after checking its size, sha256 and that it is no pickle."""
+        entry = self.manifest.file(path)
+        with self.source.open(path) as stream:
+            data = stream.read(entry.size + 1)
+        check_bytes(entry, data)
+        return data
+
+    def iter_files(self) -> Iterator[tuple[FileEntry, BinaryIO]]:
+        """Yield each listed file with an open stream (the caller verifies while streaming)."""
+        for entry in self.manifest.files:
+            with self.source.open(entry.path) as stream:
+                yield entry, stream
+
+    def verify(self) -> None:
+        """Re-hash every file; raise IntegrityError naming the first that does not match."""
+        for entry, stream in self.iter_files():
+            head = stream.read(64)
+            if sniff_pickle(head):
+                raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
+            stream.seek(0)
+            sha, size = hash_stream(stream)
+            if size != entry.size or sha != entry.sha256:
+                raise IntegrityError(
+                    f"{self.manifest.ref}: {entry.path} is corrupted "
+                    f"(expected {entry.size} bytes sha256 {entry.sha256[:12]}…, "
+                    f"found {size} bytes sha256 {sha[:12]}…)"
+                )
+
+    # -- writing -------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the single-file ``.crate`` form (byte-reproducible); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                self._write_tar(raw)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return path
+
+    def _write_tar(self, raw: BinaryIO) -> None:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            manifest_bytes = self.manifest.file_bytes()
+            tar.addfile(_tar_info(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            for entry in sorted(self.manifest.files, key=lambda e: e.path):
+                with self.source.open(entry.path) as stream:
+                    tar.addfile(_tar_info(entry.path, entry.size), _Verifying(entry, stream))
+
+    def unpack(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the directory form, verifying every file; refuses a non-empty target."""
+        target = Path(directory)
+        if target.exists() and any(target.iterdir()):
+            raise CrateFormatError(f"{target} is not empty; refusing to write into it")
+        staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+        try:
+            for entry in self.manifest.files:
+                dest = staging / check_path(entry.path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with self.source.open(entry.path) as stream, dest.open("wb") as out:
+                    shutil.copyfileobj(_Verifying(entry, stream), out, CHUNK)
+            (staging / MANIFEST_NAME).write_bytes(self.manifest.file_bytes())
+            if target.exists():
+                target.rmdir()
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+
+class _Verifying(io.RawIOBase):
+    """A read-only stream that raises IntegrityError at EOF if size or sha256 differ."""
+
+    def __init__(self, entry: FileEntry, stream: BinaryIO) -> None:
+        self.entry, self.stream = entry, stream
+        self.hash, self.size, self.checked = hashlib.sha256(), 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if self.size == 0 and sniff_pickle(data[:64]):
+            raise UnsafeContentError(f"{self.entry.path} is a pickle; crates never hold pickles")
+        self.hash.update(data)
+        self.size += len(data)
+        if self.size > self.entry.size:
+            raise IntegrityError(f"{self.entry.path} is longer than the {self.entry.size} bytes listed")
+        if (not data or self.size == self.entry.size) and not self.checked:
+            self.checked = True
+            if self.size != self.entry.size or self.hash.hexdigest() != self.entry.sha256:
+                raise IntegrityError(
+                    f"{self.entry.path} does not match crate.json "
+                    f"(size {self.size} vs {self.entry.size}, or sha256 differs)"
+                )
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def check_bytes(entry: FileEntry, data: bytes) -> None:
+    """Raise unless ``data`` is exactly the file ``entry`` describes and is not a pickle."""
+    if sniff_pickle(data[:64]):
+        raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise IntegrityError(
+            f"{entry.path} is corrupted (expected {entry.size} bytes with sha256 "
+            f"{entry.sha256[:12]}…, got {len(data)} bytes)"
+        )
+
+
+def file_entry(path: Path, name: str) -> FileEntry:
+    """Hash a file on disk into the FileEntry the manifest will list under ``name``."""
+    with path.open("rb") as stream:
+        sha, size = hash_stream(stream)
+    return FileEntry(path=check_path(name), size=size, sha256=sha)
+
+
+def temporary_directory(owner: object, prefix: str) -> Path:
+    """A temp directory removed when ``owner`` is garbage-collected or at exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    weakref.finalize(owner, shutil.rmtree, path, True)
+    return path
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _read_capped(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CrateFormatError(f"{path.name} is larger than {MAX_MANIFEST_BYTES} bytes")
+    return data
+
+
+def _scan_archive(archive: Path) -> tuple[dict[str, tuple[int, int]], bytes]:
+    """Check every member of a .crate and return file offsets and the manifest bytes."""
+    offsets: dict[str, tuple[int, int]] = {}
+    manifest: bytes | None = None
+    file_size = archive.stat().st_size
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise UnsafeContentError(f"{archive.name} has more than {MAX_MEMBERS} members")
+                name = member.name
+                if not member.isreg():
+                    raise UnsafeContentError(
+                        f"{archive.name}: member {name!r} is a link, directory or device; "
+                        "crates hold regular files only"
+                    )
+                if name != MANIFEST_NAME:
+                    check_path(name)
+                if name in offsets or (name == MANIFEST_NAME and manifest is not None):
+                    raise UnsafeContentError(f"{archive.name}: member {name!r} appears twice")
+                if member.mode & 0o7000:
+                    raise UnsafeContentError(f"{archive.name}: member {name!r} has setuid/setgid bits")
+                if member.size > MAX_FILE_BYTES or member.offset_data + member.size > file_size:
+                    raise IntegrityError(f"{archive.name}: member {name!r} is truncated or oversized")
+                if name == MANIFEST_NAME:
+                    if member.size > MAX_MANIFEST_BYTES:
+                        raise CrateFormatError(f"{archive.name}: crate.json is too large")
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None  # isreg() was checked above
+                    manifest = extracted.read()
+                else:
+                    offsets[name] = (member.offset_data, member.size)
+    except tarfile.TarError as exc:
+        raise CrateFormatError(f"{archive.name} is not a readable .crate archive: {exc}") from None
+    if manifest is None:
+        raise CrateFormatError(f"{archive.name} has no crate.json")
+    return offsets, manifest

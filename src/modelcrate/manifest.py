@@ -1,0 +1,208 @@
+"""The crate manifest (``crate.json``): typed model, JSON Schema, canonical bytes, digest.
+
+The manifest is pure data under a closed schema (``additionalProperties:
+false`` everywhere): nothing in it names code to import. Its digest is the
+sha256 of its canonical JSON (sorted keys, no spaces, UTF-8), so the digest
+identifies a crate whatever whitespace its ``crate.json`` was written with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelcrate.errors import CrateFormatError, UnsupportedSchemaError
+from modelcrate.refs import DIGEST_PATTERN, NAME_PATTERN, VERSION_PATTERN
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "crate.json"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# A path inside a crate: up to 4 segments, each starting with a letter or digit,
+# so '.', '..', absolute paths, backslashes and NUL can never match.
+FILE_PATH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,3}"
+SHA256_PATTERN = r"[0-9a-f]{64}"
+
+DType = Literal[
+    "bool", "uint8", "int8", "uint16", "int16", "int32", "int64",
+    "float16", "float32", "float64", "string",
+]  # fmt: skip
+ArtifactKind = Literal["onnx", "torch-export", "safetensors", "tflite", "keras"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "mixed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One named input or output: dtype and shape, -1 for a dynamic dimension."""
+
+    name: str = Field(min_length=1, max_length=256)
+    dtype: DType
+    shape: list[int]
+
+    def describe(self) -> str:
+        return f"{self.shape} ({self.dtype})"
+
+
+class Signature(_Strict):
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+
+class Parity(_Strict):
+    """How closely an artifact reproduces the model it was exported from."""
+
+    reference: str = Field(description="what it was compared with, e.g. 'torch'")
+    max_abs_diff: float
+    samples: int = Field(ge=1)
+
+
+class Artifact(_Strict):
+    """One runnable (or loadable) form of the model inside the crate."""
+
+    kind: ArtifactKind
+    path: str = Field(pattern=f"^{FILE_PATH_PATTERN}$")
+    precision: Precision = "fp32"
+    data_files: list[str] = Field(
+        default_factory=list, description="external data the artifact reads (ONNX external data)"
+    )
+    opset: int | None = None
+    parity: Parity | None = None
+
+
+class FileEntry(_Strict):
+    path: str = Field(pattern=f"^{FILE_PATH_PATTERN}$")
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=f"^{SHA256_PATTERN}$")
+
+
+class Framework(_Strict):
+    name: str
+    version: str
+
+
+class Parent(_Strict):
+    digest: str = Field(pattern=f"^{DIGEST_PATTERN}$")
+    ref: str | None = None
+
+
+class Lineage(_Strict):
+    parents: list[Parent] = Field(default_factory=list)
+    operation: str | None = None
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Manifest(_Strict):
+    """Everything a crate says about itself. ``files`` lists every other file in the crate."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=f"^{NAME_PATTERN}$")
+    version: str = Field(pattern=f"^{VERSION_PATTERN}$")
+    description: str = ""
+    license: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    framework: Framework | None = None
+    artifacts: list[Artifact] = Field(min_length=1)
+    signature: Signature
+    labels: list[str] | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    dependencies: dict[str, str] = Field(default_factory=dict)
+    lineage: Lineage | None = None
+    model_card: str | None = Field(default=None, pattern=f"^{FILE_PATH_PATTERN}$")
+    files: list[FileEntry] = Field(min_length=1)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def file(self, path: str) -> FileEntry:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise CrateFormatError(f"{self.ref}: no file {path!r} in the manifest")
+
+    def artifact(self, kind: ArtifactKind) -> Artifact | None:
+        return next((a for a in self.artifacts if a.kind == kind), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    def file_bytes(self) -> bytes:
+        """The bytes written as ``crate.json``: sorted, indented, one trailing newline."""
+        text = json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False)
+        return (text + "\n").encode()
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of crate.json as generated from the typed model."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://modelcrate.dev/schemas/crate-v1.schema.json"
+    _close_objects(schema)
+    return schema
+
+
+def _close_objects(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" in node:
+            node.setdefault("additionalProperties", False)
+        for value in node.values():
+            _close_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_objects(value)
+
+
+@cache
+def shipped_schema() -> dict[str, Any]:
+    """The JSON Schema file shipped inside the package (pinned by a test to ``json_schema()``)."""
+    text = resources.files("modelcrate.schemas").joinpath("crate-v1.schema.json").read_text()
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Validate raw ``crate.json`` bytes against the shipped schema and return the Manifest."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CrateFormatError(f"crate.json is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CrateFormatError(f"crate.json is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CrateFormatError("crate.json must hold a JSON object")
+    found = raw.get("schema_version")
+    if isinstance(found, int) and not isinstance(found, bool) and found > SCHEMA_VERSION:
+        raise UnsupportedSchemaError(
+            f"crate.json has schema_version {found}; this modelcrate understands up to "
+            f"{SCHEMA_VERSION}. Upgrade modelcrate to read this crate."
+        )
+    validator = jsonschema.Draft202012Validator(shipped_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise CrateFormatError(f"crate.json is invalid at {where}: {error.message}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "/".join(str(p) for p in first["loc"])
+        raise CrateFormatError(f"crate.json is invalid at {where}: {first['msg']}") from None

@@ -1,0 +1,140 @@
+"""Model: a loaded crate you can call. ``load`` turns a reference or a path into one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from modelcrate.crate import Crate
+from modelcrate.errors import CrateFormatError, InputError, UsageError
+from modelcrate.manifest import Manifest, TensorSpec
+from modelcrate.refs import is_local_crate
+from modelcrate.runtimes import Runtime
+
+if TYPE_CHECKING:
+    from modelcrate.registry.api import Registry
+
+RuntimeName = Literal["auto", "onnxruntime", "torch"]
+
+
+class Model:
+    """A crate bound to a runtime. ``predict`` checks inputs against the crate's signature."""
+
+    def __init__(self, crate: Crate, runtime: RuntimeName = "auto") -> None:
+        self.crate = crate
+        self.runtime = _make_runtime(crate, runtime)
+
+    def __repr__(self) -> str:
+        return f"Model({self.manifest.ref}, runtime={self.runtime.name})"
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.crate.manifest
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.manifest.labels
+
+    def predict(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Run the model. ``inputs``: one array, a sequence of arrays, or a dict name -> array."""
+        feeds = prepare_inputs(self.manifest.signature.inputs, inputs)
+        return self.runtime.run(feeds)
+
+    def __call__(self, inputs: Any) -> dict[str, np.ndarray]:
+        return self.predict(inputs)
+
+    def to_torch(self, *, trainable: bool = True) -> Any:
+        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact (needs torch)."""
+        from modelcrate.runtimes.torch import load_module
+
+        artifact = self.manifest.artifact("torch-export")
+        if artifact is None:
+            raise CrateFormatError(
+                f"{self.manifest.ref} has no torch-export (.pt2) artifact; "
+                "pack it from a torch module or a .pt2 file to get one"
+            )
+        module = load_module(self.crate, artifact)
+        for parameter in module.parameters():
+            parameter.requires_grad_(trainable)
+        return module
+
+
+def load(
+    ref: str | os.PathLike[str] | Crate,
+    *,
+    registry: Registry | str | None = None,
+    runtime: RuntimeName = "auto",
+) -> Model:
+    """Load a model from ``name[@version|@alias|@sha256:…]``, a ``.crate`` file or a directory."""
+    if isinstance(ref, Crate):
+        crate = ref
+        crate.verify()
+    elif isinstance(ref, os.PathLike) or is_local_crate(str(ref)):
+        crate = Crate.open(ref)
+        crate.verify()
+    else:
+        from modelcrate.registry.api import Registry
+
+        reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+        crate = reg.get(str(ref))  # every file is verified as it is read
+    return Model(crate, runtime)
+
+
+def _make_runtime(crate: Crate, runtime: RuntimeName) -> Runtime:
+    manifest = crate.manifest
+    onnx = manifest.artifact("onnx")
+    if runtime in ("auto", "onnxruntime") and onnx is not None:
+        from modelcrate.runtimes.onnxruntime import OnnxRuntime
+
+        return OnnxRuntime(crate, onnx)
+    exported = manifest.artifact("torch-export")
+    if runtime in ("auto", "torch") and exported is not None:
+        from modelcrate.runtimes.torch import TorchRuntime
+
+        return TorchRuntime(crate, exported)
+    kinds = ", ".join(a.kind for a in manifest.artifacts)
+    raise UsageError(f"{manifest.ref}: no artifact runs on runtime {runtime!r} (has: {kinds})")
+
+
+def prepare_inputs(specs: Sequence[TensorSpec], inputs: Any) -> dict[str, np.ndarray]:
+    """Match inputs to the signature by name or position; cast safely; check shapes."""
+    names = [s.name for s in specs]
+    if isinstance(inputs, Mapping):
+        unknown = sorted(set(inputs) - set(names))
+        missing = [n for n in names if n not in inputs]
+        if unknown or missing:
+            raise InputError(
+                f"inputs {sorted(inputs)} do not match the signature {names}"
+                + (f": missing {missing}" if missing else "")
+                + (f": unknown {unknown}" if unknown else "")
+            )
+        values = [inputs[n] for n in names]
+    elif len(specs) == 1:
+        values = [inputs]
+    elif isinstance(inputs, (list, tuple)) and len(inputs) == len(specs):
+        values = list(inputs)
+    else:
+        raise InputError(f"the model takes {len(specs)} inputs {names}; pass a dict name -> array")
+    return {spec.name: conform(spec, value) for spec, value in zip(specs, values, strict=True)}
+
+
+def conform(spec: TensorSpec, value: Any) -> np.ndarray:
+    """Return ``value`` as an array of the spec's dtype and shape, or raise InputError."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"input {spec.name!r}: not an array ({exc})") from None
+    expected = np.dtype(spec.dtype) if spec.dtype != "string" else np.dtype(object)
+    got = f"{list(array.shape)} ({array.dtype})"
+    if array.dtype != expected:
+        if array.dtype.kind in "OUSV" or not np.can_cast(array.dtype, expected, "same_kind"):
+            raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {got}")
+        array = array.astype(expected)
+    if array.ndim != len(spec.shape) or any(
+        want not in (-1, have) for want, have in zip(spec.shape, array.shape, strict=True)
+    ):
+        raise InputError(f"input {spec.name!r}: expected shape {spec.describe()}, got {got}")
+    return np.ascontiguousarray(array)

@@ -1,0 +1,175 @@
+"""Packing: turn a model (torch module, .onnx file, .pt2 file) into a Crate.
+
+Each builder module (``onnx.py``, ``torch.py``) exposes the same ``build``
+function that writes artifact files into a work directory and returns a
+``Build``; ``pack`` adds the metadata, hashes every file and writes the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+from modelcrate.crate import Crate, DirectorySource, check_path, file_entry, temporary_directory
+from modelcrate.errors import PackError, UsageError
+from modelcrate.manifest import (
+    MANIFEST_NAME,
+    Artifact,
+    Framework,
+    Lineage,
+    Manifest,
+    Signature,
+)
+from modelcrate.refs import check_name, check_version
+
+MODEL_CARD = "README.md"
+
+
+@dataclass
+class Build:
+    """What a builder produced in the work directory."""
+
+    artifacts: list[Artifact]
+    signature: Signature
+    framework: Framework | None = None
+    dependencies: dict[str, str] = field(default_factory=dict)
+
+
+def pack(
+    model: Any,
+    *,
+    name: str,
+    version: str,
+    example_inputs: tuple[Any, ...] | None = None,
+    labels: list[str] | str | os.PathLike[str] | None = None,
+    metrics: dict[str, float] | None = None,
+    description: str = "",
+    license: str | None = None,
+    tags: list[str] | None = None,
+    model_card: str | os.PathLike[str] | None = None,
+    lineage: Lineage | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    parity_tolerance: float = 1e-3,
+) -> Crate:
+    """Pack a torch ``nn.Module`` (with ``example_inputs``), a ``.onnx`` file or a ``.pt2`` file."""
+    check_name(name)
+    check_version(version)
+    crate_owner = _Owner()
+    workdir = temporary_directory(crate_owner, prefix=f"modelcrate-pack-{name}-")
+    build = _dispatch(
+        model,
+        workdir,
+        example_inputs=example_inputs,
+        input_names=input_names,
+        output_names=output_names,
+        parity_tolerance=parity_tolerance,
+    )
+    card = _write_model_card(model_card, workdir)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        description=description,
+        license=license,
+        tags=sorted(set(tags or [])),
+        framework=build.framework,
+        artifacts=build.artifacts,
+        signature=build.signature,
+        labels=read_labels(labels),
+        metrics=dict(metrics or {}),
+        dependencies={**_versions("modelcrate", "onnx", "onnxruntime"), **build.dependencies},
+        lineage=lineage,
+        model_card=card,
+        files=[file_entry(p, p.relative_to(workdir).as_posix()) for p in _files(workdir)],
+    )
+    (workdir / MANIFEST_NAME).write_bytes(manifest.file_bytes())
+    crate = Crate(manifest, DirectorySource(workdir))
+    crate._owner = crate_owner  # type: ignore[attr-defined]  # keeps the work dir alive
+    return crate
+
+
+class _Owner:
+    """Lifetime anchor for a pack work directory."""
+
+
+def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such model file")
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        if head.startswith(b"PK"):  # a zip: torch.export's .pt2 archive
+            from modelcrate.pack import torch as torch_builder
+
+            return torch_builder.build(path, workdir, **options)
+        if path.suffix == ".onnx" or not head.startswith(b"PK"):
+            from modelcrate.pack import onnx as onnx_builder
+
+            return onnx_builder.build(path, workdir)
+    torch_module = _torch_module_type()
+    if torch_module is not None and isinstance(model, torch_module):
+        from modelcrate.pack import torch as torch_builder
+
+        return torch_builder.build(model, workdir, **options)
+    raise UsageError(
+        f"cannot pack a {type(model).__name__}: expected a torch.nn.Module, "
+        "or a path to a .onnx or .pt2 file"
+    )
+
+
+def _torch_module_type() -> type | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just to find out it was not used
+    return None if torch is None else torch.nn.Module  # type: ignore[no-any-return]
+
+
+def read_labels(labels: list[str] | str | os.PathLike[str] | None) -> list[str] | None:
+    """Labels as a list, or read from a text file with one label per line."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        path = Path(labels)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such labels file")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return [line for line in lines if line]
+    return [str(label) for label in labels]
+
+
+def _write_model_card(card: str | os.PathLike[str] | None, workdir: Path) -> str | None:
+    if card is None:
+        return None
+    path = Path(card)
+    if isinstance(card, os.PathLike) or (len(str(card)) < 1024 and path.suffix == ".md"):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such model card file")
+        shutil.copyfile(path, workdir / MODEL_CARD)
+    else:
+        (workdir / MODEL_CARD).write_text(str(card), encoding="utf-8")
+    return MODEL_CARD
+
+
+def _files(workdir: Path) -> list[Path]:
+    found = sorted(p for p in workdir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    for path in found:
+        check_path(path.relative_to(workdir).as_posix())
+    if not found:
+        raise PackError("the builder wrote no files")
+    return found
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = package_version(package)
+        except PackageNotFoundError:
+            continue
+    return found
