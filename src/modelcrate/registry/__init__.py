@@ -1,0 +1,1 @@
+"""Registries store crates: metadata in a database, file bytes in a content-addressed blob store."""

@@ -1,0 +1,413 @@
+"""Registry: publish, resolve, alias, roll back, delete, collect garbage, verify.
+
+The embedded registry is a directory: ``registry.db`` (SQLite) and ``blobs/``.
+Publishing writes and verifies every blob first, then makes the version visible
+in one transaction; a reader never sees a half-published version.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from modelcrate.crate import Crate
+from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
+from modelcrate.manifest import Manifest, parse_manifest
+from modelcrate.refs import Ref, check_alias, check_name, parse_ref
+from modelcrate.registry.blobs import FileBlobStore
+from modelcrate.registry.db import (
+    AliasEventRow,
+    AliasRow,
+    FileRow,
+    TagRow,
+    VersionRow,
+    read_session,
+    sqlite_engine,
+    write_session,
+)
+
+GC_GRACE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    digest: str
+    size: int
+    created_at: float
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    name: str
+    version: str
+    digest: str
+    created: bool  # False when the identical version was already there
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    latest: str
+    versions: int
+    aliases: dict[str, str]
+    tags: list[str]
+    description: str
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    alias: str
+    action: str
+    version: str | None
+    previous: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    path: str
+    size: int
+    problem: str | None  # None when the blob is intact
+
+
+@dataclass(frozen=True)
+class GcReport:
+    blobs_removed: int
+    bytes_freed: int
+
+
+class _BlobSource:
+    """Serves a registry crate's files from the blob store by path -> sha256."""
+
+    def __init__(self, blobs: FileBlobStore, manifest: Manifest) -> None:
+        self.blobs = blobs
+        self.shas = {f.path: f.sha256 for f in manifest.files}
+
+    def open(self, path: str) -> BinaryIO:
+        return self.blobs.open(self.shas[path])
+
+
+def default_location() -> Path:
+    """``$MODELCRATE_HOME``, else ``~/.modelcrate``."""
+    home = os.environ.get("MODELCRATE_HOME")
+    return Path(home) if home else Path.home() / ".modelcrate"
+
+
+class Registry:
+    """The embedded registry (SQLite + local blobs) at one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.blobs = FileBlobStore(root / "blobs")
+        self.engine = sqlite_engine(root / "registry.db")
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None = None) -> Registry:
+        """Open (creating if needed) the registry at ``location`` or the default location."""
+        if location is None:
+            return cls(default_location())
+        text = os.fspath(location)
+        if "://" in text and not text.startswith("file://"):
+            scheme = text.split("://", 1)[0]
+            raise UsageError(
+                f"registry {text!r}: the {scheme!r} backend is not available in this release; "
+                "use a directory path for the embedded registry"
+            )
+        return cls(Path(text.removeprefix("file://")).expanduser())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- publish -------------------------------------------------------------
+
+    def publish(self, crate: Crate | str | os.PathLike[str]) -> PublishResult:
+        """Store a crate as an immutable version; republishing identical content is a no-op."""
+        if not isinstance(crate, Crate):
+            crate = Crate.open(crate)
+        manifest = crate.manifest
+        existing = self._find(manifest.name, manifest.version)
+        if existing is not None:
+            return self._same_or_conflict(existing, manifest)
+        for entry in manifest.files:
+            if self.blobs.exists(entry.sha256):
+                self.blobs.touch(entry.sha256)
+                continue
+            with crate.source.open(entry.path) as stream:
+                self.blobs.put(stream, entry.sha256, entry.size)
+        with write_session(self.engine) as session, session.begin():
+            row = session.scalars(
+                select(VersionRow).where(
+                    VersionRow.name == manifest.name, VersionRow.version == manifest.version
+                )
+            ).first()
+            if row is not None:  # another publisher won while we wrote blobs
+                return self._same_or_conflict(row.digest, manifest)
+            session.add(
+                VersionRow(
+                    name=manifest.name,
+                    version=manifest.version,
+                    digest=manifest.digest,
+                    manifest=manifest.canonical_bytes().decode(),
+                    description=manifest.description,
+                    size=sum(f.size for f in manifest.files),
+                    files=[FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files],
+                    tags=[TagRow(tag=t) for t in manifest.tags],
+                )
+            )
+        return PublishResult(manifest.name, manifest.version, manifest.digest, created=True)
+
+    def _same_or_conflict(self, existing: VersionRow | str, manifest: Manifest) -> PublishResult:
+        digest = existing if isinstance(existing, str) else existing.digest
+        if digest != manifest.digest:
+            raise VersionConflict(
+                f"{manifest.ref} already exists with digest {digest[:19]}…; versions are "
+                f"immutable (this crate is {manifest.digest[:19]}…): publish it as a new version"
+            )
+        return PublishResult(manifest.name, manifest.version, digest, created=False)
+
+    def _find(self, name: str, version: str) -> VersionRow | None:
+        with read_session(self.engine) as session:
+            return session.scalars(
+                select(VersionRow).where(VersionRow.name == name, VersionRow.version == version)
+            ).first()
+
+    # -- resolve and read ----------------------------------------------------
+
+    def resolve(self, ref: str | Ref) -> VersionInfo:
+        """Resolve ``name``, ``name@version``, ``name@alias`` or ``name@sha256:…``."""
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        with read_session(self.engine) as session:
+            row = self._resolve_row(session, parsed)
+            return self._info(session, row)
+
+    def _resolve_row(self, session: Session, ref: Ref) -> VersionRow:
+        query = select(VersionRow).where(VersionRow.name == ref.name)
+        if ref.version:
+            row = session.scalars(query.where(VersionRow.version == ref.version)).first()
+        elif ref.digest:
+            row = session.scalars(query.where(VersionRow.digest == ref.digest)).first()
+        elif ref.alias:
+            alias = session.get(AliasRow, (ref.name, ref.alias))
+            if alias is None:
+                self._require_model(session, ref.name)
+                raise NotFound(f"{ref}: model {ref.name!r} has no alias {ref.alias!r}")
+            row = session.scalars(query.where(VersionRow.version == alias.version)).first()
+        else:
+            row = session.scalars(query.order_by(VersionRow.id.desc())).first()
+        if row is None:
+            self._require_model(session, ref.name)
+            raise NotFound(f"{ref}: no such version of {ref.name!r}")
+        return row
+
+    def _require_model(self, session: Session, name: str) -> None:
+        if session.scalar(select(func.count()).where(VersionRow.name == name)) == 0:
+            raise NotFound(f"no model named {name!r} in the registry at {self.root}")
+
+    def _info(self, session: Session, row: VersionRow) -> VersionInfo:
+        aliases = session.scalars(
+            select(AliasRow.alias).where(AliasRow.name == row.name, AliasRow.version == row.version)
+        ).all()
+        return VersionInfo(row.name, row.version, row.digest, row.size, row.created_at,
+                           sorted(aliases))
+
+    def manifest(self, ref: str | Ref) -> Manifest:
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        with read_session(self.engine) as session:
+            row = self._resolve_row(session, parsed)
+            manifest = parse_manifest(row.manifest.encode())
+        if manifest.digest != row.digest:
+            raise IntegrityError(f"{row.name}@{row.version}: stored manifest does not match its digest")
+        return manifest
+
+    def get(self, ref: str | Ref) -> Crate:
+        """The crate for ``ref``; its files are verified against the manifest as they are read."""
+        manifest = self.manifest(ref)
+        return Crate(manifest, _BlobSource(self.blobs, manifest))
+
+    def pull(self, ref: str, to: str | os.PathLike[str]) -> Path:
+        """Write the verified directory form of ``ref`` to ``to``."""
+        return self.get(ref).unpack(to)
+
+    # -- listing -------------------------------------------------------------
+
+    def list_models(self, query: str | None = None, *, tag: str | None = None) -> list[ModelSummary]:
+        """Models whose name or description contains ``query`` and that carry ``tag``."""
+        with read_session(self.engine) as session:
+            stmt = select(VersionRow).order_by(VersionRow.name, VersionRow.id)
+            if query:
+                pattern = f"%{query}%"
+                stmt = stmt.where(or_(VersionRow.name.like(pattern), VersionRow.description.like(pattern)))
+            if tag:
+                stmt = stmt.where(VersionRow.tags.any(TagRow.tag == tag))
+            rows = session.scalars(stmt).all()
+            by_name: dict[str, list[VersionRow]] = {}
+            for row in rows:
+                by_name.setdefault(row.name, []).append(row)
+            summaries = []
+            for name, versions in by_name.items():
+                aliases = session.execute(
+                    select(AliasRow.alias, AliasRow.version).where(AliasRow.name == name)
+                ).all()
+                summaries.append(
+                    ModelSummary(
+                        name=name,
+                        latest=versions[-1].version,
+                        versions=len(versions),
+                        aliases={a: v for a, v in sorted(aliases)},
+                        tags=sorted({t.tag for v in versions for t in v.tags}),
+                        description=versions[-1].description,
+                    )
+                )
+            return summaries
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """All versions of ``name``, oldest first."""
+        check_name(name)
+        with read_session(self.engine) as session:
+            self._require_model(session, name)
+            rows = session.scalars(
+                select(VersionRow).where(VersionRow.name == name).order_by(VersionRow.id)
+            ).all()
+            return [self._info(session, row) for row in rows]
+
+    # -- aliases -------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
+        """Point ``name@alias`` at ``version`` (which must exist); the move is recorded."""
+        check_alias(alias)
+        target = self.resolve(f"{name}@{version}")  # a version, a digest or another alias
+        with write_session(self.engine) as session, session.begin():
+            return self._move(session, name, alias, target.version, "set")
+
+    def _move(self, session: Session, name: str, alias: str, version: str, action: str) -> AliasEvent:
+        row = session.get(AliasRow, (name, alias))
+        previous = row.version if row else None
+        now = time.time()
+        if row is None:
+            session.add(AliasRow(name=name, alias=alias, version=version, updated_at=now))
+        else:
+            row.version, row.updated_at = version, now
+        session.add(AliasEventRow(name=name, alias=alias, action=action, version=version,
+                                  previous=previous, at=now))
+        return AliasEvent(alias, action, version, previous, now)
+
+    def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
+        """Every move of ``name@alias``, oldest first."""
+        check_alias(alias)
+        with read_session(self.engine) as session:
+            rows = session.scalars(
+                select(AliasEventRow)
+                .where(AliasEventRow.name == name, AliasEventRow.alias == alias)
+                .order_by(AliasEventRow.id)
+            ).all()
+            if not rows:
+                self._require_model(session, name)
+                raise NotFound(f"{name}@{alias}: no such alias")
+            return [AliasEvent(r.alias, r.action, r.version, r.previous, r.at) for r in rows]
+
+    def rollback(self, name: str, alias: str) -> AliasEvent:
+        """Move ``alias`` back to what it pointed to before it was set to its current target."""
+        check_alias(alias)
+        with write_session(self.engine) as session, session.begin():
+            current = session.get(AliasRow, (name, alias))
+            if current is None:
+                self._require_model(session, name)
+                raise NotFound(f"{name}@{alias}: no such alias")
+            # The latest plain 'set' to the current target says where it came from;
+            # rollbacks are skipped so that repeated rollbacks keep walking back.
+            origin = session.scalars(
+                select(AliasEventRow)
+                .where(AliasEventRow.name == name, AliasEventRow.alias == alias,
+                       AliasEventRow.action == "set", AliasEventRow.version == current.version)
+                .order_by(AliasEventRow.id.desc())
+            ).first()
+            previous = origin.previous if origin else None
+            if previous is None:
+                raise RegistryError(f"{name}@{alias} has no earlier target to roll back to")
+            if session.scalar(
+                select(func.count()).where(VersionRow.name == name, VersionRow.version == previous)
+            ) == 0:
+                raise RegistryError(
+                    f"{name}@{alias} would roll back to {previous}, which was deleted"
+                )
+            return self._move(session, name, alias, previous, "rollback")
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        check_alias(alias)
+        with write_session(self.engine) as session, session.begin():
+            row = session.get(AliasRow, (name, alias))
+            if row is None:
+                raise NotFound(f"{name}@{alias}: no such alias")
+            session.delete(row)
+            session.add(AliasEventRow(name=name, alias=alias, action="delete", version=None,
+                                      previous=row.version, at=time.time()))
+
+    # -- delete, gc, verify --------------------------------------------------
+
+    def delete(self, ref: str, *, force: bool = False) -> VersionInfo:
+        """Delete one version (blobs stay until ``gc``). Aliases on it block unless ``force``."""
+        parsed = parse_ref(ref)
+        if parsed.alias or not (parsed.version or parsed.digest):
+            raise UsageError(f"{ref}: delete needs an exact version (name@1.0.0), not an alias")
+        with write_session(self.engine) as session, session.begin():
+            row = self._resolve_row(session, parsed)
+            info = self._info(session, row)
+            if info.aliases and not force:
+                raise RegistryError(
+                    f"{info.ref} is the target of alias(es) {', '.join(info.aliases)}; "
+                    "move them first or pass --force"
+                )
+            for alias in info.aliases:
+                session.delete(session.get(AliasRow, (row.name, alias)))
+                session.add(AliasEventRow(name=row.name, alias=alias, action="delete",
+                                          version=None, previous=row.version, at=time.time()))
+            session.delete(row)
+        return info
+
+    def gc(self, *, grace_seconds: float = GC_GRACE_SECONDS) -> GcReport:
+        """Remove blobs no version references. Blobs younger than the grace period are kept,
+        so a publish that is still writing its blobs is never robbed of them."""
+        cutoff = time.time() - grace_seconds
+        removed = freed = 0
+        # Hold the write lock so no publish commits between reading the live set and deleting.
+        with write_session(self.engine) as session, session.begin():
+            live = set(session.scalars(select(FileRow.sha256)).all())
+            for sha, mtime in list(self.blobs.iter_blobs()):
+                if sha not in live and mtime <= cutoff:
+                    freed += self.blobs.delete(sha)
+                    removed += 1
+        self.blobs.sweep_tmp(grace_seconds)
+        return GcReport(removed, freed)
+
+    def verify(self, ref: str) -> list[FileCheck]:
+        """Re-hash every blob of ``ref``; each FileCheck says what (if anything) is wrong."""
+        manifest = self.manifest(ref)
+        return [FileCheck(f.path, f.size, self.blobs.check(f.sha256, f.size)) for f in manifest.files]
+
+    def stats(self) -> dict[str, int]:
+        with read_session(self.engine) as session:
+            versions = session.scalar(select(func.count()).select_from(VersionRow)) or 0
+            logical = session.scalar(select(func.coalesce(func.sum(VersionRow.size), 0))) or 0
+        stored = sum(self.blobs.path(sha).stat().st_size for sha, _ in self.blobs.iter_blobs())
+        return {"versions": versions, "logical_bytes": logical, "stored_bytes": stored}
+
