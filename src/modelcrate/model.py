@@ -130,7 +130,7 @@ def conform(spec: TensorSpec, value: Any) -> np.ndarray:
     expected = np.dtype(spec.dtype) if spec.dtype != "string" else np.dtype(object)
     got = f"{list(array.shape)} ({array.dtype})"
     if array.dtype != expected:
-        if array.dtype.kind in "OUSV" or not np.can_cast(array.dtype, expected, "same_kind"):
+        if not castable(array.dtype, expected):
             raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {got}")
         array = array.astype(expected)
     if array.ndim != len(spec.shape) or any(
@@ -138,3 +138,13 @@ def conform(spec: TensorSpec, value: Any) -> np.ndarray:
     ):
         raise InputError(f"input {spec.name!r}: expected shape {spec.describe()}, got {got}")
     return np.ascontiguousarray(array)
+
+
+def castable(source: np.dtype, target: np.dtype) -> bool:
+    """Casts predict makes for you: within a kind (float64 -> float32), and bool/int -> float
+    (JSON numbers arrive as int64). Never float -> int, never to or from strings."""
+    if source.kind in "OUSV" or target.kind in "OUSV":
+        return False
+    if target.kind == "f":
+        return source.kind in "biuf"
+    return bool(np.can_cast(source, target, "same_kind"))

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 from sqlalchemy import func, or_, select
@@ -140,8 +141,15 @@ class Registry:
 
     # -- publish -------------------------------------------------------------
 
-    def publish(self, crate: Crate | str | os.PathLike[str]) -> PublishResult:
-        """Store a crate as an immutable version; republishing identical content is a no-op."""
+    def publish(
+        self,
+        crate: Crate | str | os.PathLike[str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> PublishResult:
+        """Store a crate as an immutable version; republishing identical content is a no-op.
+
+        ``progress`` is called with the byte count of each file as it is stored."""
         if not isinstance(crate, Crate):
             crate = Crate.open(crate)
         manifest = crate.manifest
@@ -151,9 +159,11 @@ class Registry:
         for entry in manifest.files:
             if self.blobs.exists(entry.sha256):
                 self.blobs.touch(entry.sha256)
-                continue
-            with crate.source.open(entry.path) as stream:
-                self.blobs.put(stream, entry.sha256, entry.size)
+            else:
+                with crate.source.open(entry.path) as stream:
+                    self.blobs.put(stream, entry.sha256, entry.size)
+            if progress is not None:
+                progress(entry.size)
         with write_session(self.engine) as session, session.begin():
             row = session.scalars(
                 select(VersionRow).where(

@@ -1,0 +1,129 @@
+"""``pack`` and ``inspect``: build a crate and look inside one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.output import console, errors, human_size, print_json
+from modelcrate.crate import Crate
+from modelcrate.errors import UsageError
+from modelcrate.manifest import Manifest
+from modelcrate.pack import pack
+from modelcrate.refs import is_local_crate
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pack")(pack_command)
+    app.command("inspect")(inspect_command)
+
+
+def pack_command(
+    source: Annotated[Path, typer.Argument(help="A .onnx or .pt2 (torch.export) file.")],
+    name: Annotated[str, typer.Option("--name", help="Model name.")],
+    version: Annotated[str, typer.Option("--version", help="Version, like 1.0.0.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write (default ./NAME-VERSION.crate).")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Text file, one label per line.")] = None,
+    description: Annotated[str, typer.Option("--description")] = "",
+    license: Annotated[str | None, typer.Option("--license")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeatable.")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="name=value; repeatable.")
+    ] = None,
+    model_card: Annotated[Path | None, typer.Option("--model-card", help="README.md for the crate.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pack a model file into a single-file crate."""
+    with errors.status(f"packing {source.name}…"):
+        crate = pack(
+            source,
+            name=name,
+            version=version,
+            labels=labels,
+            metrics=parse_metrics(metric or []),
+            description=description,
+            license=license,
+            tags=tag,
+            model_card=model_card,
+        )
+        path = crate.save(output or Path(f"{name}-{version}.crate"))
+    if as_json:
+        print_json({"path": str(path), "ref": crate.manifest.ref, "digest": crate.digest})
+        return
+    console.print(f"packed [bold]{crate.manifest.ref}[/bold] → {path}")
+    console.print(f"digest {crate.digest}")
+
+
+def parse_metrics(pairs: list[str]) -> dict[str, float]:
+    metrics = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise UsageError(f"--metric {pair!r}: expected name=number, like accuracy=0.97")
+    return metrics
+
+
+def inspect_command(
+    target: Annotated[str, typer.Argument(help="A .crate file, a crate directory, or a reference.")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a crate's manifest, signature and files."""
+    if is_local_crate(target):
+        crate = Crate.open(target)
+        manifest, digest = crate.manifest, crate.digest
+    else:
+        manifest = open_registry(registry).manifest(target)
+        digest = manifest.digest
+    if as_json:
+        print_json({"digest": digest, "manifest": manifest.to_dict()})
+        return
+    render_manifest(manifest, digest)
+
+
+def render_manifest(manifest: Manifest, digest: str) -> None:
+    console.print(f"[bold]{manifest.ref}[/bold]  {digest}")
+    if manifest.description:
+        console.print(manifest.description)
+    facts = Table.grid(padding=(0, 2))
+    if manifest.framework:
+        facts.add_row("framework", f"{manifest.framework.name} {manifest.framework.version}")
+    for key, value in (("license", manifest.license), ("tags", ", ".join(manifest.tags))):
+        if value:
+            facts.add_row(key, value)
+    if manifest.labels:
+        facts.add_row("labels", f"{len(manifest.labels)}: {', '.join(manifest.labels[:10])}"
+                      + (" …" if len(manifest.labels) > 10 else ""))
+    for key, value in manifest.metrics.items():
+        facts.add_row(f"metric {key}", f"{value:g}")
+    console.print(facts)
+    signature = Table(title="signature")
+    for column in ("", "name", "dtype", "shape"):
+        signature.add_column(column)
+    for kind, specs in (("input", manifest.signature.inputs), ("output", manifest.signature.outputs)):
+        for spec in specs:
+            signature.add_row(kind, spec.name, spec.dtype, str(spec.shape))
+    console.print(signature)
+    artifacts = Table(title="artifacts")
+    for column in ("kind", "path", "precision", "parity (max abs diff)"):
+        artifacts.add_column(column)
+    for artifact in manifest.artifacts:
+        parity = f"{artifact.parity.max_abs_diff:.2e} vs {artifact.parity.reference}" if artifact.parity else ""
+        artifacts.add_row(artifact.kind, artifact.path, artifact.precision, parity)
+    console.print(artifacts)
+    files = Table(title="files")
+    for column in ("path", "size", "sha256"):
+        files.add_column(column)
+    for entry in manifest.files:
+        files.add_row(entry.path, human_size(entry.size), entry.sha256[:16] + "…")
+    console.print(files)

@@ -1,0 +1,25 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from modelcrate.registry.api import Registry
+
+RegistryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--registry",
+        "-r",
+        envvar="MODELCRATE_REGISTRY",
+        help="Registry directory (default: $MODELCRATE_HOME, then ~/.modelcrate).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def open_registry(location: str | None) -> Registry:
+    return Registry.open(location)

@@ -1,0 +1,78 @@
+"""``predict``: run a model on a .npy/.npz file or inline JSON data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from modelcrate.cli.options import JsonOption, RegistryOption
+from modelcrate.cli.output import console, print_json
+from modelcrate.errors import InputError, UsageError
+from modelcrate.model import load
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+
+
+def predict_command(
+    ref: Annotated[str, typer.Argument(help="A reference (digits@prod) or a .crate file.")],
+    input_path: Annotated[
+        Path | None, typer.Option("--input", "-i", help=".npy (one input) or .npz (by input name).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="JSON nested list, or {name: list}.")
+    ] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a model and print its outputs."""
+    inputs = read_inputs(input_path, data)
+    model = load(ref, registry=registry)
+    outputs = model.predict(inputs)
+    if as_json:
+        print_json({name: value.tolist() for name, value in outputs.items()})
+        return
+    labels = model.labels
+    for name, value in outputs.items():
+        table = Table(title=f"{name} {list(value.shape)} {value.dtype}")
+        table.add_column("row")
+        table.add_column("values")
+        if labels and value.ndim == 2 and value.shape[1] == len(labels):
+            table.add_column("top label")
+        for i, row in enumerate(value.reshape(value.shape[0], -1) if value.ndim else [value]):
+            cells = [str(i), np.array2string(np.asarray(row), precision=4, threshold=12)]
+            if labels and value.ndim == 2 and value.shape[1] == len(labels):
+                cells.append(labels[int(np.argmax(row))])
+            table.add_row(*cells)
+        console.print(table)
+
+
+def read_inputs(path: Path | None, data: str | None) -> Any:
+    if (path is None) == (data is None):
+        raise UsageError("give exactly one of --input FILE or --data JSON")
+    if data is not None:
+        try:
+            value = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--data is not valid JSON: {exc}") from None
+        if isinstance(value, dict):
+            return {k: np.asarray(v) for k, v in value.items()}
+        return np.asarray(value)
+    assert path is not None
+    if not path.is_file():
+        raise UsageError(f"{path}: no such input file")
+    try:
+        # allow_pickle=False: an .npy holding Python objects is refused, never unpickled.
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path.name} is not a readable .npy/.npz array file: {exc}") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    return loaded

@@ -1,0 +1,158 @@
+"""Registry commands: publish, list, show, pull, verify, delete, gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from modelcrate.cli.crates import render_manifest
+from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.output import console, errors, human_size, print_json, when
+from modelcrate.crate import Crate
+from modelcrate.errors import IntegrityError
+from modelcrate.refs import is_local_crate, parse_ref
+
+
+def register(app: typer.Typer) -> None:
+    app.command("publish")(publish_command)
+    app.command("list")(list_command)
+    app.command("show")(show_command)
+    app.command("pull")(pull_command)
+    app.command("verify")(verify_command)
+    app.command("delete")(delete_command)
+    app.command("gc")(gc_command)
+
+
+def publish_command(
+    crate_path: Annotated[Path, typer.Argument(metavar="CRATE", help="A .crate file or crate directory.")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish a crate into the registry (immutable; identical republish is a no-op)."""
+    crate = Crate.open(crate_path)
+    total = sum(f.size for f in crate.manifest.files)
+    columns = (TextColumn("publishing"), BarColumn(), DownloadColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        task = progress.add_task("publish", total=total)
+        result = open_registry(registry).publish(
+            crate, progress=lambda n: progress.advance(task, n)
+        )
+    if as_json:
+        print_json(vars(result))
+        return
+    state = "published" if result.created else "already published (identical), nothing to do:"
+    console.print(f"{state} [bold]{result.name}@{result.version}[/bold] {result.digest}")
+
+
+def list_command(
+    query: Annotated[str | None, typer.Argument(help="Substring of name or description.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only models with this tag.")] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List models (optionally searched by name/description and tag)."""
+    models = open_registry(registry).list_models(query, tag=tag)
+    if as_json:
+        print_json([vars(m) for m in models])
+        return
+    table = Table()
+    for column in ("name", "latest", "versions", "aliases", "tags", "description"):
+        table.add_column(column)
+    for m in models:
+        aliases = ", ".join(f"{a}→{v}" for a, v in m.aliases.items())
+        table.add_row(m.name, m.latest, str(m.versions), aliases, ", ".join(m.tags), m.description)
+    console.print(table if models else "no models")
+
+
+def show_command(
+    ref: Annotated[str, typer.Argument(help="name (all versions) or name@version/alias.")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a model's versions and aliases, or one version's manifest."""
+    reg = open_registry(registry)
+    parsed = parse_ref(ref)
+    if parsed.version or parsed.alias or parsed.digest:
+        info = reg.resolve(parsed)
+        manifest = reg.manifest(parsed)
+        if as_json:
+            print_json({**vars(info), "manifest": manifest.to_dict()})
+            return
+        render_manifest(manifest, info.digest)
+        if info.aliases:
+            console.print(f"aliases: {', '.join(info.aliases)}")
+        return
+    versions = reg.versions(parsed.name)
+    if as_json:
+        print_json([vars(v) for v in versions])
+        return
+    table = Table(title=parsed.name)
+    for column in ("version", "aliases", "size", "published", "digest"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(v.version, ", ".join(v.aliases), human_size(v.size), when(v.created_at),
+                      v.digest[:19] + "…")
+    console.print(table)
+
+
+def pull_command(
+    ref: Annotated[str, typer.Argument(help="name@version or name@alias.")],
+    to: Annotated[Path, typer.Option("--to", help="Directory to write (must be new or empty).")],
+    registry: RegistryOption = None,
+) -> None:
+    """Write a version's verified files into a directory."""
+    with errors.status(f"pulling {ref}…"):
+        path = open_registry(registry).pull(ref, to)
+    console.print(f"pulled {ref} → {path}")
+
+
+def verify_command(
+    target: Annotated[str, typer.Argument(help="A reference, a .crate file or a crate directory.")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-hash every file of a version (or crate) against its manifest."""
+    if is_local_crate(target):
+        Crate.open(target).verify()
+        rows = [{"path": target, "size": 0, "problem": None}]
+    else:
+        rows = [vars(c) for c in open_registry(registry).verify(target)]
+    bad = [r for r in rows if r["problem"]]
+    if as_json:
+        print_json({"ok": not bad, "files": rows})
+    else:
+        for row in rows:
+            mark = "[green]ok[/green]" if not row["problem"] else f"[red]{row['problem']}[/red]"
+            console.print(f"{mark}  {row['path']}")
+    if bad:
+        raise IntegrityError(f"{target}: {len(bad)} file(s) failed verification: "
+                             + ", ".join(f"{r['path']} ({r['problem']})" for r in bad))
+
+
+def delete_command(
+    ref: Annotated[str, typer.Argument(help="name@version to delete.")],
+    force: Annotated[bool, typer.Option("--force", help="Also remove aliases pointing at it.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Delete a version. Its blobs are freed by `modelcrate gc`."""
+    info = open_registry(registry).delete(ref, force=force)
+    console.print(f"deleted {info.ref}; run `modelcrate gc` to free {human_size(info.size)}")
+
+
+def gc_command(
+    grace: Annotated[
+        float, typer.Option("--grace", help="Keep unreferenced blobs younger than this (seconds).")
+    ] = 3600.0,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove blobs that no version references."""
+    report = open_registry(registry).gc(grace_seconds=grace)
+    if as_json:
+        print_json(vars(report))
+        return
+    console.print(f"removed {report.blobs_removed} blob(s), freed {human_size(report.bytes_freed)}")
