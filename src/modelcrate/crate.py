@@ -176,6 +176,12 @@ class Crate:
         check_bytes(entry, data)
         return data
 
+    def open_verified(self, path: str) -> BinaryIO:
+        """A stream of one file that refuses pickles and raises IntegrityError at its end if
+        the bytes read differ from the manifest's size or sha256."""
+        entry = self.manifest.file(path)
+        return _Verifying(entry, self.source.open(path))  # type: ignore[return-value]
+
     def iter_files(self) -> Iterator[tuple[FileEntry, BinaryIO]]:
         """Yield each listed file with an open stream (the caller verifies while streaming)."""
         for entry in self.manifest.files:
@@ -254,6 +260,10 @@ class _Verifying(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)

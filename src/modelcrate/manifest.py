@@ -12,7 +12,7 @@ import hashlib
 import json
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,7 +70,7 @@ class Artifact(_Strict):
     kind: ArtifactKind
     path: str = Field(pattern=f"^{FILE_PATH_PATTERN}$")
     precision: Precision = "fp32"
-    data_files: list[str] = Field(
+    data_files: list[Annotated[str, Field(pattern=f"^{FILE_PATH_PATTERN}$")]] = Field(
         default_factory=list, description="external data the artifact reads (ONNX external data)"
     )
     opset: int | None = None

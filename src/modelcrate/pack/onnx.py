@@ -9,7 +9,7 @@ from typing import Any
 from modelcrate.errors import PackError, UnsafeContentError
 from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
 from modelcrate.pack import Build
-from modelcrate.runtimes.onnxruntime import check_data_location
+from modelcrate.runtimes.onnxruntime import external_data_files
 
 ONNX_FILE = "model.onnx"
 RESERVED = {ONNX_FILE, "crate.json", "README.md", "model.pt2", "model.safetensors"}
@@ -20,7 +20,8 @@ def build(source: Path, workdir: Path, **_: Any) -> Build:
     import onnx
 
     model = _load(source)
-    data_files = external_data_files(model)
+    data_files = external_data_files(model)  # plain names beside the model, or refused
+    _check(source)
     for location in data_files:
         data_path = source.parent / location
         if data_path.is_symlink() or not data_path.is_file():
@@ -47,23 +48,18 @@ def _load(source: Path) -> Any:
     import onnx
 
     try:
-        model = onnx.load(str(source), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError ...
+        return onnx.load(str(source), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError ...
         raise PackError(f"{source.name} is not a valid ONNX model: {exc}") from None
-    return model
 
 
-def external_data_files(model: Any) -> list[str]:
-    """File names the model's initializers read external data from (checked to be plain)."""
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+def _check(source: Path) -> None:
+    import onnx
 
-    locations = set()
-    for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
-            info = {entry.key: entry.value for entry in tensor.external_data}
-            locations.add(check_data_location(info.get("location", "")))
-    return sorted(locations)
+    try:  # by path, so the checker finds external data beside the model
+        onnx.checker.check_model(str(source))
+    except Exception as exc:  # onnx ValidationError
+        raise PackError(f"{source.name} is not a valid ONNX model: {exc}") from None
 
 
 def signature_of(model: Any) -> Signature:

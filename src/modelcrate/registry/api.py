@@ -160,7 +160,7 @@ class Registry:
             if self.blobs.exists(entry.sha256):
                 self.blobs.touch(entry.sha256)
             else:
-                with crate.source.open(entry.path) as stream:
+                with crate.open_verified(entry.path) as stream:
                     self.blobs.put(stream, entry.sha256, entry.size)
             if progress is not None:
                 progress(entry.size)

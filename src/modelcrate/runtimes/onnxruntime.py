@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,14 @@ class OnnxRuntime:
                 [p.rsplit("/", 1)[-1] for p in names], buffers, [b.nbytes for b in buffers]
             )
         model_bytes = crate.read_bytes(artifact.path)
+        # ORT resolves external data of a model loaded from bytes against the working
+        # directory, so every location must be one of the files this artifact lists.
+        undeclared = sorted(set(external_data_files(model_bytes)) - set(artifact.data_files))
+        if undeclared:
+            raise CrateFormatError(
+                f"{crate.manifest.ref}: {artifact.path} reads external data {undeclared} "
+                "that the manifest does not list for it"
+            )
         try:
             self.session = ort.InferenceSession(
                 model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
@@ -50,6 +58,24 @@ class OnnxRuntime:
         except Exception as exc:  # shape errors inside the graph surface here
             raise InputError(f"ONNX Runtime rejected the inputs: {_first_line(exc)}") from None
         return dict(zip(self.output_names, results, strict=True))
+
+
+def external_data_files(model: Any) -> list[str]:
+    """File names an ONNX model (bytes or ModelProto) reads external data from."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    if isinstance(model, bytes):
+        try:
+            model = onnx.load_from_string(model)
+        except Exception as exc:  # protobuf DecodeError
+            raise CrateFormatError(f"not a valid ONNX model: {_first_line(exc)}") from None
+    locations = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            locations.add(check_data_location(info.get("location", "")))
+    return sorted(locations)
 
 
 def check_data_location(location: str) -> str:

@@ -1,0 +1,135 @@
+"""Shared fixtures: a trained digits CNN (once per session), packed crates, temp registries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import modelcrate as mc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "digits"))
+
+from train import DigitsCNN, pack_digits, train  # noqa: E402
+
+
+@dataclass
+class Digits:
+    model: DigitsCNN
+    accuracy: float
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    model, accuracy, x_test, y_test = train(epochs=8)
+    return Digits(model, accuracy, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def digits_crate_path(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    crate = pack_digits(digits.model, digits.accuracy)
+    return crate.save(tmp_path_factory.mktemp("crates") / "digits-1.0.0.crate")
+
+
+@pytest.fixture(scope="session")
+def digits_v2_path(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same weights, different version: a second, distinct crate."""
+    crate = pack_digits(digits.model, digits.accuracy, version="1.1.0")
+    return crate.save(tmp_path_factory.mktemp("crates") / "digits-1.1.0.crate")
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int = 20, hidden: int = 64, classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+@pytest.fixture(scope="session")
+def mlp() -> MLP:
+    torch.manual_seed(1)
+    return MLP().eval()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[mc.Registry]:
+    with mc.Registry.open(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MODELCRATE_HOME for this test (and its subprocesses)."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("MODELCRATE_HOME", str(path))
+    monkeypatch.delenv("MODELCRATE_REGISTRY", raising=False)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``modelcrate ARGS`` as a real subprocess with the current environment."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modelcrate", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"modelcrate {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path:
+    """Write a small ONNX model y = x @ W + b (x: [N, 4] float32) without torch.
+
+    ``external`` stores the weights as ONNX external data in a file of that name.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=external, size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def tiny_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((4, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_crate(tmp_path: Path) -> Path:
+    """A valid single-file crate packed from a tiny ONNX model."""
+    source = make_onnx(tmp_path / "src" / "tiny.onnx")
+    return mc.pack(source, name="tiny", version="1.0.0").save(tmp_path / "tiny-1.0.0.crate")
