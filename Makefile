@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/digits/out benchmarks/.work
+
+schema: $(STAMP)  ## regenerate the shipped crate.json JSON Schema after changing manifest.py
+	$(PY) -c "import json; from modelcrate.manifest import json_schema; \
+	open('src/modelcrate/schemas/crate-v1.schema.json', 'w').write(json.dumps(json_schema(), indent=2, sort_keys=True) + '\n')"

@@ -79,7 +79,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run ``modelcrate ARGS`` as a real subprocess with the current environment."""
     result = subprocess.run(
         [sys.executable, "-m", "modelcrate", *args],
@@ -90,7 +92,9 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
         timeout=300,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"modelcrate {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"modelcrate {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -106,7 +110,10 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path
     weight = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
@@ -116,8 +123,14 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=external, size_threshold=0)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=external,
+            size_threshold=0,
+        )
     else:
         onnx.save_model(model, str(path))
     return path

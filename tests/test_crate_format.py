@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_onnx
 
 import modelcrate as mc
+from conftest import make_onnx
 from modelcrate.errors import CrateFormatError, IntegrityError, UnsafeContentError
 
 
@@ -35,8 +35,12 @@ def regular(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo,
     return info, data
 
 
-def rebuild(crate_path: Path, target: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]],
-            drop: tuple[str, ...] = ()) -> Path:
+def rebuild(
+    crate_path: Path,
+    target: Path,
+    extra: list[tuple[tarfile.TarInfo, bytes | None]],
+    drop: tuple[str, ...] = (),
+) -> Path:
     """The crate's members (minus ``drop``) followed by ``extra`` members."""
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
         regular(name, data) for name, data in members(crate_path).items() if name not in drop
@@ -147,8 +151,9 @@ def test_manifest_that_lies_about_a_size_is_refused(tiny_crate: Path, tmp_path: 
     manifest = json.loads(files["crate.json"])
     manifest["files"][0]["size"] += 1000
     lying = json.dumps(manifest).encode()
-    bad = rebuild(tiny_crate, tmp_path / "bad.crate", [regular("crate.json", lying)],
-                  drop=("crate.json",))
+    bad = rebuild(
+        tiny_crate, tmp_path / "bad.crate", [regular("crate.json", lying)], drop=("crate.json",)
+    )
     with pytest.raises(IntegrityError, match="crate.json says"):
         mc.Crate.open(bad)
 
@@ -174,8 +179,12 @@ def test_a_flipped_byte_is_detected(tiny_crate: Path, tmp_path: Path) -> None:
     files = members(tiny_crate)
     data = bytearray(files["model.onnx"])
     data[len(data) // 2] ^= 0xFF
-    bad = rebuild(tiny_crate, tmp_path / "flipped.crate", [regular("model.onnx", bytes(data))],
-                  drop=("model.onnx",))
+    bad = rebuild(
+        tiny_crate,
+        tmp_path / "flipped.crate",
+        [regular("model.onnx", bytes(data))],
+        drop=("model.onnx",),
+    )
     with pytest.raises(IntegrityError, match="model.onnx"):
         mc.load(bad)
     with pytest.raises(IntegrityError, match="model.onnx"):
@@ -202,7 +211,8 @@ def test_a_listed_pickle_with_a_correct_hash_is_refused(tiny_crate: Path, tmp_pa
         {"path": "weights.bin", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     )
     bad = rebuild(
-        tiny_crate, tmp_path / "pickle.crate",
+        tiny_crate,
+        tmp_path / "pickle.crate",
         [regular("crate.json", json.dumps(manifest).encode()), regular("weights.bin", payload)],
         drop=("crate.json",),
     )

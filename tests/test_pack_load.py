@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MLP, Digits, make_onnx, tiny_weights
 
 import modelcrate as mc
+from conftest import MLP, Digits, make_onnx, tiny_weights
 from modelcrate.errors import InputError, NotFound, PackError, UsageError
 
 
-def test_digits_round_trip_equals_torch(digits: Digits, digits_crate_path: Path,
-                                        registry: mc.Registry) -> None:
+def test_digits_round_trip_equals_torch(
+    digits: Digits, digits_crate_path: Path, registry: mc.Registry
+) -> None:
     registry.publish(digits_crate_path)
     model = mc.load("digits@1.0.0", registry=registry)
     x = digits.x_test[:64]
@@ -45,8 +46,14 @@ def test_manifest_records_signature_parity_and_dependencies(digits_crate_path: P
 
 def test_mlp_round_trip_through_a_saved_crate(mlp: MLP, tmp_path: Path) -> None:
     example = torch.randn(5, 20)
-    crate = mc.pack(mlp, example_inputs=(example,), name="mlp", version="0.1.0",
-                    metrics={"f1": 0.5}, description="an MLP")
+    crate = mc.pack(
+        mlp,
+        example_inputs=(example,),
+        name="mlp",
+        version="0.1.0",
+        metrics={"f1": 0.5},
+        description="an MLP",
+    )
     path = crate.save(tmp_path / "mlp.crate")
     mc.publish(path, registry=tmp_path / "reg")
     model = mc.load("mlp", registry=tmp_path / "reg")
@@ -80,10 +87,10 @@ def test_to_torch_gives_a_trainable_module(digits: Digits, digits_crate_path: Pa
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
-def test_safetensors_weights_load_into_the_users_own_module(digits: Digits,
-                                                           digits_crate_path: Path) -> None:
+def test_safetensors_weights_load_into_the_users_own_module(
+    digits: Digits, digits_crate_path: Path
+) -> None:
     from safetensors.torch import load
-
     from train import DigitsCNN
 
     crate = mc.Crate.open(digits_crate_path)
@@ -95,7 +102,8 @@ def test_safetensors_weights_load_into_the_users_own_module(digits: Digits,
 
 def test_pack_from_a_pt2_file(digits: Digits, tmp_path: Path) -> None:
     program = torch.export.export(
-        digits.model, (torch.zeros(2, 1, 8, 8),),
+        digits.model,
+        (torch.zeros(2, 1, 8, 8),),
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     torch.export.save(program, str(tmp_path / "model.pt2"))
@@ -129,7 +137,10 @@ def test_pack_from_an_onnx_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (np.zeros((3, 8, 8), np.float32), r"expected shape \[-1, 1, 8, 8\] \(float32\), got \[3, 8, 8\]"),
+        (
+            np.zeros((3, 8, 8), np.float32),
+            r"expected shape \[-1, 1, 8, 8\] \(float32\), got \[3, 8, 8\]",
+        ),
         (np.zeros((2, 1, 8, 9), np.float32), r"got \[2, 1, 8, 9\]"),
         (np.array([["a"]]), r"expected \[-1, 1, 8, 8\] \(float32\), got \[1, 1\] \(<U1\)"),
         ({"y": np.zeros((1, 1, 8, 8))}, r"missing \['x'\].*unknown \['y'\]"),
@@ -137,8 +148,9 @@ def test_pack_from_an_onnx_file(tmp_path: Path) -> None:
     ],
     ids=["rank", "dim", "dtype-string", "wrong-name", "ragged"],
 )
-def test_bad_inputs_name_the_input_and_the_shapes(digits_crate_path: Path, value: object,
-                                                  message: str) -> None:
+def test_bad_inputs_name_the_input_and_the_shapes(
+    digits_crate_path: Path, value: object, message: str
+) -> None:
     model = mc.load(digits_crate_path)
     with pytest.raises(InputError, match=message):
         model.predict(value)
@@ -186,8 +198,13 @@ def test_packing_needs_example_inputs_and_a_known_source(mlp: MLP, tmp_path: Pat
 
 def test_parity_failure_stops_packing(mlp: MLP) -> None:
     with pytest.raises(PackError, match="differs from torch"):
-        mc.pack(mlp, example_inputs=(torch.randn(2, 20),), name="mlp", version="1",
-                parity_tolerance=-1.0)
+        mc.pack(
+            mlp,
+            example_inputs=(torch.randn(2, 20),),
+            name="mlp",
+            version="1",
+            parity_tolerance=-1.0,
+        )
 
 
 def test_loading_needs_no_torch(digits_crate_path: Path, tmp_path: Path) -> None:
@@ -198,7 +215,8 @@ def test_loading_needs_no_torch(digits_crate_path: Path, tmp_path: Path) -> None
         "print(m.predict(np.zeros((1, 1, 8, 8), np.float32))['output'].shape)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 10)"

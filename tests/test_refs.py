@@ -31,10 +31,34 @@ def test_parses_every_reference_form(text: str, expected: Ref) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "Digits", "../etc", "a/b", "digits@", "digits@sha256:abc", "digits@Prod",
-     "digits@1.0/../x", "x" * 65, "digits@prod@1", "di gits", "digits\x00"],
-    ids=["empty", "upper", "dotdot", "slash", "at-nothing", "short-digest", "upper-alias",
-         "version-traversal", "too-long", "double-at", "space", "nul"],
+    [
+        "",
+        "Digits",
+        "../etc",
+        "a/b",
+        "digits@",
+        "digits@sha256:abc",
+        "digits@Prod",
+        "digits@1.0/../x",
+        "x" * 65,
+        "digits@prod@1",
+        "di gits",
+        "digits\x00",
+    ],
+    ids=[
+        "empty",
+        "upper",
+        "dotdot",
+        "slash",
+        "at-nothing",
+        "short-digest",
+        "upper-alias",
+        "version-traversal",
+        "too-long",
+        "double-at",
+        "space",
+        "nul",
+    ],
 )
 def test_rejects_malformed_references(text: str) -> None:
     with pytest.raises(BadReference):

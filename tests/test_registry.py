@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_onnx
 
 import modelcrate as mc
+from conftest import make_onnx
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 
 
@@ -21,8 +21,9 @@ def tiny(tmp_path: Path, version: str, seed: int = 0, tags: list[str] | None = N
     return mc.pack(source, name="tiny", version=version, tags=tags, description="a tiny model")
 
 
-def test_publish_is_idempotent_and_versions_are_immutable(registry: mc.Registry,
-                                                          tmp_path: Path) -> None:
+def test_publish_is_idempotent_and_versions_are_immutable(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
     first = registry.publish(tiny(tmp_path, "1.0.0"))
     assert first.created
     again = registry.publish(tiny(tmp_path, "1.0.0"))
@@ -34,8 +35,9 @@ def test_publish_is_idempotent_and_versions_are_immutable(registry: mc.Registry,
     assert all(check.problem is None for check in registry.verify("tiny@1.0.0"))
 
 
-def test_resolve_by_version_alias_digest_and_bare_name(registry: mc.Registry,
-                                                       tmp_path: Path) -> None:
+def test_resolve_by_version_alias_digest_and_bare_name(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
     one = registry.publish(tiny(tmp_path, "1.0.0"))
     two = registry.publish(tiny(tmp_path, "2.0.0", seed=1))
     registry.set_alias("tiny", "prod", "1.0.0")
@@ -57,15 +59,19 @@ def test_aliases_move_with_history_and_roll_back(registry: mc.Registry, tmp_path
         registry.rollback("tiny", "prod")
     history = registry.alias_history("tiny", "prod")
     assert [(e.action, e.previous, e.version) for e in history] == [
-        ("set", None, "1.0.0"), ("set", "1.0.0", "1.1.0"), ("set", "1.1.0", "1.2.0"),
-        ("rollback", "1.2.0", "1.1.0"), ("rollback", "1.1.0", "1.0.0"),
+        ("set", None, "1.0.0"),
+        ("set", "1.0.0", "1.1.0"),
+        ("set", "1.1.0", "1.2.0"),
+        ("rollback", "1.2.0", "1.1.0"),
+        ("rollback", "1.1.0", "1.0.0"),
     ]
     model = mc.load("tiny@prod", registry=registry)
     assert model.manifest.version == "1.0.0"
 
 
-def test_alias_to_a_missing_version_or_bad_alias_is_refused(registry: mc.Registry,
-                                                           tmp_path: Path) -> None:
+def test_alias_to_a_missing_version_or_bad_alias_is_refused(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
     registry.publish(tiny(tmp_path, "1.0.0"))
     with pytest.raises(NotFound, match="no such version"):
         registry.set_alias("tiny", "prod", "3.0.0")
@@ -75,8 +81,9 @@ def test_alias_to_a_missing_version_or_bad_alias_is_refused(registry: mc.Registr
         registry.rollback("tiny", "prod")
 
 
-def test_search_by_query_and_tag(registry: mc.Registry, tmp_path: Path, digits_crate_path: Path
-                                 ) -> None:
+def test_search_by_query_and_tag(
+    registry: mc.Registry, tmp_path: Path, digits_crate_path: Path
+) -> None:
     registry.publish(tiny(tmp_path, "1.0.0", tags=["tabular"]))
     registry.publish(digits_crate_path)
     assert [m.name for m in registry.list_models()] == ["digits", "tiny"]
@@ -86,7 +93,9 @@ def test_search_by_query_and_tag(registry: mc.Registry, tmp_path: Path, digits_c
     assert registry.list_models(tag="nope") == []
 
 
-def test_delete_then_gc_frees_only_unreferenced_blobs(registry: mc.Registry, tmp_path: Path) -> None:
+def test_delete_then_gc_frees_only_unreferenced_blobs(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
     registry.publish(tiny(tmp_path, "1.0.0"))
     registry.publish(tiny(tmp_path, "2.0.0", seed=1))
     registry.set_alias("tiny", "prod", "1.0.0")
@@ -117,8 +126,9 @@ def blob_of(registry: mc.Registry, ref: str, path: str) -> Path:
     return registry.blobs.path(sha)
 
 
-def test_a_corrupted_blob_is_reported_and_never_served(registry: mc.Registry,
-                                                       tmp_path: Path) -> None:
+def test_a_corrupted_blob_is_reported_and_never_served(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
     registry.publish(tiny(tmp_path, "1.0.0"))
     blob = blob_of(registry, "tiny@1.0.0", "model.onnx")
     data = bytearray(blob.read_bytes())
@@ -155,9 +165,10 @@ def test_pull_writes_verified_files(registry: mc.Registry, tmp_path: Path) -> No
     assert mc.Crate.open(out).digest == crate.digest
 
 
-def test_location_comes_from_the_argument_then_modelcrate_home(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               ) -> None:
+def test_location_comes_from_the_argument_then_modelcrate_home(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MODELCRATE_HOME", str(tmp_path / "from-env"))
     assert mc.Registry.open().root == tmp_path / "from-env"
     assert mc.Registry.open(tmp_path / "explicit").root == tmp_path / "explicit"
@@ -195,8 +206,19 @@ def test_two_processes_publishing_different_versions_both_land(tmp_path: Path) -
     mc.Registry.open(registry_dir).close()
     tests_dir = Path(__file__).parent
     procs = [
-        subprocess.Popen([sys.executable, "-c", PUBLISHER, str(registry_dir), str(tmp_path / f"w{n}"),
-                          str(first)], cwd=tests_dir, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PUBLISHER,
+                str(registry_dir),
+                str(tmp_path / f"w{n}"),
+                str(first),
+            ],
+            cwd=tests_dir,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n, first in enumerate((0, 100))
     ]
     for proc in procs:
@@ -204,7 +226,9 @@ def test_two_processes_publishing_different_versions_both_land(tmp_path: Path) -
         assert proc.returncode == 0, err
     registry = mc.Registry.open(registry_dir)
     versions = sorted(v.version for v in registry.versions("tiny"))
-    assert versions == sorted([f"1.0.{i}" for i in range(5)] + [f"1.0.{i}" for i in range(100, 105)])
+    assert versions == sorted(
+        [f"1.0.{i}" for i in range(5)] + [f"1.0.{i}" for i in range(100, 105)]
+    )
     for version in versions:
         assert all(c.problem is None for c in registry.verify(f"tiny@{version}"))
 
@@ -231,9 +255,13 @@ def test_racing_publishers_of_one_version_exactly_one_wins(tmp_path: Path) -> No
     registry_dir = tmp_path / "shared"
     mc.Registry.open(registry_dir).close()
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACER, str(registry_dir), str(tmp_path / f"r{n}"),
-                          str(n)], cwd=Path(__file__).parent, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(registry_dir), str(tmp_path / f"r{n}"), str(n)],
+            cwd=Path(__file__).parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(6)
     ]
     outcomes = []

@@ -13,7 +13,7 @@ import numpy as np
 import modelcrate as mc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import pack_digits, train  # noqa: E402
+from train import pack_digits, train
 
 
 def main() -> None:
@@ -31,7 +31,10 @@ def main() -> None:
     logits = loaded.predict(x_test[:5])["output"]
     labels = loaded.labels or []
     predicted = [labels[i] for i in np.argmax(logits, axis=1)]
-    print(f"5. mc.load('digits@prod').predict(x_test[:5]) -> {predicted} (true: {[str(v) for v in y_test[:5]]})")
+    print(
+        f"5. mc.load('digits@prod').predict(x_test[:5]) -> {predicted} "
+        f"(true: {[str(v) for v in y_test[:5]]})"
+    )
     agreement = float((np.argmax(loaded.predict(x_test)["output"], 1) == y_test).mean())
     print(f"   accuracy of the loaded crate on the test split: {agreement:.3f}")
 

@@ -1,6 +1,6 @@
 """Train a small CNN on scikit-learn's bundled 8x8 digits (no download) and pack it.
 
-    python examples/digits/train.py --out examples/digits/out
+python examples/digits/train.py --out examples/digits/out
 """
 
 from __future__ import annotations

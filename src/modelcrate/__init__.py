@@ -1,10 +1,10 @@
 """modelcrate: package, publish and reuse neural-network models.
 
-    import modelcrate as mc
-    crate = mc.pack(module, example_inputs=(x,), name="digits", version="1.0.0")
-    mc.publish(crate)
-    model = mc.load("digits@prod")
-    model.predict(x)
+import modelcrate as mc
+crate = mc.pack(module, example_inputs=(x,), name="digits", version="1.0.0")
+mc.publish(crate)
+model = mc.load("digits@prod")
+model.predict(x)
 """
 
 from __future__ import annotations

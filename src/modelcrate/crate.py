@@ -272,7 +272,9 @@ class _Verifying(io.RawIOBase):
         self.hash.update(data)
         self.size += len(data)
         if self.size > self.entry.size:
-            raise IntegrityError(f"{self.entry.path} is longer than the {self.entry.size} bytes listed")
+            raise IntegrityError(
+                f"{self.entry.path} is longer than the {self.entry.size} bytes listed"
+            )
         if (not data or self.size == self.entry.size) and not self.checked:
             self.checked = True
             if self.size != self.entry.size or self.hash.hexdigest() != self.entry.sha256:
@@ -350,9 +352,13 @@ def _scan_archive(archive: Path) -> tuple[dict[str, tuple[int, int]], bytes]:
                 if name in offsets or (name == MANIFEST_NAME and manifest is not None):
                     raise UnsafeContentError(f"{archive.name}: member {name!r} appears twice")
                 if member.mode & 0o7000:
-                    raise UnsafeContentError(f"{archive.name}: member {name!r} has setuid/setgid bits")
+                    raise UnsafeContentError(
+                        f"{archive.name}: member {name!r} has setuid/setgid bits"
+                    )
                 if member.size > MAX_FILE_BYTES or member.offset_data + member.size > file_size:
-                    raise IntegrityError(f"{archive.name}: member {name!r} is truncated or oversized")
+                    raise IntegrityError(
+                        f"{archive.name}: member {name!r} is truncated or oversized"
+                    )
                 if name == MANIFEST_NAME:
                     if member.size > MAX_MANIFEST_BYTES:
                         raise CrateFormatError(f"{archive.name}: crate.json is too large")

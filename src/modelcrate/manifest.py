@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from modelcrate.errors import CrateFormatError, UnsupportedSchemaError
 from modelcrate.refs import DIGEST_PATTERN, NAME_PATTERN, VERSION_PATTERN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "crate.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # A path inside a crate: up to 4 segments, each starting with a letter or digit,
@@ -182,7 +182,9 @@ def shipped_schema() -> dict[str, Any]:
 def parse_manifest(data: bytes) -> Manifest:
     """Validate raw ``crate.json`` bytes against the shipped schema and return the Manifest."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise CrateFormatError(f"crate.json is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}")
+        raise CrateFormatError(
+            f"crate.json is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -10,10 +10,9 @@ import sys
 from typing import Annotated
 
 import typer
-
-from modelcrate.cli import aliases, crates, predict, registry
 from rich.markup import escape
 
+from modelcrate.cli import aliases, crates, predict, registry
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
@@ -19,9 +17,7 @@ def register(app: typer.Typer) -> None:
 
 
 @alias_app.command("set")
-def set_command(
-    name: str, alias: str, version: str, registry: RegistryOption = None
-) -> None:
+def set_command(name: str, alias: str, version: str, registry: RegistryOption = None) -> None:
     """Point NAME@ALIAS at VERSION."""
     event = open_registry(registry).set_alias(name, alias, version)
     before = f" (was {event.previous})" if event.previous else ""

@@ -27,16 +27,21 @@ def pack_command(
     name: Annotated[str, typer.Option("--name", help="Model name.")],
     version: Annotated[str, typer.Option("--version", help="Version, like 1.0.0.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Where to write (default ./NAME-VERSION.crate).")
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write (default ./NAME-VERSION.crate)."),
     ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Text file, one label per line.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Text file, one label per line.")
+    ] = None,
     description: Annotated[str, typer.Option("--description")] = "",
     license: Annotated[str | None, typer.Option("--license")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeatable.")] = None,
     metric: Annotated[
         list[str] | None, typer.Option("--metric", help="name=value; repeatable.")
     ] = None,
-    model_card: Annotated[Path | None, typer.Option("--model-card", help="README.md for the crate.")] = None,
+    model_card: Annotated[
+        Path | None, typer.Option("--model-card", help="README.md for the crate.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Pack a model file into a single-file crate."""
@@ -74,7 +79,9 @@ def parse_metrics(pairs: list[str]) -> dict[str, float]:
 
 
 def inspect_command(
-    target: Annotated[str, typer.Argument(help="A .crate file, a crate directory, or a reference.")],
+    target: Annotated[
+        str, typer.Argument(help="A .crate file, a crate directory, or a reference.")
+    ],
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -102,15 +109,21 @@ def render_manifest(manifest: Manifest, digest: str) -> None:
         if value:
             facts.add_row(key, value)
     if manifest.labels:
-        facts.add_row("labels", f"{len(manifest.labels)}: {', '.join(manifest.labels[:10])}"
-                      + (" …" if len(manifest.labels) > 10 else ""))
-    for key, value in manifest.metrics.items():
-        facts.add_row(f"metric {key}", f"{value:g}")
+        facts.add_row(
+            "labels",
+            f"{len(manifest.labels)}: {', '.join(manifest.labels[:10])}"
+            + (" …" if len(manifest.labels) > 10 else ""),
+        )
+    for metric, score in manifest.metrics.items():
+        facts.add_row(f"metric {metric}", f"{score:g}")
     console.print(facts)
     signature = Table(title="signature")
     for column in ("", "name", "dtype", "shape"):
         signature.add_column(column)
-    for kind, specs in (("input", manifest.signature.inputs), ("output", manifest.signature.outputs)):
+    for kind, specs in (
+        ("input", manifest.signature.inputs),
+        ("output", manifest.signature.outputs),
+    ):
         for spec in specs:
             signature.add_row(kind, spec.name, spec.dtype, str(spec.shape))
     console.print(signature)
@@ -118,7 +131,11 @@ def render_manifest(manifest: Manifest, digest: str) -> None:
     for column in ("kind", "path", "precision", "parity (max abs diff)"):
         artifacts.add_column(column)
     for artifact in manifest.artifacts:
-        parity = f"{artifact.parity.max_abs_diff:.2e} vs {artifact.parity.reference}" if artifact.parity else ""
+        parity = (
+            f"{artifact.parity.max_abs_diff:.2e} vs {artifact.parity.reference}"
+            if artifact.parity
+            else ""
+        )
         artifacts.add_row(artifact.kind, artifact.path, artifact.precision, parity)
     console.print(artifacts)
     files = Table(title="files")

@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
 
 
 def publish_command(
-    crate_path: Annotated[Path, typer.Argument(metavar="CRATE", help="A .crate file or crate directory.")],
+    crate_path: Annotated[
+        Path, typer.Argument(metavar="CRATE", help="A .crate file or crate directory.")
+    ],
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -94,8 +96,13 @@ def show_command(
     for column in ("version", "aliases", "size", "published", "digest"):
         table.add_column(column)
     for v in versions:
-        table.add_row(v.version, ", ".join(v.aliases), human_size(v.size), when(v.created_at),
-                      v.digest[:19] + "…")
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            human_size(v.size),
+            when(v.created_at),
+            v.digest[:19] + "…",
+        )
     console.print(table)
 
 
@@ -129,13 +136,17 @@ def verify_command(
             mark = "[green]ok[/green]" if not row["problem"] else f"[red]{row['problem']}[/red]"
             console.print(f"{mark}  {row['path']}")
     if bad:
-        raise IntegrityError(f"{target}: {len(bad)} file(s) failed verification: "
-                             + ", ".join(f"{r['path']} ({r['problem']})" for r in bad))
+        raise IntegrityError(
+            f"{target}: {len(bad)} file(s) failed verification: "
+            + ", ".join(f"{r['path']} ({r['problem']})" for r in bad)
+        )
 
 
 def delete_command(
     ref: Annotated[str, typer.Argument(help="name@version to delete.")],
-    force: Annotated[bool, typer.Option("--force", help="Also remove aliases pointing at it.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also remove aliases pointing at it.")
+    ] = False,
     registry: RegistryOption = None,
 ) -> None:
     """Delete a version. Its blobs are freed by `modelcrate gc`."""

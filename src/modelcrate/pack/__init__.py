@@ -127,7 +127,7 @@ def _torch_module_type() -> type | None:
     import sys
 
     torch = sys.modules.get("torch")  # never import torch just to find out it was not used
-    return None if torch is None else torch.nn.Module  # type: ignore[no-any-return]
+    return None if torch is None else torch.nn.Module
 
 
 def read_labels(labels: list[str] | str | os.PathLike[str] | None) -> list[str] | None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 from modelcrate.errors import PackError, UnsafeContentError
-from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
+from modelcrate.manifest import Artifact, DType, Framework, Precision, Signature, TensorSpec
 from modelcrate.pack import Build
 from modelcrate.runtimes.onnxruntime import external_data_files
 
@@ -76,14 +76,16 @@ def _spec(value: Any) -> TensorSpec:
     dtype = tensor_dtype_to_np_dtype(tensor_type.elem_type)
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
     name = "string" if dtype.kind in "OUS" else dtype.name
-    return TensorSpec(name=value.name, dtype=name, shape=dims)
+    if name not in get_args(DType):
+        raise PackError(f"tensor {value.name!r} has dtype {name}, which crates cannot describe yet")
+    return TensorSpec(name=value.name, dtype=cast(DType, name), shape=dims)
 
 
 def opset_of(model: Any) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def precision_of(model: Any) -> str:
+def precision_of(model: Any) -> Precision:
     from onnx import TensorProto
 
     kinds = {init.data_type for init in model.graph.initializer}

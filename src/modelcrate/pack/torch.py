@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelcrate.errors import PackError, UsageError
-from modelcrate.manifest import Artifact, Framework, Parity, Signature, TensorSpec
+from modelcrate.manifest import Artifact, Framework, Parity, Precision, Signature, TensorSpec
 from modelcrate.pack import Build
 from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
 from modelcrate.runtimes.torch import check_pt2, import_torch
@@ -71,8 +71,13 @@ def build(
     precision = _precision(module)
     return Build(
         artifacts=[
-            Artifact(kind="onnx", path=ONNX_FILE, precision=precision, opset=opset_of(onnx_model),
-                     parity=parity),
+            Artifact(
+                kind="onnx",
+                path=ONNX_FILE,
+                precision=precision,
+                opset=opset_of(onnx_model),
+                parity=parity,
+            ),
             Artifact(kind="torch-export", path=PT2_FILE, precision=precision),
             Artifact(kind="safetensors", path=SAFETENSORS_FILE, precision=precision),
         ],
@@ -105,7 +110,8 @@ def _read_pt2(path: Path) -> Any:
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as exc:
-        raise PackError(f"{path.name} is not a loadable torch.export program: {_first_line(exc)}")
+        message = f"{path.name} is not a loadable torch.export program: {_first_line(exc)}"
+        raise PackError(message) from None
 
 
 def _export_onnx(torch: Any, program: Any, target: Path, ins: list[str], outs: list[str]) -> None:
@@ -115,8 +121,14 @@ def _export_onnx(torch: Any, program: Any, target: Path, ins: list[str], outs: l
         with redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                program, (), str(target), dynamo=True, input_names=ins, output_names=outs,
-                external_data=False, verbose=False,
+                program,
+                (),
+                str(target),
+                dynamo=True,
+                input_names=ins,
+                output_names=outs,
+                external_data=False,
+                verbose=False,
             )
     except Exception as exc:
         raise PackError(f"ONNX export failed: {_first_line(exc)}") from None
@@ -170,7 +182,7 @@ def _flatten(result: Any) -> list[Any]:
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
-def _precision(module: Any) -> str:
+def _precision(module: Any) -> Precision:
     import torch
 
     dtypes = {p.dtype for p in module.parameters()}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import BinaryIO
 
 from sqlalchemy import func, or_, select
@@ -180,7 +180,9 @@ class Registry:
                     manifest=manifest.canonical_bytes().decode(),
                     description=manifest.description,
                     size=sum(f.size for f in manifest.files),
-                    files=[FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files],
+                    files=[
+                        FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files
+                    ],
                     tags=[TagRow(tag=t) for t in manifest.tags],
                 )
             )
@@ -237,8 +239,9 @@ class Registry:
         aliases = session.scalars(
             select(AliasRow.alias).where(AliasRow.name == row.name, AliasRow.version == row.version)
         ).all()
-        return VersionInfo(row.name, row.version, row.digest, row.size, row.created_at,
-                           sorted(aliases))
+        return VersionInfo(
+            row.name, row.version, row.digest, row.size, row.created_at, sorted(aliases)
+        )
 
     def manifest(self, ref: str | Ref) -> Manifest:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
@@ -246,7 +249,9 @@ class Registry:
             row = self._resolve_row(session, parsed)
             manifest = parse_manifest(row.manifest.encode())
         if manifest.digest != row.digest:
-            raise IntegrityError(f"{row.name}@{row.version}: stored manifest does not match its digest")
+            raise IntegrityError(
+                f"{row.name}@{row.version}: stored manifest does not match its digest"
+            )
         return manifest
 
     def get(self, ref: str | Ref) -> Crate:
@@ -260,13 +265,17 @@ class Registry:
 
     # -- listing -------------------------------------------------------------
 
-    def list_models(self, query: str | None = None, *, tag: str | None = None) -> list[ModelSummary]:
+    def list_models(
+        self, query: str | None = None, *, tag: str | None = None
+    ) -> list[ModelSummary]:
         """Models whose name or description contains ``query`` and that carry ``tag``."""
         with read_session(self.engine) as session:
             stmt = select(VersionRow).order_by(VersionRow.name, VersionRow.id)
             if query:
                 pattern = f"%{query}%"
-                stmt = stmt.where(or_(VersionRow.name.like(pattern), VersionRow.description.like(pattern)))
+                stmt = stmt.where(
+                    or_(VersionRow.name.like(pattern), VersionRow.description.like(pattern))
+                )
             if tag:
                 stmt = stmt.where(VersionRow.tags.any(TagRow.tag == tag))
             rows = session.scalars(stmt).all()
@@ -309,7 +318,9 @@ class Registry:
         with write_session(self.engine) as session, session.begin():
             return self._move(session, name, alias, target.version, "set")
 
-    def _move(self, session: Session, name: str, alias: str, version: str, action: str) -> AliasEvent:
+    def _move(
+        self, session: Session, name: str, alias: str, version: str, action: str
+    ) -> AliasEvent:
         row = session.get(AliasRow, (name, alias))
         previous = row.version if row else None
         now = time.time()
@@ -317,8 +328,11 @@ class Registry:
             session.add(AliasRow(name=name, alias=alias, version=version, updated_at=now))
         else:
             row.version, row.updated_at = version, now
-        session.add(AliasEventRow(name=name, alias=alias, action=action, version=version,
-                                  previous=previous, at=now))
+        session.add(
+            AliasEventRow(
+                name=name, alias=alias, action=action, version=version, previous=previous, at=now
+            )
+        )
         return AliasEvent(alias, action, version, previous, now)
 
     def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
@@ -347,16 +361,25 @@ class Registry:
             # rollbacks are skipped so that repeated rollbacks keep walking back.
             origin = session.scalars(
                 select(AliasEventRow)
-                .where(AliasEventRow.name == name, AliasEventRow.alias == alias,
-                       AliasEventRow.action == "set", AliasEventRow.version == current.version)
+                .where(
+                    AliasEventRow.name == name,
+                    AliasEventRow.alias == alias,
+                    AliasEventRow.action == "set",
+                    AliasEventRow.version == current.version,
+                )
                 .order_by(AliasEventRow.id.desc())
             ).first()
             previous = origin.previous if origin else None
             if previous is None:
                 raise RegistryError(f"{name}@{alias} has no earlier target to roll back to")
-            if session.scalar(
-                select(func.count()).where(VersionRow.name == name, VersionRow.version == previous)
-            ) == 0:
+            if (
+                session.scalar(
+                    select(func.count()).where(
+                        VersionRow.name == name, VersionRow.version == previous
+                    )
+                )
+                == 0
+            ):
                 raise RegistryError(
                     f"{name}@{alias} would roll back to {previous}, which was deleted"
                 )
@@ -369,8 +392,16 @@ class Registry:
             if row is None:
                 raise NotFound(f"{name}@{alias}: no such alias")
             session.delete(row)
-            session.add(AliasEventRow(name=name, alias=alias, action="delete", version=None,
-                                      previous=row.version, at=time.time()))
+            session.add(
+                AliasEventRow(
+                    name=name,
+                    alias=alias,
+                    action="delete",
+                    version=None,
+                    previous=row.version,
+                    at=time.time(),
+                )
+            )
 
     # -- delete, gc, verify --------------------------------------------------
 
@@ -389,8 +420,16 @@ class Registry:
                 )
             for alias in info.aliases:
                 session.delete(session.get(AliasRow, (row.name, alias)))
-                session.add(AliasEventRow(name=row.name, alias=alias, action="delete",
-                                          version=None, previous=row.version, at=time.time()))
+                session.add(
+                    AliasEventRow(
+                        name=row.name,
+                        alias=alias,
+                        action="delete",
+                        version=None,
+                        previous=row.version,
+                        at=time.time(),
+                    )
+                )
             session.delete(row)
         return info
 
@@ -412,7 +451,9 @@ class Registry:
     def verify(self, ref: str) -> list[FileCheck]:
         """Re-hash every blob of ``ref``; each FileCheck says what (if anything) is wrong."""
         manifest = self.manifest(ref)
-        return [FileCheck(f.path, f.size, self.blobs.check(f.sha256, f.size)) for f in manifest.files]
+        return [
+            FileCheck(f.path, f.size, self.blobs.check(f.sha256, f.size)) for f in manifest.files
+        ]
 
     def stats(self) -> dict[str, int]:
         with read_session(self.engine) as session:
@@ -420,4 +461,3 @@ class Registry:
             logical = session.scalar(select(func.coalesce(func.sum(VersionRow.size), 0))) or 0
         stored = sum(self.blobs.path(sha).stat().st_size for sha, _ in self.blobs.iter_blobs())
         return {"versions": versions, "logical_bytes": logical, "stored_bytes": stored}
-

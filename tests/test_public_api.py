@@ -1,0 +1,30 @@
+"""The public surface is exactly what __all__ says (httpx's tests/test_exported_members.py)."""
+
+from __future__ import annotations
+
+import modelcrate as mc
+
+
+def test_all_names_exist_and_every_public_name_is_exported() -> None:
+    assert all(hasattr(mc, name) for name in mc.__all__)
+    public = {
+        name
+        for name, value in vars(mc).items()
+        if not name.startswith("_")
+        and not getattr(value, "__name__", "").startswith("modelcrate.")
+        and name not in {"annotations", "os", "version", "Path", "PackageNotFoundError"}
+    }
+    assert public <= set(mc.__all__), public - set(mc.__all__)
+
+
+def test_every_error_is_a_modelcrate_error_with_an_exit_code() -> None:
+    errors = [
+        getattr(mc, n)
+        for n in mc.__all__
+        if n.endswith(("Error", "Conflict", "Found", "Unavailable", "Reference"))
+    ]
+    assert len(errors) >= 10
+    for error in errors:
+        assert issubclass(error, mc.ModelcrateError)
+        assert error.exit_code in (1, 2)
+    assert issubclass(mc.NotFound, LookupError) and issubclass(mc.InputError, ValueError)
