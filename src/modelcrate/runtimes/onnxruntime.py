@@ -66,6 +66,8 @@ def external_data_files(model: Any) -> list[str]:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     if isinstance(model, bytes):
+        if b"location" not in model:  # every external-data entry carries this key
+            return []
         try:
             model = onnx.load_from_string(model)
         except Exception as exc:  # protobuf DecodeError
