@@ -1,0 +1,94 @@
+"""kill -9 during publish: every version is absent or complete, earlier ones untouched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import modelcrate as mc
+from conftest import make_onnx
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    import modelcrate as mc
+    crate = mc.Crate.open(sys.argv[2])
+    mc.Registry.open(sys.argv[1])  # imports and schema set-up done before "ready"
+    print("ready", flush=True)
+    mc.publish(crate, registry=sys.argv[1])
+    print("done", flush=True)
+    """
+)
+
+
+def start(registry_dir: Path, crate: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(registry_dir), str(crate)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.slow
+def test_killed_publishes_leave_versions_absent_or_complete(tmp_path: Path) -> None:
+    registry_dir = tmp_path / "registry"
+    registry = mc.Registry.open(registry_dir)
+    first = mc.pack(make_onnx(tmp_path / "v0" / "m.onnx", seed=0), name="tiny", version="1.0.0")
+    registry.publish(first)
+    before = {c.path: c.problem for c in registry.verify("tiny@1.0.0")}
+    blob_bytes = {f.path: registry.blobs.path(f.sha256).read_bytes() for f in first.manifest.files}
+    crates = []
+    for i in range(1, 9):
+        # A few MB of external data, so the kill lands in the middle of blob writes.
+        source = make_onnx(tmp_path / f"v{i}" / "m.onnx", seed=i, external="weights.bin")
+        (tmp_path / f"v{i}" / "pad.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+        crate = mc.pack(source, name="tiny", version=f"1.0.{i}", model_card=None)
+        crates.append(crate.save(tmp_path / f"tiny-{i}.crate"))
+    # Time one complete publish, then kill the others at fractions of that time.
+    probe = mc.pack(
+        make_onnx(tmp_path / "probe" / "m.onnx", seed=99, external="w.bin"),
+        name="probe",
+        version="1.0.0",
+    ).save(tmp_path / "probe.crate")
+    proc = start(registry_dir, probe)
+    started = time.perf_counter()
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+    duration = time.perf_counter() - started
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    for i, path in enumerate(crates):
+        proc = start(registry_dir, path)
+        time.sleep(duration * i / (len(crates) - 2))  # from the start to just past the end
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    registry = mc.Registry.open(registry_dir)
+    landed = registry.versions("tiny")
+    print(
+        "landed after kills:",
+        [v.version for v in landed],
+        "tmp files:",
+        len(list((registry_dir / "blobs" / "tmp").iterdir())),
+    )
+    for version in landed:
+        checks = registry.verify(version.ref)
+        assert all(c.problem is None for c in checks), (version.ref, checks)
+        mc.load(version.ref, registry=registry)
+    assert {c.path: c.problem for c in registry.verify("tiny@1.0.0")} == before
+    for path, data in blob_bytes.items():
+        sha = first.manifest.file(path).sha256
+        assert registry.blobs.path(sha).read_bytes() == data
+    # A later, complete publish of every killed version still works.
+    for path in crates:
+        registry.publish(path)
+    assert len(registry.versions("tiny")) == 1 + len(crates)
