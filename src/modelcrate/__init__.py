@@ -13,6 +13,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from modelcrate.client import Client
 from modelcrate.crate import Crate
 from modelcrate.errors import (
     BadReference,
@@ -56,6 +57,7 @@ def pull(ref: str, to: str | os.PathLike[str], *, registry: Registry | str | Non
 
 __all__ = [
     "BadReference",
+    "Client",
     "Crate",
     "CrateFormatError",
     "InputError",

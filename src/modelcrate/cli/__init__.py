@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from modelcrate.cli import aliases, crates, predict, registry
+from modelcrate.cli import aliases, crates, predict, registry, serving
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
@@ -36,6 +36,7 @@ crates.register(app)
 registry.register(app)
 aliases.register(app)
 predict.register(app)
+serving.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

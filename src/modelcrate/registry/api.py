@@ -233,7 +233,7 @@ class Registry:
 
     def _require_model(self, session: Session, name: str) -> None:
         if session.scalar(select(func.count()).where(VersionRow.name == name)) == 0:
-            raise NotFound(f"no model named {name!r} in the registry at {self.root}")
+            raise NotFound(f"no model named {name!r} in the registry")
 
     def _info(self, session: Session, row: VersionRow) -> VersionInfo:
         aliases = session.scalars(

@@ -1,0 +1,100 @@
+"""``serve`` and ``bench``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+
+import typer
+
+from modelcrate.cli.options import JsonOption, RegistryOption
+from modelcrate.cli.output import console, errors, print_json
+from modelcrate.errors import UsageError
+from modelcrate.server.app import AppSettings
+from modelcrate.server.models import BatchConfig
+from modelcrate.server.oip import Limits
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+    app.command("bench")(bench_command)
+
+
+def serve_command(
+    refs: Annotated[list[str], typer.Argument(help="Models to serve: digits@prod resnet@1.2.0 …")],
+    port: Annotated[int, typer.Option("--port", "-p")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Interface (default loopback only).")] = (
+        "127.0.0.1"
+    ),
+    workers: Annotated[int, typer.Option("--workers", help="Processes sharing the port.")] = 1,
+    token_file: Annotated[str | None, typer.Option("--token-file", help="TOML bearer tokens.")] = (
+        None
+    ),
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback host without tokens.")
+    ] = False,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = 32,
+    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms")] = 0.0,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Accept NaN/Inf in inputs.")
+    ] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds.")] = 0.2,
+    access_log: Annotated[bool, typer.Option("--access-log", help="JSON line per request.")] = (
+        False
+    ),
+    registry: RegistryOption = None,
+) -> None:
+    """Serve models over the Open Inference Protocol v2; aliases are followed live."""
+    from modelcrate.server.runner import ServeSettings, serve
+
+    if workers < 1 or max_batch_size < 1:
+        raise UsageError("--workers and --max-batch-size must be at least 1")
+    settings = ServeSettings(
+        refs=refs, registry=registry, host=host, port=port, workers=workers,
+        token_file=token_file, insecure=insecure,
+        batch=BatchConfig(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms),
+        app=AppSettings(
+            limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),
+            request_timeout=request_timeout, access_log=access_log,
+        ),
+        poll_interval=poll_interval,
+    )  # fmt: skip
+    errors.print(f"serving {', '.join(refs)} on http://{host}:{port} (Ctrl-C to stop)")
+    serve(settings)
+
+
+def bench_command(
+    url: Annotated[str, typer.Argument(help="Server URL, like http://127.0.0.1:8000")],
+    ref: Annotated[str, typer.Argument(help="Model (digits, digits@prod).")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 16,
+    duration: Annotated[str, typer.Option("--duration", "-d", help="Like 20s or 1m.")] = "10s",
+    token: Annotated[str | None, typer.Option("--token", envvar="MODELCRATE_TOKEN")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Load-test a server for a fixed time and report req/s and latency percentiles."""
+    from modelcrate.loadtest import run_load
+
+    seconds = parse_duration(duration)
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    result = asyncio.run(run_load(url, ref, concurrency=concurrency, duration=seconds, token=token))
+    summary = {**vars(result), "rps": result.rps}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"{result.requests} requests in {result.seconds:.1f} s: {result.rps:.0f} req/s, "
+        f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+        f"{result.errors} errors {result.statuses}"
+    )
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text.strip())
+    if not match:
+        raise UsageError(f"--duration {text!r}: expected a number with s, ms or m, like 20s")
+    value = float(match.group(1))
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]

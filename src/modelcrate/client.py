@@ -1,0 +1,138 @@
+"""Client for a modelcrate (or any Open Inference Protocol v2) server.
+
+    client = modelcrate.Client("http://127.0.0.1:8000", token=...)
+    client.predict("digits@prod", x)      # {"output": ndarray}
+
+Tensors travel with the binary tensor data extension: a JSON header followed
+by raw little-endian bytes, both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modelcrate.errors import InputError, ModelcrateError, NotFound, UsageError
+from modelcrate.refs import parse_ref
+from modelcrate.server.oip import DATATYPES, HEADER_LENGTH, datatype_of
+
+_NUMPY_TO_OIP = {dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+
+class ServerError(ModelcrateError):
+    """The server answered with an error status."""
+
+
+class Client:
+    """A small synchronous client; ``predict`` uses the binary tensor extension."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._metadata: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def ready(self) -> bool:
+        return self.http.get("/v2/health/ready").status_code == 200
+
+    def metadata(self, ref: str) -> dict[str, Any]:
+        name, version = _split(ref)
+        key = (name, version)
+        if key not in self._metadata:
+            self._metadata[key] = self._json("GET", _model_path(name, version))
+        return self._metadata[key]
+
+    def predict(self, ref: str, inputs: Any) -> dict[str, np.ndarray]:
+        """Run ``ref`` (name, name@version or name@alias) on one array or a dict of arrays."""
+        name, version = _split(ref)
+        specs = self.metadata(ref)["inputs"]
+        if not isinstance(inputs, dict):
+            if len(specs) != 1:
+                raise InputError(f"{name} takes {len(specs)} inputs; pass a dict name -> array")
+            inputs = {specs[0]["name"]: inputs}
+        header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": True}}
+        chunks = []
+        for spec in specs:
+            if spec["name"] not in inputs:
+                raise InputError(f"missing input {spec['name']!r}")
+            wanted = DATATYPES[spec["datatype"]]
+            array = np.ascontiguousarray(np.asarray(inputs[spec["name"]]), dtype=wanted)
+            data = array.astype(wanted.newbyteorder("<"), copy=False).tobytes()
+            header["inputs"].append({
+                "name": spec["name"], "shape": list(array.shape), "datatype": spec["datatype"],
+                "parameters": {"binary_data_size": len(data)},
+            })  # fmt: skip
+            chunks.append(data)
+        head = json.dumps(header).encode()
+        response = self.http.post(
+            _model_path(name, version) + "/infer",
+            content=head + b"".join(chunks),
+            headers={HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"},
+        )
+        _raise_for(response)
+        return decode_outputs(response)
+
+    def _json(self, method: str, path: str) -> dict[str, Any]:
+        response = self.http.request(method, path)
+        _raise_for(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def decode_outputs(response: httpx.Response) -> dict[str, np.ndarray]:
+    """Outputs of an infer response, JSON or binary."""
+    length = response.headers.get(HEADER_LENGTH)
+    body = response.content
+    split = int(length) if length is not None else len(body)
+    document = json.loads(body[:split])
+    offset, outputs = split, {}
+    for output in document["outputs"]:
+        dtype = DATATYPES[output["datatype"]]
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            raw = body[offset : offset + size]
+            offset += size
+            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+        else:
+            array = np.asarray(output["data"], dtype=dtype)
+        outputs[output["name"]] = array.reshape(output["shape"])
+    return outputs
+
+
+def _split(ref: str) -> tuple[str, str | None]:
+    parsed = parse_ref(ref)
+    return parsed.name, parsed.version or parsed.alias or parsed.digest
+
+
+def _model_path(name: str, version: str | None) -> str:
+    return f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = response.json().get("error", response.text)
+    except (json.JSONDecodeError, AttributeError):
+        message = response.text
+    if response.status_code == 404:
+        raise NotFound(message)
+    if response.status_code in (400, 413, 415):
+        raise InputError(message)
+    if response.status_code in (401, 403):
+        raise UsageError(f"not authorized: {message}")
+    raise ServerError(f"server answered {response.status_code}: {message}")
+
+
+__all__ = ["Client", "ServerError", "datatype_of"]

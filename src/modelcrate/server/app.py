@@ -1,0 +1,349 @@
+"""The ASGI app: Open Inference Protocol v2 routes, model repository extension, metrics.
+
+Handlers decode with ``oip``, run through the ``ModelManager`` (the same
+``Model`` the Python API uses) and encode the answer. Every error is a JSON
+body ``{"error": "..."}`` that names the caller's mistake and never a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import modelcrate
+from modelcrate.errors import InputError, ModelcrateError, NotFound, UsageError
+from modelcrate.manifest import TensorSpec
+from modelcrate.refs import NAME_PATTERN
+from modelcrate.server import oip
+from modelcrate.server.auth import Tokens
+from modelcrate.server.models import ModelManager, ServedModel
+
+access_log = logging.getLogger("modelcrate.access")
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
+# curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
+JSON_TYPES = (
+    "",
+    "application/json",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",
+)
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    limits: oip.Limits = field(default_factory=oip.Limits)
+    request_timeout: float = 30.0
+    access_log: bool = False
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> ASGIApp:
+    """Build the server's ASGI app around a model manager (no module globals)."""
+    limits = settings.limits
+
+    def guard(
+        scope: str | None, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                authorize(tokens, request, scope)
+                return await handler(request)
+            except HTTPError as exc:
+                return error(exc.status, str(exc))
+            except InputError as exc:
+                return error(400, str(exc))
+            except UsageError as exc:
+                return error(400, str(exc))
+            except NotFound as exc:
+                return error(404, str(exc))
+            except ModelcrateError as exc:
+                return error(500, str(exc))
+
+        return endpoint
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_: Request) -> Response:
+        is_ready = all(m.current is not None for m in manager.models.values())
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    async def server_metadata(_: Request) -> Response:
+        return JSONResponse(
+            {"name": "modelcrate", "version": modelcrate.__version__, "extensions": EXTENSIONS}
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        served, loaded = manager.lookup(*name_version(request))
+        manifest = loaded.manifest
+        body: dict[str, Any] = {
+            "name": served.name,
+            "versions": [loaded.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [tensor_metadata(s) for s in manifest.signature.inputs],
+            "outputs": [tensor_metadata(s) for s in manifest.signature.outputs],
+            "parameters": {"digest": loaded.digest, "selector": str(served.selector)},
+        }
+        if served.error:
+            body["error"] = served.error
+        return JSONResponse(body)
+
+    async def model_ready(request: Request) -> Response:
+        name, version = name_version(request)
+        try:
+            served, loaded = manager.lookup(name, version)
+        except NotFound as exc:
+            return error(503 if name in manager.models else 404, str(exc))
+        body = {"name": served.name, "version": loaded.version, "ready": True}
+        if served.error:
+            body["error"] = served.error
+        return JSONResponse(body)
+
+    async def infer(request: Request) -> Response:
+        name, version = name_version(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in JSON_TYPES:
+            raise HTTPError(
+                415,
+                f"content type {content_type!r} is not accepted; send JSON "
+                "or the binary tensor extension",
+            )
+        body = await read_body(request, limits.max_body_bytes)
+        decoded = oip.decode_request(body, request.headers.get(oip.HEADER_LENGTH), limits)
+        started = time.perf_counter()
+        status = 500
+        try:
+            async with manager.using(name, version) as loaded:
+                try:
+                    outputs = await asyncio.wait_for(
+                        manager.infer(loaded, decoded.inputs), settings.request_timeout
+                    )
+                except TimeoutError:
+                    raise HTTPError(
+                        504, f"inference took longer than {settings.request_timeout} s"
+                    ) from None
+                payload, header_length = oip.encode_response(
+                    model_name=name,
+                    model_version=loaded.version,
+                    outputs=outputs,
+                    request=decoded,
+                    labels=loaded.manifest.labels,
+                )
+                status = 200
+                served_version = loaded.version
+        except HTTPError as exc:
+            status = exc.status
+            raise
+        except InputError:
+            status = 400
+            raise
+        finally:
+            manager.metrics.requests.labels(name, version or "", str(status)).inc()
+            manager.metrics.latency.labels(name).observe(time.perf_counter() - started)
+            served_model = manager.models.get(name)
+            if served_model is not None:
+                served_model.stats["requests"] += 1
+                served_model.stats["failures"] += status != 200
+        headers = {"model-version": served_version}
+        if header_length is None:
+            return Response(payload, media_type="application/json", headers=headers)
+        headers[oip.HEADER_LENGTH] = str(header_length)
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+    async def stats(request: Request) -> Response:
+        name, version = name_version(request)
+        served, loaded = manager.lookup(name, version)
+        return JSONResponse({"model_stats": [model_stats(served, loaded.batcher.depth)]})
+
+    async def repository_index(_: Request) -> Response:
+        return JSONResponse([repository_entry(m) for m in manager.models.values()])
+
+    async def repository_load(request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await read_body(request, 64 * 1024)
+        ref = None
+        if body.strip():
+            try:
+                document = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                document = None
+            if not isinstance(document, dict):
+                raise InputError("load body must be a JSON object")
+            ref = (document.get("parameters") or {}).get("ref")
+            if ref is not None and (not isinstance(ref, str) or "://" in ref or "/" in ref):
+                raise InputError(
+                    "parameters.ref must be a registry reference like "
+                    "name@alias; the server never loads from URLs or paths"
+                )
+        served = await manager.load(checked_name(name), ref)
+        return JSONResponse(repository_entry(served))
+
+    async def repository_unload(request: Request) -> Response:
+        manager.unload(checked_name(request.path_params["name"]))
+        return JSONResponse({})
+
+    async def metrics(_: Request) -> Response:
+        for served in manager.models.values():
+            depth = served.current.batcher.depth if served.current else 0
+            manager.metrics.queue_depth.labels(served.name).set(depth)
+        return Response(manager.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", guard(None, live)),
+        Route("/v2/health/ready", guard(None, ready)),
+        Route("/v2", guard("read", server_metadata)),
+        Route(model, guard("read", model_metadata)),
+        Route(version, guard("read", model_metadata)),
+        Route(model + "/ready", guard("read", model_ready)),
+        Route(version + "/ready", guard("read", model_ready)),
+        Route(model + "/infer", guard("infer", infer), methods=["POST"]),
+        Route(version + "/infer", guard("infer", infer), methods=["POST"]),
+        Route(model + "/stats", guard("read", stats)),
+        Route(version + "/stats", guard("read", stats)),
+        Route("/v2/repository/index", guard("read", repository_index), methods=["POST", "GET"]),
+        Route(
+            "/v2/repository/models/{name}/load", guard("admin", repository_load), methods=["POST"]
+        ),
+        Route(
+            "/v2/repository/models/{name}/unload",
+            guard("admin", repository_unload),
+            methods=["POST"],
+        ),
+        Route("/metrics", guard("read", metrics)),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    if settings.access_log:
+        app = AccessLog(app)
+    return app
+
+
+def authorize(tokens: Tokens, request: Request, scope: str | None) -> None:
+    if scope is None:
+        return
+    if not tokens.enabled:
+        if scope == "admin":
+            raise HTTPError(403, "admin endpoints need a token: start the server with --token-file")
+        return
+    scopes = tokens.scopes_for(request.headers.get("authorization"))
+    if scopes is None:
+        raise HTTPError(401, "missing or unknown bearer token")
+    if scope not in scopes:
+        raise HTTPError(403, f"this token lacks the {scope!r} scope")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 before reading when it is declared too large."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HTTPError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def name_version(request: Request) -> tuple[str, str | None]:
+    return checked_name(request.path_params["name"]), request.path_params.get("version")
+
+
+def checked_name(name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise NotFound(f"no model named {name[:64]!r}")
+    return name
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": oip.datatype_of(spec.dtype), "shape": spec.shape}
+
+
+def model_stats(served: ServedModel, depth: int) -> dict[str, Any]:
+    current = served.current
+    return {
+        "name": served.name,
+        "version": current.version if current else "",
+        "selector": str(served.selector),
+        "inference_count": int(served.stats["requests"]),
+        "failure_count": int(served.stats["failures"]),
+        "swap_count": served.swaps,
+        "loaded_at": served.loaded_at,
+        "queue_depth": depth,
+        "inflight": current.inflight if current else 0,
+    }
+
+
+def repository_entry(served: ServedModel) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": served.name,
+        "version": served.current.version if served.current else "",
+        "state": "READY" if served.current else "UNAVAILABLE",
+    }
+    if served.error:
+        entry["reason"] = served.error
+    return entry
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class AccessLog:
+    """Structured JSON access log: one line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 0
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            access_log.info(json.dumps({
+                "method": scope["method"], "path": scope["path"], "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+                "client": (scope.get("client") or ["", 0])[0],
+            }))  # fmt: skip

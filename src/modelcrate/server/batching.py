@@ -1,0 +1,141 @@
+"""Adaptive batching: merge concurrent requests into one model call, split the answers back.
+
+One runner task per loaded model version takes the first queued request, then
+everything else already queued (requests pile up while the model is busy, so
+batches grow with load and stay at 1 when idle), and, if ``max_delay_ms`` is
+set, waits up to that long for more, up to ``max_batch_size`` rows. Requests
+are merged only when every input has the same trailing shape and dtype; the
+model runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Feeds]
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds
+    rows: int
+    key: tuple[object, ...]
+    future: asyncio.Future[Feeds] = field(repr=False)
+
+
+class Batcher:
+    """Queues requests for one model version and runs them in merged batches."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run = run
+        self.executor = executor
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay = max(0.0, max_delay_ms) / 1000
+        self.on_batch = on_batch
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def submit(self, feeds: Feeds) -> Feeds:
+        """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._loop())
+        rows = _rows(feeds)
+        loop = asyncio.get_running_loop()
+        if self.max_batch_size == 1 or rows is None:
+            return await loop.run_in_executor(self.executor, self.run, feeds)
+        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
+        pending = _Pending(feeds, rows, key, loop.create_future())
+        await self.queue.put(pending)
+        return await pending.future
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        while not self.queue.empty():
+            pending = self.queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("model was unloaded"))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch, held = [first], []
+            rows = first.rows
+            deadline = time.monotonic() + self.max_delay
+            while rows < self.max_batch_size:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item.key == first.key and rows + item.rows <= self.max_batch_size:
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    held.append(item)
+                    if len(held) >= self.max_batch_size:
+                        break
+            for item in held:  # different shapes wait for the next round, in order
+                self.queue.put_nowait(item)
+            await self._run_batch(loop, batch, rows)
+
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int
+    ) -> None:
+        live = [p for p in batch if not p.future.done()]  # cancelled requests drop out
+        if not live:
+            return
+        merged = (
+            live[0].feeds
+            if len(live) == 1
+            else {name: np.concatenate([p.feeds[name] for p in live]) for name in live[0].feeds}
+        )
+        if self.on_batch is not None:
+            self.on_batch(sum(p.rows for p in live))
+        try:
+            outputs = await loop.run_in_executor(self.executor, self.run, merged)
+        except Exception as exc:  # the model failed: every request in the batch gets the error
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        start = 0
+        for pending in live:
+            end = start + pending.rows
+            if not pending.future.done():
+                pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
+            start = end
+
+
+def _rows(feeds: Feeds) -> int | None:
+    """The shared batch size of all inputs, or None when they cannot be merged."""
+    sizes = {a.shape[0] if a.ndim else -1 for a in feeds.values()}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size if size > 0 else None

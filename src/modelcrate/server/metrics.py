@@ -1,0 +1,36 @@
+"""Prometheus metrics for one server (its own CollectorRegistry: no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelcrate_requests", "Inference requests by model, version and HTTP status.",
+            ["model", "version", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "modelcrate_request_latency_seconds", "Inference request latency.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "modelcrate_batch_size", "Rows per model call after batching.",
+            ["model"], buckets=BATCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "modelcrate_queue_depth", "Requests waiting for a batch.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.swaps = Counter(
+            "modelcrate_model_swaps", "Model version loads/swaps by outcome.",
+            ["model", "outcome"], registry=self.registry,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

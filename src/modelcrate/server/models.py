@@ -1,0 +1,303 @@
+"""Loaded models and hot swap.
+
+Each served model follows a *selector*: an alias (``digits@prod``), the bare
+name (latest published) or a pinned version. A watcher re-resolves selectors
+against the registry every ``poll_interval`` seconds. When the target changes,
+the new version is loaded and warmed up in a worker thread, checked on a
+golden input, and only then swapped in with one assignment on the event loop.
+Requests hold a reference to the version they started on; the old version is
+freed once its in-flight count drains to zero. A version that fails to load
+never replaces the running one; the failure is kept for readiness/metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modelcrate.errors import ModelcrateError, NotFound, RegistryError
+from modelcrate.manifest import Manifest, TensorSpec
+from modelcrate.model import Model, prepare_inputs
+from modelcrate.refs import Ref, parse_ref
+from modelcrate.registry.api import Registry
+from modelcrate.server.batching import Batcher, Feeds
+from modelcrate.server.metrics import Metrics
+
+log = logging.getLogger("modelcrate.server")
+MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_delay_ms: float = 0.0
+
+
+class LoadedVersion:
+    """One version in memory, with its batcher and in-flight count."""
+
+    def __init__(self, model: Model, batcher: Batcher) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.inflight = 0
+        self.drained = asyncio.Event()
+        self.retired = False
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    @property
+    def version(self) -> str:
+        return self.model.manifest.version
+
+    @property
+    def digest(self) -> str:
+        return self.model.manifest.digest
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.retired and self.inflight == 0:
+            self.drained.set()
+
+
+@dataclass
+class ServedModel:
+    """A name the server answers to, the selector it follows and what is loaded now."""
+
+    name: str
+    selector: Ref
+    current: LoadedVersion | None = None
+    error: str | None = None
+    failed_digest: str | None = None
+    loaded_at: float = 0.0
+    swaps: int = 0
+    stats: dict[str, float] = field(default_factory=lambda: {"requests": 0, "failures": 0})
+
+
+class ModelManager:
+    """Loads, serves, swaps and unloads models from one registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        refs: list[str],
+        *,
+        batch: BatchConfig,
+        metrics: Metrics,
+        poll_interval: float = 0.2,
+        threads: int = 2,
+    ) -> None:
+        self.registry = registry
+        self.batch = batch
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self.models: dict[str, ServedModel] = {}
+        for text in refs:
+            ref = parse_ref(text)
+            if ref.name in self.models:
+                raise RegistryError(f"model {ref.name!r} is given twice")
+            self.models[ref.name] = ServedModel(ref.name, ref)
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model once (failures are recorded, not fatal), then start watching."""
+        for served in list(self.models.values()):
+            await self.refresh(served)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for served in self.models.values():
+            if served.current is not None:
+                served.current.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            for served in list(self.models.values()):
+                try:
+                    await self.refresh(served)
+                except Exception:  # the watcher must survive anything one model does
+                    log.exception("refreshing %s failed", served.name)
+
+    # -- swapping ------------------------------------------------------------
+
+    async def refresh(self, served: ServedModel) -> None:
+        """Swap in the version the selector points to now, if it changed and can be loaded."""
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(self.loader, self.registry.resolve, served.selector)
+        except ModelcrateError as exc:
+            if served.current is None:
+                served.error = str(exc)
+            return
+        current = served.current
+        if current is not None and current.digest == info.digest:
+            return
+        if info.digest == served.failed_digest:
+            return  # already tried; wait for the selector to move on
+        try:
+            loaded = await loop.run_in_executor(self.loader, self._load, info.name, info.version)
+        except Exception as exc:
+            served.error = f"{info.name}@{info.version} failed to load: {exc}"
+            served.failed_digest = info.digest
+            self.metrics.swaps.labels(served.name, "failed").inc()
+            log.error(served.error)
+            return
+        self._swap(served, loaded)
+
+    def _load(self, name: str, version: str) -> LoadedVersion:
+        """Load, warm up and check one version (runs in the loader thread)."""
+        manifest = self.registry.manifest(Ref(name, version=version))
+        _check_memory(manifest)
+        model = Model(self.registry.get(Ref(name, version=version)))
+        outputs = model.predict(golden_input(manifest.signature.inputs))
+        for output_name, value in outputs.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise RegistryError(f"warm-up output {output_name!r} is not finite")
+        batchable = all(s.shape[:1] == [-1] for s in manifest.signature.inputs) and all(
+            s.shape[:1] == [-1] for s in manifest.signature.outputs
+        )
+        label = f"{name}"
+
+        def run(feeds: Feeds) -> Feeds:
+            return model.runtime.run(feeds)
+
+        batcher = Batcher(
+            run,
+            self.executor,
+            max_batch_size=self.batch.max_batch_size if batchable else 1,
+            max_delay_ms=self.batch.max_delay_ms,
+            on_batch=lambda rows: self.metrics.batch_size.labels(label).observe(rows),
+        )
+        return LoadedVersion(model, batcher)
+
+    def _swap(self, served: ServedModel, new: LoadedVersion) -> None:
+        old, served.current = served.current, new  # atomic on the event loop
+        served.error = served.failed_digest = None
+        served.loaded_at = time.time()
+        served.swaps += 1
+        self.metrics.swaps.labels(served.name, "ok").inc()
+        log.info("%s now serves %s (%s)", served.name, new.version, new.digest[:19])
+        if old is not None:
+            asyncio.get_running_loop().create_task(self._retire(old))
+
+    async def _retire(self, old: LoadedVersion) -> None:
+        old.retired = True
+        if old.inflight == 0:
+            old.drained.set()
+        await old.drained.wait()
+        old.batcher.close()
+
+    def unload(self, name: str) -> None:
+        served = self._served(name)
+        if served.current is not None:
+            asyncio.get_running_loop().create_task(self._retire(served.current))
+        served.current = None
+        served.error = "unloaded"
+        served.failed_digest = None
+
+    async def load(self, name: str, ref: str | None = None) -> ServedModel:
+        """Serve ``name`` (following ``ref``'s selector, default the bare name) and load it now."""
+        selector = parse_ref(ref or name)
+        if selector.name != name:
+            raise RegistryError(f"reference {ref!r} is not a version of model {name!r}")
+        served = self.models.get(name)
+        if served is None or ref is not None:
+            current = served.current if served is not None else None
+            served = self.models[name] = ServedModel(name, selector, current=current)
+        served.failed_digest = None
+        await self.refresh(served)
+        if served.current is None:
+            raise NotFound(served.error or f"model {name!r} could not be loaded")
+        return served
+
+    # -- serving -------------------------------------------------------------
+
+    def _served(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise NotFound(f"model {name!r} is not served here")
+        return served
+
+    def lookup(self, name: str, version: str | None = None) -> tuple[ServedModel, LoadedVersion]:
+        """The loaded version answering ``name`` [``version``: a version, alias or digest]."""
+        served = self._served(name)
+        current = served.current
+        if current is None:
+            raise NotFound(f"model {name!r} is not ready: {served.error or 'still loading'}")
+        if version is None or version in (current.version, current.digest):
+            return served, current
+        selector = served.selector
+        if version == (selector.alias or selector.version):
+            return served, current
+        raise NotFound(
+            f"model {name!r} version {version!r} is not loaded; this server serves "
+            f"{name}@{current.version}" + (f" (as {selector})" if selector.alias else "")
+        )
+
+    @asynccontextmanager
+    async def using(self, name: str, version: str | None) -> AsyncIterator[LoadedVersion]:
+        """Hold a version for the duration of one request (it is not freed meanwhile)."""
+        _, loaded = self.lookup(name, version)
+        loaded.inflight += 1
+        try:
+            yield loaded
+        finally:
+            loaded.release()
+
+    async def infer(self, loaded: LoadedVersion, inputs: dict[str, np.ndarray]) -> Feeds:
+        feeds = prepare_inputs(loaded.manifest.signature.inputs, inputs)
+        return await loaded.batcher.submit(feeds)
+
+
+def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """A small valid input for warm-up: dynamic dimensions set to 1, zeros (or empty strings)."""
+    feeds = {}
+    for spec in specs:
+        shape = [1 if d < 0 else d for d in spec.shape]
+        if spec.dtype == "string":
+            feeds[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def _check_memory(manifest: Manifest) -> None:
+    """Refuse a load that would not fit in available memory (keeps the old version serving)."""
+    artifact = manifest.artifact("onnx") or manifest.artifacts[0]
+    paths = {artifact.path, *artifact.data_files}
+    needed = sum(f.size for f in manifest.files if f.path in paths) * MEMORY_MARGIN
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise RegistryError(
+            f"{manifest.ref} needs about {math.ceil(needed / 2**20)} MiB but only "
+            f"{available // 2**20} MiB are available"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

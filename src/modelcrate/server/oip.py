@@ -1,0 +1,339 @@
+"""Open Inference Protocol v2 (KServe/Triton REST): decode requests, encode responses.
+
+Knows the wire format only; it never runs a model. Limits are checked before
+anything is allocated: the declared element count against a cap, then the
+data length against the declared shape. The binary tensor data extension
+(``Inference-Header-Content-Length``) carries raw little-endian tensors after
+the JSON header; BYTES elements are each prefixed by a 4-byte length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelcrate.errors import InputError
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_BY_DTYPE = {dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+_SPEC_NAMES = {"bool": "BOOL", "string": "BYTES"}
+
+
+def datatype_of(spec_dtype: str) -> str:
+    """OIP datatype name for a manifest dtype name (float32 -> FP32, string -> BYTES)."""
+    return _SPEC_NAMES.get(spec_dtype) or _BY_DTYPE[np.dtype(spec_dtype).name]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_elements: int = 16 * 1024 * 1024
+    allow_nonfinite: bool = False
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    binary_default: bool = False  # parameters.binary_data_output
+
+
+def decode_request(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors)."""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise InputError("Inference-Header-Content-Length is not an integer") from None
+        if not 0 < split <= len(body):
+            raise InputError(f"Inference-Header-Content-Length {split} is outside the body")
+        header, binary = body[:split], memoryview(body)[split:]
+    else:
+        header, binary = body, memoryview(b"")
+    document = _load_json(header)
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InputError("request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for raw in raw_inputs:
+        name, array, used = _decode_tensor(raw, binary[offset:], limits)
+        if name in inputs:
+            raise InputError(f"input {name!r} appears twice")
+        inputs[name] = array
+        offset += used
+    if offset != len(binary):
+        raise InputError(
+            f"{len(binary) - offset} bytes of binary data were not claimed by any input"
+        )
+    parameters = _object(document.get("parameters", {}), "parameters")
+    request = InferRequest(
+        inputs=inputs,
+        id=_optional_str(document.get("id"), "id"),
+        parameters=parameters,
+        binary_default=bool(parameters.get("binary_data_output", False)),
+    )
+    for raw in document.get("outputs") or []:
+        raw = _object(raw, "outputs[]")
+        params = _object(raw.get("parameters", {}), "output parameters")
+        request.outputs.append(
+            RequestedOutput(
+                name=_required_str(raw.get("name"), "output name"),
+                binary=params.get("binary_data"),
+                classification=_classification(params.get("classification", 0)),
+            )
+        )
+    top_k = _classification(parameters.get("classification", 0))
+    if top_k and not request.outputs:
+        request.outputs = [RequestedOutput(name="*", classification=top_k)]
+    return request
+
+
+def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, np.ndarray, int]:
+    raw = _object(raw, "inputs[]")
+    name = _required_str(raw.get("name"), "input name")
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise InputError(
+            f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        )
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    count = math.prod(shape)  # Python ints: no overflow
+    if count > limits.max_elements:
+        raise InputError(
+            f"input {name!r}: shape {shape} has {count} elements; "
+            f"the limit is {limits.max_elements}"
+        )
+    dtype = DATATYPES[datatype]
+    params = _object(raw.get("parameters", {}), f"input {name!r} parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise InputError(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
+        array = _from_binary(name, bytes(binary[:size]), dtype, count)
+        used = size
+    else:
+        if "data" not in raw:
+            raise InputError(f"input {name!r}: no 'data' and no binary_data_size")
+        array = _from_json(name, raw["data"], dtype, count)
+        used = 0
+    _check_finite(name, array, limits)
+    return name, array.reshape(shape), used
+
+
+def _from_json(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    flat = _flatten(data, count, name)
+    if len(flat) != count:
+        raise InputError(f"input {name!r}: shape holds {count} elements but data has {len(flat)}")
+    if dtype.kind == "O":
+        if not all(isinstance(v, str) for v in flat):
+            raise InputError(f"input {name!r}: BYTES data must be strings")
+        return np.array([v.encode() for v in flat], dtype=object)
+    if not all(isinstance(v, (int, float)) for v in flat):
+        raise InputError(f"input {name!r}: data must be numbers")
+    try:
+        return np.array(flat, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise InputError(f"input {name!r}: data does not fit {dtype.name}: {exc}") from None
+
+
+def _flatten(data: list[Any], limit: int, name: str) -> list[Any]:
+    """Flatten nested lists, refusing to grow past ``limit`` elements (no huge allocation)."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+            if len(out) > limit:
+                raise InputError(f"input {name!r}: data has more elements than its shape")
+        else:
+            stack.pop()
+    return out
+
+
+def _from_binary(name: str, data: bytes, dtype: np.dtype[Any], count: int) -> np.ndarray:
+    if dtype.kind == "O":
+        items, offset = [], 0
+        while offset < len(data):
+            if offset + 4 > len(data):
+                raise InputError(f"input {name!r}: truncated BYTES element length")
+            (length,) = struct.unpack_from("<I", data, offset)
+            offset += 4
+            if offset + length > len(data):
+                raise InputError(f"input {name!r}: BYTES element runs past the data")
+            items.append(data[offset : offset + length])
+            offset += length
+        if len(items) != count:
+            raise InputError(
+                f"input {name!r}: shape holds {count} elements but data has {len(items)}"
+            )
+        return np.array(items, dtype=object)
+    expected = count * dtype.itemsize
+    if len(data) != expected:
+        raise InputError(
+            f"input {name!r}: shape needs {expected} bytes of {dtype.name}, got {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+
+
+def _check_finite(name: str, array: np.ndarray, limits: Limits) -> None:
+    if not limits.allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InputError(
+            f"input {name!r}: contains NaN or Inf (the server refuses non-finite values)"
+        )
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: str,
+    outputs: dict[str, np.ndarray],
+    request: InferRequest,
+    labels: list[str] | None,
+) -> tuple[bytes, int | None]:
+    """Encode outputs; returns (body, json header length when binary data follows, else None)."""
+    wanted = request.outputs or [RequestedOutput(name=n) for n in outputs]
+    if len(wanted) == 1 and wanted[0].name == "*":
+        wanted = [RequestedOutput(name=n, classification=wanted[0].classification) for n in outputs]
+    encoded, chunks = [], []
+    for output in wanted:
+        if output.name not in outputs:
+            raise InputError(f"requested output {output.name!r} is not one of {sorted(outputs)}")
+        array = outputs[output.name]
+        if output.classification:
+            array = classify(array, output.classification, labels)
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": "BYTES" if array.dtype.kind in "OSU" else _BY_DTYPE[array.dtype.name],
+            "shape": list(array.shape),
+        }
+        binary = request.binary_default if output.binary is None else output.binary
+        if binary:
+            chunk = _to_binary(array)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = _to_json_list(array)
+        encoded.append(entry)
+    document: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": encoded,
+    }
+    if request.id is not None:
+        document["id"] = request.id
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def classify(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: top-k per row as 'score:index[:label]' strings."""
+    if scores.ndim == 1:
+        scores = scores[None, :]
+    flat = scores.reshape(scores.shape[0], -1)
+    k = min(k, flat.shape[1])
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    rows = []
+    for row, indices in zip(flat, top, strict=True):
+        rows.append(
+            [
+                f"{row[i]:f}:{i}" + (f":{labels[i]}" if labels and i < len(labels) else "")
+                for i in indices
+            ]
+        )
+    return np.array(rows, dtype=object)
+
+
+def _to_binary(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        parts = []
+        for item in array.ravel():
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _to_json_list(array: np.ndarray) -> list[Any]:
+    flat = array.ravel()
+    if array.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    values: list[Any] = flat.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        values = [v if math.isfinite(v) else str(v) for v in values]  # JSON has no NaN
+    return values
+
+
+def _load_json(data: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InputError("request body must be a JSON object")
+    return document
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object")
+    return value
+
+
+def _required_str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty string")
+    return value
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{what} must be a string")
+    return value
+
+
+def _classification(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"classification must be a non-negative integer, got {value!r}")
+    return value
