@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +147,89 @@ def tiny_crate(tmp_path: Path) -> Path:
     """A valid single-file crate packed from a tiny ONNX model."""
     source = make_onnx(tmp_path / "src" / "tiny.onnx")
     return mc.pack(source, name="tiny", version="1.0.0").save(tmp_path / "tiny-1.0.0.crate")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A `modelcrate serve` subprocess on a free loopback port, stopped on exit."""
+
+    def __init__(self, registry: Path, *args: str, wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = registry.parent / f"server-{self.port}.log"
+        with self.log.open("w") as log:
+            self.proc = self._spawn(registry, args, log)
+        self._wait(wait_ready)
+
+    def _spawn(self, registry: Path, args: tuple[str, ...], log: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelcrate", "serve", *args, "--port", str(self.port),
+             "--registry", str(registry)],
+            stdout=log, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def _wait(self, wait_ready: bool) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        path = "/v2/health/ready" if wait_ready else "/v2/health/live"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"server did not become ready: {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(registry: Path, *args: str, wait_ready: bool = True) -> Server:
+        server = Server(registry, *args, wait_ready=wait_ready)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def served_digits(
+    tmp_path: Path,
+    digits_crate_path: Path,
+    digits_v2_path: Path,
+    start_server: Callable[..., Server],
+) -> Server:
+    """digits@1.0.0 and 1.1.0 published, prod -> 1.0.0, served as digits@prod."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    registry.publish(digits_v2_path)
+    registry.set_alias("digits", "prod", "1.0.0")
+    return start_server(registry.root, "digits@prod", "--poll-interval", "0.05")

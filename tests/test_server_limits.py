@@ -1,0 +1,144 @@
+"""Bad requests get a 4xx JSON error naming the problem; the server stays up."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import Server
+
+GOOD = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+
+
+def tensor(**patch: object) -> dict[str, object]:
+    return {"inputs": [{**GOOD, **patch}]}
+
+
+CASES = [
+    ("shape-vs-data", tensor(data=[0.0] * 10), 400, "shape holds 64 elements but data has 10"),
+    ("huge-shape", tensor(shape=[100_000_000, 100_000_000], data=[1.0]), 400, "the limit is"),
+    ("negative-dim", tensor(shape=[-1, 1, 8, 8]), 400, "non-negative integers"),
+    ("datatype", tensor(datatype="FLOAT99"), 400, "unknown datatype 'FLOAT99'"),
+    ("nan", tensor(data=[float("nan")] + [0.0] * 63), 400, "NaN or Inf"),
+    ("wrong-name", tensor(name="pixels"), 400, "missing ['x']"),
+    (
+        "wrong-shape",
+        tensor(shape=[1, 64], data=[0.0] * 64),
+        400,
+        "input 'x': expected shape [-1, 1, 8, 8] (float32), got [1, 64] (float32)",
+    ),
+    ("strings-for-floats", tensor(data=["a"] * 64), 400, "data must be numbers"),
+    ("no-inputs", {"inputs": []}, 400, "non-empty 'inputs'"),
+    ("not-object", [1, 2, 3], 400, "must be a JSON object"),
+    ("duplicate-input", {"inputs": [GOOD, GOOD]}, 400, "appears twice"),
+    (
+        "bad-classification",
+        {**tensor(), "parameters": {"classification": "x"}},
+        400,
+        "classification must be",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_infer_requests(
+    served_digits: Server, case: str, body: object, status: int, message: str
+) -> None:
+    url = served_digits.url + "/v2/models/digits/infer"
+    content = json.dumps(body, allow_nan=True)
+    started = time.perf_counter()
+    response = httpx.post(url, content=content, headers={"Content-Type": "application/json"})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert_no_internals(response.text)
+    if case == "huge-shape":
+        assert elapsed < 5  # refused from the declared shape, nothing allocated
+    # The server is still up and other requests succeed.
+    assert httpx.post(url, json=tensor()).status_code == 200
+
+
+def assert_no_internals(text: str) -> None:
+    assert "Traceback" not in text
+    assert not re.search(r"/(tmp|home|root|usr|work)/", text), text
+
+
+def test_invalid_json_and_unknown_models(served_digits: Server) -> None:
+    url = served_digits.url
+    bad = httpx.post(
+        url + "/v2/models/digits/infer",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    unknown = httpx.post(url + "/v2/models/ghost/infer", json=tensor())
+    assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]
+    version = httpx.post(url + "/v2/models/digits/versions/9.9.9/infer", json=tensor())
+    assert version.status_code == 404 and "9.9.9" in version.json()["error"]
+    weird = httpx.get(url + "/v2/models/..%2F..%2Fetc")
+    assert weird.status_code == 404
+    for response in (bad, unknown, version, weird):
+        assert_no_internals(response.text)
+
+
+def test_declared_body_size_is_refused_before_reading(served_digits: Server) -> None:
+    """A Content-Length of 1 TB gets 413 at once; the server never waits for the bytes."""
+    with socket.create_connection(("127.0.0.1", served_digits.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1099511627776\r\n\r\n{"
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+
+
+def test_oversized_body_gets_413(served_digits: Server) -> None:
+    body = b" " * (65 * 1024 * 1024) + json.dumps(tensor()).encode()  # 65 MB > the 64 MB default
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/python-pickle", "application/x-yaml", "text/html"], ids=str
+)
+def test_other_content_types_are_refused(served_digits: Server, content_type: str) -> None:
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        content=pickle.dumps({"inputs": []}),
+        headers={"Content-Type": content_type},
+    )
+    assert response.status_code == 415
+
+
+def test_binary_extension_length_errors(served_digits: Server) -> None:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    header = json.dumps(
+        {"inputs": [{**GOOD, "data": None, "parameters": {"binary_data_size": x.nbytes - 4}}]}
+    ).encode()
+    del_data = json.loads(header)
+    del del_data["inputs"][0]["data"]
+    header = json.dumps(del_data).encode()
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer", content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)),
+                 "Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert "needs 256 bytes" in response.json()["error"]
+    lying = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        content=b"{}",
+        headers={"Inference-Header-Content-Length": "999"},
+    )
+    assert lying.status_code == 400 and "outside the body" in lying.json()["error"]

@@ -1,0 +1,152 @@
+"""The Open Inference Protocol v2 over real HTTP against `modelcrate serve`."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import torch
+from conftest import Digits, Server
+
+import modelcrate as mc
+
+
+def infer_body(x: np.ndarray, **extra: object) -> dict[str, object]:
+    return {
+        "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                    "data": x.ravel().tolist()}],
+        **extra,
+    }  # fmt: skip
+
+
+def expected(digits: Digits, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return digits.model(torch.from_numpy(x)).numpy()
+
+
+def test_health_and_metadata(served_digits: Server) -> None:
+    url = served_digits.url
+    assert httpx.get(url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(url + "/v2/health/ready").json() == {"ready": True}
+    server = httpx.get(url + "/v2").json()
+    assert server["name"] == "modelcrate" and "binary_tensor_data" in server["extensions"]
+    for path in (
+        "/v2/models/digits",
+        "/v2/models/digits/versions/prod",
+        "/v2/models/digits/versions/1.0.0",
+    ):
+        meta = httpx.get(url + path).json()
+        assert meta["name"] == "digits" and meta["versions"] == ["1.0.0"]
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+        assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+    assert httpx.get(url + "/v2/models/digits/versions/prod/ready").status_code == 200
+    assert httpx.get(url + "/v2/models/digits/versions/1.1.0/ready").status_code == 503
+
+
+def test_json_infer_matches_torch(served_digits: Server, digits: Digits) -> None:
+    x = digits.x_test[:5]
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/versions/prod/infer", json=infer_body(x, id="req-1")
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "digits" and body["model_version"] == "1.0.0"
+    assert body["id"] == "req-1"
+    (output,) = body["outputs"]
+    assert output["name"] == "output" and output["shape"] == [5, 10]
+    got = np.asarray(output["data"], np.float32).reshape(5, 10)
+    np.testing.assert_allclose(got, expected(digits, x), atol=1e-4)
+
+
+def test_nested_json_data_is_accepted(served_digits: Server, digits: Digits) -> None:
+    x = digits.x_test[:2]
+    body = {"inputs": [{"name": "x", "shape": [2, 1, 8, 8], "datatype": "FP32",
+                        "data": x.tolist()}]}  # fmt: skip
+    response = httpx.post(served_digits.url + "/v2/models/digits/infer", json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_binary_tensor_extension_both_ways(served_digits: Server, digits: Digits) -> None:
+    x = np.ascontiguousarray(digits.x_test[:3])
+    header = json.dumps({
+        "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)),
+                 "Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    split = int(response.headers["inference-header-content-length"])
+    document = json.loads(response.content[:split])
+    size = document["outputs"][0]["parameters"]["binary_data_size"]
+    got = np.frombuffer(response.content[split : split + size], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(got, expected(digits, x), atol=1e-4)
+
+
+def test_classification_extension_returns_crate_labels(
+    served_digits: Server, digits: Digits
+) -> None:
+    x = digits.x_test[:4]
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        json=infer_body(x, parameters={"classification": 2}),
+    )
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    assert output["datatype"] == "BYTES" and output["shape"] == [4, 2]
+    top = [entry.split(":") for entry in output["data"][::2]]
+    assert [int(index) for _, index, _ in top] == list(expected(digits, x).argmax(1))
+    assert all(label == index for _, index, label in top)  # labels are "0".."9"
+    per_output = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        json=infer_body(x, outputs=[{"name": "output", "parameters": {"classification": 1}}]),
+    ).json()
+    assert per_output["outputs"][0]["shape"] == [4, 1]
+
+
+def test_requested_output_must_exist(served_digits: Server, digits: Digits) -> None:
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        json=infer_body(digits.x_test[:1], outputs=[{"name": "nope"}]),
+    )
+    assert response.status_code == 400 and "nope" in response.json()["error"]
+
+
+def test_python_client_uses_the_binary_extension(served_digits: Server, digits: Digits) -> None:
+    x = digits.x_test[:7]
+    with mc.Client(served_digits.url) as client:
+        assert client.ready()
+        got = client.predict("digits@prod", x)["output"]
+        np.testing.assert_allclose(got, expected(digits, x), atol=1e-4)
+        with_version = client.predict("digits@1.0.0", x)["output"]
+        np.testing.assert_array_equal(got, with_version)
+
+
+def test_stats_metrics_and_repository_index(served_digits: Server, digits: Digits) -> None:
+    url = served_digits.url
+    for _ in range(3):
+        httpx.post(url + "/v2/models/digits/infer", json=infer_body(digits.x_test[:1]))
+    stats = httpx.get(url + "/v2/models/digits/stats").json()["model_stats"][0]
+    assert stats["inference_count"] >= 3 and stats["version"] == "1.0.0"
+    metrics = httpx.get(url + "/metrics").text
+    assert 'modelcrate_requests_total{code="200",model="digits"' in metrics
+    assert "modelcrate_batch_size_bucket" in metrics and "modelcrate_model_swaps_total" in metrics
+    index = httpx.post(url + "/v2/repository/index").json()
+    assert index == [{"name": "digits", "version": "1.0.0", "state": "READY"}]
+
+
+def test_the_issue_curl_example(served_digits: Server) -> None:
+    """`curl -d '{...}'` sends form-urlencoded; it must still work."""
+    import subprocess
+
+    body = json.dumps(infer_body(np.zeros((1, 1, 8, 8), np.float32)))
+    result = subprocess.run(
+        ["curl", "-s", "-d", body, served_digits.url + "/v2/models/digits/versions/prod/infer"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(result.stdout)["outputs"][0]["shape"] == [1, 10]
