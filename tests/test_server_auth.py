@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, free_port
 
 import modelcrate as mc
+from conftest import Server, free_port
 
 READER = "reader-token-0123456789"
 ADMIN = "admin-token-0123456789abc"

@@ -11,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+
 from conftest import Server
 
 GOOD = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}

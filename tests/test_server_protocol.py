@@ -7,9 +7,9 @@ import json
 import httpx
 import numpy as np
 import torch
-from conftest import Digits, Server
 
 import modelcrate as mc
+from conftest import Digits, Server
 
 
 def infer_body(x: np.ndarray, **extra: object) -> dict[str, object]:

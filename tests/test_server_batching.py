@@ -1,0 +1,95 @@
+"""Concurrent requests are merged into batches and each gets exactly its own rows back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import modelcrate as mc
+from conftest import Digits, Server
+
+
+async def fire(url: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
+
+        async def one(x: np.ndarray) -> np.ndarray:
+            body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                "data": x.ravel().tolist()}]}  # fmt: skip
+            response = await http.post(url, json=body)
+            assert response.status_code == 200, response.text
+            output = response.json()["outputs"][0]
+            return np.asarray(output["data"], np.float32).reshape(output["shape"])
+
+        return list(await asyncio.gather(*(one(x) for x in inputs)))
+
+
+def batch_sizes(metrics: str) -> tuple[float, float]:
+    """Sum and count of the batch-size histogram (0, 0 when it has no samples)."""
+
+    def sample(name: str) -> float:
+        found = re.search(name + r'\{model="digits"\} (\S+)', metrics)
+        return float(found[1]) if found else 0.0
+
+    return sample("modelcrate_batch_size_sum"), sample("modelcrate_batch_size_count")
+
+
+@pytest.mark.parametrize("delay", ["0", "5"], ids=["greedy", "delay-5ms"])
+def test_concurrent_requests_are_batched_and_split_exactly(
+    tmp_path: Path, digits: Digits, digits_crate_path: Path,
+    start_server: Callable[..., Server], delay: str,
+) -> None:  # fmt: skip
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    server = start_server(registry.root, "digits", "--max-batch-size", "16",
+                          "--max-delay-ms", delay)  # fmt: skip
+    rng = np.random.default_rng(0)
+    # Mixed batch sizes (1..3 rows): rows must come back to the request that sent them.
+    inputs = [digits.x_test[rng.integers(0, 400, size=rng.integers(1, 4))] for _ in range(96)]
+    for _ in range(3):
+        outputs = asyncio.run(fire(server.url + "/v2/models/digits/infer", inputs))
+        for x, y in zip(inputs, outputs, strict=True):
+            with torch.no_grad():
+                np.testing.assert_allclose(y, digits.model(torch.from_numpy(x)).numpy(), atol=1e-4)
+    total, count = batch_sizes(httpx.get(server.url + "/metrics").text)
+    assert total == sum(len(x) for x in inputs) * 3  # every row ran exactly once
+    assert count < len(inputs) * 3  # fewer model calls than requests: batches formed
+
+
+def test_batching_off_runs_one_request_per_call(
+    tmp_path: Path, digits: Digits, digits_crate_path: Path, start_server: Callable[..., Server]
+) -> None:
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    server = start_server(registry.root, "digits", "--max-batch-size", "1")
+    inputs = [digits.x_test[i : i + 1] for i in range(40)]
+    asyncio.run(fire(server.url + "/v2/models/digits/infer", inputs))
+    total, count = batch_sizes(httpx.get(server.url + "/metrics").text)
+    assert (total, count) == (0.0, 0.0)  # no batcher involved at all
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_and_all_follow_alias_moves(
+    tmp_path: Path, digits_crate_path: Path, digits_v2_path: Path,
+    start_server: Callable[..., Server],
+) -> None:  # fmt: skip
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    registry.publish(digits_v2_path)
+    registry.set_alias("digits", "prod", "1.0.0")
+    server = start_server(registry.root, "digits@prod", "--workers", "2",
+                          "--poll-interval", "0.05")  # fmt: skip
+    registry.set_alias("digits", "prod", "1.1.0")
+    time.sleep(1.5)
+    versions = set()
+    for _ in range(60):  # a fresh connection each time, so both workers answer
+        meta = httpx.get(server.url + "/v2/models/digits", headers={"Connection": "close"})
+        versions.add(meta.json()["versions"][0])
+    assert versions == {"1.1.0"}

@@ -1,0 +1,130 @@
+"""Alias moves under load: zero failed or mixed answers, never back to an older version."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import modelcrate as mc
+from conftest import Server, make_onnx, tiny_weights
+
+SWAPS = 20
+X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+
+
+def expected_y(seed: int) -> np.ndarray:
+    weight, bias = tiny_weights(seed)
+    return X @ weight + bias
+
+
+@pytest.mark.slow
+def test_twenty_swaps_under_concurrent_load(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    registry = mc.Registry.open(tmp_path / "registry")
+    for seed in range(SWAPS + 1):
+        source = make_onnx(tmp_path / f"v{seed}" / "m.onnx", seed=seed)
+        registry.publish(mc.pack(source, name="tiny", version=f"1.0.{seed}"))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    server = start_server(registry.root, "tiny@prod", "--poll-interval", "0.05")
+    url = server.url + "/v2/models/tiny/versions/prod/infer"
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                        "data": X.ravel().tolist()}]}  # fmt: skip
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = [0] * 4
+
+    def client(slot: int) -> None:
+        newest = -1
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    failures.append(f"transport: {exc}")
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text}")
+                    continue
+                answer = response.json()
+                seed = int(answer["model_version"].rsplit(".", 1)[1])
+                y = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(1, 2)
+                if not np.allclose(y, expected_y(seed), atol=1e-5):
+                    failures.append(f"mixed answer: version {seed} with another's output")
+                if seed < newest:
+                    failures.append(f"went back from 1.0.{newest} to 1.0.{seed}")
+                newest = max(newest, seed)
+                counts[slot] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(counts))]
+    for thread in threads:
+        thread.start()
+    follow_times = []
+    try:
+        for seed in range(1, SWAPS + 1):
+            time.sleep(0.1)
+            moved = time.perf_counter()
+            registry.set_alias("tiny", "prod", f"1.0.{seed}")
+            follow_times.append(wait_for_version(server, f"1.0.{seed}") - moved)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert sum(counts) > SWAPS * 4, counts  # the load really ran during the swaps
+    assert statistics.median(follow_times) < 1.0, follow_times
+    stats = httpx.get(server.url + "/v2/models/tiny/stats").json()["model_stats"][0]
+    assert stats["swap_count"] == SWAPS + 1 and stats["failure_count"] == 0
+    # rollback is followed too
+    registry.rollback("tiny", "prod")
+    wait_for_version(server, f"1.0.{SWAPS - 1}")
+
+
+def wait_for_version(server: Server, version: str, timeout: float = 10.0) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        meta = httpx.get(server.url + "/v2/models/tiny").json()
+        if meta["versions"] == [version]:
+            return time.perf_counter()
+        time.sleep(0.01)
+    raise AssertionError(f"server never switched to {version}: {server.output()[-2000:]}")
+
+
+def test_a_version_that_fails_to_load_never_replaces_the_running_one(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    registry = mc.Registry.open(tmp_path / "registry")
+    good = registry.publish(
+        mc.pack(make_onnx(tmp_path / "a" / "m.onnx"), name="tiny", version="1.0.0")
+    )
+    registry.publish(
+        mc.pack(make_onnx(tmp_path / "b" / "m.onnx", seed=5), name="tiny", version="2.0.0")
+    )
+    registry.set_alias("tiny", "prod", "1.0.0")
+    # Corrupt 2.0.0's model blob (shared by nothing else) after it was published.
+    blob = registry.blobs.path(registry.manifest("tiny@2.0.0").file("model.onnx").sha256)
+    blob.write_bytes(blob.read_bytes()[:-7])
+    server = start_server(registry.root, "tiny@prod", "--poll-interval", "0.05")
+    registry.set_alias("tiny", "prod", "2.0.0")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        meta = httpx.get(server.url + "/v2/models/tiny").json()
+        if "error" in meta:
+            break
+        time.sleep(0.05)
+    assert meta["versions"] == ["1.0.0"] and meta["parameters"]["digest"] == good.digest
+    assert "tiny@2.0.0 failed to load" in meta["error"] and "model.onnx" in meta["error"]
+    ready = httpx.get(server.url + "/v2/models/tiny/ready").json()
+    assert ready["ready"] is True and "failed to load" in ready["error"]
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    answer = httpx.post(server.url + "/v2/models/tiny/infer", json=body)
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1.0.0"
+    assert "failed to load" in server.output()  # and it is in the log
