@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_scopes_are_enforced(secured: Server) -> None:
     unload = url + "/v2/repository/models/digits/unload"
     assert httpx.post(unload, headers=auth(READER)).status_code == 403
     assert httpx.post(unload, headers=auth(ADMIN)).status_code == 200
+    time.sleep(0.5)  # several watcher rounds: an unloaded model stays unloaded
     assert httpx.get(url + "/v2/health/ready").status_code == 503
     load = httpx.post(url + "/v2/repository/models/digits/load", headers=auth(ADMIN))
     assert load.status_code == 200 and load.json()["state"] == "READY"

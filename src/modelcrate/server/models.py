@@ -80,6 +80,7 @@ class ServedModel:
     failed_digest: str | None = None
     loaded_at: float = 0.0
     swaps: int = 0
+    unloaded: bool = False  # by the repository API: the watcher leaves it alone
     stats: dict[str, float] = field(default_factory=lambda: {"requests": 0, "failures": 0})
 
 
@@ -130,7 +131,7 @@ class ModelManager:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
-            for served in list(self.models.values()):
+            for served in [m for m in self.models.values() if not m.unloaded]:
                 try:
                     await self.refresh(served)
                 except Exception:  # the watcher must survive anything one model does
@@ -212,6 +213,7 @@ class ModelManager:
         served.current = None
         served.error = "unloaded"
         served.failed_digest = None
+        served.unloaded = True
 
     async def load(self, name: str, ref: str | None = None) -> ServedModel:
         """Serve ``name`` (following ``ref``'s selector, default the bare name) and load it now."""
@@ -223,6 +225,7 @@ class ModelManager:
             current = served.current if served is not None else None
             served = self.models[name] = ServedModel(name, selector, current=current)
         served.failed_digest = None
+        served.unloaded = False
         await self.refresh(served)
         if served.current is None:
             raise NotFound(served.error or f"model {name!r} could not be loaded")
