@@ -1,145 +1,32 @@
-"""Foundation benchmarks; writes benchmarks/results.md. Run with `make bench`.
+"""`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-(a) load-to-first-prediction of a published crate (mc.load + predict, ONNX
-    Runtime) vs torch.load of a pickled full model + first forward — the same
-    model, each in a fresh interpreter so imports count, alternated, median of 5.
-(b) pack + publish time and registry bytes for a ~100 MB MLP, vs torch.save of
-    its state dict (the usual baseline), same run.
+python benchmarks/run.py [foundation] [serving]     # default: all
 """
 
 from __future__ import annotations
 
 import datetime
-import inspect
 import os
 import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
-from torch import nn
 
 import modelcrate as mc
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
-from train import DigitsCNN  # noqa: E402
+sys.path.insert(0, str(HERE))
+import foundation  # noqa: E402
+import serving  # noqa: E402
 
-REPEATS = 5
-
-CRATE_SCRIPT = """
-import time; t0 = time.perf_counter()
-import numpy as np, modelcrate as mc
-m = mc.load({ref!r}, registry={registry!r})
-m.predict(np.zeros({shape}, np.float32))
-print(time.perf_counter() - t0)
-"""
-PICKLE_SCRIPT = """
-import time; t0 = time.perf_counter()
-import torch
-from torch import nn
-exec({class_source!r})
-m = torch.load({path!r}, weights_only=False)
-with torch.no_grad():
-    m(torch.zeros({shape}))
-print(time.perf_counter() - t0)
-"""
-
-
-class BigMLP(nn.Module):
-    """~25M float32 parameters (~100 MB)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-            nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 10),
-        )  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def timed_subprocess(script: str) -> float:
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def bench_load(work: Path, name: str, model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    registry = str(work / "registry")
-    example = torch.zeros(shape)
-    mc.publish(
-        mc.pack(model, example_inputs=(example,), name=name, version="1.0.0"), registry=registry
-    )
-    pickled = work / f"{name}.pt"
-    # The classic full-model pickle (baseline only). Its class lives in __main__ of the
-    # baseline script, so unpickling costs what it costs a user, not an extra import.
-    class_source = inspect.getsource(type(model))
-    type(model).__module__ = "__main__"
-    torch.save(model, pickled)
-    crate_script = CRATE_SCRIPT.format(ref=f"{name}@1.0.0", registry=registry, shape=shape)
-    pickle_script = PICKLE_SCRIPT.format(class_source=class_source, path=str(pickled), shape=shape)
-    ours, theirs = [], []
-    for _ in range(REPEATS):  # alternate, so drift hits both alike
-        ours.append(timed_subprocess(crate_script))
-        theirs.append(timed_subprocess(pickle_script))
-    return {"crate": statistics.median(ours), "pickle": statistics.median(theirs)}
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def bench_publish(work: Path, model: nn.Module) -> dict[str, float]:
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    pack_times, publish_times, save_times = [], [], []
-    stored = 0
-    for i in range(3):
-        registry = work / f"publish-{i}"
-        start = time.perf_counter()
-        crate = mc.pack(model, example_inputs=(torch.zeros(1, 1024),), name="big", version="1.0.0")
-        packed = time.perf_counter()
-        mc.publish(crate, registry=registry)
-        pack_times.append(packed - start)
-        publish_times.append(time.perf_counter() - packed)
-        stored = dir_bytes(registry / "blobs")
-        start = time.perf_counter()
-        torch.save(model.state_dict(), work / "state.pt")
-        save_times.append(time.perf_counter() - start)
-        shutil.rmtree(registry)
-        del crate
-    return {
-        "param_bytes": params,
-        "pack": statistics.median(pack_times),
-        "publish": statistics.median(publish_times),
-        "torch_save": statistics.median(save_times),
-        "stored": stored,
-        "state_dict_bytes": (work / "state.pt").stat().st_size,
-    }
+SUITES = {"foundation": foundation.main, "serving": serving.main}
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="modelcrate-bench-"))
-    try:
-        digits = bench_load(work, "digits", DigitsCNN().eval(), (1, 1, 8, 8))
-        big = BigMLP().eval()
-        big_load = bench_load(work, "big", big, (1, 1024))
-        publish = bench_publish(work, big)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    write_results(digits, big_load, publish)
-
-
-def write_results(digits: dict[str, float], big: dict[str, float], pub: dict[str, float]) -> None:
-    mb = 1024 * 1024
+    chosen = sys.argv[1:] or list(SUITES)
     lines = [
         "# Benchmark results",
         "",
@@ -148,41 +35,12 @@ def write_results(digits: dict[str, float], big: dict[str, float], pub: dict[str
         f"Python {platform.python_version()}",
         f"- versions: modelcrate {mc.__version__}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}",
-        "- command: `make bench` (`python benchmarks/run.py`); medians of "
-        f"{REPEATS} fresh interpreters (a), 3 runs (b), alternated with the baseline",
-        "",
-        "## (a) load to first prediction, fresh process (imports included)",
-        "",
-        "| model | mc.load + predict (ORT) | torch.load pickle + forward | ratio ours/baseline |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, result in (("digits CNN (0.26 MB)", digits), ("MLP (~100 MB)", big)):
-        lines.append(
-            f"| {name} | {result['crate']:.3f} s | {result['pickle']:.3f} s | "
-            f"{result['crate'] / result['pickle']:.2f} |"
-        )
-    lines += [
-        "",
-        "## (b) pack + publish a ~100 MB model",
-        "",
-        "| what | figure |",
-        "| --- | --- |",
-        f"| parameters | {pub['param_bytes'] / mb:.1f} MB |",
-        f"| mc.pack (torch.export + ONNX export + parity + safetensors) | {pub['pack']:.2f} s |",
-        f"| mc.publish (hash, copy, fsync, commit) | {pub['publish']:.2f} s |",
-        f"| baseline torch.save(state_dict) | {pub['torch_save']:.2f} s |",
-        f"| ratio (pack + publish) / torch.save | "
-        f"{(pub['pack'] + pub['publish']) / pub['torch_save']:.1f} |",
-        f"| registry blob bytes | {pub['stored'] / mb:.1f} MB |",
-        f"| baseline state_dict file | {pub['state_dict_bytes'] / mb:.1f} MB |",
-        f"| ratio registry / state_dict | {pub['stored'] / pub['state_dict_bytes']:.2f} |",
-        "",
-        "The crate stores three forms of the weights (ONNX for serving, .pt2 for",
-        "training, safetensors for your own module), hence about 3x the state dict;",
-        "per-tensor dedup across artifacts belongs to the shared-registry issue.",
+        f"- command: `python benchmarks/run.py {' '.join(chosen)}` (`make bench` runs all)",
         "",
     ]
-    (HERE / "results.md").write_text("\n".join(lines))
+    for name in chosen:
+        lines += SUITES[name]()
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

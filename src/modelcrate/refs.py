@@ -41,32 +41,32 @@ class Ref:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise BadReference."""
-    if not _NAME.fullmatch(name):
-        raise BadReference(
-            f"model name {name!r}: expected lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, at most 64 characters"
-        )
-    return name
+    return _check(
+        _NAME, name, f"model name {name!r}: expected lowercase letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit, at most 64 characters",
+    )  # fmt: skip
 
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is a valid version string, else raise BadReference."""
-    if not _VERSION.fullmatch(version):
-        raise BadReference(
-            f"version {version!r}: expected to start with a digit (like 1.0.0 or 1.0.0-int8), "
-            "then letters, digits, '.', '_', '+' or '-'"
-        )
-    return version
+    return _check(
+        _VERSION, version, f"version {version!r}: expected to start with a digit (like 1.0.0 or "
+        "1.0.0-int8), then letters, digits, '.', '_', '+' or '-'",
+    )  # fmt: skip
 
 
 def check_alias(alias: str) -> str:
     """Return ``alias`` if it is a valid alias name, else raise BadReference."""
-    if not _ALIAS.fullmatch(alias):
-        raise BadReference(
-            f"alias {alias!r}: expected to start with a lowercase letter (like prod or staging), "
-            "then lowercase letters, digits, '_' or '-'"
-        )
-    return alias
+    return _check(
+        _ALIAS, alias, f"alias {alias!r}: expected to start with a lowercase letter (like prod or "
+        "staging), then lowercase letters, digits, '_' or '-'",
+    )  # fmt: skip
+
+
+def _check(pattern: re.Pattern[str], value: str, message: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BadReference(message)
+    return value
 
 
 def parse_ref(text: str) -> Ref:

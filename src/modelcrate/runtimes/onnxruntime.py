@@ -24,6 +24,7 @@ class OnnxRuntime:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         if artifact.data_files:
             names = [check_data_location(p) for p in artifact.data_files]

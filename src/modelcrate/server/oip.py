@@ -156,21 +156,27 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
 
 
 def _from_json(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
-    flat = _flatten(data, count, name)
-    if len(flat) != count:
-        raise InputError(f"input {name!r}: shape holds {count} elements but data has {len(flat)}")
     if dtype.kind == "O":
-        if not all(isinstance(v, str) for v in flat):
-            raise InputError(f"input {name!r}: BYTES data must be strings")
+        flat = _flatten(data if isinstance(data, list) else [data], count, name)
+        if len(flat) != count or not all(isinstance(v, str) for v in flat):
+            raise InputError(f"input {name!r}: BYTES data must be {count} strings")
         return np.array([v.encode() for v in flat], dtype=object)
-    if not all(isinstance(v, (int, float)) for v in flat):
-        raise InputError(f"input {name!r}: data must be numbers")
+    # numpy parses the (body-size-capped) JSON list in C; nested or flat both work.
     try:
-        return np.array(flat, dtype=dtype)
-    except (OverflowError, ValueError) as exc:
-        raise InputError(f"input {name!r}: data does not fit {dtype.name}: {exc}") from None
+        parsed = np.array(data)
+    except (ValueError, TypeError):
+        raise InputError(f"input {name!r}: data is ragged (lists of different lengths)") from None
+    if parsed.dtype.kind not in "biuf":
+        raise InputError(f"input {name!r}: data must be numbers")
+    if parsed.size != count:
+        raise InputError(f"input {name!r}: shape holds {count} elements but data has {parsed.size}")
+    if dtype.kind in "iub" and parsed.dtype.kind == "f":
+        raise InputError(f"input {name!r}: {_BY_DTYPE[dtype.name]} data must be integers")
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise InputError(f"input {name!r}: data does not fit {dtype.name}")
+    return parsed.astype(dtype, copy=False)
 
 
 def _flatten(data: list[Any], limit: int, name: str) -> list[Any]:

@@ -1,0 +1,232 @@
+"""Serving benchmarks (issue 3), run by benchmarks/run.py. Needs wrk (Debian package).
+
+For the digits CNN and a ~25 MB MLP, at concurrency 1 and 32 (wrk -t1, JSON body
+of one sample), alternating servers within each repetition:
+  ours (batching on), ours (batching off), a bare Starlette handler that only
+  reads the body (the HTTP ceiling), and the classic Flask + torch server;
+plus raw onnxruntime session.run in-process (the compute limit), and p99
+latency while the alias moves 20 times vs without moves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import modelcrate as mc
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
+from models import MLP25MB  # noqa: E402
+from train import DigitsCNN  # noqa: E402
+
+REPEATS = 3
+SECONDS = 5
+CONCURRENCY = (1, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Process:
+    def __init__(self, command: list[str], ready_path: str, method: str = "GET") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [part.replace("{port}", str(self.port)) for part in command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.request(method, self.url + ready_path, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{command} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path) -> dict[str, float]:
+    script = work / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{body.decode()}]]\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                              out)  # fmt: skip
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1]),  # type: ignore[index]
+        "errors": float(errors[1]) if errors else 0.0,
+        "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
+    """In-process session.run: calls/s at batch 1 and samples/s at batch 32."""
+    session = ort.InferenceSession(
+        crate.read_bytes("model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    result = {}
+    for batch in (1, 32):
+        x = np.repeat(sample, batch, axis=0)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 2.0:
+            session.run(None, {name: x})
+            calls += 1
+        result[f"batch{batch}"] = calls * batch / (time.perf_counter() - started)
+    return result
+
+
+def bench_model(label: str, model: nn.Module, shape: tuple[int, ...], kind: str,
+                work: Path) -> list[str]:  # fmt: skip
+    registry = mc.Registry.open(work / f"registry-{kind}")
+    torch.manual_seed(0)
+    crate = mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind, version="1.0.0")
+    registry.publish(crate)
+    registry.publish(mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind,
+                             version="1.0.1"))  # fmt: skip
+    registry.set_alias(kind, "prod", "1.0.0")
+    weights = work / f"{kind}.safetensors"
+    weights.write_bytes(crate.read_bytes("model.safetensors"))
+    sample = np.random.default_rng(0).random(shape, dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": crate.manifest.signature.inputs[0].name,
+                                   "shape": list(shape), "datatype": "FP32",
+                                   "data": sample.ravel().tolist()}]}).encode()  # fmt: skip
+    serve = [sys.executable, "-m", "modelcrate", "serve", f"{kind}@prod", "--port", "{port}",
+             "--registry", str(registry.root)]  # fmt: skip
+    contenders: dict[str, tuple[list[str], str, str]] = {
+        "ours, batching on": (serve, "/v2/health/ready", "GET"),
+        "ours, batching off": ([*serve, "--max-batch-size", "1"], "/v2/health/ready", "GET"),
+        "bare Starlette (reads body only)": (
+            [sys.executable, str(HERE / "baselines" / "starlette_echo.py"), "{port}"], "/x", "POST"),
+        "Flask + torch (tutorial server)": (
+            [sys.executable, str(HERE / "baselines" / "flask_torch.py"), "{port}", str(weights),
+             kind], "/x", "POST"),
+    }  # fmt: skip
+    infer = f"/v2/models/{kind}/versions/prod/infer"
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for _ in range(REPEATS):
+        for name, (command, ready, method) in contenders.items():
+            server = Process(command, ready, method)
+            try:
+                for concurrency in CONCURRENCY:
+                    results.setdefault((name, concurrency), []).append(
+                        wrk(server.url + infer, body, concurrency, SECONDS, work)
+                    )
+            finally:
+                server.stop()
+    swaps = bench_swaps(serve, registry, kind, body, infer, work)
+    limit = raw_ort(crate, sample)
+    return render(label, results, swaps, limit)
+
+
+def bench_swaps(serve: list[str], registry: mc.Registry, kind: str, body: bytes, infer: str,
+                work: Path) -> dict[str, float]:  # fmt: skip
+    """p99 at concurrency 32 while prod moves 20 times, vs the same run without moves."""
+    server = Process([*serve, "--poll-interval", "0.05"], "/v2/health/ready")
+    try:
+        quiet, swapping, errors = [], [], 0.0
+        for _ in range(REPEATS):
+            quiet.append(wrk(server.url + infer, body, 32, 8, work)["p99_ms"])
+            mover = threading.Thread(target=_move_alias, args=(registry, kind, 20, 0.35))
+            mover.start()
+            run = wrk(server.url + infer, body, 32, 8, work)
+            mover.join()
+            swapping.append(run["p99_ms"])
+            errors += run["errors"] + run["socket_errors"]
+    finally:
+        server.stop()
+    return {"quiet": statistics.median(quiet), "swapping": statistics.median(swapping),
+            "errors": errors}  # fmt: skip
+
+
+def _move_alias(registry: mc.Registry, kind: str, moves: int, every: float) -> None:
+    for i in range(moves):
+        time.sleep(every)
+        registry.set_alias(kind, "prod", "1.0.1" if i % 2 == 0 else "1.0.0")
+
+
+def render(label: str, results: dict[tuple[str, int], list[dict[str, float]]],
+           swaps: dict[str, float], limit: dict[str, float]) -> list[str]:  # fmt: skip
+    def med(name: str, c: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[(name, c)])
+
+    lines = [
+        f"### {label}",
+        "",
+        "| server | c | req/s | p99 ms | non-2xx |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (name, c), runs in results.items():
+        errors = sum(r["errors"] + r["socket_errors"] for r in runs)
+        lines.append(f"| {name} | {c} | {med(name, c, 'rps'):.0f} | {med(name, c, 'p99_ms'):.2f} | "
+                     f"{errors:.0f} |")  # fmt: skip
+    ours = med("ours, batching on", 32, "rps")
+    lines += [
+        "",
+        "| ratio | figure | target |",
+        "| --- | --- | --- |",
+        f"| ours ÷ Flask + torch, c=32 | {ours / med('Flask + torch (tutorial server)', 32, 'rps'):.1f}× | ≥ 5× |",
+        f"| ours ÷ bare Starlette, c=32 | {ours / med('bare Starlette (reads body only)', 32, 'rps'):.2f} | ≥ 0.6 |",
+        f"| ours ÷ raw ORT batch-1 calls/s ({limit['batch1']:.0f}), c=32 | {ours / limit['batch1']:.2f} | ≥ 0.5 |",
+        f"| ours ÷ raw ORT batch-32 samples/s ({limit['batch32']:.0f}), c=32 | {ours / limit['batch32']:.2f} | — |",
+        f"| batching on ÷ off, c=32 | {ours / med('ours, batching off', 32, 'rps'):.2f} | > 1 |",
+        f"| p99 during 20 alias swaps ÷ p99 without ({swaps['swapping']:.2f} / {swaps['quiet']:.2f} ms), "
+        f"non-2xx {swaps['errors']:.0f} | {swaps['swapping'] / swaps['quiet']:.2f} | ≤ 1.5 |",
+        "",
+    ]  # fmt: skip
+    return lines
+
+
+def main() -> list[str]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for the serving benchmarks: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="modelcrate-serving-"))
+    try:
+        lines = ["## Serving: Open Inference Protocol v2 over HTTP", "",
+                 f"wrk -t1 -d{SECONDS}s, JSON body of one sample, medians of {REPEATS} runs, "
+                 "servers alternated within each run.", ""]  # fmt: skip
+        lines += bench_model("digits CNN (Conv 1→16, Linear 1024→64→10)", DigitsCNN().eval(),
+                             (1, 1, 8, 8), "digits", work)  # fmt: skip
+        lines += bench_model("MLP, ~26 MB (1024→2048→1536→1024→10)", MLP25MB().eval(),
+                             (1, 1024), "mlp", work)  # fmt: skip
+        return lines
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
