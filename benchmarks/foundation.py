@@ -65,9 +65,16 @@ def bench_load(work: Path, name: str, model: nn.Module, shape: tuple[int, ...]) 
     pickled = work / f"{name}.pt"
     # The classic full-model pickle (baseline only). Its class lives in __main__ of the
     # baseline script, so unpickling costs what it costs a user, not an extra import.
-    class_source = inspect.getsource(type(model))
-    type(model).__module__ = "__main__"
-    torch.save(model, pickled)
+    cls = type(model)
+    class_source = inspect.getsource(cls)
+    original, main = cls.__module__, sys.modules["__main__"]
+    cls.__module__ = "__main__"
+    setattr(main, cls.__name__, cls)
+    try:
+        torch.save(model, pickled)
+    finally:
+        cls.__module__ = original
+        delattr(main, cls.__name__)
     crate_script = CRATE_SCRIPT.format(ref=f"{name}@1.0.0", registry=registry, shape=shape)
     pickle_script = PICKLE_SCRIPT.format(class_source=class_source, path=str(pickled), shape=shape)
     ours, theirs = [], []

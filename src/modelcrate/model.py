@@ -23,9 +23,10 @@ RuntimeName = Literal["auto", "onnxruntime", "torch"]
 class Model:
     """A crate bound to a runtime. ``predict`` checks inputs against the crate's signature."""
 
-    def __init__(self, crate: Crate, runtime: RuntimeName = "auto") -> None:
+    def __init__(self, crate: Crate, runtime: RuntimeName = "auto", *, threads: int = 0) -> None:
+        """``threads``: intra-op threads for ONNX Runtime (0 = one per core)."""
         self.crate = crate
-        self.runtime = _make_runtime(crate, runtime)
+        self.runtime = _make_runtime(crate, runtime, threads)
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.ref}, runtime={self.runtime.name})"
@@ -83,13 +84,13 @@ def load(
     return Model(crate, runtime)
 
 
-def _make_runtime(crate: Crate, runtime: RuntimeName) -> Runtime:
+def _make_runtime(crate: Crate, runtime: RuntimeName, threads: int) -> Runtime:
     manifest = crate.manifest
     onnx = manifest.artifact("onnx")
     if runtime in ("auto", "onnxruntime") and onnx is not None:
         from modelcrate.runtimes.onnxruntime import OnnxRuntime
 
-        return OnnxRuntime(crate, onnx)
+        return OnnxRuntime(crate, onnx, threads=threads)
     exported = manifest.artifact("torch-export")
     if runtime in ("auto", "torch") and exported is not None:
         from modelcrate.runtimes.torch import TorchRuntime

@@ -7,10 +7,8 @@ body ``{"error": "..."}`` that names the caller's mistake and never a path.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,11 +22,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelcrate
-from modelcrate.errors import InputError, ModelcrateError, NotFound, UsageError
+from modelcrate.errors import InputError, ModelcrateError, NotFound
 from modelcrate.manifest import TensorSpec
-from modelcrate.refs import NAME_PATTERN
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
+from modelcrate.server.infer import (
+    HTTPError,
+    InferApp,
+    authorize,
+    check_name,
+    status_of,
+)
+from modelcrate.server.infer import read_body as read_asgi_body
 from modelcrate.server.models import ModelManager, ServedModel
 
 access_log = logging.getLogger("modelcrate.access")
@@ -49,12 +54,6 @@ class AppSettings:
     access_log: bool = False
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> ASGIApp:
     """Build the server's ASGI app around a model manager (no module globals)."""
     limits = settings.limits
@@ -64,18 +63,10 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                authorize(tokens, request, scope)
+                authorize(tokens, request.headers.get("authorization"), scope)
                 return await handler(request)
-            except HTTPError as exc:
-                return error(exc.status, str(exc))
-            except InputError as exc:
-                return error(400, str(exc))
-            except UsageError as exc:
-                return error(400, str(exc))
-            except NotFound as exc:
-                return error(404, str(exc))
-            except ModelcrateError as exc:
-                return error(500, str(exc))
+            except (HTTPError, ModelcrateError) as exc:
+                return error(status_of(exc), str(exc))
 
         return endpoint
 
@@ -117,57 +108,6 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
             body["error"] = served.error
         return JSONResponse(body)
 
-    async def infer(request: Request) -> Response:
-        name, version = name_version(request)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in JSON_TYPES:
-            raise HTTPError(
-                415,
-                f"content type {content_type!r} is not accepted; send JSON "
-                "or the binary tensor extension",
-            )
-        body = await read_body(request, limits.max_body_bytes)
-        decoded = oip.decode_request(body, request.headers.get(oip.HEADER_LENGTH), limits)
-        started = time.perf_counter()
-        status = 500
-        try:
-            async with manager.using(name, version) as loaded:
-                try:
-                    outputs = await asyncio.wait_for(
-                        manager.infer(loaded, decoded.inputs), settings.request_timeout
-                    )
-                except TimeoutError:
-                    raise HTTPError(
-                        504, f"inference took longer than {settings.request_timeout} s"
-                    ) from None
-                payload, header_length = oip.encode_response(
-                    model_name=name,
-                    model_version=loaded.version,
-                    outputs=outputs,
-                    request=decoded,
-                    labels=loaded.manifest.labels,
-                )
-                status = 200
-                served_version = loaded.version
-        except HTTPError as exc:
-            status = exc.status
-            raise
-        except InputError:
-            status = 400
-            raise
-        finally:
-            manager.metrics.requests.labels(name, version or "", str(status)).inc()
-            manager.metrics.latency.labels(name).observe(time.perf_counter() - started)
-            served_model = manager.models.get(name)
-            if served_model is not None:
-                served_model.stats["requests"] += 1
-                served_model.stats["failures"] += status != 200
-        headers = {"model-version": served_version}
-        if header_length is None:
-            return Response(payload, media_type="application/json", headers=headers)
-        headers[oip.HEADER_LENGTH] = str(header_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers)
-
     async def stats(request: Request) -> Response:
         name, version = name_version(request)
         served, loaded = manager.lookup(name, version)
@@ -193,11 +133,11 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
                     "parameters.ref must be a registry reference like "
                     "name@alias; the server never loads from URLs or paths"
                 )
-        served = await manager.load(checked_name(name), ref)
+        served = await manager.load(check_name(name), ref)
         return JSONResponse(repository_entry(served))
 
     async def repository_unload(request: Request) -> Response:
-        manager.unload(checked_name(request.path_params["name"]))
+        manager.unload(check_name(request.path_params["name"]))
         return JSONResponse({})
 
     async def metrics(_: Request) -> Response:
@@ -216,8 +156,6 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         Route(version, guard("read", model_metadata)),
         Route(model + "/ready", guard("read", model_ready)),
         Route(version + "/ready", guard("read", model_ready)),
-        Route(model + "/infer", guard("infer", infer), methods=["POST"]),
-        Route(version + "/infer", guard("infer", infer), methods=["POST"]),
         Route(model + "/stats", guard("read", stats)),
         Route(version + "/stats", guard("read", stats)),
         Route("/v2/repository/index", guard("read", repository_index), methods=["POST", "GET"]),
@@ -240,51 +178,19 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         finally:
             await manager.stop()
 
-    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    app: ASGIApp = InferApp(Starlette(routes=routes, lifespan=lifespan), manager, tokens,
+                            limits, settings.request_timeout)  # fmt: skip
     if settings.access_log:
         app = AccessLog(app)
     return app
 
 
-def authorize(tokens: Tokens, request: Request, scope: str | None) -> None:
-    if scope is None:
-        return
-    if not tokens.enabled:
-        if scope == "admin":
-            raise HTTPError(403, "admin endpoints need a token: start the server with --token-file")
-        return
-    scopes = tokens.scopes_for(request.headers.get("authorization"))
-    if scopes is None:
-        raise HTTPError(401, "missing or unknown bearer token")
-    if scope not in scopes:
-        raise HTTPError(403, f"this token lacks the {scope!r} scope")
-
-
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 before reading when it is declared too large."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPError(400, "Content-Length is not a number")
-        if int(declared) > limit:
-            raise HTTPError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
 
 
 def name_version(request: Request) -> tuple[str, str | None]:
-    return checked_name(request.path_params["name"]), request.path_params.get("version")
-
-
-def checked_name(name: str) -> str:
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise NotFound(f"no model named {name[:64]!r}")
-    return name
+    return check_name(request.path_params["name"]), request.path_params.get("version")
 
 
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class Batcher:
         max_batch_size: int,
         max_delay_ms: float,
         on_batch: Callable[[int], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.run = run
         self.executor = executor
@@ -48,6 +49,9 @@ class Batcher:
         self.max_delay = max(0.0, max_delay_ms) / 1000
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Batches in flight at once: while one runs in a worker thread the next forms.
+        self.slots = asyncio.Semaphore(max(1, concurrency))
+        self.running: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -70,6 +74,8 @@ class Batcher:
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        for task in self.running:
+            task.cancel()
         while not self.queue.empty():
             pending = self.queue.get_nowait()
             if not pending.future.done():
@@ -78,6 +84,7 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self.slots.acquire()
             first = await self.queue.get()
             batch, held = [first], []
             rows = first.rows
@@ -102,11 +109,15 @@ class Batcher:
                         break
             for item in held:  # different shapes wait for the next round, in order
                 self.queue.put_nowait(item)
-            await self._run_batch(loop, batch, rows)
+            task = loop.create_task(self._run_batch(loop, batch))
+            self.running.add(task)
+            task.add_done_callback(self._finished)
 
-    async def _run_batch(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int
-    ) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self.slots.release()
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # cancelled requests drop out
         if not live:
             return

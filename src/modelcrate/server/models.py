@@ -101,6 +101,7 @@ class ModelManager:
         self.batch = batch
         self.metrics = metrics
         self.poll_interval = poll_interval
+        self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self.models: dict[str, ServedModel] = {}
@@ -167,7 +168,8 @@ class ModelManager:
         """Load, warm up and check one version (runs in the loader thread)."""
         manifest = self.registry.manifest(Ref(name, version=version))
         _check_memory(manifest)
-        model = Model(self.registry.get(Ref(name, version=version)))
+        # One intra-op thread per session: batches run side by side instead (see Batcher).
+        model = Model(self.registry.get(Ref(name, version=version)), threads=1)
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -186,6 +188,7 @@ class ModelManager:
             max_batch_size=self.batch.max_batch_size if batchable else 1,
             max_delay_ms=self.batch.max_delay_ms,
             on_batch=lambda rows: self.metrics.batch_size.labels(label).observe(rows),
+            concurrency=self.threads,
         )
         return LoadedVersion(model, batcher)
 
@@ -264,6 +267,15 @@ class ModelManager:
             yield loaded
         finally:
             loaded.release()
+
+    def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
+        """Count one infer request in the metrics and the model's stats."""
+        self.metrics.requests.labels(name, version or "", str(status)).inc()
+        self.metrics.latency.labels(name).observe(seconds)
+        served = self.models.get(name)
+        if served is not None:
+            served.stats["requests"] += 1
+            served.stats["failures"] += status != 200
 
     async def infer(self, loaded: LoadedVersion, inputs: dict[str, np.ndarray]) -> Feeds:
         feeds = prepare_inputs(loaded.manifest.signature.inputs, inputs)
