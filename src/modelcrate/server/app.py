@@ -1,8 +1,8 @@
 """The ASGI app: Open Inference Protocol v2 routes, model repository extension, metrics.
 
-Handlers decode with ``oip``, run through the ``ModelManager`` (the same
-``Model`` the Python API uses) and encode the answer. Every error is a JSON
-body ``{"error": "..."}`` that names the caller's mistake and never a path.
+The infer route itself is the fast path in ``infer.py``; the rest are
+Starlette routes here. Every error is a JSON body ``{"error": "..."}`` that
+names the caller's mistake and never a path.
 """
 
 from __future__ import annotations
@@ -38,13 +38,6 @@ from modelcrate.server.models import ModelManager, ServedModel
 
 access_log = logging.getLogger("modelcrate.access")
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
-# curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
-JSON_TYPES = (
-    "",
-    "application/json",
-    "application/octet-stream",
-    "application/x-www-form-urlencoded",
-)
 
 
 @dataclass(frozen=True)
