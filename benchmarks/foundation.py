@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
 from train import DigitsCNN  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from models import MLP100MB  # noqa: E402
+from models import mlp_100mb  # noqa: E402
 
 REPEATS = 5
 
@@ -41,6 +41,8 @@ print(time.perf_counter() - t0)
 """
 PICKLE_SCRIPT = """
 import time; t0 = time.perf_counter()
+import itertools
+from collections.abc import Sequence
 import torch
 from torch import nn
 exec({class_source!r})
@@ -121,7 +123,7 @@ def main() -> list[str]:
     work = Path(tempfile.mkdtemp(prefix="modelcrate-bench-"))
     try:
         digits = bench_load(work, "digits", DigitsCNN().eval(), (1, 1, 8, 8))
-        big = MLP100MB().eval()
+        big = mlp_100mb().eval()
         big_load = bench_load(work, "big", big, (1, 1024))
         publish = bench_publish(work, big)
     finally:

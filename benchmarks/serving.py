@@ -33,7 +33,7 @@ import modelcrate as mc
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
-from models import MLP25MB  # noqa: E402
+from models import mlp_25mb  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
 REPEATS = 3
@@ -225,7 +225,7 @@ def main() -> list[str]:
                  "servers alternated within each run.", ""]  # fmt: skip
         lines += bench_model("digits CNN (Conv 1→16, Linear 1024→64→10)", DigitsCNN().eval(),
                              (1, 1, 8, 8), "digits", work)  # fmt: skip
-        lines += bench_model("MLP, ~26 MB (1024→2048→1536→1024→10)", MLP25MB().eval(),
+        lines += bench_model("MLP, ~26 MB (1024→2048→1536→1024→10)", mlp_25mb().eval(),
                              (1, 1024), "mlp", work)  # fmt: skip
         return lines
     finally:

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "digits"))
-from models import MLP25MB
+from models import mlp_25mb
 from train import DigitsCNN
 
 port, weights, kind = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-model = DigitsCNN() if kind == "digits" else MLP25MB()
+model = DigitsCNN() if kind == "digits" else mlp_25mb()
 model.load_state_dict(load_file(weights))
 model.eval()
 app = Flask(__name__)
