@@ -26,7 +26,7 @@ CASES = [
     ("huge-shape", tensor(shape=[100_000_000, 100_000_000], data=[1.0]), 400, "the limit is"),
     ("negative-dim", tensor(shape=[-1, 1, 8, 8]), 400, "non-negative integers"),
     ("datatype", tensor(datatype="FLOAT99"), 400, "unknown datatype 'FLOAT99'"),
-    ("nan", tensor(data=[float("nan")] + [0.0] * 63), 400, "NaN or Inf"),
+    ("nan-token", tensor(data=[float("nan")] + [0.0] * 63), 400, "NaN and Infinity are not JSON"),
     ("wrong-name", tensor(name="pixels"), 400, "missing ['x']"),
     (
         "wrong-shape",
@@ -143,3 +143,26 @@ def test_binary_extension_length_errors(served_digits: Server) -> None:
         headers={"Inference-Header-Content-Length": "999"},
     )
     assert lying.status_code == 400 and "outside the body" in lying.json()["error"]
+
+
+def test_nan_in_binary_data_is_refused(served_digits: Server) -> None:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 3, 3] = np.inf
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer", content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)),
+                 "Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 400 and "NaN or Inf" in response.json()["error"]

@@ -9,13 +9,13 @@ the JSON header; BYTES elements are each prefixed by a 4-byte length.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from modelcrate.errors import InputError
 
@@ -267,7 +267,7 @@ def encode_response(
     }
     if request.id is not None:
         document["id"] = request.id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = orjson.dumps(document)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
@@ -313,9 +313,11 @@ def _to_json_list(array: np.ndarray) -> list[Any]:
 
 def _load_json(data: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON: {exc}") from None
+        document = orjson.loads(data)  # an order of magnitude faster than json for tensors
+    except orjson.JSONDecodeError as exc:
+        raise InputError(
+            f"request body is not valid JSON (NaN and Infinity are not JSON): {exc}"
+        ) from None
     if not isinstance(document, dict):
         raise InputError("request body must be a JSON object")
     return document
