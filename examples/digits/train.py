@@ -65,9 +65,10 @@ def train(epochs: int = 15, seed: int = 0) -> tuple[DigitsCNN, float, np.ndarray
 
 def pack_digits(model: nn.Module, accuracy: float, version: str = "1.0.0") -> mc.Crate:
     card = Path(__file__).with_name("MODEL_CARD.md")
+    _, x_test, _, _ = digits_data()
     return mc.pack(
         model,
-        example_inputs=(torch.zeros(1, 1, 8, 8),),
+        example_inputs=(torch.from_numpy(x_test[:32]),),  # kept in the crate as samples
         name="digits",
         version=version,
         labels=LABELS,

@@ -32,6 +32,7 @@ from modelcrate.errors import (
 )
 from modelcrate.manifest import Manifest
 from modelcrate.model import Model, load
+from modelcrate.optimize import compare, optimize
 from modelcrate.pack import pack
 from modelcrate.registry.api import PublishResult, Registry
 
@@ -76,7 +77,9 @@ __all__ = [
     "UsageError",
     "VersionConflict",
     "__version__",
+    "compare",
     "load",
+    "optimize",
     "pack",
     "publish",
     "pull",

@@ -99,6 +99,22 @@ class Lineage(_Strict):
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
+class Report(_Strict):
+    """How an optimized crate compares with its parent, measured when it was made."""
+
+    parent: str = Field(pattern=f"^{DIGEST_PATTERN}$")
+    data: Literal["crate samples", "user data", "random"]
+    samples: int = Field(ge=1)
+    size_ratio: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float | None = None
+    accuracy: float | None = None
+    parent_accuracy: float | None = None
+    latency_ratio: float
+    sparsity: float | None = None
+
+
 class Manifest(_Strict):
     """Everything a crate says about itself. ``files`` lists every other file in the crate."""
 
@@ -115,6 +131,12 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     dependencies: dict[str, str] = Field(default_factory=dict)
     lineage: Lineage | None = None
+    report: Report | None = None
+    samples: str | None = Field(
+        default=None,
+        pattern=f"^{FILE_PATH_PATTERN}$",
+        description="safetensors file of example inputs, by input name",
+    )
     model_card: str | None = Field(default=None, pattern=f"^{FILE_PATH_PATTERN}$")
     files: list[FileEntry] = Field(min_length=1)
 

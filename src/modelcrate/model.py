@@ -47,6 +47,14 @@ class Model:
     def __call__(self, inputs: Any) -> dict[str, np.ndarray]:
         return self.predict(inputs)
 
+    def samples(self) -> dict[str, np.ndarray] | None:
+        """The example inputs kept in the crate at pack time, by input name (None if absent)."""
+        if self.manifest.samples is None:
+            return None
+        from safetensors.numpy import load
+
+        return load(self.crate.read_bytes(self.manifest.samples))
+
     def to_torch(self, *, trainable: bool = True) -> Any:
         """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact (needs torch)."""
         from modelcrate.runtimes.torch import load_module

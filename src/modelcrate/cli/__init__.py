@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from modelcrate.cli import aliases, crates, predict, registry, serving
+from modelcrate.cli import aliases, crates, optimizing, predict, registry, serving
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
@@ -37,6 +37,7 @@ registry.register(app)
 aliases.register(app)
 predict.register(app)
 serving.register(app)
+optimizing.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

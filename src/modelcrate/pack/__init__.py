@@ -15,6 +15,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelcrate.crate import Crate, DirectorySource, check_path, file_entry, temporary_directory
 from modelcrate.errors import PackError, UsageError
 from modelcrate.manifest import (
@@ -23,11 +25,13 @@ from modelcrate.manifest import (
     Framework,
     Lineage,
     Manifest,
+    Report,
     Signature,
 )
 from modelcrate.refs import check_name, check_version
 
 MODEL_CARD = "README.md"
+SAMPLES_FILE = "samples.safetensors"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Build:
     signature: Signature
     framework: Framework | None = None
     dependencies: dict[str, str] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] | None = None  # example inputs by input name
 
 
 def pack(
@@ -53,11 +58,18 @@ def pack(
     tags: list[str] | None = None,
     model_card: str | os.PathLike[str] | None = None,
     lineage: Lineage | None = None,
+    report: Report | None = None,
+    samples: Any = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     parity_tolerance: float = 1e-3,
 ) -> Crate:
-    """Pack a torch ``nn.Module`` (with ``example_inputs``), a ``.onnx`` file or a ``.pt2`` file."""
+    """Pack a torch ``nn.Module`` (with ``example_inputs``), a ``.onnx`` file or a ``.pt2`` file.
+
+    ``samples`` (an array, or a dict by input name) are example inputs kept in the crate
+    (``samples.safetensors``) for warm-up and parity checks; a torch module's
+    ``example_inputs`` are kept by default.
+    """
     check_name(name)
     check_version(version)
     crate_owner = _Owner()
@@ -71,6 +83,7 @@ def pack(
         parity_tolerance=parity_tolerance,
     )
     card = _write_model_card(model_card, workdir)
+    sample_file = _write_samples(build, samples, workdir)
     manifest = Manifest(
         name=name,
         version=version,
@@ -84,6 +97,8 @@ def pack(
         metrics=dict(metrics or {}),
         dependencies={**_versions("modelcrate", "onnx", "onnxruntime"), **build.dependencies},
         lineage=lineage,
+        report=report,
+        samples=sample_file,
         model_card=card,
         files=[file_entry(p, p.relative_to(workdir).as_posix()) for p in _files(workdir)],
     )
@@ -128,6 +143,20 @@ def _torch_module_type() -> type | None:
 
     torch = sys.modules.get("torch")  # never import torch just to find out it was not used
     return None if torch is None else torch.nn.Module
+
+
+def _write_samples(build: Build, samples: Any, workdir: Path) -> str | None:
+    from modelcrate.model import prepare_inputs
+
+    if samples is not None:
+        build.samples = prepare_inputs(build.signature.inputs, samples)
+    if not build.samples:
+        return None
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in build.samples.items()},
+              str(workdir / SAMPLES_FILE))  # fmt: skip
+    return SAMPLES_FILE
 
 
 def read_labels(labels: list[str] | str | os.PathLike[str] | None) -> list[str] | None:

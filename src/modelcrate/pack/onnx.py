@@ -12,7 +12,14 @@ from modelcrate.pack import Build
 from modelcrate.runtimes.onnxruntime import external_data_files
 
 ONNX_FILE = "model.onnx"
-RESERVED = {ONNX_FILE, "crate.json", "README.md", "model.pt2", "model.safetensors"}
+RESERVED = {
+    ONNX_FILE,
+    "crate.json",
+    "README.md",
+    "model.pt2",
+    "model.safetensors",
+    "samples.safetensors",
+}
 
 
 def build(source: Path, workdir: Path, **_: Any) -> Build:

@@ -51,7 +51,7 @@ def build(
     else:
         if not example_inputs:
             raise UsageError("packing a torch module needs example_inputs=(tensor, ...)")
-        module = source.eval()
+        module = _eval_mode(source)
         example = tuple(_as_tensor(torch, x) for x in example_inputs)
         program = _export(torch, module, example)
         torch.export.save(program, str(workdir / PT2_FILE))
@@ -84,7 +84,15 @@ def build(
         signature=_signature(signature_of(onnx_model), in_names, out_names),
         framework=Framework(name="pytorch", version=torch.__version__.split("+")[0]),
         dependencies={"torch": torch.__version__.split("+")[0]},
+        samples={n: x.detach().cpu().numpy() for n, x in zip(in_names, example, strict=True)},
     )
+
+
+def _eval_mode(module: Any) -> Any:
+    try:
+        return module.eval()
+    except NotImplementedError:  # modules rebuilt by torch.export have no train/eval switch
+        return module
 
 
 def _as_tensor(torch: Any, value: Any) -> Any:

@@ -1,0 +1,175 @@
+"""Optimize a published crate into a new, traceable version with a measured parity report.
+
+    mc.optimize("digits@1.0.0", quantize="int8")            # -> digits@1.0.0-int8
+    mc.optimize("digits@1.0.0", quantize="int8", calibrate=data)   # static, QDQ
+    mc.optimize("digits@1.0.0", fp16=True)
+    mc.optimize("digits@1.0.0", prune=0.5)                   # needs the .pt2 artifact
+    mc.compare("digits@1.0.0", "digits@1.0.0-int8", data=eval_data)
+
+Every result records its lineage (parent digest, operation, parameters) and a
+report (size ratio, output differences, top-1 agreement, accuracy when labels
+are given, latency ratio) in its manifest. With ``max_accuracy_drop`` or
+``min_agreement`` a result that is worse than allowed is refused and nothing
+is published.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelcrate.crate import Crate
+from modelcrate.errors import PackError, UsageError
+from modelcrate.manifest import Lineage, Parent, Report
+from modelcrate.model import Model, load
+from modelcrate.optimize.parity import EvalData, eval_data, measure
+from modelcrate.registry.api import Registry
+
+Data = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Optimized:
+    crate: Crate
+    report: Report
+    published: bool
+
+
+def optimize(
+    ref: str | os.PathLike[str] | Crate,
+    *,
+    quantize: str | None = None,
+    calibrate: Data | None = None,
+    fp16: bool = False,
+    prune: float | None = None,
+    data: Data | None = None,
+    version: str | None = None,
+    max_accuracy_drop: float | None = None,
+    min_agreement: float | None = None,
+    registry: Registry | str | None = None,
+    publish: bool = True,
+) -> Optimized:
+    """Make one optimized child of ``ref``, check it against the limits, publish it."""
+    operations = [op for op, on in (("quantize", quantize), ("fp16", fp16),
+                                    ("prune", prune is not None)) if on]  # fmt: skip
+    if len(operations) != 1:
+        raise UsageError("choose exactly one of --quantize int8, --fp16 or --prune FRACTION")
+    if quantize is not None and quantize != "int8":
+        raise UsageError(f"--quantize {quantize!r}: only int8 is supported")
+    if calibrate is not None and quantize is None:
+        raise UsageError("--calibrate only applies to --quantize int8")
+    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
+    evaluation = eval_data(parent, data)
+    workdir = Path(tempfile.mkdtemp(prefix="modelcrate-optimize-"))
+    try:
+        source, suffix, parameters, sparsity = _apply(
+            parent, workdir, quantize=quantize, calibrate=calibrate, fp16=fp16, prune=prune,
+            evaluation=evaluation,
+        )  # fmt: skip
+        child_version = version or f"{parent.manifest.version}-{suffix}"
+        lineage = Lineage(
+            parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
+            operation=operations[0], parameters=parameters,
+        )  # fmt: skip
+        draft = _pack_child(parent, source, child_version, lineage, None)
+        report = measure(parent, Model(draft), evaluation, sparsity=sparsity)
+        _check_limits(report, max_accuracy_drop, min_agreement)
+        child = _pack_child(parent, source, child_version, lineage, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if publish:
+        reg.publish(child)
+    return Optimized(child, report, publish)
+
+
+def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
+            registry: Registry | str | None = None) -> Report:  # fmt: skip
+    """Measure ``b`` against ``a`` on ``data`` (or ``a``'s samples), as optimize does."""
+    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    first = load(a) if isinstance(a, Crate) else load(a, registry=reg)
+    second = load(b) if isinstance(b, Crate) else load(b, registry=reg)
+    return measure(first, second, eval_data(first, data))
+
+
+Parameters = dict[str, str | int | float | bool]
+
+
+def _apply(parent: Model, workdir: Path, *, quantize: str | None, calibrate: Data | None,
+           fp16: bool, prune: float | None, evaluation: EvalData
+           ) -> tuple[Path | object, str, Parameters, float | None]:  # fmt: skip
+    """Run the operation: (ONNX path or torch module, version suffix, parameters, sparsity)."""
+    onnx = parent.manifest.artifact("onnx")
+    if prune is not None:
+        from modelcrate.optimize.prune import prune_module
+
+        module, sparsity = prune_module(parent, prune)
+        return module, f"pruned{round(prune * 100)}", {"amount": prune, "method": "l1"}, sparsity
+    if onnx is None:
+        raise UsageError(f"{parent.manifest.ref} has no ONNX artifact to optimize")
+    model_bytes = parent.crate.read_bytes(onnx.path)
+    if onnx.data_files:
+        raise UsageError("optimizing models with ONNX external data is not supported yet")
+    if fp16:
+        from modelcrate.optimize.fp16 import to_fp16
+
+        return to_fp16(model_bytes, workdir), "fp16", {"keep_io_types": True}, None
+    from modelcrate.optimize.quantize import quantize_int8
+
+    if calibrate is None:
+        path = quantize_int8(model_bytes, workdir)
+        return path, "int8", {"mode": "dynamic", "weights": "int8", "per_channel": True}, None
+    calibration = eval_data(parent, calibrate).inputs
+    path = quantize_int8(model_bytes, workdir, calibration)
+    rows = int(next(iter(calibration.values())).shape[0])
+    return path, "int8-static", {"mode": "static", "format": "QDQ", "per_channel": True,
+                                 "calibration_samples": rows}, None  # fmt: skip
+
+
+def _pack_child(parent: Model, source: Path | object, version: str, lineage: Lineage,
+                report: Report | None) -> Crate:  # fmt: skip
+    from modelcrate.pack import pack
+
+    manifest = parent.manifest
+    samples = parent.samples()
+    example = None
+    if not isinstance(source, Path):  # a pruned torch module: export it again
+        import torch
+
+        if samples is None:
+            raise PackError("pruning needs the crate's samples to export the pruned module")
+        example = tuple(torch.from_numpy(samples[s.name]) for s in manifest.signature.inputs)
+    return pack(
+        source, name=manifest.name, version=version, example_inputs=example,
+        labels=manifest.labels, description=manifest.description, license=manifest.license,
+        tags=manifest.tags, lineage=lineage, report=report,
+        samples=samples if isinstance(source, Path) else None,
+        input_names=[s.name for s in manifest.signature.inputs],
+        output_names=[s.name for s in manifest.signature.outputs],
+    )  # fmt: skip
+
+
+def _check_limits(report: Report, max_drop: float | None, min_agreement: float | None) -> None:
+    if max_drop is not None:
+        if report.accuracy is not None and report.parent_accuracy is not None:
+            drop = report.parent_accuracy - report.accuracy
+            before, after = report.parent_accuracy, report.accuracy
+            what = f"accuracy fell by {drop:.4f} ({before:.4f} -> {after:.4f})"
+        elif report.top1_agreement is not None:
+            drop = 1.0 - report.top1_agreement
+            what = f"top-1 agreement is {report.top1_agreement:.4f}"
+        else:
+            raise UsageError("--max-accuracy-drop needs a classifier output (or labels in --data)")
+        if drop > max_drop:
+            raise PackError(f"refused: {what}, more than the allowed {max_drop}; nothing published")
+    if min_agreement is not None:
+        if report.top1_agreement is None:
+            raise UsageError("--min-agreement needs a classifier output")
+        if report.top1_agreement < min_agreement:
+            raise PackError(f"refused: top-1 agreement {report.top1_agreement:.4f} is below "
+                            f"{min_agreement}; nothing published")  # fmt: skip
