@@ -129,3 +129,56 @@ def test_cli_optimize_and_compare(home: Path, tmp_path: Path, digits_crate_path:
                       str(tmp_path / "eval.npz"), "--max-accuracy-drop", "0.001")  # fmt: skip
     assert refused.returncode == 1 and "nothing published" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_convert_to_ort_format_loads_back_and_matches(published: mc.Registry,
+                                                      digits: Digits) -> None:  # fmt: skip
+    result = mc.convert("digits@1.0.0", to="ort", registry=published)
+    manifest = result.crate.manifest
+    assert manifest.version == "1.0.0-ort"
+    assert [a.kind for a in manifest.artifacts] == ["ort"]
+    assert result.crate.read_bytes("model.ort")[4:8] == b"ORTM"
+    assert manifest.lineage is not None and manifest.lineage.parameters == {"to": "ort"}
+    assert result.report.max_abs_diff < 1e-4
+    x = digits.x_test[:9]
+    parent = mc.load("digits@1.0.0", registry=published).predict(x)["output"]
+    child = mc.load("digits@1.0.0-ort", registry=published).predict(x)["output"]
+    np.testing.assert_allclose(child, parent, atol=1e-5)
+
+
+def test_convert_to_ort_optimized_onnx(published: mc.Registry) -> None:
+    result = mc.convert("digits@1.0.0", to="onnx", registry=published)
+    assert result.crate.manifest.version == "1.0.0-ortopt"
+    assert result.report.max_abs_diff < 1e-4
+
+
+def test_convert_errors(published: mc.Registry) -> None:
+    with pytest.raises(mc.RuntimeUnavailable, match="TFLite"):
+        mc.convert("digits@1.0.0", to="tflite", registry=published)
+    with pytest.raises(UsageError, match="expected one of"):
+        mc.convert("digits@1.0.0", to="coreml", registry=published)
+
+
+def test_onnx_only_crate_becomes_trainable_through_onnx2torch(tmp_path: Path) -> None:
+    import torch
+
+    from conftest import tiny_weights
+
+    crate = mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0")
+    module = mc.load(crate).to_torch()
+    weight, bias = tiny_weights()
+    x = np.eye(4, dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), x @ weight + bias,
+                                   atol=1e-5)  # fmt: skip
+    loss = module(torch.from_numpy(x)).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+def test_cli_convert(home: Path, digits_crate_path: Path) -> None:
+    run_cli("publish", str(digits_crate_path), check=True)
+    out = json.loads(run_cli("convert", "digits@1.0.0", "--to", "ort", "--json", check=True).stdout)
+    assert out["ref"] == "digits@1.0.0-ort"
+    refused = run_cli("convert", "digits@1.0.0", "--to", "tflite")
+    assert refused.returncode == 1 and "TFLite" in refused.stderr

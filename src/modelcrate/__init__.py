@@ -32,7 +32,7 @@ from modelcrate.errors import (
 )
 from modelcrate.manifest import Manifest
 from modelcrate.model import Model, load
-from modelcrate.optimize import compare, optimize
+from modelcrate.optimize import compare, convert, optimize
 from modelcrate.pack import pack
 from modelcrate.registry.api import PublishResult, Registry
 
@@ -78,6 +78,7 @@ __all__ = [
     "VersionConflict",
     "__version__",
     "compare",
+    "convert",
     "load",
     "optimize",
     "pack",

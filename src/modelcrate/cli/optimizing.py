@@ -18,6 +18,7 @@ from modelcrate.manifest import Report
 def register(app: typer.Typer) -> None:
     app.command("optimize")(optimize_command)
     app.command("compare")(compare_command)
+    app.command("convert")(convert_command)
 
 
 def optimize_command(
@@ -48,6 +49,26 @@ def optimize_command(
             data=read_npz(data), version=version, max_accuracy_drop=max_accuracy_drop,
             min_agreement=min_agreement, registry=open_registry(registry),
         )  # fmt: skip
+    if as_json:
+        print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
+                    "report": result.report.model_dump(mode="json")})  # fmt: skip
+        return
+    console.print(f"published [bold]{result.crate.manifest.ref}[/bold] {result.crate.digest}")
+    render_report(result.report)
+
+
+def convert_command(
+    ref: Annotated[str, typer.Argument(help="The source version, like digits@1.0.0.")],
+    to: Annotated[str, typer.Option("--to", help="ort | onnx (ORT-optimized) | tflite")],
+    version: Annotated[str | None, typer.Option("--version", help="Default: PARENT-ort …")] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Convert a version to another format as a new, parity-checked version."""
+    from modelcrate.optimize import convert
+
+    with errors.status(f"converting {ref} to {to}…"):
+        result = convert(ref, to=to, version=version, registry=open_registry(registry))
     if as_json:
         print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
                     "report": result.report.model_dump(mode="json")})  # fmt: skip

@@ -88,6 +88,45 @@ def optimize(
     return Optimized(child, report, publish)
 
 
+CONVERT_TOLERANCE = 1e-3
+
+
+def convert(
+    ref: str | os.PathLike[str] | Crate,
+    *,
+    to: str,
+    version: str | None = None,
+    registry: Registry | str | None = None,
+    publish: bool = True,
+) -> Optimized:
+    """Convert ``ref`` to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``) as a new
+    version; the converted artifact is loaded back and must match the original's outputs."""
+    from modelcrate.optimize.convert import convert_onnx
+
+    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
+    evaluation = eval_data(parent)
+    workdir = Path(tempfile.mkdtemp(prefix="modelcrate-convert-"))
+    try:
+        path, suffix = convert_onnx(parent, to, workdir)
+        child_version = version or f"{parent.manifest.version}-{suffix}"
+        lineage = Lineage(
+            parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
+            operation="convert", parameters={"to": to},
+        )  # fmt: skip
+        draft = _pack_child(parent, path, child_version, lineage, None)
+        report = measure(parent, Model(draft), evaluation)
+        if not report.max_abs_diff <= CONVERT_TOLERANCE:
+            raise PackError(f"the {to} conversion differs from the original by "
+                            f"{report.max_abs_diff:.3g}; refused, nothing published")  # fmt: skip
+        child = _pack_child(parent, path, child_version, lineage, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if publish:
+        reg.publish(child)
+    return Optimized(child, report, publish)
+
+
 def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
             registry: Registry | str | None = None) -> Report:  # fmt: skip
     """Measure ``b`` against ``a`` on ``data`` (or ``a``'s samples), as optimize does."""

@@ -118,7 +118,13 @@ def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
         if not path.is_file():
             raise UsageError(f"{path}: no such model file")
         with path.open("rb") as handle:
-            head = handle.read(4)
+            head = handle.read(8)
+        from modelcrate.pack.ort import is_ort_file
+
+        if is_ort_file(head):
+            from modelcrate.pack import ort as ort_builder
+
+            return ort_builder.build(path, workdir)
         if head.startswith(b"PK"):  # a zip: torch.export's .pt2 archive
             from modelcrate.pack import torch as torch_builder
 

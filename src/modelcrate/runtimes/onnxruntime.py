@@ -34,9 +34,12 @@ class OnnxRuntime:
                 [p.rsplit("/", 1)[-1] for p in names], buffers, [b.nbytes for b in buffers]
             )
         model_bytes = crate.read_bytes(artifact.path)
+        if artifact.kind == "ort":
+            options.add_session_config_entry("session.load_model_format", "ORT")
         # ORT resolves external data of a model loaded from bytes against the working
         # directory, so every location must be one of the files this artifact lists.
-        undeclared = sorted(set(external_data_files(model_bytes)) - set(artifact.data_files))
+        found = [] if artifact.kind == "ort" else external_data_files(model_bytes)
+        undeclared = sorted(set(found) - set(artifact.data_files))
         if undeclared:
             raise CrateFormatError(
                 f"{crate.manifest.ref}: {artifact.path} reads external data {undeclared} "
