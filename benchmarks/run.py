@@ -20,9 +20,10 @@ import modelcrate as mc
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import foundation  # noqa: E402
+import optimizing  # noqa: E402
 import serving  # noqa: E402
 
-SUITES = {"foundation": foundation.main, "serving": serving.main}
+SUITES = {"foundation": foundation.main, "optimizing": optimizing.main, "serving": serving.main}
 
 
 def main() -> None:

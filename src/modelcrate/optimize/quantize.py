@@ -46,9 +46,12 @@ def quantize_int8(model_bytes: bytes, workdir: Path,
 
     try:
         if calibration is None:
-            # ConvInteger has no int8-weight kernel on CPU; MatMul/Gemm carry the weights.
-            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8,
-                             per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+            # ConvInteger has no int8-weight kernel on CPU; MatMul/Gemm (and Gather for
+            # embeddings) carry the weights.
+            quantize_dynamic(
+                str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            )  # fmt: skip
         else:
             quantize_static(
                 str(prepared), str(target), Reader(calibration), quant_format=QuantFormat.QDQ,
