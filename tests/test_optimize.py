@@ -159,23 +159,6 @@ def test_convert_errors(published: mc.Registry) -> None:
         mc.convert("digits@1.0.0", to="coreml", registry=published)
 
 
-def test_onnx_only_crate_becomes_trainable_through_onnx2torch(tmp_path: Path) -> None:
-    import torch
-
-    from conftest import tiny_weights
-
-    crate = mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0")
-    module = mc.load(crate).to_torch()
-    weight, bias = tiny_weights()
-    x = np.eye(4, dtype=np.float32)
-    with torch.no_grad():
-        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), x @ weight + bias,
-                                   atol=1e-5)  # fmt: skip
-    loss = module(torch.from_numpy(x)).sum()
-    loss.backward()
-    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
-
-
 def test_cli_convert(home: Path, digits_crate_path: Path) -> None:
     run_cli("publish", str(digits_crate_path), check=True)
     out = json.loads(run_cli("convert", "digits@1.0.0", "--to", "ort", "--json", check=True).stdout)

@@ -220,3 +220,9 @@ def test_loading_needs_no_torch(digits_crate_path: Path, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 10)"
+
+
+def test_to_torch_without_a_pt2_artifact_is_a_clear_error(tmp_path: Path) -> None:
+    crate = mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0")
+    with pytest.raises(mc.CrateFormatError, match="no torch-export"):
+        mc.load(crate).to_torch()

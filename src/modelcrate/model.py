@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from modelcrate.crate import Crate
-from modelcrate.errors import InputError, UsageError
+from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate
 from modelcrate.runtimes import Runtime
@@ -56,17 +56,16 @@ class Model:
         return load(self.crate.read_bytes(self.manifest.samples))
 
     def to_torch(self, *, trainable: bool = True) -> Any:
-        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact, or from its ONNX
-        artifact with onnx2torch (parity-checked) when there is no ``.pt2``."""
+        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact (needs torch)."""
         from modelcrate.runtimes.torch import load_module
 
         artifact = self.manifest.artifact("torch-export")
         if artifact is None:
-            from modelcrate.optimize.convert import onnx_to_torch
-
-            module = onnx_to_torch(self)
-        else:
-            module = load_module(self.crate, artifact)
+            raise CrateFormatError(
+                f"{self.manifest.ref} has no torch-export (.pt2) artifact; "
+                "pack it from a torch module or a .pt2 file to get one"
+            )
+        module = load_module(self.crate, artifact)
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
         return module
