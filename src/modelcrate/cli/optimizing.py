@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 from rich.table import Table
 
+from modelcrate.cli.arrays import read_arrays
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
 from modelcrate.cli.output import console, errors, print_json
-from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Report
+
+if TYPE_CHECKING:
+    from modelcrate.optimize import Optimized
 
 
 def register(app: typer.Typer) -> None:
@@ -49,12 +52,7 @@ def optimize_command(
             data=read_npz(data), version=version, max_accuracy_drop=max_accuracy_drop,
             min_agreement=min_agreement, registry=open_registry(registry),
         )  # fmt: skip
-    if as_json:
-        print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
-                    "report": result.report.model_dump(mode="json")})  # fmt: skip
-        return
-    console.print(f"published [bold]{result.crate.manifest.ref}[/bold] {result.crate.digest}")
-    render_report(result.report)
+    render_result(result, as_json)
 
 
 def convert_command(
@@ -69,12 +67,7 @@ def convert_command(
 
     with errors.status(f"converting {ref} to {to}…"):
         result = convert(ref, to=to, version=version, registry=open_registry(registry))
-    if as_json:
-        print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
-                    "report": result.report.model_dump(mode="json")})  # fmt: skip
-        return
-    console.print(f"published [bold]{result.crate.manifest.ref}[/bold] {result.crate.digest}")
-    render_report(result.report)
+    render_result(result, as_json)
 
 
 def compare_command(
@@ -92,6 +85,15 @@ def compare_command(
         print_json(report.model_dump(mode="json"))
         return
     render_report(report)
+
+
+def render_result(result: Optimized, as_json: bool) -> None:
+    if as_json:
+        print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
+                    "report": result.report.model_dump(mode="json")})  # fmt: skip
+        return
+    console.print(f"published [bold]{result.crate.manifest.ref}[/bold] {result.crate.digest}")
+    render_report(result.report)
 
 
 def render_report(report: Report) -> None:
@@ -118,16 +120,8 @@ def render_report(report: Report) -> None:
 
 
 def read_npz(path: Path | None) -> dict[str, np.ndarray] | None:
-    """Arrays by name from an .npz (or a single .npy as ``x``); never unpickles."""
+    """Arrays by name from an .npz (a single .npy becomes ``x``)."""
     if path is None:
         return None
-    if not path.is_file():
-        raise UsageError(f"{path}: no such data file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable .npz/.npy file: {exc}") from None
-    if isinstance(loaded, np.ndarray):
-        return {"x": loaded}
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+    loaded = read_arrays(path)
+    return loaded if isinstance(loaded, dict) else {"x": loaded}

@@ -10,6 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from modelcrate.cli.arrays import read_arrays
 from modelcrate.cli.options import JsonOption, RegistryOption
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
@@ -65,14 +66,4 @@ def read_inputs(path: Path | None, data: str | None) -> Any:
             return {k: np.asarray(v) for k, v in value.items()}
         return np.asarray(value)
     assert path is not None
-    if not path.is_file():
-        raise UsageError(f"{path}: no such input file")
-    try:
-        # allow_pickle=False: an .npy holding Python objects is refused, never unpickled.
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable .npy/.npz array file: {exc}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
-    return loaded
+    return read_arrays(path)

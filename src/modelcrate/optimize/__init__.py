@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from modelcrate.optimize.parity import EvalData, eval_data, measure
 from modelcrate.registry.api import Registry
 
 Data = dict[str, np.ndarray]
+Parameters = dict[str, str | int | float | bool]
 
 
 @dataclass(frozen=True)
@@ -66,26 +68,45 @@ def optimize(
     reg = registry if isinstance(registry, Registry) else Registry.open(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
     evaluation = eval_data(parent, data)
+
+    def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
+        return _apply(parent, workdir, quantize=quantize, calibrate=calibrate, fp16=fp16,
+                      prune=prune, evaluation=evaluation)  # fmt: skip
+
+    def check(report: Report) -> None:
+        _check_limits(report, max_accuracy_drop, min_agreement)
+
+    result = _derive(parent, operations[0], operate, evaluation, version, check)
+    if publish:
+        reg.publish(result.crate)
+    return Optimized(result.crate, result.report, publish)
+
+
+def _derive(
+    parent: Model,
+    operation: str,
+    operate: Callable[[Path], tuple[Path | object, str, Parameters, float | None]],
+    evaluation: EvalData,
+    version: str | None,
+    check: Callable[[Report], None],
+) -> Optimized:
+    """Run ``operate`` in a work directory, pack the child with its lineage, measure it
+    against the parent, ``check`` the report, and pack it again with the report."""
     workdir = Path(tempfile.mkdtemp(prefix="modelcrate-optimize-"))
     try:
-        source, suffix, parameters, sparsity = _apply(
-            parent, workdir, quantize=quantize, calibrate=calibrate, fp16=fp16, prune=prune,
-            evaluation=evaluation,
-        )  # fmt: skip
+        source, suffix, parameters, sparsity = operate(workdir)
         child_version = version or f"{parent.manifest.version}-{suffix}"
         lineage = Lineage(
             parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
-            operation=operations[0], parameters=parameters,
+            operation=operation, parameters=parameters,
         )  # fmt: skip
         draft = _pack_child(parent, source, child_version, lineage, None)
         report = measure(parent, Model(draft), evaluation, sparsity=sparsity)
-        _check_limits(report, max_accuracy_drop, min_agreement)
+        check(report)
         child = _pack_child(parent, source, child_version, lineage, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if publish:
-        reg.publish(child)
-    return Optimized(child, report, publish)
+    return Optimized(child, report, False)
 
 
 CONVERT_TOLERANCE = 1e-3
@@ -105,26 +126,20 @@ def convert(
 
     reg = registry if isinstance(registry, Registry) else Registry.open(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
-    evaluation = eval_data(parent)
-    workdir = Path(tempfile.mkdtemp(prefix="modelcrate-convert-"))
-    try:
+
+    def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
         path, suffix = convert_onnx(parent, to, workdir)
-        child_version = version or f"{parent.manifest.version}-{suffix}"
-        lineage = Lineage(
-            parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
-            operation="convert", parameters={"to": to},
-        )  # fmt: skip
-        draft = _pack_child(parent, path, child_version, lineage, None)
-        report = measure(parent, Model(draft), evaluation)
+        return path, suffix, {"to": to}, None
+
+    def check(report: Report) -> None:
         if not report.max_abs_diff <= CONVERT_TOLERANCE:
             raise PackError(f"the {to} conversion differs from the original by "
                             f"{report.max_abs_diff:.3g}; refused, nothing published")  # fmt: skip
-        child = _pack_child(parent, path, child_version, lineage, report)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = _derive(parent, "convert", operate, eval_data(parent), version, check)
     if publish:
-        reg.publish(child)
-    return Optimized(child, report, publish)
+        reg.publish(result.crate)
+    return Optimized(result.crate, result.report, publish)
 
 
 def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
@@ -134,9 +149,6 @@ def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
     first = load(a) if isinstance(a, Crate) else load(a, registry=reg)
     second = load(b) if isinstance(b, Crate) else load(b, registry=reg)
     return measure(first, second, eval_data(first, data))
-
-
-Parameters = dict[str, str | int | float | bool]
 
 
 def _apply(parent: Model, workdir: Path, *, quantize: str | None, calibrate: Data | None,
