@@ -93,3 +93,27 @@ def test_workers_share_the_port_and_all_follow_alias_moves(
         meta = httpx.get(server.url + "/v2/models/digits", headers={"Connection": "close"})
         versions.add(meta.json()["versions"][0])
     assert versions == {"1.1.0"}
+
+
+def test_the_crate_sets_batching_and_the_command_line_overrides_it(
+    tmp_path: Path, digits: Digits, start_server: Callable[..., Server]
+) -> None:
+    from train import pack_digits
+
+    crate = pack_digits(digits.model, digits.accuracy)
+    unbatched = mc.pack(
+        torch.nn.Sequential(digits.model), example_inputs=(torch.from_numpy(digits.x_test[:4]),),
+        name="digits", version="2.0.0", serving={"max_batch_size": 1}, input_names=["x"],
+    )  # fmt: skip
+    assert unbatched.manifest.serving is not None
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(crate)
+    registry.publish(unbatched)
+    inputs = [digits.x_test[i : i + 1] for i in range(48)]
+    by_crate = start_server(registry.root, "digits@2.0.0")
+    asyncio.run(fire(by_crate.url + "/v2/models/digits/infer", inputs))
+    assert batch_sizes(httpx.get(by_crate.url + "/metrics").text) == (0.0, 0.0)
+    overridden = start_server(registry.root, "digits@2.0.0", "--max-batch-size", "8")
+    asyncio.run(fire(overridden.url + "/v2/models/digits/infer", inputs))
+    total, _ = batch_sizes(httpx.get(overridden.url + "/metrics").text)
+    assert total == len(inputs)

@@ -115,6 +115,13 @@ class Report(_Strict):
     sparsity: float | None = None
 
 
+class Serving(_Strict):
+    """How a server should batch this model (command-line flags override it)."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+
+
 class Manifest(_Strict):
     """Everything a crate says about itself. ``files`` lists every other file in the crate."""
 
@@ -132,6 +139,7 @@ class Manifest(_Strict):
     dependencies: dict[str, str] = Field(default_factory=dict)
     lineage: Lineage | None = None
     report: Report | None = None
+    serving: Serving | None = None
     samples: str | None = Field(
         default=None,
         pattern=f"^{FILE_PATH_PATTERN}$",

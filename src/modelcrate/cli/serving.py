@@ -34,8 +34,12 @@ def serve_command(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback host without tokens.")
     ] = False,
-    max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = 32,
-    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms")] = 0.0,
+    max_batch_size: Annotated[
+        int | None, typer.Option("--max-batch-size", help="Default: the crate's, else 32.")
+    ] = None,
+    max_delay_ms: Annotated[
+        float | None, typer.Option("--max-delay-ms", help="Default: the crate's, else 0.")
+    ] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
     allow_nonfinite: Annotated[
@@ -50,7 +54,7 @@ def serve_command(
     """Serve models over the Open Inference Protocol v2; aliases are followed live."""
     from modelcrate.server.runner import ServeSettings, serve
 
-    if workers < 1 or max_batch_size < 1:
+    if workers < 1 or (max_batch_size is not None and max_batch_size < 1):
         raise UsageError("--workers and --max-batch-size must be at least 1")
     settings = ServeSettings(
         refs=refs, registry=registry, host=host, port=port, workers=workers,

@@ -26,6 +26,7 @@ from modelcrate.manifest import (
     Lineage,
     Manifest,
     Report,
+    Serving,
     Signature,
 )
 from modelcrate.refs import check_name, check_version
@@ -60,6 +61,7 @@ def pack(
     lineage: Lineage | None = None,
     report: Report | None = None,
     samples: Any = None,
+    serving: Serving | dict[str, Any] | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     parity_tolerance: float = 1e-3,
@@ -68,7 +70,8 @@ def pack(
 
     ``samples`` (an array, or a dict by input name) are example inputs kept in the crate
     (``samples.safetensors``) for warm-up and parity checks; a torch module's
-    ``example_inputs`` are kept by default.
+    ``example_inputs`` are kept by default. ``serving`` (``max_batch_size``,
+    ``max_delay_ms``) tells servers how to batch the model.
     """
     check_name(name)
     check_version(version)
@@ -98,6 +101,7 @@ def pack(
         dependencies={**_versions("modelcrate", "onnx", "onnxruntime"), **build.dependencies},
         lineage=lineage,
         report=report,
+        serving=Serving.model_validate(serving) if isinstance(serving, dict) else serving,
         samples=sample_file,
         model_card=card,
         files=[file_entry(p, p.relative_to(workdir).as_posix()) for p in _files(workdir)],

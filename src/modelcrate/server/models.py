@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modelcrate.errors import ModelcrateError, NotFound, RegistryError
-from modelcrate.manifest import Manifest, TensorSpec
+from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry.api import Registry
@@ -37,8 +37,17 @@ MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_batch_size: int = 32
-    max_delay_ms: float = 0.0
+    """Batching limits from the command line; None defers to the crate's ``serving``."""
+
+    max_batch_size: int | None = None
+    max_delay_ms: float | None = None
+
+    def for_crate(self, manifest: Manifest) -> tuple[int, float]:
+        crate = manifest.serving or Serving()
+        return (
+            crate.max_batch_size if self.max_batch_size is None else self.max_batch_size,
+            crate.max_delay_ms if self.max_delay_ms is None else self.max_delay_ms,
+        )
 
 
 class LoadedVersion:
@@ -182,11 +191,12 @@ class ModelManager:
         def run(feeds: Feeds) -> Feeds:
             return model.runtime.run(feeds)
 
+        max_batch_size, max_delay_ms = self.batch.for_crate(manifest)
         batcher = Batcher(
             run,
             self.executor,
-            max_batch_size=self.batch.max_batch_size if batchable else 1,
-            max_delay_ms=self.batch.max_delay_ms,
+            max_batch_size=max_batch_size if batchable else 1,
+            max_delay_ms=max_delay_ms,
             on_batch=lambda rows: self.metrics.batch_size.labels(label).observe(rows),
             concurrency=self.threads,
         )
