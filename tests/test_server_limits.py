@@ -7,11 +7,14 @@ import pickle
 import re
 import socket
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+import modelcrate as mc
 from conftest import Server
 
 GOOD = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
@@ -166,3 +169,30 @@ def test_nan_in_binary_data_is_refused(served_digits: Server) -> None:
                  "Content-Type": "application/octet-stream"},
     )  # fmt: skip
     assert response.status_code == 400 and "NaN or Inf" in response.json()["error"]
+
+
+def test_request_timeout_gives_504_and_the_server_recovers(
+    tmp_path: Path, digits_crate_path: Path, start_server: Callable[..., Server]
+) -> None:
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    server = start_server(registry.root, "digits", "--request-timeout", "0.0001")
+    x = np.zeros((4096, 1, 8, 8), np.float32)  # a few ms of work: far past 0.1 ms
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        server.url + "/v2/models/digits/infer", content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))}, timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 504 and "longer than" in response.json()["error"]
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
