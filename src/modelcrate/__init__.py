@@ -34,7 +34,8 @@ from modelcrate.manifest import Manifest
 from modelcrate.model import Model, load
 from modelcrate.optimize import compare, convert, optimize
 from modelcrate.pack import pack
-from modelcrate.registry.api import PublishResult, Registry
+from modelcrate.registry.api import Registry
+from modelcrate.registry.records import PublishResult
 
 try:
     __version__ = version("modelcrate")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,62 +31,16 @@ from modelcrate.registry.db import (
     sqlite_engine,
     write_session,
 )
+from modelcrate.registry.records import (
+    AliasEvent,
+    FileCheck,
+    GcReport,
+    ModelSummary,
+    PublishResult,
+    VersionInfo,
+)
 
 GC_GRACE_SECONDS = 3600.0
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    name: str
-    version: str
-    digest: str
-    size: int
-    created_at: float
-    aliases: list[str] = field(default_factory=list)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    name: str
-    version: str
-    digest: str
-    created: bool  # False when the identical version was already there
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    name: str
-    latest: str
-    versions: int
-    aliases: dict[str, str]
-    tags: list[str]
-    description: str
-
-
-@dataclass(frozen=True)
-class AliasEvent:
-    alias: str
-    action: str
-    version: str | None
-    previous: str | None
-    at: float
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    path: str
-    size: int
-    problem: str | None  # None when the blob is intact
-
-
-@dataclass(frozen=True)
-class GcReport:
-    blobs_removed: int
-    bytes_freed: int
 
 
 class _BlobSource:
