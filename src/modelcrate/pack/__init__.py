@@ -133,10 +133,9 @@ def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
             from modelcrate.pack import torch as torch_builder
 
             return torch_builder.build(path, workdir, **options)
-        if path.suffix == ".onnx" or not head.startswith(b"PK"):
-            from modelcrate.pack import onnx as onnx_builder
+        from modelcrate.pack import onnx as onnx_builder
 
-            return onnx_builder.build(path, workdir)
+        return onnx_builder.build(path, workdir)
     torch_module = _torch_module_type()
     if torch_module is not None and isinstance(model, torch_module):
         from modelcrate.pack import torch as torch_builder
@@ -144,7 +143,7 @@ def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
         return torch_builder.build(model, workdir, **options)
     raise UsageError(
         f"cannot pack a {type(model).__name__}: expected a torch.nn.Module, "
-        "or a path to a .onnx or .pt2 file"
+        "or a path to a .onnx, .pt2 or .ort file"
     )
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelcrate.errors import InputError, ModelcrateError, NotFound, UsageError
-from modelcrate.refs import NAME_PATTERN
+from modelcrate import refs
+from modelcrate.errors import BadReference, InputError, ModelcrateError, NotFound, UsageError
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
@@ -25,7 +24,6 @@ from modelcrate.server.models import ModelManager
 ACCEPTED_TYPES = frozenset(
     {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
 )
-_NAME = re.compile(NAME_PATTERN)
 
 
 class HTTPError(Exception):
@@ -65,9 +63,11 @@ def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> N
 
 
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise NotFound(f"no model named {name[:64]!r}")
-    return name
+    """A model name from a URL path; one that cannot exist is a 404, not a 400."""
+    try:
+        return refs.check_name(name)
+    except BadReference:
+        raise NotFound(f"no model named {name[:64]!r}") from None
 
 
 def status_of(exc: Exception) -> int:

@@ -164,7 +164,7 @@ class ModelManager:
         if info.digest == served.failed_digest:
             return  # already tried; wait for the selector to move on
         try:
-            loaded = await loop.run_in_executor(self.loader, self._load, info.name, info.version)
+            loaded = await loop.run_in_executor(self.loader, self._load, info.name, info.digest)
         except Exception as exc:
             served.error = f"{info.name}@{info.version} failed to load: {exc}"
             served.failed_digest = info.digest
@@ -173,12 +173,13 @@ class ModelManager:
             return
         self._swap(served, loaded)
 
-    def _load(self, name: str, version: str) -> LoadedVersion:
+    def _load(self, name: str, digest: str) -> LoadedVersion:
         """Load, warm up and check one version (runs in the loader thread)."""
-        manifest = self.registry.manifest(Ref(name, version=version))
+        crate = self.registry.get(Ref(name, digest=digest))  # exactly what refresh resolved
+        manifest = crate.manifest
         _check_memory(manifest)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
-        model = Model(self.registry.get(Ref(name, version=version)), threads=1)
+        model = Model(crate, threads=1)
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -186,7 +187,6 @@ class ModelManager:
         batchable = all(s.shape[:1] == [-1] for s in manifest.signature.inputs) and all(
             s.shape[:1] == [-1] for s in manifest.signature.outputs
         )
-        label = f"{name}"
 
         def run(feeds: Feeds) -> Feeds:
             return model.runtime.run(feeds)
@@ -197,7 +197,7 @@ class ModelManager:
             self.executor,
             max_batch_size=max_batch_size if batchable else 1,
             max_delay_ms=max_delay_ms,
-            on_batch=lambda rows: self.metrics.batch_size.labels(label).observe(rows),
+            on_batch=lambda rows: self.metrics.batch_size.labels(name).observe(rows),
             concurrency=self.threads,
         )
         return LoadedVersion(model, batcher)
