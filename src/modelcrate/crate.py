@@ -20,9 +20,14 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
-from modelcrate.errors import CrateFormatError, IntegrityError, UnsafeContentError
+from modelcrate.errors import (
+    CrateFormatError,
+    DecryptionError,
+    IntegrityError,
+    UnsafeContentError,
+)
 from modelcrate.manifest import (
     FILE_PATH_PATTERN,
     MANIFEST_NAME,
@@ -31,6 +36,9 @@ from modelcrate.manifest import (
     Manifest,
     parse_manifest,
 )
+
+if TYPE_CHECKING:
+    from modelcrate.trust.crypto import Decryptor
 
 CHUNK = 1024 * 1024
 MAX_MEMBERS = 10_000
@@ -45,6 +53,13 @@ class FileSource(Protocol):
     """Where a crate's file bytes live: a directory, a .crate archive, a blob store."""
 
     def open(self, path: str) -> BinaryIO: ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A source whose files are plain local files (so they can be hard-linked, not copied)."""
+
+    def local_path(self, path: str) -> Path: ...
 
 
 def check_path(path: str) -> str:
@@ -90,6 +105,9 @@ class DirectorySource:
             raise UnsafeContentError(f"{path!r} is not a regular file in {self.root.name}")
         return full.open("rb")
 
+    def local_path(self, path: str) -> Path:
+        return self.root / check_path(path)
+
 
 class ArchiveSource:
     """Reads members of an uncompressed tar by offset, after they were all checked."""
@@ -109,11 +127,16 @@ class ArchiveSource:
 
 
 class Crate:
-    """One packaged model version: a validated manifest plus a source for its files."""
+    """One packaged model version: a validated manifest plus a source for its files.
 
-    def __init__(self, manifest: Manifest, source: FileSource) -> None:
+    An encrypted crate reads its files' plaintext only after ``unlock``."""
+
+    def __init__(
+        self, manifest: Manifest, source: FileSource, decryptor: Decryptor | None = None
+    ) -> None:
         self.manifest = manifest
         self.source = source
+        self.decryptor = decryptor
 
     def __repr__(self) -> str:
         return f"Crate({self.manifest.ref}, {self.digest[:19]}…)"
@@ -168,19 +191,51 @@ class Crate:
                 )
         return cls(manifest, ArchiveSource(archive, offsets))
 
+    @property
+    def encrypted(self) -> bool:
+        return self.manifest.encryption is not None
+
+    def unlock(
+        self,
+        identity: str | os.PathLike[str] | None = None,
+        *,
+        passphrase: str | None = None,
+    ) -> Crate:
+        """This crate with its data key unwrapped (by a private key file or a passphrase), so
+        ``read_bytes`` returns plaintext, in memory. A clear crate is returned as it is."""
+        if not self.encrypted:
+            return self
+        from modelcrate.trust.crypto import Decryptor
+
+        decryptor = Decryptor.unlock(self.manifest, identity=identity, passphrase=passphrase)
+        return Crate(self.manifest, self.source, decryptor)
+
     def read_bytes(self, path: str) -> bytes:
-        """Return one file's bytes after checking its size, sha256 and that it is no pickle."""
+        """One file's bytes after checking size and sha256, decrypted when the crate is
+        encrypted (which needs ``unlock``); never a pickle."""
         entry = self.manifest.file(path)
         with self.source.open(path) as stream:
             data = stream.read(entry.size + 1)
-        check_bytes(entry, data)
-        return data
+        sealed = self.manifest.encrypted(path) is not None
+        check_bytes(entry, data, sniff=not sealed)
+        if not sealed:
+            return data
+        if self.decryptor is None:
+            raise DecryptionError(
+                f"{self.manifest.ref} is encrypted; pass --identity KEY (a private key it was "
+                "encrypted for) or set MODELCRATE_PASSPHRASE"
+            )
+        plain = self.decryptor.decrypt(path, data)
+        if sniff_pickle(plain[:64]):
+            raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+        return plain
 
     def open_verified(self, path: str) -> BinaryIO:
         """A stream of one file that refuses pickles and raises IntegrityError at its end if
         the bytes read differ from the manifest's size or sha256."""
         entry = self.manifest.file(path)
-        return _Verifying(entry, self.source.open(path))  # type: ignore[return-value]
+        sniff = self.manifest.encrypted(path) is None
+        return _Verifying(entry, self.source.open(path), sniff)  # type: ignore[return-value]
 
     def iter_files(self) -> Iterator[tuple[FileEntry, BinaryIO]]:
         """Yield each listed file with an open stream (the caller verifies while streaming)."""
@@ -192,7 +247,7 @@ class Crate:
         """Re-hash every file; raise IntegrityError naming the first that does not match."""
         for entry, stream in self.iter_files():
             head = stream.read(64)
-            if sniff_pickle(head):
+            if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
                 raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
             stream.seek(0)
             sha, size = hash_stream(stream)
@@ -226,8 +281,8 @@ class Crate:
             manifest_bytes = self.manifest.file_bytes()
             tar.addfile(_tar_info(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
             for entry in sorted(self.manifest.files, key=lambda e: e.path):
-                with self.source.open(entry.path) as stream:
-                    tar.addfile(_tar_info(entry.path, entry.size), _Verifying(entry, stream))
+                with self.open_verified(entry.path) as stream:
+                    tar.addfile(_tar_info(entry.path, entry.size), stream)
 
     def unpack(self, directory: str | os.PathLike[str]) -> Path:
         """Write the directory form, verifying every file; refuses a non-empty target."""
@@ -239,8 +294,8 @@ class Crate:
             for entry in self.manifest.files:
                 dest = staging / check_path(entry.path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with self.source.open(entry.path) as stream, dest.open("wb") as out:
-                    shutil.copyfileobj(_Verifying(entry, stream), out, CHUNK)
+                with self.open_verified(entry.path) as stream, dest.open("wb") as out:
+                    shutil.copyfileobj(stream, out, CHUNK)
             (staging / MANIFEST_NAME).write_bytes(self.manifest.file_bytes())
             if target.exists():
                 target.rmdir()
@@ -254,8 +309,8 @@ class Crate:
 class _Verifying(io.RawIOBase):
     """A read-only stream that raises IntegrityError at EOF if size or sha256 differ."""
 
-    def __init__(self, entry: FileEntry, stream: BinaryIO) -> None:
-        self.entry, self.stream = entry, stream
+    def __init__(self, entry: FileEntry, stream: BinaryIO, sniff: bool = True) -> None:
+        self.entry, self.stream, self.sniff = entry, stream, sniff
         self.hash, self.size, self.checked = hashlib.sha256(), 0, False
 
     def readable(self) -> bool:
@@ -267,7 +322,7 @@ class _Verifying(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
-        if self.size == 0 and sniff_pickle(data[:64]):
+        if self.size == 0 and self.sniff and sniff_pickle(data[:64]):
             raise UnsafeContentError(f"{self.entry.path} is a pickle; crates never hold pickles")
         self.hash.update(data)
         self.size += len(data)
@@ -290,9 +345,10 @@ class _Verifying(io.RawIOBase):
         return len(data)
 
 
-def check_bytes(entry: FileEntry, data: bytes) -> None:
-    """Raise unless ``data`` is exactly the file ``entry`` describes and is not a pickle."""
-    if sniff_pickle(data[:64]):
+def check_bytes(entry: FileEntry, data: bytes, *, sniff: bool = True) -> None:
+    """Raise unless ``data`` is exactly the file ``entry`` describes (and, with ``sniff``,
+    is not a pickle; ciphertext is sniffed after decryption instead)."""
+    if sniff and sniff_pickle(data[:64]):
         raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise IntegrityError(

@@ -10,6 +10,9 @@
     ├── RegistryError                   the registry cannot do what was asked
     │   ├── NotFound                    no such model, version, alias or blob
     │   └── VersionConflict             the version exists with different content
+    ├── TrustError                      a signature or key check failed
+    │   ├── SignatureError              unsigned, no trusted signer, or files differ from the signed
+    │   └── DecryptionError             no identity, wrong key or passphrase, altered ciphertext
     ├── InputError                      inputs to predict do not match the crate's signature
     ├── PackError                       a model could not be packed (export failed, parity too low)
     └── RuntimeUnavailable              an optional framework (torch, ...) is not installed
@@ -64,6 +67,18 @@ class NotFound(RegistryError, LookupError):
 
 class VersionConflict(RegistryError):
     """The version already exists with different content; versions are immutable."""
+
+
+class TrustError(ModelcrateError):
+    """A signature, key or encryption check failed."""
+
+
+class SignatureError(TrustError):
+    """The crate is unsigned, signed by no trusted key, or its files differ from what was signed."""
+
+
+class DecryptionError(TrustError):
+    """An encrypted crate cannot be decrypted: no identity, wrong key/passphrase, or tampering."""
 
 
 class InputError(ModelcrateError, ValueError):

@@ -122,6 +122,41 @@ class Serving(_Strict):
     max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{0,8192}={0,2}$")]
+
+
+class WrappedKey(_Strict):
+    """The crate's data key, wrapped for one recipient (a public key, or a passphrase)."""
+
+    kind: Literal["ec", "x25519", "rsa-oaep", "scrypt"]
+    key_id: str | None = Field(
+        default=None, pattern=f"^{SHA256_PATTERN}$", description="the recipient's key id"
+    )
+    ephemeral: Base64 | None = Field(
+        default=None, description="ephemeral public key (DER) for ec / x25519"
+    )
+    salt: Base64 | None = Field(default=None, description="scrypt salt")
+    log_n: int | None = Field(default=None, ge=10, le=17, description="scrypt cost: n = 2**log_n")
+    wrapped: Base64
+
+
+class EncryptedFile(_Strict):
+    """One encrypted file: its plaintext size and the salt its file key is derived with."""
+
+    path: str = Field(pattern=f"^{FILE_PATH_PATTERN}$")
+    size: int = Field(ge=0, description="plaintext bytes")
+    salt: Base64
+
+
+class Encryption(_Strict):
+    """Which files are encrypted at rest, and how (files lists the ciphertext hashes)."""
+
+    scheme: Literal["aes-256-gcm-chunked-v1"] = "aes-256-gcm-chunked-v1"
+    chunk_size: int = Field(ge=4096, le=64 * 1024 * 1024)
+    recipients: list[WrappedKey] = Field(min_length=1, max_length=64)
+    files: list[EncryptedFile] = Field(min_length=1)
+
+
 class Manifest(_Strict):
     """Everything a crate says about itself. ``files`` lists every other file in the crate."""
 
@@ -146,6 +181,7 @@ class Manifest(_Strict):
         description="safetensors file of example inputs, by input name",
     )
     model_card: str | None = Field(default=None, pattern=f"^{FILE_PATH_PATTERN}$")
+    encryption: Encryption | None = None
     files: list[FileEntry] = Field(min_length=1)
 
     @property
@@ -157,6 +193,12 @@ class Manifest(_Strict):
             if entry.path == path:
                 return entry
         raise CrateFormatError(f"{self.ref}: no file {path!r} in the manifest")
+
+    def encrypted(self, path: str) -> EncryptedFile | None:
+        """How ``path`` is encrypted, or None when it is stored in the clear."""
+        if self.encryption is None:
+            return None
+        return next((f for f in self.encryption.files if f.path == path), None)
 
     def artifact(self, kind: ArtifactKind) -> Artifact | None:
         return next((a for a in self.artifacts if a.kind == kind), None)

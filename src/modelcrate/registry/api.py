@@ -7,13 +7,14 @@ in one transaction; a reader never sees a half-published version.
 
 from __future__ import annotations
 
+import getpass
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from modelcrate.crate import Crate
@@ -25,6 +26,7 @@ from modelcrate.registry.db import (
     AliasEventRow,
     AliasRow,
     FileRow,
+    SignatureRow,
     TagRow,
     VersionRow,
     read_session,
@@ -39,6 +41,10 @@ from modelcrate.registry.records import (
     PublishResult,
     VersionInfo,
 )
+from modelcrate.registry.trust import TrustMixin, record, signatures_of, store_signatures
+
+if TYPE_CHECKING:
+    from modelcrate.trust.signing import Policy
 
 GC_GRACE_SECONDS = 3600.0
 
@@ -53,6 +59,9 @@ class _BlobSource:
     def open(self, path: str) -> BinaryIO:
         return self.blobs.open(self.shas[path])
 
+    def local_path(self, path: str) -> Path:
+        return self.blobs.path(self.shas[path])
+
 
 def default_location() -> Path:
     """``$MODELCRATE_HOME``, else ``~/.modelcrate``."""
@@ -60,20 +69,32 @@ def default_location() -> Path:
     return Path(home) if home else Path.home() / ".modelcrate"
 
 
-class Registry:
-    """The embedded registry (SQLite + local blobs) at one directory."""
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return f"uid:{os.getuid()}"
 
-    def __init__(self, root: Path) -> None:
+
+class Registry(TrustMixin):
+    """The embedded registry (SQLite + local blobs) at one directory.
+
+    ``actor`` names who acts in the audit log (default: the OS user)."""
+
+    def __init__(self, root: Path, *, actor: str | None = None) -> None:
         self.root = root
+        self.actor = actor or os_user()
         root.mkdir(parents=True, exist_ok=True)
         self.blobs = FileBlobStore(root / "blobs")
         self.engine = sqlite_engine(root / "registry.db")
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str] | None = None) -> Registry:
+    def open(
+        cls, location: str | os.PathLike[str] | None = None, *, actor: str | None = None
+    ) -> Registry:
         """Open (creating if needed) the registry at ``location`` or the default location."""
         if location is None:
-            return cls(default_location())
+            return cls(default_location(), actor=actor)
         text = os.fspath(location)
         if "://" in text and not text.startswith("file://"):
             scheme = text.split("://", 1)[0]
@@ -81,7 +102,7 @@ class Registry:
                 f"registry {text!r}: the {scheme!r} backend is not available in this release; "
                 "use a directory path for the embedded registry"
             )
-        return cls(Path(text.removeprefix("file://")).expanduser())
+        return cls(Path(text.removeprefix("file://")).expanduser(), actor=actor)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -99,16 +120,30 @@ class Registry:
         crate: Crate | str | os.PathLike[str],
         *,
         progress: Callable[[int], None] | None = None,
+        signatures: Sequence[bytes] = (),
+        trust: Policy | None = None,
     ) -> PublishResult:
         """Store a crate as an immutable version; republishing identical content is a no-op.
 
-        ``progress`` is called with the byte count of each file as it is stored."""
+        ``signatures``: sigstore bundles over the crate, stored with it. When the registry's
+        policy or ``trust`` requires a signature, one of them (or one already stored) must be
+        by a trusted key, or nothing is published. ``progress`` is called with the byte count
+        of each file as it is stored."""
+        from modelcrate.trust.signing import check_bundle, enforce
+
         if not isinstance(crate, Crate):
             crate = Crate.open(crate)
         manifest = crate.manifest
+        for bundle in signatures:
+            check_bundle(crate, bundle)
+        known = [*signatures, *signatures_of(self.engine, manifest.digest)]
+        enforce(crate, known, self._policy(trust))
         existing = self._find(manifest.name, manifest.version)
         if existing is not None:
-            return self._same_or_conflict(existing, manifest)
+            result = self._same_or_conflict(existing, manifest)
+            with write_session(self.engine) as session, session.begin():
+                store_signatures(session, self.actor, crate, signatures)
+            return result
         for entry in manifest.files:
             if self.blobs.exists(entry.sha256):
                 self.blobs.touch(entry.sha256)
@@ -139,6 +174,15 @@ class Registry:
                     tags=[TagRow(tag=t) for t in manifest.tags],
                 )
             )
+            record(
+                session,
+                self.actor,
+                "publish",
+                name=manifest.name,
+                version=manifest.version,
+                digest=manifest.digest,
+            )
+            store_signatures(session, self.actor, crate, signatures)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created=True)
 
     def _same_or_conflict(self, existing: VersionRow | str, manifest: Manifest) -> PublishResult:
@@ -207,14 +251,37 @@ class Registry:
             )
         return manifest
 
-    def get(self, ref: str | Ref) -> Crate:
-        """The crate for ``ref``; its files are verified against the manifest as they are read."""
+    def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
+        """The crate for ``ref``; its files are verified against the manifest as they are read.
+
+        When the registry's policy or ``trust`` requires signatures, the crate must carry one
+        by a trusted key (checked here, over every file) or SignatureError is raised."""
+        from modelcrate.trust.signing import enforce
+
+        crate = self._crate(ref)
+        enforce(crate, signatures_of(self.engine, crate.digest), self._policy(trust))
+        return crate
+
+    def _crate(self, ref: str | Ref) -> Crate:
         manifest = self.manifest(ref)
         return Crate(manifest, _BlobSource(self.blobs, manifest))
 
-    def pull(self, ref: str, to: str | os.PathLike[str]) -> Path:
-        """Write the verified directory form of ``ref`` to ``to``."""
-        return self.get(ref).unpack(to)
+    def _policy(self, trust: Policy | None) -> Policy:
+        from modelcrate.trust.signing import Policy
+
+        return self.policy() | (trust or Policy())
+
+    def pull(self, ref: str, to: str | os.PathLike[str], *, trust: Policy | None = None) -> Path:
+        """Write the verified directory form of ``ref`` to ``to``, and its latest signature
+        (if any) beside it as ``<to>.sig``, which ``model_signing verify`` accepts."""
+        from modelcrate.trust.signing import sidecar
+
+        crate = self.get(ref, trust=trust)
+        path = crate.unpack(to)
+        bundles = signatures_of(self.engine, crate.digest)
+        if bundles:
+            sidecar(path).write_bytes(bundles[-1])
+        return path
 
     # -- listing -------------------------------------------------------------
 
@@ -286,6 +353,14 @@ class Registry:
                 name=name, alias=alias, action=action, version=version, previous=previous, at=now
             )
         )
+        record(
+            session,
+            self.actor,
+            f"alias-{action}",
+            name=name,
+            version=version,
+            detail=f"{alias}: {previous or '(new)'} -> {version}",
+        )
         return AliasEvent(alias, action, version, previous, now)
 
     def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
@@ -345,16 +420,20 @@ class Registry:
             if row is None:
                 raise NotFound(f"{name}@{alias}: no such alias")
             session.delete(row)
-            session.add(
-                AliasEventRow(
-                    name=name,
-                    alias=alias,
-                    action="delete",
-                    version=None,
-                    previous=row.version,
-                    at=time.time(),
-                )
+            self._alias_deleted(session, name, alias, row.version)
+
+    def _alias_deleted(self, session: Session, name: str, alias: str, previous: str) -> None:
+        session.add(
+            AliasEventRow(
+                name=name,
+                alias=alias,
+                action="delete",
+                version=None,
+                previous=previous,
+                at=time.time(),
             )
+        )
+        record(session, self.actor, "alias-delete", name=name, version=previous, detail=alias)
 
     # -- delete, gc, verify --------------------------------------------------
 
@@ -373,17 +452,17 @@ class Registry:
                 )
             for alias in info.aliases:
                 session.delete(session.get(AliasRow, (row.name, alias)))
-                session.add(
-                    AliasEventRow(
-                        name=row.name,
-                        alias=alias,
-                        action="delete",
-                        version=None,
-                        previous=row.version,
-                        at=time.time(),
-                    )
-                )
+                self._alias_deleted(session, row.name, alias, row.version)
             session.delete(row)
+            session.execute(delete(SignatureRow).where(SignatureRow.digest == row.digest))
+            record(
+                session,
+                self.actor,
+                "delete",
+                name=row.name,
+                version=row.version,
+                digest=row.digest,
+            )
         return info
 
     def gc(self, *, grace_seconds: float = GC_GRACE_SECONDS) -> GcReport:
@@ -398,6 +477,8 @@ class Registry:
                 if sha not in live and mtime <= cutoff:
                     freed += self.blobs.delete(sha)
                     removed += 1
+            if removed:
+                record(session, self.actor, "gc", detail=f"{removed} blobs, {freed} bytes")
         self.blobs.sweep_tmp(grace_seconds)
         return GcReport(removed, freed)
 

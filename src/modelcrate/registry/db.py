@@ -91,6 +91,50 @@ class AliasEventRow(Base):
     at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+class SignatureRow(Base):
+    """A sigstore bundle over one version's files (several keys may sign one version)."""
+
+    __tablename__ = "signatures"
+    __table_args__ = (UniqueConstraint("digest", "key_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    bundle: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class TrustedKeyRow(Base):
+    __tablename__ = "trusted_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    pem: Mapped[str] = mapped_column(Text)
+    added_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class SettingRow(Base):
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class AuditRow(Base):
+    """Who changed what, when: publish, alias moves, deletes, signatures, policy."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 def sqlite_engine(path: Path) -> Engine:
     """An engine on ``path`` with WAL, full fsync, busy timeout and IMMEDIATE write transactions."""
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

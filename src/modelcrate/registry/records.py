@@ -57,3 +57,21 @@ class FileCheck:
 class GcReport:
     blobs_removed: int
     bytes_freed: int
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    actor: str
+    action: str
+    name: str | None
+    version: str | None
+    digest: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    ref: str
+    digest: str
+    key_id: str
