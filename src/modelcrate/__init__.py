@@ -18,6 +18,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import (
     BadReference,
     CrateFormatError,
+    DecryptionError,
     InputError,
     IntegrityError,
     ModelcrateError,
@@ -25,6 +26,8 @@ from modelcrate.errors import (
     PackError,
     RegistryError,
     RuntimeUnavailable,
+    SignatureError,
+    TrustError,
     UnsafeContentError,
     UnsupportedSchemaError,
     UsageError,
@@ -36,6 +39,7 @@ from modelcrate.optimize import compare, convert, optimize
 from modelcrate.pack import pack
 from modelcrate.registry.api import Registry
 from modelcrate.registry.records import PublishResult
+from modelcrate.trust.signing import Policy, SignatureInfo, TrustArg, as_policy
 
 try:
     __version__ = version("modelcrate")
@@ -44,17 +48,81 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 
 def publish(
-    crate: Crate | str | os.PathLike[str], *, registry: Registry | str | None = None
+    crate: Crate | str | os.PathLike[str],
+    *,
+    registry: Registry | str | None = None,
+    trust: TrustArg = None,
 ) -> PublishResult:
-    """Publish a crate (object, ``.crate`` file or directory) to a registry (default: embedded)."""
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
-    return reg.publish(crate)
+    """Publish a crate (object, ``.crate`` file or directory) to a registry (default: embedded).
+
+    A local crate's signature (``<path>.sig``) is published with it. ``trust``: public
+    key file(s)/directories; the crate must then be signed by one of them."""
+    from modelcrate.trust.signing import read_bundle, sidecar
+
+    signatures = []
+    if not isinstance(crate, Crate):
+        signature = sidecar(crate)
+        signatures = [read_bundle(signature)] if signature.is_file() else []
+    return _registry(registry).publish(crate, signatures=signatures, trust=as_policy(trust))
 
 
-def pull(ref: str, to: str | os.PathLike[str], *, registry: Registry | str | None = None) -> Path:
-    """Write the verified files of ``ref`` into the directory ``to``."""
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
-    return reg.pull(ref, to)
+def pull(
+    ref: str,
+    to: str | os.PathLike[str],
+    *,
+    registry: Registry | str | None = None,
+    trust: TrustArg = None,
+) -> Path:
+    """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``)."""
+    return _registry(registry).pull(ref, to, trust=as_policy(trust))
+
+
+def sign(
+    target: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    *,
+    registry: Registry | str | None = None,
+) -> SignatureInfo:
+    """Sign a registry version (``name@version``), or a local crate (writes ``<path>.sig``)."""
+    from modelcrate.refs import is_local_crate
+    from modelcrate.trust import signing
+    from modelcrate.trust.keys import key_id, load_private
+
+    if isinstance(target, os.PathLike) or is_local_crate(target):
+        crate = Crate.open(target)
+        crate.verify()
+        signing.sidecar(target).write_bytes(signing.sign(crate, key))
+        return SignatureInfo(
+            crate.manifest.ref, crate.digest, key_id(load_private(key).public_key())
+        )
+    return _registry(registry).sign(target, key)
+
+
+def encrypt(
+    ref: str,
+    *,
+    recipients: list[str | os.PathLike[str]] | None = None,
+    passphrase: str | None = None,
+    version: str | None = None,
+    key: str | os.PathLike[str] | None = None,
+    registry: Registry | str | None = None,
+) -> PublishResult:
+    """Publish ``ref`` again as ``version`` (default ``<version>-enc``) with its files
+    encrypted at rest for the recipients' public keys and/or a passphrase; ``key`` signs
+    the new version (needed where the registry requires signatures)."""
+    from modelcrate.trust.crypto import encrypt as encrypt_crate
+    from modelcrate.trust.signing import sign as sign_crate
+
+    reg = _registry(registry)
+    crate = encrypt_crate(
+        reg.get(ref), recipients=recipients or [], passphrase=passphrase, version=version
+    )
+    signatures = [sign_crate(crate, key)] if key is not None else []
+    return reg.publish(crate, signatures=signatures)
+
+
+def _registry(registry: Registry | str | None) -> Registry:
+    return registry if isinstance(registry, Registry) else Registry.open(registry)
 
 
 __all__ = [
@@ -62,6 +130,7 @@ __all__ = [
     "Client",
     "Crate",
     "CrateFormatError",
+    "DecryptionError",
     "InputError",
     "IntegrityError",
     "Manifest",
@@ -69,10 +138,14 @@ __all__ = [
     "ModelcrateError",
     "NotFound",
     "PackError",
+    "Policy",
     "PublishResult",
     "Registry",
     "RegistryError",
     "RuntimeUnavailable",
+    "SignatureError",
+    "SignatureInfo",
+    "TrustError",
     "UnsafeContentError",
     "UnsupportedSchemaError",
     "UsageError",
@@ -80,9 +153,11 @@ __all__ = [
     "__version__",
     "compare",
     "convert",
+    "encrypt",
     "load",
     "optimize",
     "pack",
     "publish",
     "pull",
+    "sign",
 ]

@@ -16,6 +16,9 @@ from modelcrate.runtimes import Runtime
 
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
+    from modelcrate.trust.signing import TrustArg
+
+PASSPHRASE_ENV = "MODELCRATE_PASSPHRASE"
 
 RuntimeName = Literal["auto", "onnxruntime", "torch"]
 
@@ -76,19 +79,34 @@ def load(
     *,
     registry: Registry | str | None = None,
     runtime: RuntimeName = "auto",
+    trust: TrustArg = None,
+    identity: str | os.PathLike[str] | None = None,
+    passphrase: str | None = None,
 ) -> Model:
-    """Load a model from ``name[@version|@alias|@sha256:…]``, a ``.crate`` file or a directory."""
+    """Load a model from ``name[@version|@alias|@sha256:…]``, a ``.crate`` file or a directory.
+
+    ``trust``: public key file(s) or directories; the crate must then be signed by one of
+    them (a local crate's signature is ``<path>.sig``). A registry's own signing policy
+    always applies. ``identity`` (a private key file) or ``passphrase`` (default
+    ``$MODELCRATE_PASSPHRASE``) decrypts an encrypted crate, in memory."""
+    from modelcrate.trust.signing import as_policy, verify_local
+
+    policy = as_policy(trust)
     if isinstance(ref, Crate):
         crate = ref
         crate.verify()
     elif isinstance(ref, os.PathLike) or is_local_crate(str(ref)):
         crate = Crate.open(ref)
         crate.verify()
+        if policy is not None:
+            verify_local(crate, ref, policy)
     else:
         from modelcrate.registry.api import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry.open(registry)
-        crate = reg.get(str(ref))  # every file is verified as it is read
+        crate = reg.get(str(ref), trust=policy)  # every file is verified as it is read
+    if crate.encrypted:
+        crate = crate.unlock(identity, passphrase=passphrase or os.environ.get(PASSPHRASE_ENV))
     return Model(crate, runtime)
 
 

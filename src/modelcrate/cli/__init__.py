@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from modelcrate.cli import aliases, crates, optimizing, predict, registry, serving
+from modelcrate.cli import aliases, crates, optimizing, predict, registry, serving, trust
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
@@ -38,6 +38,7 @@ aliases.register(app)
 predict.register(app)
 serving.register(app)
 optimizing.register(app)
+trust.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,3 +23,21 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def open_registry(location: str | None) -> Registry:
     return Registry.open(location)
+
+
+TrustOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust",
+        help="Public key (.pub) or directory of keys whose signature is required (repeatable).",
+        show_default=False,
+    ),
+]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="Private key that decrypts an encrypted crate (else $MODELCRATE_PASSPHRASE).",
+        show_default=False,
+    ),
+]

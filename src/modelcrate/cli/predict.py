@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import JsonOption, RegistryOption
+from modelcrate.cli.options import IdentityOption, JsonOption, RegistryOption, TrustOption
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
 from modelcrate.model import load
@@ -29,12 +29,14 @@ def predict_command(
     data: Annotated[
         str | None, typer.Option("--data", "-d", help="JSON nested list, or {name: list}.")
     ] = None,
+    trust: TrustOption = None,
+    identity: IdentityOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a model and print its outputs."""
     inputs = read_inputs(input_path, data)
-    model = load(ref, registry=registry)
+    model = load(ref, registry=registry, trust=trust or None, identity=identity)
     outputs = model.predict(inputs)
     if as_json:
         print_json({name: value.tolist() for name, value in outputs.items()})

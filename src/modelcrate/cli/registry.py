@@ -10,11 +10,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from modelcrate.cli.crates import render_manifest
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
 from modelcrate.cli.output import console, errors, human_size, print_json, when
 from modelcrate.crate import Crate
-from modelcrate.errors import IntegrityError
+from modelcrate.errors import IntegrityError, UsageError
 from modelcrate.refs import is_local_crate, parse_ref
+from modelcrate.trust.keys import TrustedKeys
+from modelcrate.trust.signing import Policy, as_policy, read_bundle, sidecar, verify_local
 
 
 def register(app: typer.Typer) -> None:
@@ -31,17 +33,33 @@ def publish_command(
     crate_path: Annotated[
         Path, typer.Argument(metavar="CRATE", help="A .crate file or crate directory.")
     ],
+    signature: Annotated[
+        Path | None,
+        typer.Option("--signature", help="Signature bundle (default: <CRATE>.sig)."),
+    ] = None,
+    require_signature: Annotated[
+        bool, typer.Option("--require-signature", help="Refuse it unless signed by a --trust key.")
+    ] = False,
+    trust: TrustOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Publish a crate into the registry (immutable; identical republish is a no-op)."""
     crate = Crate.open(crate_path)
+    bundle_path = signature or sidecar(crate_path)
+    if signature is not None and not signature.is_file():
+        raise UsageError(f"--signature {signature}: no such file")
+    bundles = [read_bundle(bundle_path)] if bundle_path.is_file() else []
+    policy = Policy(require_signature or bool(trust), TrustedKeys.from_paths(trust or []))
     total = sum(f.size for f in crate.manifest.files)
     columns = (TextColumn("publishing"), BarColumn(), DownloadColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task("publish", total=total)
         result = open_registry(registry).publish(
-            crate, progress=lambda n: progress.advance(task, n)
+            crate,
+            progress=lambda n: progress.advance(task, n),
+            signatures=bundles,
+            trust=policy,
         )
     if as_json:
         print_json(vars(result))
@@ -109,32 +127,43 @@ def show_command(
 def pull_command(
     ref: Annotated[str, typer.Argument(help="name@version or name@alias.")],
     to: Annotated[Path, typer.Option("--to", help="Directory to write (must be new or empty).")],
+    trust: TrustOption = None,
     registry: RegistryOption = None,
 ) -> None:
-    """Write a version's verified files into a directory."""
+    """Write a version's verified files into a directory (its signature to <dir>.sig)."""
     with errors.status(f"pulling {ref}…"):
-        path = open_registry(registry).pull(ref, to)
+        path = open_registry(registry).pull(ref, to, trust=as_policy(trust or None))
     console.print(f"pulled {ref} → {path}")
 
 
 def verify_command(
     target: Annotated[str, typer.Argument(help="A reference, a .crate file or a crate directory.")],
+    trust: TrustOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-hash every file of a version (or crate) against its manifest."""
+    """Re-hash every file of a version (or crate); with --trust, also check its signature."""
+    signer = None
+    policy = as_policy(trust or None)
     if is_local_crate(target):
-        Crate.open(target).verify()
+        crate = Crate.open(target)
+        crate.verify()
         rows = [{"path": target, "size": 0, "problem": None}]
+        signer = verify_local(crate, target, policy) if policy else None
     else:
-        rows = [vars(c) for c in open_registry(registry).verify(target)]
+        reg = open_registry(registry)
+        rows = [vars(c) for c in reg.verify(target)]
+        intact = not any(r["problem"] for r in rows)
+        signer = reg.check_signature(target, policy) if policy and intact else None
     bad = [r for r in rows if r["problem"]]
     if as_json:
-        print_json({"ok": not bad, "files": rows})
+        print_json({"ok": not bad, "files": rows, "signed_by": signer})
     else:
         for row in rows:
             mark = "[green]ok[/green]" if not row["problem"] else f"[red]{row['problem']}[/red]"
             console.print(f"{mark}  {row['path']}")
+        if signer and policy:
+            console.print(f"[green]signed[/green] by {policy.keys.describe(signer)}")
     if bad:
         raise IntegrityError(
             f"{target}: {len(bad)} file(s) failed verification: "

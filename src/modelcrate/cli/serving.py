@@ -49,6 +49,14 @@ def serve_command(
     access_log: Annotated[bool, typer.Option("--access-log", help="JSON line per request.")] = (
         False
     ),
+    trust: Annotated[
+        list[str] | None,
+        typer.Option("--trust", help="Serve only crates signed by these keys (.pub or dir)."),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option("--identity", help="Private key that decrypts encrypted crates (in memory)."),
+    ] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2; aliases are followed live."""
@@ -64,7 +72,7 @@ def serve_command(
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),
             request_timeout=request_timeout, access_log=access_log,
         ),
-        poll_interval=poll_interval,
+        poll_interval=poll_interval, trust=trust or [], identity=identity,
     )  # fmt: skip
     errors.print(f"serving {', '.join(refs)} on http://{host}:{port} (Ctrl-C to stop)")
     serve(settings)

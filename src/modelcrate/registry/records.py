@@ -68,10 +68,3 @@ class AuditEntry:
     version: str | None
     digest: str | None
     detail: str
-
-
-@dataclass(frozen=True)
-class SignatureInfo:
-    ref: str
-    digest: str
-    key_id: str

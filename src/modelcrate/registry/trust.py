@@ -28,7 +28,8 @@ from modelcrate.registry.db import (
     read_session,
     write_session,
 )
-from modelcrate.registry.records import AuditEntry, SignatureInfo, VersionInfo
+from modelcrate.registry.records import AuditEntry, VersionInfo
+from modelcrate.trust.signing import SignatureInfo
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +26,12 @@ import numpy as np
 
 from modelcrate.errors import ModelcrateError, NotFound, RegistryError
 from modelcrate.manifest import Manifest, Serving, TensorSpec
-from modelcrate.model import Model, prepare_inputs
+from modelcrate.model import PASSPHRASE_ENV, Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry.api import Registry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
+from modelcrate.trust.signing import Policy
 
 log = logging.getLogger("modelcrate.server")
 MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
@@ -105,8 +107,14 @@ class ModelManager:
         metrics: Metrics,
         poll_interval: float = 0.2,
         threads: int = 2,
+        trust: Policy | None = None,
+        identity: str | None = None,
     ) -> None:
+        """``trust``: signatures required beyond the registry's policy; ``identity``: private
+        key that decrypts encrypted crates (else ``$MODELCRATE_PASSPHRASE``), in memory."""
         self.registry = registry
+        self.trust = trust
+        self.identity = identity
         self.batch = batch
         self.metrics = metrics
         self.poll_interval = poll_interval
@@ -175,7 +183,10 @@ class ModelManager:
 
     def _load(self, name: str, digest: str) -> LoadedVersion:
         """Load, warm up and check one version (runs in the loader thread)."""
-        crate = self.registry.get(Ref(name, digest=digest))  # exactly what refresh resolved
+        # Exactly what refresh resolved; signatures checked first when policy asks for them.
+        crate = self.registry.get(Ref(name, digest=digest), trust=self.trust)
+        if crate.encrypted:
+            crate = crate.unlock(self.identity, passphrase=os.environ.get(PASSPHRASE_ENV))
         manifest = crate.manifest
         _check_memory(manifest)
         # One intra-op thread per session: batches run side by side instead (see Batcher).

@@ -21,6 +21,8 @@ from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.models import BatchConfig, ModelManager
+from modelcrate.trust.keys import load_private
+from modelcrate.trust.signing import as_policy
 
 log = logging.getLogger("modelcrate.server")
 
@@ -38,6 +40,8 @@ class ServeSettings:
     app: AppSettings = field(default_factory=AppSettings)
     poll_interval: float = 0.2
     threads: int = 2
+    trust: list[str] = field(default_factory=list)  # public keys / directories
+    identity: str | None = None  # private key for encrypted crates
 
 
 def check_exposure(settings: ServeSettings, tokens: Tokens) -> None:
@@ -55,6 +59,8 @@ def check_exposure(settings: ServeSettings, tokens: Tokens) -> None:
 
 def build_app(settings: ServeSettings) -> object:
     tokens = Tokens.load(settings.token_file)
+    if settings.identity is not None:
+        load_private(settings.identity)  # a missing or unreadable key fails now, not per model
     manager = ModelManager(
         Registry.open(settings.registry),
         settings.refs,
@@ -62,6 +68,8 @@ def build_app(settings: ServeSettings) -> object:
         metrics=Metrics(),
         poll_interval=settings.poll_interval,
         threads=settings.threads,
+        trust=as_policy(settings.trust) if settings.trust else None,
+        identity=settings.identity,
     )
     return create_app(manager, tokens, settings.app)
 

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from modelcrate.crate import Crate, LocalFiles
 from modelcrate.errors import RuntimeUnavailable, SignatureError, TrustError
@@ -37,6 +37,13 @@ SIGNATURE_SUFFIX = ".sig"
 
 
 @dataclass(frozen=True)
+class SignatureInfo:
+    ref: str
+    digest: str
+    key_id: str
+
+
+@dataclass(frozen=True)
 class Policy:
     """When a crate needs a signature, and whose signatures count."""
 
@@ -45,6 +52,25 @@ class Policy:
 
     def __or__(self, other: Policy) -> Policy:
         return Policy(self.require_signature or other.require_signature, self.keys | other.keys)
+
+
+TrustArg = Union["Policy", str, os.PathLike[str], Sequence[str | os.PathLike[str]], None]
+
+
+def as_policy(trust: TrustArg) -> Policy | None:
+    """``trust`` as a policy: a Policy as it is; key files/directories -> require a signature
+    by one of those keys; None -> None (the registry's own policy still applies)."""
+    if trust is None or isinstance(trust, Policy):
+        return trust
+    paths = [trust] if isinstance(trust, (str, os.PathLike)) else list(trust)
+    return Policy(require_signature=True, keys=TrustedKeys.from_paths(paths))
+
+
+def verify_local(crate: Crate, path: str | os.PathLike[str], policy: Policy) -> str | None:
+    """Enforce ``policy`` on a crate read from ``path``, whose signature is ``path.sig``."""
+    signature = sidecar(path)
+    bundles = [read_bundle(signature)] if signature.is_file() else []
+    return enforce(crate, bundles, policy)
 
 
 def sign(crate: Crate, key: str | os.PathLike[str]) -> bytes:
@@ -70,6 +96,15 @@ def sign(crate: Crate, key: str | os.PathLike[str]) -> bytes:
     if signer_id(bundle) != key_id(private.public_key()):
         raise TrustError("model-signing wrote a bundle whose key hint is not the signing key")
     return bundle
+
+
+def sign_local(path: str | os.PathLike[str], key: str | os.PathLike[str]) -> SignatureInfo:
+    """Sign the crate at ``path`` (verified first) and write ``<path>.sig``."""
+    crate = Crate.open(path)
+    crate.verify()
+    bundle = sign(crate, key)
+    sidecar(path).write_bytes(bundle)
+    return SignatureInfo(crate.manifest.ref, crate.digest, signer_id(bundle) or "")
 
 
 def signer_id(bundle: bytes) -> str | None:
@@ -119,7 +154,10 @@ def verify(crate: Crate, bundles: Sequence[bytes], keys: TrustedKeys) -> str:
             "or add keys with `modelcrate policy set --trust ...`)"
         )
     if not bundles:
-        raise SignatureError(f"{ref} is not signed; a signature by a trusted key is required")
+        raise SignatureError(
+            f"{ref} is not signed; a signature by a trusted key is required "
+            "(sign it with `modelcrate sign ... --key KEY`)"
+        )
     reasons = []
     with _directory_form(crate) as (root, scratch):
         for number, bundle in enumerate(bundles):
