@@ -12,7 +12,8 @@ def test_all_names_exist_and_every_public_name_is_exported() -> None:
         for name, value in vars(mc).items()
         if not name.startswith("_")
         and not getattr(value, "__name__", "").startswith("modelcrate.")
-        and name not in {"annotations", "os", "version", "Path", "PackageNotFoundError"}
+        and name
+        not in {"annotations", "os", "version", "Path", "PackageNotFoundError", "TYPE_CHECKING"}
     }
     assert public <= set(mc.__all__), public - set(mc.__all__)
 

@@ -196,3 +196,43 @@ def test_request_timeout_gives_504_and_the_server_recovers(
     )  # fmt: skip
     assert response.status_code == 504 and "longer than" in response.json()["error"]
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+
+
+def test_slow_header_clients_are_cut_off_and_do_not_starve_others(
+    tmp_path: Path, digits_crate_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """Slowloris: 200 connections trickle a request head one byte at a time. Health checks
+    stay fast meanwhile, and every trickler is disconnected at the header deadline even
+    though it never stops sending."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    server = start_server(registry.root, "digits@1.0.0", "--header-timeout", "2")
+    sockets = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
+        sock.setblocking(False)
+        sockets.append(sock)
+    started, latencies, closed = time.monotonic(), [], set()
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        while time.monotonic() - started < 4.0 and len(closed) < len(sockets):
+            for number, sock in enumerate(sockets):
+                if number in closed:
+                    continue
+                try:
+                    sock.send(b"X")  # one more byte of a header that never ends
+                    if sock.recv(1024) == b"":
+                        closed.add(number)
+                except BlockingIOError:
+                    pass
+                except OSError:  # reset by the server
+                    closed.add(number)
+            tick = time.monotonic()
+            assert client.get("/v2/health/ready").status_code == 200
+            latencies.append(time.monotonic() - tick)
+            time.sleep(0.2)
+    for sock in sockets:
+        sock.close()
+    assert len(closed) == len(sockets), f"only {len(closed)} of 200 slow clients were cut off"
+    assert max(latencies) < 0.5, latencies
+    assert time.monotonic() - started < 4.0

@@ -41,7 +41,7 @@ def test_health_and_metadata(served_digits: Server) -> None:
         assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
         assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
     assert httpx.get(url + "/v2/models/digits/versions/prod/ready").status_code == 200
-    assert httpx.get(url + "/v2/models/digits/versions/1.1.0/ready").status_code == 503
+    assert httpx.get(url + "/v2/models/digits/versions/1.1.0/ready").status_code == 400
 
 
 def test_json_infer_matches_torch(served_digits: Server, digits: Digits) -> None:

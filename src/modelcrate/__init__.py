@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelcrate.client import Client
 from modelcrate.crate import Crate
@@ -39,7 +40,10 @@ from modelcrate.optimize import compare, convert, optimize
 from modelcrate.pack import pack
 from modelcrate.registry.api import Registry
 from modelcrate.registry.records import PublishResult
-from modelcrate.trust.signing import Policy, SignatureInfo, TrustArg, as_policy
+from modelcrate.trust.signing import Policy, SignatureInfo
+
+if TYPE_CHECKING:
+    from modelcrate.trust.signing import TrustArg
 
 try:
     __version__ = version("modelcrate")
@@ -57,7 +61,7 @@ def publish(
 
     A local crate's signature (``<path>.sig``) is published with it. ``trust``: public
     key file(s)/directories; the crate must then be signed by one of them."""
-    from modelcrate.trust.signing import read_bundle, sidecar
+    from modelcrate.trust.signing import as_policy, read_bundle, sidecar
 
     signatures = []
     if not isinstance(crate, Crate):
@@ -74,6 +78,8 @@ def pull(
     trust: TrustArg = None,
 ) -> Path:
     """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``)."""
+    from modelcrate.trust.signing import as_policy
+
     return _registry(registry).pull(ref, to, trust=as_policy(trust))
 
 

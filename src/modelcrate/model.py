@@ -54,9 +54,7 @@ class Model:
         """The example inputs kept in the crate at pack time, by input name (None if absent)."""
         if self.manifest.samples is None:
             return None
-        from safetensors.numpy import load
-
-        return load(self.crate.read_bytes(self.manifest.samples))
+        return read_safetensors(self.crate.read_bytes(self.manifest.samples), self.manifest.samples)
 
     def to_torch(self, *, trainable: bool = True) -> Any:
         """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact (needs torch)."""
@@ -108,6 +106,30 @@ def load(
     if crate.encrypted:
         crate = crate.unlock(identity, passphrase=passphrase or os.environ.get(PASSPHRASE_ENV))
     return Model(crate, runtime)
+
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """Tensors from safetensors bytes; a lying header is a CrateFormatError, never a crash.
+
+    The header length is checked against the data before anything is parsed; the
+    safetensors library then checks that offsets tile the buffer and match each shape."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    if len(data) < 8:
+        raise CrateFormatError(f"{name} is not a safetensors file (shorter than its header size)")
+    header = int.from_bytes(data[:8], "little")
+    if header > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+        raise CrateFormatError(
+            f"{name}: safetensors header claims {header} bytes; the file has {len(data) - 8}"
+        )
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
 
 
 def _make_runtime(crate: Crate, runtime: RuntimeName, threads: int) -> Runtime:

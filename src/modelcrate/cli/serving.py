@@ -42,6 +42,9 @@ def serve_command(
     ] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", help="Seconds a client has to send headers.")
+    ] = 10.0,
     allow_nonfinite: Annotated[
         bool, typer.Option("--allow-nonfinite", help="Accept NaN/Inf in inputs.")
     ] = False,
@@ -73,6 +76,7 @@ def serve_command(
             request_timeout=request_timeout, access_log=access_log,
         ),
         poll_interval=poll_interval, trust=trust or [], identity=identity,
+        header_timeout=header_timeout,
     )  # fmt: skip
     errors.print(f"serving {', '.join(refs)} on http://{host}:{port} (Ctrl-C to stop)")
     serve(settings)

@@ -141,6 +141,7 @@ class Registry(TrustMixin):
         existing = self._find(manifest.name, manifest.version)
         if existing is not None:
             result = self._same_or_conflict(existing, manifest)
+            crate.verify()  # "identical" only if the bytes are too, not just the manifest
             with write_session(self.engine) as session, session.begin():
                 store_signatures(session, self.actor, crate, signatures)
             return result

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
@@ -68,7 +70,8 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
 
     async def ready(_: Request) -> Response:
         is_ready = all(m.current is not None for m in manager.models.values())
-        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+        # OIP: 200 means ready, a 4xx means not ready (Triton answers 400 too).
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
 
     async def server_metadata(_: Request) -> Response:
         return JSONResponse(
@@ -95,7 +98,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         try:
             served, loaded = manager.lookup(name, version)
         except NotFound as exc:
-            return error(503 if name in manager.models else 404, str(exc))
+            return error(400 if name in manager.models else 404, str(exc))
         body = {"name": served.name, "version": loaded.version, "ready": True}
         if served.error:
             body["error"] = served.error
@@ -133,6 +136,9 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         manager.unload(check_name(request.path_params["name"]))
         return JSONResponse({})
 
+    async def openapi(_: Request) -> Response:
+        return JSONResponse(openapi_document())
+
     async def metrics(_: Request) -> Response:
         for served in manager.models.values():
             depth = served.current.batcher.depth if served.current else 0
@@ -161,6 +167,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
             methods=["POST"],
         ),
         Route("/metrics", guard("read", metrics)),
+        Route("/v2/openapi.json", guard(None, openapi)),
     ]
 
     @asynccontextmanager
@@ -214,6 +221,14 @@ def repository_entry(served: ServedModel) -> dict[str, Any]:
     if served.error:
         entry["reason"] = served.error
     return entry
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The server's OpenAPI 3 document, shipped beside the crate schema."""
+    text = resources.files("modelcrate.schemas").joinpath("openapi.json").read_text()
+    document: dict[str, Any] = json.loads(text)
+    return document
 
 
 def error(status: int, message: str) -> JSONResponse:

@@ -163,8 +163,10 @@ class ModelManager:
         try:
             info = await loop.run_in_executor(self.loader, self.registry.resolve, served.selector)
         except ModelcrateError as exc:
-            if served.current is None:
+            if served.current is None and not served.unloaded:
                 served.error = str(exc)
+            return
+        if served.unloaded:
             return
         current = served.current
         if current is not None and current.digest == info.digest:
@@ -178,6 +180,9 @@ class ModelManager:
             served.failed_digest = info.digest
             self.metrics.swaps.labels(served.name, "failed").inc()
             log.error(served.error)
+            return
+        if served.unloaded:  # unloaded while this version was loading: drop it
+            loaded.batcher.close()
             return
         self._swap(served, loaded)
 

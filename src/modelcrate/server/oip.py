@@ -123,7 +123,7 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
     raw = _object(raw, "inputs[]")
     name = _required_str(raw.get("name"), "input name")
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InputError(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )

@@ -21,6 +21,7 @@ from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.models import BatchConfig, ModelManager
+from modelcrate.server.protocol import DEFAULT_HEADER_TIMEOUT, DeadlineHttpProtocol
 from modelcrate.trust.keys import load_private
 from modelcrate.trust.signing import as_policy
 
@@ -42,6 +43,7 @@ class ServeSettings:
     threads: int = 2
     trust: list[str] = field(default_factory=list)  # public keys / directories
     identity: str | None = None  # private key for encrypted crates
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # seconds to send a request's head
 
 
 def check_exposure(settings: ServeSettings, tokens: Tokens) -> None:
@@ -135,6 +137,7 @@ def _worker(settings: ServeSettings, sock: socket.socket) -> None:
         app,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
+        http=DeadlineHttpProtocol.with_timeout(settings.header_timeout),
         timeout_keep_alive=5,
         limit_concurrency=4096,
         h11_max_incomplete_event_size=64 * 1024,
