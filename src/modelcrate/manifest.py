@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelcrate.errors import CrateFormatError, UnsupportedSchemaError
 from modelcrate.refs import DIGEST_PATTERN, NAME_PATTERN, VERSION_PATTERN
@@ -157,8 +157,40 @@ class Encryption(_Strict):
     files: list[EncryptedFile] = Field(min_length=1)
 
 
+class Member(_Strict):
+    """One crate a composition runs, pinned by digest (``ref`` says where it came from)."""
+
+    digest: str = Field(pattern=f"^{DIGEST_PATTERN}$")
+    ref: str = Field(min_length=1, max_length=200)
+
+
+class Composition(_Strict):
+    """A crate made of other crates: a ``pipeline`` (each member's outputs feed the next
+    one's inputs, by position) or an ``ensemble`` (every member gets the same inputs; the
+    outputs are combined)."""
+
+    kind: Literal["pipeline", "ensemble"]
+    members: list[Member] = Field(min_length=2, max_length=32)
+    combine: Literal["mean", "vote"] | None = Field(
+        default=None, description="ensembles: mean of outputs, or the share of argmax votes"
+    )
+
+
 class Manifest(_Strict):
-    """Everything a crate says about itself. ``files`` lists every other file in the crate."""
+    """Everything a crate says about itself. ``files`` lists every other file in the crate.
+
+    A crate runs its ``artifacts``, or, for a composition, its member crates."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["composition"]},
+                {"required": ["artifacts"], "properties": {"artifacts": {"minItems": 1}}},
+            ]
+        },
+    )
 
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=f"^{NAME_PATTERN}$")
@@ -167,7 +199,7 @@ class Manifest(_Strict):
     license: str | None = None
     tags: list[str] = Field(default_factory=list)
     framework: Framework | None = None
-    artifacts: list[Artifact] = Field(min_length=1)
+    artifacts: list[Artifact] = Field(default_factory=list)
     signature: Signature
     labels: list[str] | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -182,7 +214,14 @@ class Manifest(_Strict):
     )
     model_card: str | None = Field(default=None, pattern=f"^{FILE_PATH_PATTERN}$")
     encryption: Encryption | None = None
-    files: list[FileEntry] = Field(min_length=1)
+    composition: Composition | None = None
+    files: list[FileEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Manifest:
+        if not self.artifacts and self.composition is None:
+            raise ValueError("a crate needs at least one artifact, or a composition")
+        return self
 
     @property
     def ref(self) -> str:
@@ -273,7 +312,10 @@ def parse_manifest(data: bytes) -> Manifest:
     error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise CrateFormatError(f"crate.json is invalid at {where}: {error.message}")
+        message = error.message
+        if error.validator == "anyOf" and not error.absolute_path:
+            message = "a crate needs at least one artifact, or a composition"
+        raise CrateFormatError(f"crate.json is invalid at {where}: {message}")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:

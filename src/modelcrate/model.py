@@ -26,10 +26,18 @@ RuntimeName = Literal["auto", "onnxruntime", "torch"]
 class Model:
     """A crate bound to a runtime. ``predict`` checks inputs against the crate's signature."""
 
-    def __init__(self, crate: Crate, runtime: RuntimeName = "auto", *, threads: int = 0) -> None:
-        """``threads``: intra-op threads for ONNX Runtime (0 = one per core)."""
+    def __init__(
+        self,
+        crate: Crate,
+        runtime: RuntimeName = "auto",
+        *,
+        threads: int = 0,
+        registry: Registry | str | None = None,
+    ) -> None:
+        """``threads``: intra-op threads for ONNX Runtime (0 = one per core). ``registry``:
+        where a pipeline or ensemble finds its members (default: the default registry)."""
         self.crate = crate
-        self.runtime = _make_runtime(crate, runtime, threads)
+        self.runtime = _make_runtime(crate, runtime, threads, registry)
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.ref}, runtime={self.runtime.name})"
@@ -56,8 +64,11 @@ class Model:
             return None
         return read_safetensors(self.crate.read_bytes(self.manifest.samples), self.manifest.samples)
 
-    def to_torch(self, *, trainable: bool = True) -> Any:
-        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact (needs torch)."""
+    def to_torch(self, *, trainable: bool = True, freeze: str | list[str] | None = None) -> Any:
+        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact alone (needs torch).
+
+        Parameters keep their original names. ``trainable=False`` freezes everything;
+        ``freeze`` freezes by name prefix, or ``"backbone"`` (all but the head)."""
         from modelcrate.runtimes.torch import load_module
 
         artifact = self.manifest.artifact("torch-export")
@@ -69,6 +80,10 @@ class Model:
         module = load_module(self.crate, artifact)
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
+        if trainable and freeze is not None:
+            from modelcrate.reuse.finetune import freeze_parameters
+
+            freeze_parameters(module, freeze)
         return module
 
 
@@ -103,9 +118,10 @@ def load(
 
         reg = registry if isinstance(registry, Registry) else Registry.open(registry)
         crate = reg.get(str(ref), trust=policy)  # every file is verified as it is read
+        registry = reg
     if crate.encrypted:
         crate = crate.unlock(identity, passphrase=passphrase or os.environ.get(PASSPHRASE_ENV))
-    return Model(crate, runtime)
+    return Model(crate, runtime, registry=registry)
 
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -132,8 +148,14 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
         raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
 
 
-def _make_runtime(crate: Crate, runtime: RuntimeName, threads: int) -> Runtime:
+def _make_runtime(
+    crate: Crate, runtime: RuntimeName, threads: int, registry: Registry | str | None
+) -> Runtime:
     manifest = crate.manifest
+    if manifest.composition is not None:
+        from modelcrate.reuse.compose import CompositionRuntime
+
+        return CompositionRuntime(manifest, registry, threads=threads)
     onnx = manifest.artifact("onnx") or manifest.artifact("ort")
     if runtime in ("auto", "onnxruntime") and onnx is not None:
         from modelcrate.runtimes.onnxruntime import OnnxRuntime

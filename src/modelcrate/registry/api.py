@@ -33,6 +33,7 @@ from modelcrate.registry.db import (
     sqlite_engine,
     write_session,
 )
+from modelcrate.registry.lineage import LineageGraph, dependents, lineage_of
 from modelcrate.registry.records import (
     AliasEvent,
     FileCheck,
@@ -136,6 +137,7 @@ class Registry(TrustMixin):
         manifest = crate.manifest
         for bundle in signatures:
             check_bundle(crate, bundle)
+        self._check_members(manifest)
         known = [*signatures, *signatures_of(self.engine, manifest.digest)]
         enforce(crate, known, self._policy(trust))
         existing = self._find(manifest.name, manifest.version)
@@ -185,6 +187,25 @@ class Registry(TrustMixin):
             )
             store_signatures(session, self.actor, crate, signatures)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created=True)
+
+    def _check_members(self, manifest: Manifest) -> None:
+        """A pipeline or ensemble can only be published where its members are."""
+        if manifest.composition is None:
+            return
+        with read_session(self.engine) as session:
+            for member in manifest.composition.members:
+                found = session.scalar(
+                    select(func.count()).where(VersionRow.digest == member.digest)
+                )
+                if not found:
+                    raise NotFound(
+                        f"{manifest.ref} runs {member.ref} ({member.digest[:19]}…), which is "
+                        "not in this registry; publish it first"
+                    )
+
+    def lineage(self, ref: str) -> LineageGraph:
+        """Ancestors (by the parent digests each manifest records) and descendants of ``ref``."""
+        return lineage_of(self.engine, self.manifest(ref))
 
     def _same_or_conflict(self, existing: VersionRow | str, manifest: Manifest) -> PublishResult:
         digest = existing if isinstance(existing, str) else existing.digest
@@ -450,6 +471,11 @@ class Registry(TrustMixin):
                 raise RegistryError(
                     f"{info.ref} is the target of alias(es) {', '.join(info.aliases)}; "
                     "move them first or pass --force"
+                )
+            users = dependents(self.engine, row.digest)
+            if users:
+                raise RegistryError(
+                    f"{info.ref} is a member of {', '.join(users)}; delete those first"
                 )
             for alias in info.aliases:
                 session.delete(session.get(AliasRow, (row.name, alias)))

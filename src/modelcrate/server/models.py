@@ -195,7 +195,7 @@ class ModelManager:
         manifest = crate.manifest
         _check_memory(manifest)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
-        model = Model(crate, threads=1)
+        model = Model(crate, threads=1, registry=self.registry)
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
