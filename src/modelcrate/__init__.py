@@ -39,7 +39,12 @@ from modelcrate.model import Model, load
 from modelcrate.optimize import compare, convert, optimize
 from modelcrate.pack import pack
 from modelcrate.registry.api import Registry
+from modelcrate.registry.lineage import LineageGraph
 from modelcrate.registry.records import PublishResult
+from modelcrate.reuse.compose import ensemble, pipeline
+from modelcrate.reuse.distill import distill
+from modelcrate.reuse.features import feature_extractor, layers
+from modelcrate.reuse.finetune import finetune
 from modelcrate.trust.signing import Policy, SignatureInfo
 
 if TYPE_CHECKING:
@@ -52,7 +57,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 
 def publish(
-    crate: Crate | str | os.PathLike[str],
+    crate: Crate | Model | str | os.PathLike[str],
     *,
     registry: Registry | str | None = None,
     trust: TrustArg = None,
@@ -64,6 +69,8 @@ def publish(
     from modelcrate.trust.signing import as_policy, read_bundle, sidecar
 
     signatures = []
+    if isinstance(crate, Model):
+        crate = crate.crate
     if not isinstance(crate, Crate):
         signature = sidecar(crate)
         signatures = [read_bundle(signature)] if signature.is_file() else []
@@ -127,6 +134,11 @@ def encrypt(
     return reg.publish(crate, signatures=signatures)
 
 
+def lineage(ref: str, *, registry: Registry | str | None = None) -> LineageGraph:
+    """Ancestors and descendants of ``ref`` (by the parent digests manifests record)."""
+    return _registry(registry).lineage(ref)
+
+
 def _registry(registry: Registry | str | None) -> Registry:
     return registry if isinstance(registry, Registry) else Registry.open(registry)
 
@@ -139,6 +151,7 @@ __all__ = [
     "DecryptionError",
     "InputError",
     "IntegrityError",
+    "LineageGraph",
     "Manifest",
     "Model",
     "ModelcrateError",
@@ -159,10 +172,17 @@ __all__ = [
     "__version__",
     "compare",
     "convert",
+    "distill",
     "encrypt",
+    "ensemble",
+    "feature_extractor",
+    "finetune",
+    "layers",
+    "lineage",
     "load",
     "optimize",
     "pack",
+    "pipeline",
     "publish",
     "pull",
     "sign",

@@ -12,7 +12,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from modelcrate.cli import aliases, crates, optimizing, predict, registry, serving, trust
+from modelcrate.cli import (
+    aliases,
+    crates,
+    optimizing,
+    predict,
+    registry,
+    reuse,
+    serving,
+    trust,
+)
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
@@ -39,6 +48,7 @@ predict.register(app)
 serving.register(app)
 optimizing.register(app)
 trust.register(app)
+reuse.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,7 +84,7 @@ def fit(
                 loss = loss_fn(module(xs[batch]), ts[batch])
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(batch)
+                total += float(loss.detach()) * len(batch)
             history.train_loss.append(total / len(train_idx))
             val = evaluate(module, xs[val_idx], ts[val_idx], loss_fn)
             history.val_loss.append(val)

@@ -193,7 +193,7 @@ class ModelManager:
         if crate.encrypted:
             crate = crate.unlock(self.identity, passphrase=os.environ.get(PASSPHRASE_ENV))
         manifest = crate.manifest
-        _check_memory(manifest)
+        _check_memory(manifest, self.registry)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
         model = Model(crate, threads=1, registry=self.registry)
         outputs = model.predict(golden_input(manifest.signature.inputs))
@@ -320,11 +320,21 @@ def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _check_memory(manifest: Manifest) -> None:
-    """Refuse a load that would not fit in available memory (keeps the old version serving)."""
+def footprint(manifest: Manifest, registry: Registry) -> int:
+    """Bytes of the artifact a server loads (for a composition, of all its members)."""
+    if manifest.composition is not None:
+        return sum(
+            footprint(registry.manifest(Ref(parse_ref(m.ref).name, digest=m.digest)), registry)
+            for m in manifest.composition.members
+        )
     artifact = manifest.artifact("onnx") or manifest.artifacts[0]
     paths = {artifact.path, *artifact.data_files}
-    needed = sum(f.size for f in manifest.files if f.path in paths) * MEMORY_MARGIN
+    return sum(f.size for f in manifest.files if f.path in paths)
+
+
+def _check_memory(manifest: Manifest, registry: Registry) -> None:
+    """Refuse a load that would not fit in available memory (keeps the old version serving)."""
+    needed = footprint(manifest, registry) * MEMORY_MARGIN
     available = _available_memory()
     if available is not None and needed > available:
         raise RegistryError(
