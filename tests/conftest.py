@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "digits"))
 
 from train import DigitsCNN, pack_digits, train  # noqa: E402
+
+from services import postgres, s3  # noqa: E402, F401  (fixtures: real PostgreSQL, S3)
 
 
 @dataclass
@@ -161,15 +164,18 @@ def free_port() -> int:
 class Server:
     """A `modelcrate serve` subprocess on a free loopback port, stopped on exit."""
 
-    def __init__(self, registry: Path, *args: str, wait_ready: bool = True) -> None:
+    def __init__(self, registry: Path | str, *args: str, wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = registry.parent / f"server-{self.port}.log"
+        logs = registry.parent if isinstance(registry, Path) else Path(tempfile.gettempdir())
+        self.log = logs / f"server-{self.port}.log"
         with self.log.open("w") as log:
             self.proc = self._spawn(registry, args, log)
         self._wait(wait_ready)
 
-    def _spawn(self, registry: Path, args: tuple[str, ...], log: object) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, registry: Path | str, args: tuple[str, ...], log: object
+    ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "modelcrate", "serve", *args, "--port", str(self.port),
              "--registry", str(registry)],
@@ -210,7 +216,7 @@ class Server:
 def start_server() -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(registry: Path, *args: str, wait_ready: bool = True) -> Server:
+    def start(registry: Path | str, *args: str, wait_ready: bool = True) -> Server:
         server = Server(registry, *args, wait_ready=wait_ready)
         servers.append(server)
         return server

@@ -10,18 +10,19 @@ from __future__ import annotations
 import getpass
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import Engine, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref
-from modelcrate.registry.blobs import FileBlobStore
+from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.db import (
     AliasEventRow,
     AliasRow,
@@ -29,6 +30,8 @@ from modelcrate.registry.db import (
     SignatureRow,
     TagRow,
     VersionRow,
+    lock_writes,
+    postgres_engine,
     read_session,
     sqlite_engine,
     write_session,
@@ -53,7 +56,7 @@ GC_GRACE_SECONDS = 3600.0
 class _BlobSource:
     """Serves a registry crate's files from the blob store by path -> sha256."""
 
-    def __init__(self, blobs: FileBlobStore, manifest: Manifest) -> None:
+    def __init__(self, blobs: BlobStore, manifest: Manifest) -> None:
         self.blobs = blobs
         self.shas = {f.path: f.sha256 for f in manifest.files}
 
@@ -61,6 +64,8 @@ class _BlobSource:
         return self.blobs.open(self.shas[path])
 
     def local_path(self, path: str) -> Path:
+        if not isinstance(self.blobs, FileBlobStore):
+            raise FileNotFoundError(f"{path} is stored in {self.blobs.location}, not locally")
         return self.blobs.path(self.shas[path])
 
 
@@ -78,30 +83,54 @@ def os_user() -> str:
 
 
 class Registry(TrustMixin):
-    """The embedded registry (SQLite + local blobs) at one directory.
+    """A registry: metadata in SQLite (embedded, the default) or PostgreSQL, blobs in a
+    directory or S3. ``actor`` names who acts in the audit log (default: the OS user)."""
 
-    ``actor`` names who acts in the audit log (default: the OS user)."""
-
-    def __init__(self, root: Path, *, actor: str | None = None) -> None:
-        self.root = root
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        engine: Engine | None = None,
+        blobs: BlobStore | None = None,
+        location: str | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """``Registry(root)``: the embedded registry in directory ``root``; or give an
+        ``engine`` and a ``blobs`` store (see ``open`` for URLs)."""
         self.actor = actor or os_user()
-        root.mkdir(parents=True, exist_ok=True)
-        self.blobs = FileBlobStore(root / "blobs")
-        self.engine = sqlite_engine(root / "registry.db")
+        self.root = root
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            self.blobs: BlobStore = blobs or FileBlobStore(root / "blobs")
+            self.engine = engine or sqlite_engine(root / "registry.db")
+            self.location = location or str(root)
+        elif engine is None or blobs is None:
+            raise UsageError("a registry needs a directory, or a database and a blob store")
+        else:
+            self.engine, self.blobs = engine, blobs
+            self.location = location or str(engine.url)
+        # Pooled connections are closed when the registry goes away, not left to the GC.
+        weakref.finalize(self, self.engine.dispose)
 
     @classmethod
     def open(
         cls, location: str | os.PathLike[str] | None = None, *, actor: str | None = None
     ) -> Registry:
-        """Open (creating if needed) the registry at ``location`` or the default location."""
+        """Open (creating if needed) the registry at ``location``: a directory (embedded;
+        default ``$MODELCRATE_HOME``, then ``~/.modelcrate``) or
+        ``postgresql://user:pass@host:port/db?blobs=s3://bucket/prefix`` (or ``?blobs=DIR``)."""
         if location is None:
             return cls(default_location(), actor=actor)
         text = os.fspath(location)
+        if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            engine, blob_location = postgres_engine(text)
+            return cls(engine=engine, blobs=open_blob_store(blob_location), location=text,
+                       actor=actor)  # fmt: skip
         if "://" in text and not text.startswith("file://"):
             scheme = text.split("://", 1)[0]
             raise UsageError(
                 f"registry {text!r}: the {scheme!r} backend is not available in this release; "
-                "use a directory path for the embedded registry"
+                "use a directory (embedded) or a postgresql:// URL"
             )
         return cls(Path(text.removeprefix("file://")).expanduser(), actor=actor)
 
@@ -156,6 +185,7 @@ class Registry(TrustMixin):
             if progress is not None:
                 progress(entry.size)
         with write_session(self.engine) as session, session.begin():
+            lock_writes(session)  # serializes with gc (and other publishers) on PostgreSQL
             row = session.scalars(
                 select(VersionRow).where(
                     VersionRow.name == manifest.name, VersionRow.version == manifest.version
@@ -500,7 +530,8 @@ class Registry(TrustMixin):
         # Hold the write lock so no publish commits between reading the live set and deleting.
         with write_session(self.engine) as session, session.begin():
             live = set(session.scalars(select(FileRow.sha256)).all())
-            for sha, mtime in list(self.blobs.iter_blobs()):
+            lock_writes(session)
+            for sha, mtime, _ in list(self.blobs.iter_blobs()):
                 if sha not in live and mtime <= cutoff:
                     freed += self.blobs.delete(sha)
                     removed += 1
@@ -520,5 +551,5 @@ class Registry(TrustMixin):
         with read_session(self.engine) as session:
             versions = session.scalar(select(func.count()).select_from(VersionRow)) or 0
             logical = session.scalar(select(func.coalesce(func.sum(VersionRow.size), 0))) or 0
-        stored = sum(self.blobs.path(sha).stat().st_size for sha, _ in self.blobs.iter_blobs())
+        stored = sum(size for _, _, size in self.blobs.iter_blobs())
         return {"versions": versions, "logical_bytes": logical, "stored_bytes": stored}

@@ -22,10 +22,18 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from modelcrate.errors import RegistryError, UsageError
+
 BUSY_TIMEOUT_MS = 60_000
+SCHEMA_HEAD = "0002"  # the newest migration in registry/migrations/versions
+MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
+WRITE_LOCK = 0x6D637262
 
 
 class Base(DeclarativeBase):
@@ -154,9 +162,61 @@ def sqlite_engine(path: Path) -> Engine:
         immediate = connection.get_execution_options().get("sqlite_immediate", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    with Session(engine.execution_options(sqlite_immediate=True)) as session, session.begin():
-        Base.metadata.create_all(session.connection())
+    migrate(engine)
     return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema with the alembic migrations (fast when it is
+    there already). Runs under the write lock, so concurrent openers migrate once."""
+    with engine.execution_options(sqlite_immediate=True).begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" in tables:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if current == SCHEMA_HEAD:
+                return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", "modelcrate.registry:migrations")
+        config.attributes["connection"] = connection
+        if "versions" in tables and "alembic_version" not in tables:
+            # Made by a release without migrations (tables from create_all): adopt it.
+            command.stamp(config, "0002" if "signatures" in tables else "0001")
+        command.upgrade(config, "head")
+
+
+def postgres_engine(url: str) -> tuple[Engine, str]:
+    """An engine for a ``postgresql://…?blobs=LOCATION`` URL, and the blob location."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    blobs = parsed.query.get("blobs")
+    if not isinstance(blobs, str) or not blobs:
+        raise UsageError(
+            "a PostgreSQL registry needs a blob store: add ?blobs=s3://bucket/prefix "
+            "(or ?blobs=/shared/directory) to the URL"
+        )
+    parsed = parsed.difference_update_query(["blobs"]).set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed, pool_pre_ping=True)
+    try:
+        migrate(engine)
+    except OperationalError as exc:
+        raise RegistryError(
+            f"cannot reach PostgreSQL at {parsed.render_as_string(hide_password=True)}: "
+            f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+        ) from None
+    return engine, blobs
+
+
+def lock_writes(session: Session) -> None:
+    """Serialize writers that must not interleave (publish commits and gc). SQLite already
+    holds its write lock from BEGIN IMMEDIATE; PostgreSQL takes a transaction lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
 
 
 def write_session(engine: Engine) -> Session:

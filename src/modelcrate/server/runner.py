@@ -94,8 +94,10 @@ def serve(settings: ServeSettings) -> None:
     """Serve until interrupted (blocking)."""
     tokens = Tokens.load(settings.token_file)  # fail fast on a bad token file
     check_exposure(settings, tokens)
-    if settings.registry is not None and not Path(settings.registry).exists():
+    local = settings.registry is not None and "://" not in settings.registry
+    if local and not Path(str(settings.registry)).exists():
         raise UsageError(f"registry {settings.registry} does not exist")
+    Registry.open(settings.registry).close()  # an unreachable or malformed registry fails now
     sock = bind(settings.host, settings.port)
     if settings.workers <= 1:
         _worker(settings, sock)

@@ -1,0 +1,169 @@
+"""Shared registries: metadata in a real PostgreSQL, blobs in S3 (moto) or a shared directory;
+alembic migrations on SQLite and PostgreSQL; several servers on one registry."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import create_engine
+
+import modelcrate as mc
+from conftest import Server, make_onnx, run_cli
+from services import S3, Postgres
+
+
+def tiny(tmp_path: Path, version: str, seed: int = 0) -> Path:
+    source = make_onnx(tmp_path / f"src-{version}-{seed}" / "tiny.onnx", seed=seed)
+    return mc.pack(source, name="tiny", version=version).save(
+        tmp_path / f"tiny-{version}-{seed}.crate"
+    )
+
+
+@pytest.fixture
+def shared_url(postgres: Postgres, s3: S3) -> str:
+    return f"{postgres.database()}?blobs=s3://{s3.bucket()}/models"
+
+
+def test_the_cli_on_postgresql_and_s3(
+    tmp_path: Path, shared_url: str, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELCRATE_REGISTRY", shared_url)
+    published = run_cli("publish", str(tiny(tmp_path, "1.0.0")))
+    assert published.returncode == 0, published.stderr
+    run_cli("alias", "set", "tiny", "prod", "1.0.0", check=True)
+    listed = run_cli("list", "--json", check=True)
+    assert '"prod": "1.0.0"' in listed.stdout
+    predicted = run_cli("predict", "tiny@prod", "--data", "[[1, 2, 3, 4]]", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert run_cli("verify", "tiny@prod").returncode == 0
+    bucket = shared_url.rsplit("s3://", 1)[1].split("/")[0]
+    keys = s3.keys(bucket)
+    manifest = mc.Registry.open(shared_url).manifest("tiny@1.0.0")
+    assert {f"models/sha256/{f.sha256[:2]}/{f.sha256}" for f in manifest.files} == set(keys)
+    pulled = run_cli("pull", "tiny@1.0.0", "--to", str(tmp_path / "pulled"))
+    assert pulled.returncode == 0 and (tmp_path / "pulled" / "model.onnx").is_file()
+    audit = run_cli("audit", "--json", check=True).stdout
+    assert '"publish"' in audit and '"alias-set"' in audit
+
+
+def test_missing_blob_store_and_unreachable_database_are_clear_errors(postgres: Postgres) -> None:
+    url = postgres.database()
+    with pytest.raises(mc.UsageError, match=r"needs a blob store: add \?blobs="):
+        mc.Registry.open(url)
+    with pytest.raises(mc.RegistryError, match="cannot reach PostgreSQL"):
+        mc.Registry.open("postgresql://postgres@127.0.0.1:1/nowhere?blobs=/tmp/x")
+
+
+def _publish(url: str, path: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    try:
+        mc.Registry.open(url).publish(path)
+        results.put("won")
+    except mc.VersionConflict:
+        results.put("conflict")
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"error: {type(exc).__name__}: {exc}")
+
+
+def test_racing_publishers_on_postgresql_exactly_one_wins(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    url = f"{postgres.database()}?blobs={tmp_path / 'blobs'}"
+    mc.Registry.open(url)  # migrate once, like an admin would
+    crates = [str(tiny(tmp_path, "1.0.0", seed=seed)) for seed in range(6)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    racers = [context.Process(target=_publish, args=(url, c, results)) for c in crates]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=120)
+    outcomes = sorted(results.get(timeout=5) for _ in racers)
+    assert outcomes == ["conflict"] * 5 + ["won"], outcomes
+    registry = mc.Registry.open(url)
+    assert [v.version for v in registry.versions("tiny")] == ["1.0.0"]
+    assert all(check.problem is None for check in registry.verify("tiny@1.0.0"))
+
+
+def test_three_servers_on_one_postgresql_registry_follow_alias_moves(
+    tmp_path: Path, postgres: Postgres, start_server: Callable[..., Server]
+) -> None:
+    url = f"{postgres.database()}?blobs={tmp_path / 'blobs'}"
+    registry = mc.Registry.open(url)
+    for number, version in enumerate(["1.0.0", "2.0.0", "3.0.0"]):
+        registry.publish(tiny(tmp_path, version, seed=number))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    servers = [start_server(url, "tiny@prod", "--poll-interval", "0.2") for _ in range(3)]
+    for target in ("2.0.0", "3.0.0"):
+        registry.set_alias("tiny", "prod", target)
+        moved = time.monotonic()
+        pending = set(range(3))
+        while pending and time.monotonic() - moved < 2.0:
+            for number in list(pending):
+                meta = httpx.get(f"{servers[number].url}/v2/models/tiny", timeout=5).json()
+                if meta["versions"] == [target]:
+                    pending.discard(number)
+            time.sleep(0.05)
+        assert not pending, f"servers {sorted(pending)} still not on {target} after 2 s"
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    answers = [httpx.post(f"{s.url}/v2/models/tiny/infer", json=body, timeout=5).json()
+               for s in servers]  # fmt: skip
+    assert {a["model_version"] for a in answers} == {"3.0.0"}
+    assert len({tuple(np.round(a["outputs"][0]["data"], 5)) for a in answers}) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_build_exactly_the_models_schema(
+    backend: str, tmp_path: Path, postgres: Postgres
+) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from modelcrate.registry.db import Base
+
+    if backend == "sqlite":
+        registry = mc.Registry.open(tmp_path / "registry")
+        engine = registry.engine
+    else:
+        url = postgres.database()
+        registry = mc.Registry.open(f"{url}?blobs={tmp_path / 'blobs'}")
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_a_registry_from_before_migrations_is_adopted_with_its_data(
+    tmp_path: Path, tiny_crate: Path
+) -> None:
+    from modelcrate.registry.db import (
+        SCHEMA_HEAD,
+        AliasEventRow,
+        AliasRow,
+        Base,
+        FileRow,
+        TagRow,
+        VersionRow,
+    )
+
+    root = tmp_path / "old"
+    root.mkdir()
+    legacy = [VersionRow.__table__, FileRow.__table__, TagRow.__table__, AliasRow.__table__,
+              AliasEventRow.__table__]  # fmt: skip
+    engine = create_engine(f"sqlite:///{root / 'registry.db'}")
+    Base.metadata.create_all(engine, tables=legacy)  # what the first release made
+    engine.dispose()
+    with sqlite3.connect(root / "registry.db") as db:
+        db.execute("INSERT INTO aliases VALUES ('old', 'prod', '9.9.9', 0)")
+    registry = mc.Registry.open(root)
+    registry.publish(tiny_crate)
+    with sqlite3.connect(root / "registry.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (SCHEMA_HEAD,)
+        assert db.execute("SELECT version FROM aliases WHERE name = 'old'").fetchone() == ("9.9.9",)
+    assert registry.audit()[0].action == "publish"
