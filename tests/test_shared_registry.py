@@ -27,6 +27,14 @@ def tiny(tmp_path: Path, version: str, seed: int = 0) -> Path:
 
 
 @pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    from modelcrate.trust.keys import generate
+
+    generate(tmp_path / "keys" / "me")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
 def shared_url(postgres: Postgres, s3: S3) -> str:
     return f"{postgres.database()}?blobs=s3://{s3.bucket()}/models"
 
@@ -167,3 +175,56 @@ def test_a_registry_from_before_migrations_is_adopted_with_its_data(
         assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (SCHEMA_HEAD,)
         assert db.execute("SELECT version FROM aliases WHERE name = 'old'").fetchone() == ("9.9.9",)
     assert registry.audit()[0].action == "publish"
+
+
+def test_backup_and_restore_round_trip_byte_for_byte(
+    tmp_path: Path, home: Path, keys_dir: Path
+) -> None:
+    run_cli("publish", str(tiny(tmp_path, "1.0.0")), check=True)
+    run_cli("publish", str(tiny(tmp_path, "2.0.0", seed=1)), check=True)
+    run_cli("alias", "set", "tiny", "prod", "1.0.0", check=True)
+    run_cli("alias", "set", "tiny", "prod", "2.0.0", check=True)
+    run_cli("sign", "tiny@1.0.0", "--key", str(keys_dir / "me.key"), check=True)
+    run_cli("policy", "set", "--trust", str(keys_dir / "me.pub"), check=True)
+    first = tmp_path / "backup.tar"
+    made = run_cli("backup", "--to", str(first), "--json")
+    assert made.returncode == 0, made.stderr
+    assert '"versions": 2' in made.stdout
+
+    target = tmp_path / "restored"
+    restored = run_cli("restore", str(first), "--registry", str(target))
+    assert restored.returncode == 0, restored.stderr
+    before, after = mc.Registry.open(home), mc.Registry.open(target)
+    for name in ("tiny@1.0.0", "tiny@2.0.0"):
+        assert after.resolve(name).digest == before.resolve(name).digest
+        assert all(c.problem is None for c in after.verify(name))
+    assert after.alias_history("tiny", "prod") == before.alias_history("tiny", "prod")
+    assert after.audit() == before.audit()
+    assert after.signatures("tiny@1.0.0") == before.signatures("tiny@1.0.0")
+    assert after.policy() == before.policy()
+    second = tmp_path / "again.tar"
+    run_cli("backup", "--to", str(second), "--registry", str(target), check=True)
+    assert second.read_bytes() == first.read_bytes()  # byte for byte
+
+    again = run_cli("restore", str(first), "--registry", str(target))
+    assert again.returncode == 1 and "needs an empty registry" in again.stderr
+    tampered = bytearray(first.read_bytes())
+    tampered[-2048] ^= 0xFF  # inside the last blob
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(tampered))
+    refused = run_cli("restore", str(bad), "--registry", str(tmp_path / "fresh"))
+    assert refused.returncode == 1 and "does not match its digest" in refused.stderr
+    assert mc.Registry.open(tmp_path / "fresh").list_models() == []
+
+
+def test_du_counts_shared_blobs_once(tmp_path: Path, registry: mc.Registry) -> None:
+    crate = mc.Crate.open(tiny(tmp_path, "1.0.0"))
+    registry.publish(crate)
+    # Same files, new version: the logical size doubles, the stored size does not.
+    registry.publish(mc.Crate(crate.manifest.model_copy(update={"version": "1.0.1"}),
+                              crate.source))  # fmt: skip
+    usage = registry.du("tiny")
+    assert usage.logical_bytes == 2 * usage.stored_bytes
+    assert [v.new_bytes for v in usage.versions] == [usage.stored_bytes, 0]
+    shown = run_cli("du", "tiny", "--registry", str(registry.root), check=True).stdout
+    assert "(0.50x)" in shown

@@ -1,4 +1,4 @@
-"""Registry commands: publish, list, show, pull, verify, delete, gc."""
+"""Registry commands: publish, list, show, pull, verify, delete, gc, backup, restore, du."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
     app.command("verify")(verify_command)
     app.command("delete")(delete_command)
     app.command("gc")(gc_command)
+    app.command("backup")(backup_command)
+    app.command("restore")(restore_command)
+    app.command("du")(du_command)
 
 
 def publish_command(
@@ -196,3 +199,58 @@ def gc_command(
         print_json(vars(report))
         return
     console.print(f"removed {report.blobs_removed} blob(s), freed {human_size(report.bytes_freed)}")
+
+
+def backup_command(
+    to: Annotated[Path, typer.Option("--to", help="The backup file to write (.tar).")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the whole registry (metadata and blobs) to one reproducible tar file."""
+    with errors.status("backing up…"):
+        report = open_registry(registry).backup(to)
+    if as_json:
+        print_json(vars(report))
+        return
+    console.print(
+        f"backed up {report.versions} version(s), {report.blobs} blob(s), "
+        f"{human_size(report.bytes)} → {to}"
+    )
+
+
+def restore_command(
+    source: Annotated[Path, typer.Argument(help="A file written by `modelcrate backup`.")],
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore a backup into an empty registry (every blob and manifest is verified)."""
+    with errors.status("restoring…"):
+        report = open_registry(registry).restore(source)
+    if as_json:
+        print_json(vars(report))
+        return
+    console.print(f"restored {report.versions} version(s), {report.blobs} blob(s)")
+
+
+def du_command(
+    name: Annotated[str | None, typer.Argument(help="One model (default: all).")] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Logical bytes (what the versions hold) vs stored bytes (shared blobs counted once)."""
+    usage = open_registry(registry).du(name)
+    if as_json:
+        print_json({"logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
+                    "versions": [vars(v) for v in usage.versions]})  # fmt: skip
+        return
+    table = Table()
+    for column in ("version", "logical", "new stored"):
+        table.add_column(column)
+    for v in usage.versions:
+        table.add_row(v.version, human_size(v.logical_bytes), human_size(v.new_bytes))
+    console.print(table)
+    ratio = usage.stored_bytes / usage.logical_bytes if usage.logical_bytes else 1.0
+    console.print(
+        f"logical {human_size(usage.logical_bytes)}, stored {human_size(usage.stored_bytes)} "
+        f"({ratio:.2f}x)"
+    )

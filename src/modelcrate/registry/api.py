@@ -22,6 +22,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref
+from modelcrate.registry.backup import BackupReport, DiskUsage, backup, disk_usage, restore
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.db import (
     AliasEventRow,
@@ -232,6 +233,18 @@ class Registry(TrustMixin):
                         f"{manifest.ref} runs {member.ref} ({member.digest[:19]}…), which is "
                         "not in this registry; publish it first"
                     )
+
+    def backup(self, to: str | os.PathLike[str]) -> BackupReport:
+        """Write the whole registry (metadata and referenced blobs) to one tar file."""
+        return backup(self, to)
+
+    def restore(self, source: str | os.PathLike[str]) -> BackupReport:
+        """Load a backup into this (empty) registry; every blob and manifest is verified."""
+        return restore(self, source)
+
+    def du(self, name: str | None = None) -> DiskUsage:
+        """Logical bytes of the versions (of ``name``) and the bytes they take when stored."""
+        return disk_usage(self, name)
 
     def lineage(self, ref: str) -> LineageGraph:
         """Ancestors (by the parent digests each manifest records) and descendants of ``ref``."""

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from modelcrate.errors import IntegrityError, NotFound, UsageError
 
@@ -44,7 +44,7 @@ class FileBlobStore:
         """Mark a reused blob as recently used, so a concurrent gc leaves it alone."""
         os.utime(self.path(sha256))
 
-    def put(self, stream: BinaryIO, sha256: str, size: int) -> None:
+    def put(self, stream: IO[bytes], sha256: str, size: int) -> None:
         """Store ``stream`` as blob ``sha256``; raise IntegrityError if its bytes differ."""
         target = self.path(sha256)
         fd, tmp_name = _mkstemp(self.tmp)
@@ -156,7 +156,7 @@ class S3BlobStore:
             MetadataDirective="REPLACE", Metadata={"touched": str(time.time())},
         )  # fmt: skip
 
-    def put(self, stream: BinaryIO, sha256: str, size: int) -> None:
+    def put(self, stream: IO[bytes], sha256: str, size: int) -> None:
         import tempfile
 
         with tempfile.TemporaryFile() as staged:

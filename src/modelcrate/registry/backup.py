@@ -1,0 +1,177 @@
+"""Backup and restore of a whole registry, and disk usage.
+
+A backup is an uncompressed tar: ``registry.json`` (every metadata table, rows in
+primary-key order: versions, files, tags, aliases and their history,
+signatures, trusted keys, settings, audit log) followed by every blob a
+version references, at ``blobs/sha256/<digest>``, sorted, with fixed mtimes, so
+backing up the same registry twice gives the same bytes. Restoring goes into an
+empty registry only; every blob is re-hashed as it is stored and every
+manifest checked against its digest before the metadata is committed in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, insert, select
+
+from modelcrate.errors import CrateFormatError, IntegrityError, RegistryError, UnsafeContentError
+from modelcrate.manifest import parse_manifest
+from modelcrate.registry.db import Base, FileRow, VersionRow, read_session, write_session
+
+if TYPE_CHECKING:
+    from modelcrate.registry.api import Registry
+
+FORMAT = "modelcrate-backup-v1"
+METADATA = "registry.json"
+_BLOB = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    versions: int
+    blobs: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class VersionUsage:
+    version: str
+    logical_bytes: int  # the version's files
+    new_bytes: int  # blobs no earlier version of the model had
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    logical_bytes: int
+    stored_bytes: int
+    versions: list[VersionUsage]
+
+
+def backup(registry: Registry, target: str | os.PathLike[str]) -> BackupReport:
+    """Write the whole registry to ``target`` (written aside, then renamed into place)."""
+    tables = _dump(registry)
+    shas = sorted({row["sha256"]: row["size"] for row in tables["version_files"]}.items())
+    metadata = json.dumps({"format": FORMAT, "tables": tables}, sort_keys=True).encode()
+    path = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    total = 0
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            tar.addfile(_info(METADATA, len(metadata)), io.BytesIO(metadata))
+            for sha, size in shas:
+                with registry.blobs.open(sha) as stream:
+                    tar.addfile(_info(f"blobs/sha256/{sha}", size), stream)
+                total += size
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return BackupReport(len(tables["versions"]), len(shas), total)
+
+
+def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
+    """Load a backup into ``registry``, which must be empty."""
+    with read_session(registry.engine) as session:
+        if session.scalar(select(func.count()).select_from(VersionRow)):
+            raise RegistryError("restore needs an empty registry; this one has versions")
+    path = Path(source)
+    tables: dict[str, list[dict[str, Any]]] | None = None
+    sizes: dict[str, int] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isreg():
+                    raise UnsafeContentError(f"{path.name}: {member.name!r} is not a regular file")
+                if member.name == METADATA and tables is None:
+                    tables = _load_metadata(tar, member)
+                    sizes = {row["sha256"]: row["size"] for row in tables["version_files"]}
+                    continue
+                match = _BLOB.fullmatch(member.name)
+                if tables is None or match is None or match.group(1) not in sizes:
+                    raise UnsafeContentError(f"{path.name}: unexpected member {member.name!r}")
+                stream = tar.extractfile(member)
+                assert stream is not None
+                registry.blobs.put(stream, match.group(1), sizes[match.group(1)])
+    except tarfile.TarError as exc:
+        raise CrateFormatError(f"{path.name} is not a readable backup: {exc}") from None
+    if tables is None:
+        raise CrateFormatError(f"{path.name} has no {METADATA}")
+    missing = [sha for sha in sizes if not registry.blobs.exists(sha)]
+    if missing:
+        raise IntegrityError(f"{path.name} lacks {len(missing)} blob(s) its versions reference")
+    with write_session(registry.engine) as session, session.begin():
+        for table in Base.metadata.sorted_tables:
+            rows = tables.get(table.name, [])
+            if rows:
+                session.execute(insert(table), rows)
+    return BackupReport(len(tables["versions"]), len(sizes), sum(sizes.values()))
+
+
+def disk_usage(registry: Registry, name: str | None = None) -> DiskUsage:
+    """Bytes the versions (of ``name``) hold, and bytes they take once blobs are shared."""
+    with read_session(registry.engine) as session:
+        query = select(VersionRow).order_by(VersionRow.id)
+        if name is not None:
+            query = query.where(VersionRow.name == name)
+        seen: set[str] = set()
+        usage, stored, logical = [], 0, 0
+        for row in session.scalars(query).all():
+            files = session.scalars(select(FileRow).where(FileRow.version_id == row.id)).all()
+            fresh = {f.sha256: f.size for f in files if f.sha256 not in seen}
+            seen.update(fresh)
+            usage.append(VersionUsage(f"{row.name}@{row.version}", row.size,
+                                      sum(fresh.values())))  # fmt: skip
+            stored += sum(fresh.values())
+            logical += row.size
+    return DiskUsage(logical, stored, usage)
+
+
+def _dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    tables: dict[str, list[dict[str, Any]]] = {}
+    with read_session(registry.engine) as session:
+        for table in Base.metadata.sorted_tables:
+            query = select(table).order_by(*table.primary_key.columns)
+            tables[table.name] = [dict(row._mapping) for row in session.execute(query)]
+    return tables
+
+
+def _load_metadata(
+    tar: tarfile.TarFile, member: tarfile.TarInfo
+) -> dict[str, list[dict[str, Any]]]:
+    stream = tar.extractfile(member)
+    assert stream is not None
+    try:
+        document = json.loads(stream.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CrateFormatError(f"{METADATA} is not valid JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CrateFormatError(f"not a {FORMAT} backup")
+    tables: dict[str, list[dict[str, Any]]] = document["tables"]
+    known = {table.name for table in Base.metadata.sorted_tables}
+    if set(tables) - known:
+        raise CrateFormatError(f"backup has unknown tables: {sorted(set(tables) - known)}")
+    for row in tables.get("versions", []):  # every manifest must match its digest
+        if parse_manifest(row["manifest"].encode()).digest != row["digest"]:
+            raise IntegrityError(f"{row['name']}@{row['version']}: manifest != its digest")
+    return tables
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
