@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-python benchmarks/run.py [foundation] [serving]     # default: all
+python benchmarks/run.py [foundation] [optimizing] [serving] [registry]   # default: all
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import foundation  # noqa: E402
 import optimizing  # noqa: E402
+import registry  # noqa: E402
 import serving  # noqa: E402
 
-SUITES = {"foundation": foundation.main, "optimizing": optimizing.main, "serving": serving.main}
+SUITES = {
+    "foundation": foundation.main,
+    "optimizing": optimizing.main,
+    "serving": serving.main,
+    "registry": registry.main,
+}
 
 
 def main() -> None:

@@ -271,3 +271,39 @@ def test_racing_publishers_of_one_version_exactly_one_wins(tmp_path: Path) -> No
         outcomes.append(out.split()[0])
     assert outcomes.count("won") == 1 and outcomes.count("conflict") == 5
     assert len(mc.Registry.open(registry_dir).versions("tiny")) == 1
+
+
+def test_versions_that_share_tensors_share_storage(registry: mc.Registry, tmp_path: Path) -> None:
+    """Four versions of an MLP whose 4 MB backbone is the same and whose head differs are
+    stored in content-defined chunks: together they cost little more than one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    backbone = rng.standard_normal((256, 4096)).astype(np.float32)
+    for number in range(4):
+        head = rng.standard_normal((4096, 10)).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])],
+            "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+            [numpy_helper.from_array(backbone, "w1"), numpy_helper.from_array(head, "w2")],
+        )  # fmt: skip
+        path = tmp_path / f"mlp{number}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        registry.publish(mc.pack(path, name="mlp", version=f"1.{number}.0"))
+        if number == 0:
+            one = registry.du("mlp").stored_bytes
+    usage = registry.du("mlp")
+    assert usage.logical_bytes > 3.9 * one
+    assert usage.stored_bytes < 1.3 * one, (usage.stored_bytes, one)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    expected = np.maximum(x @ backbone, 0) @ head
+    got = mc.load("mlp@1.3.0", registry=registry).predict(x)["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    assert all(c.problem is None for c in registry.verify("mlp@1.3.0"))
+    registry.delete("mlp@1.0.0")
+    registry.gc(grace_seconds=0)  # chunks 1.1-1.3 still use are kept
+    assert all(c.problem is None for v in ("1.1.0", "1.2.0", "1.3.0")
+               for c in registry.verify(f"mlp@{v}"))  # fmt: skip

@@ -24,6 +24,7 @@ from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref
 from modelcrate.registry.backup import BackupReport, DiskUsage, backup, disk_usage, restore
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
+from modelcrate.registry.chunks import FileStore, iter_unused, live_blobs
 from modelcrate.registry.db import (
     AliasEventRow,
     AliasRow,
@@ -55,19 +56,14 @@ GC_GRACE_SECONDS = 3600.0
 
 
 class _BlobSource:
-    """Serves a registry crate's files from the blob store by path -> sha256."""
+    """Serves a registry crate's files (by path -> sha256) from the file store."""
 
-    def __init__(self, blobs: BlobStore, manifest: Manifest) -> None:
-        self.blobs = blobs
+    def __init__(self, files: FileStore, manifest: Manifest) -> None:
+        self.files = files
         self.shas = {f.path: f.sha256 for f in manifest.files}
 
     def open(self, path: str) -> BinaryIO:
-        return self.blobs.open(self.shas[path])
-
-    def local_path(self, path: str) -> Path:
-        if not isinstance(self.blobs, FileBlobStore):
-            raise FileNotFoundError(f"{path} is stored in {self.blobs.location}, not locally")
-        return self.blobs.path(self.shas[path])
+        return self.files.open(self.shas[path], label=path)
 
 
 def default_location() -> Path:
@@ -110,6 +106,7 @@ class Registry(TrustMixin):
         else:
             self.engine, self.blobs = engine, blobs
             self.location = location or str(engine.url)
+        self.files = FileStore(self.engine, self.blobs)
         # Pooled connections are closed when the registry goes away, not left to the GC.
         weakref.finalize(self, self.engine.dispose)
 
@@ -177,12 +174,13 @@ class Registry(TrustMixin):
             with write_session(self.engine) as session, session.begin():
                 store_signatures(session, self.actor, crate, signatures)
             return result
+        recipes = {}
         for entry in manifest.files:
-            if self.blobs.exists(entry.sha256):
-                self.blobs.touch(entry.sha256)
-            else:
+            recipe = self.files.reuse(entry.sha256)
+            if recipe is None:
                 with crate.open_verified(entry.path) as stream:
-                    self.blobs.put(stream, entry.sha256, entry.size)
+                    recipe = self.files.stage(stream, entry.sha256, entry.size)
+            recipes[entry.sha256] = recipe
             if progress is not None:
                 progress(entry.size)
         with write_session(self.engine) as session, session.begin():
@@ -194,6 +192,8 @@ class Registry(TrustMixin):
             ).first()
             if row is not None:  # another publisher won while we wrote blobs
                 return self._same_or_conflict(row.digest, manifest)
+            for sha, recipe in recipes.items():
+                self.files.record(session, sha, recipe)
             session.add(
                 VersionRow(
                     name=manifest.name,
@@ -329,7 +329,7 @@ class Registry(TrustMixin):
 
     def _crate(self, ref: str | Ref) -> Crate:
         manifest = self.manifest(ref)
-        return Crate(manifest, _BlobSource(self.blobs, manifest))
+        return Crate(manifest, _BlobSource(self.files, manifest))
 
     def _policy(self, trust: Policy | None) -> Policy:
         from modelcrate.trust.signing import Policy
@@ -542,12 +542,10 @@ class Registry(TrustMixin):
         removed = freed = 0
         # Hold the write lock so no publish commits between reading the live set and deleting.
         with write_session(self.engine) as session, session.begin():
-            live = set(session.scalars(select(FileRow.sha256)).all())
             lock_writes(session)
-            for sha, mtime, _ in list(self.blobs.iter_blobs()):
-                if sha not in live and mtime <= cutoff:
-                    freed += self.blobs.delete(sha)
-                    removed += 1
+            for sha in iter_unused(self.blobs, live_blobs(session), cutoff):
+                freed += self.blobs.delete(sha)
+                removed += 1
             if removed:
                 record(session, self.actor, "gc", detail=f"{removed} blobs, {freed} bytes")
         self.blobs.sweep_tmp(grace_seconds)
@@ -557,7 +555,7 @@ class Registry(TrustMixin):
         """Re-hash every blob of ``ref``; each FileCheck says what (if anything) is wrong."""
         manifest = self.manifest(ref)
         return [
-            FileCheck(f.path, f.size, self.blobs.check(f.sha256, f.size)) for f in manifest.files
+            FileCheck(f.path, f.size, self.files.check(f.sha256, f.size)) for f in manifest.files
         ]
 
     def stats(self) -> dict[str, int]:

@@ -47,7 +47,7 @@ class BackupReport:
 class VersionUsage:
     version: str
     logical_bytes: int  # the version's files
-    new_bytes: int  # blobs no earlier version of the model had
+    new_bytes: int  # chunks no earlier version (of the model) had
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def backup(registry: Registry, target: str | os.PathLike[str]) -> BackupReport:
         ):
             tar.addfile(_info(METADATA, len(metadata)), io.BytesIO(metadata))
             for sha, size in shas:
-                with registry.blobs.open(sha) as stream:
+                with registry.files.open(sha) as stream:
                     tar.addfile(_info(f"blobs/sha256/{sha}", size), stream)
                 total += size
         os.replace(tmp, path)
@@ -90,6 +90,7 @@ def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
     path = Path(source)
     tables: dict[str, list[dict[str, Any]]] | None = None
     sizes: dict[str, int] = {}
+    recipes: dict[str, list[tuple[str, int]]] = {}
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
@@ -104,19 +105,22 @@ def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
                     raise UnsafeContentError(f"{path.name}: unexpected member {member.name!r}")
                 stream = tar.extractfile(member)
                 assert stream is not None
-                registry.blobs.put(stream, match.group(1), sizes[match.group(1)])
+                sha = match.group(1)
+                recipes[sha] = registry.files.stage(stream, sha, sizes[sha])
     except tarfile.TarError as exc:
         raise CrateFormatError(f"{path.name} is not a readable backup: {exc}") from None
     if tables is None:
         raise CrateFormatError(f"{path.name} has no {METADATA}")
-    missing = [sha for sha in sizes if not registry.blobs.exists(sha)]
+    missing = [sha for sha in sizes if sha not in recipes]
     if missing:
-        raise IntegrityError(f"{path.name} lacks {len(missing)} blob(s) its versions reference")
+        raise IntegrityError(f"{path.name} lacks {len(missing)} file(s) its versions reference")
     with write_session(registry.engine) as session, session.begin():
         for table in Base.metadata.sorted_tables:
             rows = tables.get(table.name, [])
             if rows:
                 session.execute(insert(table), rows)
+        for sha, recipe in recipes.items():
+            registry.files.record(session, sha, recipe)
     return BackupReport(len(tables["versions"]), len(sizes), sum(sizes.values()))
 
 
@@ -130,7 +134,10 @@ def disk_usage(registry: Registry, name: str | None = None) -> DiskUsage:
         usage, stored, logical = [], 0, 0
         for row in session.scalars(query).all():
             files = session.scalars(select(FileRow).where(FileRow.version_id == row.id)).all()
-            fresh = {f.sha256: f.size for f in files if f.sha256 not in seen}
+            fresh = {}
+            for file in files:
+                recipe = registry.files.recipe(file.sha256) or [(file.sha256, file.size)]
+                fresh.update({sha: size for sha, size in recipe if sha not in seen})
             seen.update(fresh)
             usage.append(VersionUsage(f"{row.name}@{row.version}", row.size,
                                       sum(fresh.values())))  # fmt: skip
@@ -143,6 +150,8 @@ def _dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
     with read_session(registry.engine) as session:
         for table in Base.metadata.sorted_tables:
+            if table.name == "file_chunks":  # how files are chunked is the store's business
+                continue
             query = select(table).order_by(*table.primary_key.columns)
             tables[table.name] = [dict(row._mapping) for row in session.execute(query)]
     return tables

@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from modelcrate.errors import RegistryError, UsageError
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0002"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0003"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -97,6 +97,17 @@ class AliasEventRow(Base):
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
     at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class FileChunkRow(Base):
+    """One chunk of a stored file: files are kept as content-defined chunks (dedup)."""
+
+    __tablename__ = "file_chunks"
+
+    file_sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_sha: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class SignatureRow(Base):

@@ -1,0 +1,187 @@
+"""Dedup: a registry stores each file as content-defined chunks (FastCDC), each chunk a blob.
+
+Versions that share tensors share chunks, even when the files differ elsewhere:
+ten fine-tunes of one frozen backbone store the backbone once. A file's recipe
+(its chunks, in order) is a set of ``file_chunks`` rows written in the same
+transaction that makes a version visible. A chunk is verified when stored and
+when read; the whole file is verified against its sha256 as it is read, as
+before. Files stored whole by earlier releases are still read as whole blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from collections.abc import Iterator
+from typing import IO, BinaryIO
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+
+from modelcrate.errors import IntegrityError
+from modelcrate.registry.blobs import CHUNK, BlobStore
+from modelcrate.registry.db import FileChunkRow, FileRow, read_session
+
+MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 16 * 1024, 64 * 1024, 256 * 1024
+Recipe = list[tuple[str, int]]  # (chunk sha256, size), in order; [] for an empty file
+
+
+class FileStore:
+    """Files by sha256, kept as chunk blobs plus recipes in the database."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+        self.engine, self.blobs = engine, blobs
+
+    def reuse(self, sha256: str) -> Recipe | None:
+        """The recipe of a stored file (its chunks touched, so gc's grace period protects
+        them until the publish commits), or None when the file is not stored yet."""
+        recipe = self.recipe(sha256)
+        if recipe is None:
+            if self.blobs.exists(sha256):  # stored whole by an earlier release
+                self.blobs.touch(sha256)
+                return []
+            return None
+        for chunk, _ in recipe:
+            if not self.blobs.exists(chunk):
+                return None  # a chunk went missing: store the file again
+            self.blobs.touch(chunk)
+        return recipe
+
+    def stage(self, stream: IO[bytes], sha256: str, size: int) -> Recipe:
+        """Verify ``stream`` against ``sha256``/``size`` and store its chunks; returns the
+        recipe to ``record`` in the publishing transaction."""
+        from fastcdc import fastcdc
+
+        with tempfile.NamedTemporaryFile(prefix="modelcrate-stage-") as staged:
+            digest, written = hashlib.sha256(), 0
+            while block := stream.read(CHUNK):
+                written += len(block)
+                if written > size:
+                    raise IntegrityError(f"file {sha256[:12]}… is longer than {size} bytes")
+                digest.update(block)
+                staged.write(block)
+            staged.flush()
+            if written != size or digest.hexdigest() != sha256:
+                raise IntegrityError(f"file {sha256[:12]}… does not match its digest")
+            if size == 0:
+                return []
+            recipe: Recipe = []
+            for chunk in fastcdc(staged.name, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, fat=True):
+                data = bytes(chunk.data)
+                chunk_sha = hashlib.sha256(data).hexdigest()
+                if self.blobs.exists(chunk_sha):
+                    self.blobs.touch(chunk_sha)
+                else:
+                    self.blobs.put(io.BytesIO(data), chunk_sha, len(data))
+                recipe.append((chunk_sha, len(data)))
+        return recipe
+
+    def record(self, session: Session, sha256: str, recipe: Recipe) -> None:
+        """Write a file's recipe inside the caller's transaction (no-op when it is there)."""
+        if not recipe:
+            return
+        exists = session.scalar(
+            select(FileChunkRow.seq).where(FileChunkRow.file_sha == sha256).limit(1)
+        )
+        if exists is None:
+            session.add_all(
+                FileChunkRow(file_sha=sha256, seq=n, chunk_sha=chunk, size=length)
+                for n, (chunk, length) in enumerate(recipe)
+            )
+
+    def recipe(self, sha256: str) -> Recipe | None:
+        with read_session(self.engine) as session:
+            rows = session.execute(
+                select(FileChunkRow.chunk_sha, FileChunkRow.size)
+                .where(FileChunkRow.file_sha == sha256)
+                .order_by(FileChunkRow.seq)
+            ).all()
+        return [(chunk, size) for chunk, size in rows] if rows else None
+
+    def open(self, sha256: str, label: str | None = None) -> BinaryIO:
+        """The file's bytes; ``label`` (its path) names it in errors."""
+        recipe = self.recipe(sha256)
+        if recipe is None:
+            return self.blobs.open(sha256)
+        return _Chunked(self.blobs, recipe, label or sha256[:12])  # type: ignore[return-value]
+
+    def check(self, sha256: str, size: int) -> str | None:
+        """None when the file reads back intact, else what is wrong (the first damaged
+        chunk's problem: missing, wrong size, or content not matching its sha256)."""
+        recipe = self.recipe(sha256)
+        if recipe is None:
+            return self.blobs.check(sha256, size)
+        for chunk, length in recipe:
+            problem = self.blobs.check(chunk, length)
+            if problem is not None:
+                return problem
+        total = sum(length for _, length in recipe)
+        if total != size:
+            return f"size {total}, expected {size}"
+        digest = hashlib.sha256()
+        with self.open(sha256) as stream:
+            while block := stream.read(CHUNK):
+                digest.update(block)
+        return None if digest.hexdigest() == sha256 else "content does not match its sha256"
+
+
+def live_blobs(session: Session) -> set[str]:
+    """Blobs some version needs: chunks of referenced files, and files stored whole.
+    Recipes of files no version references any more are dropped here (under the gc lock)."""
+    referenced = set(session.scalars(select(FileRow.sha256)).all())
+    orphaned = set(session.scalars(select(FileChunkRow.file_sha).distinct()).all()) - referenced
+    for sha in orphaned:
+        session.execute(delete(FileChunkRow).where(FileChunkRow.file_sha == sha))
+    chunks = set(session.scalars(select(FileChunkRow.chunk_sha)).all())
+    return referenced | chunks
+
+
+class _Chunked(io.RawIOBase):
+    """A file read chunk by chunk; each chunk is checked against its own sha256."""
+
+    def __init__(self, blobs: BlobStore, recipe: Recipe, label: str) -> None:
+        self.blobs, self.chunks, self.label = blobs, iter(recipe), label
+        self.buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bytes | None:
+        for chunk_sha, size in self.chunks:
+            with self.blobs.open(chunk_sha) as stream:
+                data = stream.read(size + 1)
+            if len(data) != size or hashlib.sha256(data).hexdigest() != chunk_sha:
+                raise IntegrityError(
+                    f"{self.label} is corrupted in the registry "
+                    f"(stored chunk {chunk_sha[:12]}… does not match its sha256)"
+                )
+            return data
+        return None
+
+    def read(self, size: int = -1) -> bytes:
+        parts, have = [self.buffer], len(self.buffer)
+        while size < 0 or have < size:
+            data = self._next_chunk()
+            if data is None:
+                break
+            parts.append(data)
+            have += len(data)
+        joined = b"".join(parts)
+        if size < 0:
+            self.buffer = b""
+            return joined
+        self.buffer = joined[size:]
+        return joined[:size]
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def iter_unused(blobs: BlobStore, live: set[str], cutoff: float) -> Iterator[str]:
+    """Blobs no version needs that are older than ``cutoff`` (gc's grace period)."""
+    for sha, mtime, _ in list(blobs.iter_blobs()):
+        if sha not in live and mtime <= cutoff:
+            yield sha
