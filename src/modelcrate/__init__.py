@@ -41,6 +41,7 @@ from modelcrate.pack import pack
 from modelcrate.registry.api import Registry
 from modelcrate.registry.lineage import LineageGraph
 from modelcrate.registry.records import PublishResult
+from modelcrate.registry.remote import PushResult
 from modelcrate.reuse.compose import ensemble, pipeline
 from modelcrate.reuse.distill import distill
 from modelcrate.reuse.features import feature_extractor, layers
@@ -84,9 +85,19 @@ def pull(
     registry: Registry | str | None = None,
     trust: TrustArg = None,
 ) -> Path:
-    """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``)."""
-    from modelcrate.trust.signing import as_policy
+    """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``).
+    ``ref`` may name a server: ``https://host/digits@prod``."""
+    from modelcrate.registry.remote import RemoteRegistry, split_remote
+    from modelcrate.trust.signing import as_policy, verify_local
 
+    remote = split_remote(ref)
+    if remote is not None:
+        with RemoteRegistry(remote[0]) as server:
+            path = server.pull(remote[1], to)
+        policy = as_policy(trust)
+        if policy is not None:
+            verify_local(Crate.open(path), path, policy)
+        return path
     return _registry(registry).pull(ref, to, trust=as_policy(trust))
 
 
@@ -134,6 +145,34 @@ def encrypt(
     return reg.publish(crate, signatures=signatures)
 
 
+def push(
+    ref: str,
+    target: str | os.PathLike[str],
+    *,
+    registry: Registry | str | None = None,
+    token: str | None = None,
+) -> PushResult:
+    """Copy a version (and its signatures) to another registry: a modelcrate server
+    (``https://host``), a directory or a ``postgresql://`` URL. Only files the target lacks
+    are sent."""
+    from modelcrate.registry.remote import RemoteRegistry, is_remote
+
+    source = _registry(registry)
+    crate, signatures = source.get(ref), source.signatures(ref)
+    text = os.fspath(target)
+    if text.startswith("oci://"):
+        raise UsageError("pushing to OCI registries is not available in this release yet")
+    if is_remote(text):
+        with RemoteRegistry(text, token=token) as remote:
+            return remote.publish(crate, signatures=signatures)
+    with Registry.open(text) as other:
+        have = sum(other.files.reuse(f.sha256) is not None for f in crate.manifest.files)
+        result = other.publish(crate, signatures=signatures)
+    files = len(crate.manifest.files)
+    return PushResult(result.name, result.version, result.digest, result.created,
+                      files - have, have)  # fmt: skip
+
+
 def lineage(ref: str, *, registry: Registry | str | None = None) -> LineageGraph:
     """Ancestors and descendants of ``ref`` (by the parent digests manifests record)."""
     return _registry(registry).lineage(ref)
@@ -159,6 +198,7 @@ __all__ = [
     "PackError",
     "Policy",
     "PublishResult",
+    "PushResult",
     "Registry",
     "RegistryError",
     "RuntimeUnavailable",
@@ -185,5 +225,6 @@ __all__ = [
     "pipeline",
     "publish",
     "pull",
+    "push",
     "sign",
 ]

@@ -72,8 +72,9 @@ def check_path(path: str) -> str:
     return path
 
 
-def hash_stream(stream: BinaryIO) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
+def hash_stream(stream: BinaryIO, head: bytes = b"") -> tuple[str, int]:
+    """sha256 hex and size of ``head`` followed by the rest of ``stream``."""
+    digest, size = hashlib.sha256(head), len(head)
     while chunk := stream.read(CHUNK):
         digest.update(chunk)
         size += len(chunk)
@@ -249,8 +250,7 @@ class Crate:
             head = stream.read(64)
             if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
                 raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
-            stream.seek(0)
-            sha, size = hash_stream(stream)
+            sha, size = hash_stream(stream, head)
             if size != entry.size or sha != entry.sha256:
                 raise IntegrityError(
                     f"{self.manifest.ref}: {entry.path} is corrupted "

@@ -12,6 +12,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate
+from modelcrate.registry.remote import is_remote
 from modelcrate.runtimes import Runtime
 
 if TYPE_CHECKING:
@@ -108,6 +109,20 @@ def load(
     if isinstance(ref, Crate):
         crate = ref
         crate.verify()
+    elif not isinstance(ref, os.PathLike) and is_remote(str(ref)):
+        from modelcrate.registry.remote import RemoteRegistry, split_remote
+
+        remote = split_remote(str(ref))
+        if remote is None:
+            raise UsageError(f"{ref}: expected https://host/name@version")
+        with RemoteRegistry(remote[0]) as server:
+            crate = server.get(remote[1])
+            signatures = server.signatures(remote[1]) if policy is not None else []
+            crate = _in_memory(crate)
+        if policy is not None:
+            from modelcrate.trust.signing import enforce
+
+            enforce(crate, signatures, policy)
     elif isinstance(ref, os.PathLike) or is_local_crate(str(ref)):
         crate = Crate.open(ref)
         crate.verify()
@@ -146,6 +161,19 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
         return load(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
+
+
+def _in_memory(crate: Crate) -> Crate:
+    """``crate`` with its files' bytes fetched into memory (still verified when read)."""
+    import io
+
+    files = {e.path: crate.source.open(e.path).read() for e in crate.manifest.files}
+
+    class _Memory:
+        def open(self, path: str) -> Any:
+            return io.BytesIO(files[path])
+
+    return Crate(crate.manifest, _Memory())
 
 
 def _make_runtime(

@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
     app.command("du")(du_command)
+    app.command("push")(push_command)
 
 
 def publish_command(
@@ -128,14 +129,18 @@ def show_command(
 
 
 def pull_command(
-    ref: Annotated[str, typer.Argument(help="name@version or name@alias.")],
+    ref: Annotated[
+        str, typer.Argument(help="name@version or name@alias, or https://host/name@version.")
+    ],
     to: Annotated[Path, typer.Option("--to", help="Directory to write (must be new or empty).")],
     trust: TrustOption = None,
     registry: RegistryOption = None,
 ) -> None:
     """Write a version's verified files into a directory (its signature to <dir>.sig)."""
+    from modelcrate import pull
+
     with errors.status(f"pulling {ref}…"):
-        path = open_registry(registry).pull(ref, to, trust=as_policy(trust or None))
+        path = pull(ref, to, registry=open_registry(registry), trust=trust or None)
     console.print(f"pulled {ref} → {path}")
 
 
@@ -253,4 +258,30 @@ def du_command(
     console.print(
         f"logical {human_size(usage.logical_bytes)}, stored {human_size(usage.stored_bytes)} "
         f"({ratio:.2f}x)"
+    )
+
+
+def push_command(
+    ref: Annotated[str, typer.Argument(help="The version to copy, like digits@1.0.0.")],
+    target: Annotated[
+        str, typer.Argument(help="https://host (a modelcrate server), a directory or a URL.")
+    ],
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="MODELCRATE_TOKEN", help="Bearer token.")
+    ] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Copy a version and its signatures to another registry (only missing files move)."""
+    from modelcrate import push
+
+    with errors.status(f"pushing {ref}…"):
+        result = push(ref, target, registry=open_registry(registry), token=token)
+    if as_json:
+        print_json(vars(result))
+        return
+    state = "pushed" if result.created else "already there:"
+    console.print(
+        f"{state} [bold]{result.name}@{result.version}[/bold] → {target} "
+        f"({result.uploaded} file(s) sent, {result.skipped} already there)"
     )

@@ -22,7 +22,12 @@ def register(app: typer.Typer) -> None:
 
 
 def serve_command(
-    refs: Annotated[list[str], typer.Argument(help="Models to serve: digits@prod resnet@1.2.0 …")],
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to serve: digits@prod resnet@1.2.0 … (none: registry API only)"
+        ),
+    ] = None,
     port: Annotated[int, typer.Option("--port", "-p")] = 8000,
     host: Annotated[str, typer.Option("--host", help="Interface (default loopback only).")] = (
         "127.0.0.1"
@@ -68,7 +73,7 @@ def serve_command(
     if workers < 1 or (max_batch_size is not None and max_batch_size < 1):
         raise UsageError("--workers and --max-batch-size must be at least 1")
     settings = ServeSettings(
-        refs=refs, registry=registry, host=host, port=port, workers=workers,
+        refs=refs or [], registry=registry, host=host, port=port, workers=workers,
         token_file=token_file, insecure=insecure,
         batch=BatchConfig(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms),
         app=AppSettings(
@@ -78,7 +83,8 @@ def serve_command(
         poll_interval=poll_interval, trust=trust or [], identity=identity,
         header_timeout=header_timeout,
     )  # fmt: skip
-    errors.print(f"serving {', '.join(refs)} on http://{host}:{port} (Ctrl-C to stop)")
+    served = ", ".join(refs or []) or "the registry API"
+    errors.print(f"serving {served} on http://{host}:{port} (Ctrl-C to stop)")
     serve(settings)
 
 

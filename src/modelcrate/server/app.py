@@ -37,6 +37,7 @@ from modelcrate.server.infer import (
 )
 from modelcrate.server.infer import read_body as read_asgi_body
 from modelcrate.server.models import ModelManager, ServedModel
+from modelcrate.server.registry_api import registry_routes
 
 access_log = logging.getLogger("modelcrate.access")
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
@@ -168,6 +169,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         ),
         Route("/metrics", guard("read", metrics)),
         Route("/v2/openapi.json", guard(None, openapi)),
+        *registry_routes(manager.registry, tokens, guard),
     ]
 
     @asynccontextmanager

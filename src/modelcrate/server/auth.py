@@ -7,9 +7,10 @@
     scopes = ["infer", "read"]
 
 Scopes: ``infer`` (POST …/infer), ``read`` (metadata, stats, metrics,
-repository index), ``admin`` (repository load/unload). Health endpoints are
-open. Without a token file every route but ``admin`` ones is open, and admin
-routes are refused even on loopback.
+repository index, registry reads), ``write`` (registry uploads, publish, alias
+moves), ``admin`` (repository load/unload; implies ``write``). Health endpoints
+are open. Without a token file every route but ``write`` and ``admin`` ones is
+open, and those are refused even on loopback.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from modelcrate.errors import UsageError
 
-SCOPES = frozenset({"infer", "read", "admin"})
+SCOPES = frozenset({"infer", "read", "write", "admin"})
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,16 @@ class Tokens:
 
     def scopes_for(self, authorization: str | None) -> frozenset[str] | None:
         """The scopes of the bearer token in an Authorization header, None if unknown/absent."""
+        token = self.token_for(authorization)
+        return token.scopes if token is not None else None
+
+    def token_for(self, authorization: str | None) -> Token | None:
         if not authorization or not authorization.lower().startswith("bearer "):
             return None
         presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
         for token in self.tokens:
             if hmac.compare_digest(presented, token.sha256):
-                return token.scopes
+                return token
         return None
 
 

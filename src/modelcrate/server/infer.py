@@ -15,7 +15,17 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelcrate import refs
-from modelcrate.errors import BadReference, InputError, ModelcrateError, NotFound, UsageError
+from modelcrate.errors import (
+    BadReference,
+    CrateFormatError,
+    InputError,
+    IntegrityError,
+    ModelcrateError,
+    NotFound,
+    TrustError,
+    UsageError,
+    VersionConflict,
+)
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
@@ -52,13 +62,15 @@ def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> N
     if scope is None:
         return
     if not tokens.enabled:
-        if scope == "admin":
-            raise HTTPError(403, "admin endpoints need a token: start the server with --token-file")
+        if scope in ("admin", "write"):
+            raise HTTPError(
+                403, f"{scope} endpoints need a token: start the server with --token-file"
+            )
         return
     scopes = tokens.scopes_for(authorization)
     if scopes is None:
         raise HTTPError(401, "missing or unknown bearer token")
-    if scope not in scopes:
+    if scope not in scopes and not (scope == "write" and "admin" in scopes):
         raise HTTPError(403, f"this token lacks the {scope!r} scope")
 
 
@@ -78,6 +90,12 @@ def status_of(exc: Exception) -> int:
         return 400
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, VersionConflict):
+        return 409
+    if isinstance(exc, (IntegrityError, CrateFormatError)):
+        return 400
+    if isinstance(exc, TrustError):
+        return 403
     return 500
 
 

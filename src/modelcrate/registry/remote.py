@@ -1,0 +1,189 @@
+"""A registry on another modelcrate server, over HTTP (``https://host`` as a registry).
+
+Reads resolve a reference, fetch the manifest (checked against its digest) and
+stream each file, which the crate layer verifies against the manifest as usual.
+``publish`` sends only the files the server lacks (HEAD, then PUT), then the
+manifest; every step is idempotent, so an interrupted push is simply repeated.
+The token comes from ``token=`` or ``$MODELCRATE_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from modelcrate.crate import Crate
+from modelcrate.errors import (
+    IntegrityError,
+    NotFound,
+    RegistryError,
+    SignatureError,
+    UsageError,
+    VersionConflict,
+)
+from modelcrate.manifest import Manifest, parse_manifest
+from modelcrate.registry.records import AliasEvent, PublishResult, VersionInfo
+
+TOKEN_ENV = "MODELCRATE_TOKEN"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    version: str
+    digest: str
+    created: bool
+    uploaded: int  # files sent
+    skipped: int  # files the target already had
+
+
+def is_remote(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+class RemoteRegistry:
+    """The registry API of a modelcrate server (``modelcrate serve``)."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        token = token or os.environ.get(TOKEN_ENV)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url + "/v2/registry", headers=headers,
+                                 timeout=timeout)  # fmt: skip
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------
+
+    def resolve(self, ref: str) -> VersionInfo:
+        data = self._json("GET", "/resolve", params={"ref": ref})
+        return VersionInfo(**data)
+
+    def manifest(self, ref: str) -> Manifest:
+        info = self.resolve(ref)
+        manifest = parse_manifest(self._request("GET", f"/manifests/{info.digest}").content)
+        if manifest.digest != info.digest:
+            raise IntegrityError(f"{self.url}: the manifest of {ref} does not match its digest")
+        return manifest
+
+    def get(self, ref: str) -> Crate:
+        """The crate for ``ref``; each file is fetched when read and verified by the crate."""
+        manifest = self.manifest(ref)
+        return Crate(manifest, _RemoteFiles(self, manifest))
+
+    def signatures(self, ref: str) -> list[bytes]:
+        digest = self.resolve(ref).digest
+        return [b.encode() for b in self._json("GET", f"/signatures/{digest}")["bundles"]]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/models")
+        return result
+
+    def pull(self, ref: str, to: str | os.PathLike[str]) -> Path:
+        from modelcrate.trust.signing import sidecar
+
+        crate = self.get(ref)
+        path = crate.unpack(to)
+        bundles = self.signatures(f"{crate.name}@{crate.digest}")
+        if bundles:
+            sidecar(path).write_bytes(bundles[-1])
+        return path
+
+    def open_file(self, sha256: str) -> BinaryIO:
+        return io.BytesIO(self._request("GET", f"/files/{sha256}").content)
+
+    # -- writing ---------------------------------------------------------------
+
+    def publish(self, crate: Crate, *, signatures: Sequence[bytes] = ()) -> PushResult:
+        """Upload the files the server lacks, then publish the manifest."""
+        uploaded = skipped = 0
+        for entry in crate.manifest.files:
+            head = self.http.head(f"/files/{entry.sha256}")
+            if head.status_code == 200:
+                skipped += 1
+                continue
+            self._check(head, allow=(404,))
+            with crate.open_verified(entry.path) as stream:
+                data = stream.read()
+            self._request("PUT", f"/files/{entry.sha256}", content=data,
+                          headers={"content-type": "application/octet-stream"})  # fmt: skip
+            uploaded += 1
+        body = {"manifest": crate.manifest.file_bytes().decode(),
+                "signatures": [b.decode() for b in signatures]}  # fmt: skip
+        result = PublishResult(**self._json("POST", "/versions", json=body))
+        return PushResult(result.name, result.version, result.digest, result.created,
+                          uploaded, skipped)  # fmt: skip
+
+    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
+        data = self._json("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})
+        return AliasEvent(**data)
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"cannot reach the registry at {self.url}: {exc}") from None
+        self._check(response)
+        return response
+
+    def _check(self, response: httpx.Response, allow: tuple[int, ...] = ()) -> None:
+        status = response.status_code
+        if status < 400 or status in allow:
+            return
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text[:300]
+        if not message:  # HEAD answers carry no body
+            fallback = {401: "missing or unknown bearer token", 403: "the token lacks a scope"}
+            message = fallback.get(status, response.reason_phrase)
+        where = f"{self.url}: {message}"
+        if status == 404:
+            raise NotFound(where)
+        if status == 409:
+            raise VersionConflict(where)
+        if status in (401, 403):
+            raise (
+                SignatureError(where)
+                if "signature" in message
+                else UsageError(f"{where} (pass a token with --token or ${TOKEN_ENV})")
+            )
+        if status == 400:
+            raise UsageError(where)
+        raise RegistryError(f"{where} (HTTP {status})")
+
+
+class _RemoteFiles:
+    def __init__(self, registry: RemoteRegistry, manifest: Manifest) -> None:
+        self.registry = registry
+        self.shas = {f.path: f.sha256 for f in manifest.files}
+
+    def open(self, path: str) -> BinaryIO:
+        return self.registry.open_file(self.shas[path])
+
+
+def split_remote(text: str) -> tuple[str, str] | None:
+    """``https://host[:port]/name@version`` -> (``https://host[:port]``, ``name@version``)."""
+    if not is_remote(text):
+        return None
+    scheme, _, rest = text.partition("://")
+    host, _, ref = rest.partition("/")
+    return (f"{scheme}://{host}", ref) if ref else None

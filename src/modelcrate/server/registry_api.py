@@ -1,0 +1,195 @@
+"""The registry over HTTP: what ``modelcrate push``/``pull`` and remote ``load`` talk to.
+
+Reads need the ``read`` scope; uploads, publishes and alias moves need ``write``
+(or ``admin``), and are refused when the server runs without tokens. Storage
+keys come from digests only: a client never names a path. An upload is stored
+only if its bytes hash to the digest in its URL, and uploading a file the
+registry already has is a no-op, so an interrupted push is simply run again.
+
+    GET  /v2/registry/models                          models (name, latest, aliases…)
+    GET  /v2/registry/resolve?ref=NAME@VERSION|ALIAS   name, version, digest, size
+    GET  /v2/registry/manifests/{digest}               crate.json of a version
+    GET  /v2/registry/signatures/{digest}              stored signature bundles
+    HEAD /v2/registry/files/{sha256}                   200 when stored, else 404
+    GET  /v2/registry/files/{sha256}                   a file's bytes
+    PUT  /v2/registry/files/{sha256}                   upload a file (Content-Length)
+    POST /v2/registry/versions                         publish {manifest, signatures}
+    PUT  /v2/registry/models/{name}/aliases/{alias}    move an alias {version}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from modelcrate.crate import Crate
+from modelcrate.errors import InputError, NotFound
+from modelcrate.manifest import parse_manifest
+from modelcrate.registry.api import Registry
+from modelcrate.registry.blobs import CHUNK, check_digest
+from modelcrate.registry.db import write_session
+from modelcrate.server.auth import Tokens
+
+Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[str | None, Handler], Handler]
+MAX_UPLOAD_BYTES = 64 * 1024**3
+MAX_PUBLISH_BODY = 8 * 1024 * 1024
+
+
+def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Route]:
+    def acting(request: Request) -> Registry:
+        """The registry, with the audit log naming the token that acts."""
+        token = tokens.token_for(request.headers.get("authorization"))
+        if token is None:
+            return registry
+        scoped = copy.copy(registry)
+        scoped.actor = f"token:{token.name}"
+        return scoped
+
+    async def models(_: Request) -> Response:
+        found = await run_in_threadpool(registry.list_models)
+        return JSONResponse([vars(m) for m in found])
+
+    async def resolve(request: Request) -> Response:
+        ref = request.query_params.get("ref")
+        if not ref:
+            raise InputError("give ?ref=name@version (or an alias or digest)")
+        info = await run_in_threadpool(registry.resolve, ref)
+        return JSONResponse(vars(info))
+
+    async def manifest(request: Request) -> Response:
+        digest = request.path_params["digest"]
+        ref = await run_in_threadpool(_digest_ref, registry, digest)
+        info = await run_in_threadpool(registry.resolve, ref)
+        data = await run_in_threadpool(registry.manifest, f"{info.name}@{info.digest}")
+        return Response(data.file_bytes(), media_type="application/json")
+
+    async def signatures(request: Request) -> Response:
+        ref = await run_in_threadpool(_digest_ref, registry, request.path_params["digest"])
+        bundles = await run_in_threadpool(registry.signatures, ref)
+        return JSONResponse({"bundles": [b.decode() for b in bundles]})
+
+    async def file_head(request: Request) -> Response:
+        sha = check_digest(request.path_params["sha256"])
+        stored = await run_in_threadpool(registry.files.reuse, sha)
+        return Response(status_code=200 if stored is not None else 404)
+
+    async def file_get(request: Request) -> Response:
+        sha = check_digest(request.path_params["sha256"])
+        if await run_in_threadpool(registry.files.reuse, sha) is None:
+            raise NotFound(f"no file sha256:{sha[:12]}… in this registry")
+        stream = registry.files.open(sha)
+
+        def chunks() -> Iterator[bytes]:
+            with stream:
+                while block := stream.read(CHUNK):
+                    yield block
+
+        return StreamingResponse(iterate_in_threadpool(chunks()),
+                                 media_type="application/octet-stream")  # fmt: skip
+
+    async def file_put(request: Request) -> Response:
+        sha = check_digest(request.path_params["sha256"])
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            raise InputError("an upload needs a Content-Length")
+        size = int(declared)
+        if size > MAX_UPLOAD_BYTES:
+            raise InputError(f"an upload is limited to {MAX_UPLOAD_BYTES} bytes")
+        if await run_in_threadpool(registry.files.reuse, sha) is not None:
+            return JSONResponse({"sha256": sha, "stored": False})  # already here
+        with tempfile.TemporaryFile() as staged:
+            received = 0
+            async for block in request.stream():
+                received += len(block)
+                if received > size:
+                    raise InputError("the upload is longer than its Content-Length")
+                staged.write(block)
+            staged.seek(0)
+            recipe = await run_in_threadpool(registry.files.stage, staged, sha, size)
+
+        def keep() -> None:  # the recipe is kept (gc's grace period) until a publish uses it
+            with write_session(registry.engine) as session, session.begin():
+                registry.files.record(session, sha, recipe)
+
+        await run_in_threadpool(keep)
+        return JSONResponse({"sha256": sha, "stored": True}, status_code=201)
+
+    async def publish(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_PUBLISH_BODY:
+            raise InputError("publish body too large")
+        try:
+            document: Any = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError("publish body must be JSON {manifest, signatures}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("manifest"), str):
+            raise InputError("publish body must be JSON {manifest: <crate.json text>, ...}")
+        parsed = parse_manifest(document["manifest"].encode())
+        bundles = [str(b).encode() for b in document.get("signatures") or []]
+        actor = acting(request)
+
+        def run() -> Any:
+            missing = [f.path for f in parsed.files if actor.files.reuse(f.sha256) is None]
+            if missing:
+                raise InputError(f"upload these files first: {missing}")
+            crate = Crate(parsed, _Stored(actor, parsed))
+            return actor.publish(crate, signatures=bundles)
+
+        result = await run_in_threadpool(run)
+        return JSONResponse(vars(result), status_code=201 if result.created else 200)
+
+    async def alias(request: Request) -> Response:
+        try:
+            document = json.loads(await request.body())
+            version = document["version"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise InputError("alias body must be JSON {version: ...}") from None
+        event = await run_in_threadpool(acting(request).set_alias, request.path_params["name"],
+                                        request.path_params["alias"], str(version))  # fmt: skip
+        return JSONResponse(vars(event))
+
+    base = "/v2/registry"
+    return [
+        Route(f"{base}/models", guard("read", models)),
+        Route(f"{base}/resolve", guard("read", resolve)),
+        Route(f"{base}/manifests/{{digest}}", guard("read", manifest)),
+        Route(f"{base}/signatures/{{digest}}", guard("read", signatures)),
+        Route(f"{base}/files/{{sha256}}", guard("read", file_get), methods=["GET"]),
+        Route(f"{base}/files/{{sha256}}", guard("read", file_head), methods=["HEAD"]),
+        Route(f"{base}/files/{{sha256}}", guard("write", file_put), methods=["PUT"]),
+        Route(f"{base}/versions", guard("write", publish), methods=["POST"]),
+        Route(f"{base}/models/{{name}}/aliases/{{alias}}", guard("write", alias), methods=["PUT"]),
+    ]
+
+
+class _Stored:
+    """A crate source over files already in the registry (what a remote publish points at)."""
+
+    def __init__(self, registry: Registry, manifest: Any) -> None:
+        self.files = registry.files
+        self.shas = {f.path: f.sha256 for f in manifest.files}
+
+    def open(self, path: str) -> Any:
+        return self.files.open(self.shas[path], label=path)
+
+
+def _digest_ref(registry: Registry, digest: str) -> str:
+    """``name@sha256:…`` for a bare digest (digests are unique across the registry)."""
+    from sqlalchemy import select
+
+    from modelcrate.registry.db import VersionRow, read_session
+
+    with read_session(registry.engine) as session:
+        name = session.scalar(select(VersionRow.name).where(VersionRow.digest == digest))
+    if name is None:
+        raise NotFound(f"no version with digest {digest[:19]}…")
+    return f"{name}@{digest}"

@@ -1,0 +1,115 @@
+"""The registry over HTTP: push between registries (only missing files move), pull and load
+from a server, scopes on writes, and uploads checked against their digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import modelcrate as mc
+from conftest import Server, make_onnx, run_cli
+from modelcrate.trust.keys import generate
+
+WRITER, READER = "writer-token-0123456789", "reader-token-0123456789"
+
+
+@pytest.fixture
+def remote(tmp_path: Path, start_server: Callable[..., Server]) -> Server:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\nname = "ci"\ntoken = "{WRITER}"\nscopes = ["read", "write"]\n'
+        f'[[tokens]]\nname = "viewer"\ntoken = "{READER}"\nscopes = ["read"]\n'
+    )
+    target = mc.Registry.open(tmp_path / "remote")
+    return start_server(target.root, "--token-file", str(tokens))
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> mc.Registry:
+    registry = mc.Registry.open(tmp_path / "local")
+    for version, seed in (("1.0.0", 0), ("1.1.0", 0), ("2.0.0", 1)):
+        source = make_onnx(tmp_path / f"src-{version}" / "tiny.onnx", seed=seed,
+                           external="tiny.onnx.data")  # fmt: skip
+        registry.publish(mc.pack(source, name="tiny", version=version))
+    return registry
+
+
+def push(local: mc.Registry, ref: str, url: str, *token: str) -> dict[str, object]:
+    result = run_cli("push", ref, url, "--registry", str(local.root), "--json",
+                     *(["--token", token[0]] if token else []))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pushed: dict[str, object] = json.loads(result.stdout)
+    return pushed
+
+
+def test_push_sends_only_missing_files_and_is_idempotent(
+    local: mc.Registry, remote: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate(tmp_path / "me")
+    local.sign("tiny@1.0.0", tmp_path / "me.key")
+    first = push(local, "tiny@1.0.0", remote.url, WRITER)
+    assert first["created"] is True and first["uploaded"] == 2 and first["skipped"] == 0
+    again = push(local, "tiny@1.0.0", remote.url, WRITER)
+    assert again["created"] is False and again["uploaded"] == 0
+    shared = push(local, "tiny@1.1.0", remote.url, WRITER)  # same weights, new version
+    assert shared["created"] is True and shared["uploaded"] == 0 and shared["skipped"] == 2
+    other = push(local, "tiny@2.0.0", remote.url, WRITER)  # same graph file, new weights
+    assert other["uploaded"] == 1 and other["skipped"] == 1
+
+    served = mc.Registry.open(tmp_path / "remote")
+    assert [v.version for v in served.versions("tiny")] == ["1.0.0", "1.1.0", "2.0.0"]
+    assert served.resolve("tiny@1.0.0").digest == local.resolve("tiny@1.0.0").digest
+    assert len(served.signatures("tiny@1.0.0")) == 1  # signatures travel with the version
+    assert {e.actor for e in served.audit() if e.action == "publish"} == {"token:ci"}
+
+    monkeypatch.setenv("MODELCRATE_TOKEN", READER)  # reads need the read scope here
+    pulled = run_cli("pull", f"{remote.url}/tiny@1.0.0", "--to", str(tmp_path / "pulled"),
+                     "--trust", str(tmp_path / "me.pub"))  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "pulled.sig").is_file()
+    x = np.ones((2, 4), np.float32)
+    model = mc.load(f"{remote.url}/tiny@2.0.0")
+    expected = mc.load("tiny@2.0.0", registry=local).predict(x)["y"]
+    np.testing.assert_array_equal(model.predict(x)["y"], expected)
+
+
+def test_writes_need_a_write_token(local: mc.Registry, remote: Server) -> None:
+    anonymous = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(local.root))
+    assert anonymous.returncode == 2 and "missing or unknown bearer token" in anonymous.stderr
+    viewer = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(local.root),
+                     "--token", READER)  # fmt: skip
+    assert viewer.returncode == 2 and "lacks the 'write' scope" in viewer.stderr
+    conflict_source = mc.Registry.open(local.root.parent / "other")
+    push(local, "tiny@1.0.0", remote.url, WRITER)
+    # Same name and version, different content: the server refuses it as a conflict.
+    source = make_onnx(local.root.parent / "conflict" / "tiny.onnx", seed=7)
+    conflict_source.publish(mc.pack(source, name="tiny", version="1.0.0"))
+    clash = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(conflict_source.root),
+                    "--token", WRITER)  # fmt: skip
+    assert clash.returncode == 1 and "already exists" in clash.stderr
+
+
+def test_uploads_are_checked_against_their_digest(remote: Server) -> None:
+    auth = {"authorization": f"Bearer {WRITER}"}
+    data = b"some weights"
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    put = httpx.put(f"{remote.url}/v2/registry/files/{wrong}", content=data, headers=auth)
+    assert put.status_code == 400 and "does not match its digest" in put.json()["error"]
+    assert httpx.head(f"{remote.url}/v2/registry/files/{wrong}", headers=auth).status_code == 404
+    right = hashlib.sha256(data).hexdigest()
+    assert httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data,
+                     headers=auth).status_code == 201  # fmt: skip
+    assert httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data,
+                     headers=auth).json()["stored"] is False  # idempotent  # fmt: skip
+    for path in ("../../etc/passwd", "%2e%2e%2fetc%2fpasswd", "0" * 63):
+        response = httpx.get(f"{remote.url}/v2/registry/files/{path}", headers=auth)
+        assert response.status_code == 404, path
+    missing = httpx.post(f"{remote.url}/v2/registry/versions", headers=auth,
+                         json={"manifest": "{}"})  # fmt: skip
+    assert missing.status_code == 400
