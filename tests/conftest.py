@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "examples" / "digits"))
 
 from train import DigitsCNN, pack_digits, train  # noqa: E402
 
-from services import postgres, s3  # noqa: E402, F401  (fixtures: real PostgreSQL, S3)
+from services import oci_registry, postgres, s3  # noqa: E402, F401  (real services)
 
 
 @dataclass

@@ -118,6 +118,52 @@ class S3:
         self.server.stop()
 
 
+class OciRegistry:
+    """A real OCI distribution registry (Debian's docker-registry) on a loopback port."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            _skip_loudly("docker-registry is not installed; .ci/run installs it")
+        assert binary is not None
+        self.root = Path(tempfile.mkdtemp(prefix="modelcrate-oci-"))
+        self.port = _free_port()
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        quiet = subprocess.DEVNULL
+        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=quiet, stderr=quiet)
+        self.host = f"127.0.0.1:{self.port}"
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        _skip_loudly("docker-registry did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def oci_registry() -> Iterator[OciRegistry]:
+    server = OciRegistry()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     server = Postgres()

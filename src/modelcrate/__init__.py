@@ -90,6 +90,14 @@ def pull(
     from modelcrate.registry.remote import RemoteRegistry, split_remote
     from modelcrate.trust.signing import as_policy, verify_local
 
+    if ref.startswith("oci://"):
+        from modelcrate.registry import oci
+
+        oci.pull(ref, to)
+        policy = as_policy(trust)
+        if policy is not None:
+            verify_local(Crate.open(to), to, policy)
+        return Path(to)
     remote = split_remote(ref)
     if remote is not None:
         with RemoteRegistry(remote[0]) as server:
@@ -161,7 +169,11 @@ def push(
     crate, signatures = source.get(ref), source.signatures(ref)
     text = os.fspath(target)
     if text.startswith("oci://"):
-        raise UsageError("pushing to OCI registries is not available in this release yet")
+        from modelcrate.registry import oci
+
+        oci.push(crate, text)
+        files = len(crate.manifest.files)
+        return PushResult(crate.name, crate.version, crate.digest, True, files, 0)
     if is_remote(text):
         with RemoteRegistry(text, token=token) as remote:
             return remote.publish(crate, signatures=signatures)

@@ -130,17 +130,38 @@ def show_command(
 
 def pull_command(
     ref: Annotated[
-        str, typer.Argument(help="name@version or name@alias, or https://host/name@version.")
+        str,
+        typer.Argument(
+            help="name@version or name@alias; https://host/name@version; oci://host/repo:tag."
+        ),
     ],
-    to: Annotated[Path, typer.Option("--to", help="Directory to write (must be new or empty).")],
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            help="Directory to write (new or empty). For oci:// refs, "
+            "leave it out to publish into the registry instead.",
+        ),
+    ] = None,
     trust: TrustOption = None,
     registry: RegistryOption = None,
 ) -> None:
     """Write a version's verified files into a directory (its signature to <dir>.sig)."""
+    import tempfile
+
     from modelcrate import pull
 
+    reg = open_registry(registry)
+    if to is None:
+        if not ref.startswith("oci://"):
+            raise UsageError("give --to DIR (only oci:// pulls can go straight into the registry)")
+        with errors.status(f"pulling {ref}…"), tempfile.TemporaryDirectory() as scratch:
+            path = pull(ref, Path(scratch) / "crate", trust=trust or None)
+            result = reg.publish(path)
+        console.print(f"pulled {ref} → {result.name}@{result.version} {result.digest}")
+        return
     with errors.status(f"pulling {ref}…"):
-        path = pull(ref, to, registry=open_registry(registry), trust=trust or None)
+        path = pull(ref, to, registry=reg, trust=trust or None)
     console.print(f"pulled {ref} → {path}")
 
 

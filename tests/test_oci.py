@@ -1,0 +1,72 @@
+"""Crates as OCI artifacts against a real OCI registry (Debian's docker-registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import modelcrate as mc
+from conftest import make_onnx, run_cli
+from services import OciRegistry
+
+
+@pytest.fixture
+def published(tmp_path: Path, home: Path) -> mc.Registry:
+    source = make_onnx(tmp_path / "src" / "tiny.onnx", external="tiny.onnx.data")
+    registry = mc.Registry.open()
+    registry.publish(mc.pack(source, name="tiny", version="1.0.0"))
+    return registry
+
+
+def test_push_then_pull_through_a_real_oci_registry(
+    tmp_path: Path, published: mc.Registry, oci_registry: OciRegistry
+) -> None:
+    target = f"oci://{oci_registry.host}/ml/tiny:1.0.0"
+    pushed = run_cli("push", "tiny@1.0.0", target, "--json")
+    assert pushed.returncode == 0, pushed.stderr
+
+    accept = {"accept": "application/vnd.oci.image.manifest.v1+json"}
+    manifest = httpx.get(f"http://{oci_registry.host}/v2/ml/tiny/manifests/1.0.0",
+                         headers=accept).json()  # fmt: skip
+    crate = published.manifest("tiny@1.0.0")
+    assert manifest["config"]["mediaType"] == "application/vnd.modelcrate.crate.v1+json"
+    assert manifest["annotations"]["dev.modelcrate.digest"] == crate.digest
+    layers = {layer["annotations"]["org.opencontainers.image.title"]: layer
+              for layer in manifest["layers"]}  # fmt: skip
+    assert set(layers) == {f.path for f in crate.files}
+    for entry in crate.files:  # one layer per file; the layer digest is the file's sha256
+        assert layers[entry.path]["digest"] == f"sha256:{entry.sha256}"
+        assert layers[entry.path]["mediaType"] == "application/vnd.cncf.model.weight.v1.raw"
+
+    # Pull into another registry, and into a directory.
+    other = tmp_path / "other"
+    pulled = run_cli("pull", target, "--registry", str(other))
+    assert pulled.returncode == 0, pulled.stderr
+    assert mc.Registry.open(other).resolve("tiny@1.0.0").digest == crate.digest
+    directory = mc.pull(target, tmp_path / "dir")
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_array_equal(mc.load(directory).predict(x)["y"],
+                                  mc.load("tiny@1.0.0").predict(x)["y"])  # fmt: skip
+
+
+def test_a_foreign_or_tampered_artifact_is_refused(
+    tmp_path: Path, published: mc.Registry, oci_registry: OciRegistry
+) -> None:
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=oci_registry.host, insecure=True)
+    evil = tmp_path / "evil.txt"
+    evil.write_text("not a model")
+    client.push(target=f"{oci_registry.host}/ml/evil:1", files=[f"{evil}:text/plain"],
+                disable_path_validation=True, quiet=True)  # fmt: skip
+    foreign = run_cli("pull", f"oci://{oci_registry.host}/ml/evil:1", "--to", str(tmp_path / "x"))
+    assert foreign.returncode == 1 and "not a modelcrate artifact" in foreign.stderr
+    assert not (tmp_path / "x").exists()
+
+    missing = run_cli("pull", f"oci://{oci_registry.host}/ml/nothing:1", "--to",
+                      str(tmp_path / "y"))  # fmt: skip
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert all(check.problem is None for check in published.verify("tiny@1.0.0"))
