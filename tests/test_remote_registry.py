@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,3 +114,26 @@ def test_uploads_are_checked_against_their_digest(remote: Server) -> None:
     missing = httpx.post(f"{remote.url}/v2/registry/versions", headers=auth,
                          json={"manifest": "{}"})  # fmt: skip
     assert missing.status_code == 400
+
+
+def test_a_server_can_serve_models_from_another_servers_registry(
+    local: mc.Registry, remote: Server, start_server: Callable[..., Server],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:  # fmt: skip
+    push(local, "tiny@1.0.0", remote.url, WRITER)
+    push(local, "tiny@2.0.0", remote.url, WRITER)
+    source = mc.Registry.open(tmp_path / "remote")
+    source.set_alias("tiny", "prod", "1.0.0")
+    monkeypatch.setenv("MODELCRATE_TOKEN", READER)
+    edge = start_server(remote.url, "tiny@prod", "--poll-interval", "0.1")
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    answer = httpx.post(f"{edge.url}/v2/models/tiny/infer", json=body, timeout=10).json()
+    assert answer["model_version"] == "1.0.0"
+    source.set_alias("tiny", "prod", "2.0.0")  # the edge server follows the other registry
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = httpx.post(f"{edge.url}/v2/models/tiny/infer", json=body, timeout=10).json()
+        if answer["model_version"] == "2.0.0":
+            break
+    assert answer["model_version"] == "2.0.0"
+    assert httpx.get(f"{edge.url}/v2/registry/models", timeout=5).status_code == 404

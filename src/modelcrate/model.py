@@ -12,7 +12,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate
-from modelcrate.registry.remote import is_remote
+from modelcrate.registry.remote import RemoteRegistry, is_remote
 from modelcrate.runtimes import Runtime
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class Model:
         runtime: RuntimeName = "auto",
         *,
         threads: int = 0,
-        registry: Registry | str | None = None,
+        registry: Registry | RemoteRegistry | str | None = None,
     ) -> None:
         """``threads``: intra-op threads for ONNX Runtime (0 = one per core). ``registry``:
         where a pipeline or ensemble finds its members (default: the default registry)."""
@@ -177,7 +177,10 @@ def _in_memory(crate: Crate) -> Crate:
 
 
 def _make_runtime(
-    crate: Crate, runtime: RuntimeName, threads: int, registry: Registry | str | None
+    crate: Crate,
+    runtime: RuntimeName,
+    threads: int,
+    registry: Registry | RemoteRegistry | str | None,
 ) -> Runtime:
     manifest = crate.manifest
     if manifest.composition is not None:

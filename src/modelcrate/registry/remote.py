@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
@@ -28,7 +28,11 @@ from modelcrate.errors import (
     VersionConflict,
 )
 from modelcrate.manifest import Manifest, parse_manifest
+from modelcrate.refs import Ref
 from modelcrate.registry.records import AliasEvent, PublishResult, VersionInfo
+
+if TYPE_CHECKING:
+    from modelcrate.trust.signing import Policy
 
 TOKEN_ENV = "MODELCRATE_TOKEN"
 
@@ -68,23 +72,29 @@ class RemoteRegistry:
 
     # -- reading ---------------------------------------------------------------
 
-    def resolve(self, ref: str) -> VersionInfo:
-        data = self._json("GET", "/resolve", params={"ref": ref})
+    def resolve(self, ref: str | Ref) -> VersionInfo:
+        data = self._json("GET", "/resolve", params={"ref": str(ref)})
         return VersionInfo(**data)
 
-    def manifest(self, ref: str) -> Manifest:
+    def manifest(self, ref: str | Ref) -> Manifest:
         info = self.resolve(ref)
         manifest = parse_manifest(self._request("GET", f"/manifests/{info.digest}").content)
         if manifest.digest != info.digest:
             raise IntegrityError(f"{self.url}: the manifest of {ref} does not match its digest")
         return manifest
 
-    def get(self, ref: str) -> Crate:
-        """The crate for ``ref``; each file is fetched when read and verified by the crate."""
+    def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
+        """The crate for ``ref``; each file is fetched when read and verified by the crate.
+        With ``trust``, a signature by one of its keys is required (checked here)."""
         manifest = self.manifest(ref)
-        return Crate(manifest, _RemoteFiles(self, manifest))
+        crate = Crate(manifest, _RemoteFiles(self, manifest))
+        if trust is not None:
+            from modelcrate.trust.signing import enforce
 
-    def signatures(self, ref: str) -> list[bytes]:
+            enforce(crate, self.signatures(f"{manifest.name}@{manifest.digest}"), trust)
+        return crate
+
+    def signatures(self, ref: str | Ref) -> list[bytes]:
         digest = self.resolve(ref).digest
         return [b.encode() for b in self._json("GET", f"/signatures/{digest}")["bundles"]]
 
@@ -187,3 +197,13 @@ def split_remote(text: str) -> tuple[str, str] | None:
     scheme, _, rest = text.partition("://")
     host, _, ref = rest.partition("/")
     return (f"{scheme}://{host}", ref) if ref else None
+
+
+def open_source(location: str | None) -> Any:
+    """The registry a server reads models from: a server URL (``https://host``), else a
+    local or PostgreSQL registry."""
+    if location is not None and is_remote(location):
+        return RemoteRegistry(location)
+    from modelcrate.registry.api import Registry
+
+    return Registry.open(location)

@@ -35,6 +35,7 @@ from modelcrate.refs import Ref, check_name, check_version, parse_ref
 if TYPE_CHECKING:
     from modelcrate.model import Model
     from modelcrate.registry.api import Registry
+    from modelcrate.registry.remote import RemoteRegistry
 
 Combine = Literal["mean", "vote"]
 
@@ -153,17 +154,22 @@ class CompositionRuntime:
     def __init__(
         self,
         manifest: Manifest,
-        registry: Registry | str | os.PathLike[str] | None,
+        registry: Registry | RemoteRegistry | str | os.PathLike[str] | None,
         *,
         threads: int = 0,
     ) -> None:
         from modelcrate.model import PASSPHRASE_ENV, Model
         from modelcrate.registry.api import Registry
+        from modelcrate.registry.remote import RemoteRegistry
 
         assert manifest.composition is not None
         self.composition = manifest.composition
         self.output_names = [s.name for s in manifest.signature.outputs]
-        reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+        reg = (
+            registry
+            if isinstance(registry, (Registry, RemoteRegistry))
+            else Registry.open(registry)
+        )
         self.members: list[Model] = []
         for member in self.composition.members:
             crate = reg.get(Ref(parse_ref(member.ref).name, digest=member.digest))

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import modelcrate
 from modelcrate.errors import InputError, ModelcrateError, NotFound
 from modelcrate.manifest import TensorSpec
+from modelcrate.registry.api import Registry
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.infer import (
@@ -169,8 +170,11 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         ),
         Route("/metrics", guard("read", metrics)),
         Route("/v2/openapi.json", guard(None, openapi)),
-        *registry_routes(manager.registry, tokens, guard),
     ]
+    if isinstance(
+        manager.registry, Registry
+    ):  # a server reading from another one serves models only
+        routes += registry_routes(manager.registry, tokens, guard)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

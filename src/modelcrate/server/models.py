@@ -29,6 +29,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import PASSPHRASE_ENV, Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry.api import Registry
+from modelcrate.registry.remote import RemoteRegistry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.trust.signing import Policy
@@ -100,7 +101,7 @@ class ModelManager:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Registry | RemoteRegistry,
         refs: list[str],
         *,
         batch: BatchConfig,
@@ -320,7 +321,7 @@ def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def footprint(manifest: Manifest, registry: Registry) -> int:
+def footprint(manifest: Manifest, registry: Registry | RemoteRegistry) -> int:
     """Bytes of the artifact a server loads (for a composition, of all its members)."""
     if manifest.composition is not None:
         return sum(
@@ -332,7 +333,7 @@ def footprint(manifest: Manifest, registry: Registry) -> int:
     return sum(f.size for f in manifest.files if f.path in paths)
 
 
-def _check_memory(manifest: Manifest, registry: Registry) -> None:
+def _check_memory(manifest: Manifest, registry: Registry | RemoteRegistry) -> None:
     """Refuse a load that would not fit in available memory (keeps the old version serving)."""
     needed = footprint(manifest, registry) * MEMORY_MARGIN
     available = _available_memory()

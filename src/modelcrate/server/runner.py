@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcrate.errors import UsageError
-from modelcrate.registry.api import Registry
+from modelcrate.registry.remote import open_source
 from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.metrics import Metrics
@@ -64,7 +64,7 @@ def build_app(settings: ServeSettings) -> object:
     if settings.identity is not None:
         load_private(settings.identity)  # a missing or unreadable key fails now, not per model
     manager = ModelManager(
-        Registry.open(settings.registry),
+        open_source(settings.registry),
         settings.refs,
         batch=settings.batch,
         metrics=Metrics(),
@@ -97,7 +97,9 @@ def serve(settings: ServeSettings) -> None:
     local = settings.registry is not None and "://" not in settings.registry
     if local and not Path(str(settings.registry)).exists():
         raise UsageError(f"registry {settings.registry} does not exist")
-    Registry.open(settings.registry).close()  # an unreachable or malformed registry fails now
+    source = open_source(settings.registry)  # an unreachable or malformed registry fails now
+    source.list_models()
+    source.close()
     sock = bind(settings.host, settings.port)
     if settings.workers <= 1:
         _worker(settings, sock)
