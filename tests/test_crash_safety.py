@@ -14,6 +14,7 @@ import pytest
 
 import modelcrate as mc
 from conftest import make_onnx
+from modelcrate.registry.blobs import FileBlobStore
 
 PUBLISHER = textwrap.dedent(
     """
@@ -28,7 +29,7 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-def start(registry_dir: Path, crate: Path) -> subprocess.Popen[str]:
+def start(registry_dir: Path | str, crate: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", PUBLISHER, str(registry_dir), str(crate)],
         stdout=subprocess.PIPE,
@@ -39,13 +40,23 @@ def start(registry_dir: Path, crate: Path) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-def test_killed_publishes_leave_versions_absent_or_complete(tmp_path: Path) -> None:
-    registry_dir = tmp_path / "registry"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_publishes_leave_versions_absent_or_complete(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    registry_dir: Path | str = tmp_path / "registry"
+    blob_tmp = tmp_path / "registry" / "blobs" / "tmp"
+    if backend == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        registry_dir = f"{postgres.database()}?blobs={tmp_path / 'blobs'}"
+        blob_tmp = tmp_path / "blobs" / "tmp"
     registry = mc.Registry.open(registry_dir)
     first = mc.pack(make_onnx(tmp_path / "v0" / "m.onnx", seed=0), name="tiny", version="1.0.0")
     registry.publish(first)
     before = {c.path: c.problem for c in registry.verify("tiny@1.0.0")}
-    blob_bytes = {f.path: registry.blobs.path(f.sha256).read_bytes() for f in first.manifest.files}
+    blobs = registry.blobs
+    assert isinstance(blobs, FileBlobStore)
+    blob_bytes = {f.path: blobs.path(f.sha256).read_bytes() for f in first.manifest.files}
     crates = []
     for i in range(1, 9):
         # A few MB of external data, so the kill lands in the middle of blob writes.
@@ -78,7 +89,7 @@ def test_killed_publishes_leave_versions_absent_or_complete(tmp_path: Path) -> N
         "landed after kills:",
         [v.version for v in landed],
         "tmp files:",
-        len(list((registry_dir / "blobs" / "tmp").iterdir())),
+        len(list(blob_tmp.iterdir())),
     )
     for version in landed:
         checks = registry.verify(version.ref)
@@ -87,7 +98,7 @@ def test_killed_publishes_leave_versions_absent_or_complete(tmp_path: Path) -> N
     assert {c.path: c.problem for c in registry.verify("tiny@1.0.0")} == before
     for path, data in blob_bytes.items():
         sha = first.manifest.file(path).sha256
-        assert registry.blobs.path(sha).read_bytes() == data
+        assert blobs.path(sha).read_bytes() == data
     # A later, complete publish of every killed version still works.
     for path in crates:
         registry.publish(path)
