@@ -144,6 +144,8 @@ def test_migrations_build_exactly_the_models_schema(
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    registry.close()
     assert diff == []
 
 

@@ -279,10 +279,10 @@ class Crate:
     def _write_tar(self, raw: BinaryIO) -> None:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             manifest_bytes = self.manifest.file_bytes()
-            tar.addfile(_tar_info(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            tar.addfile(tar_info(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
             for entry in sorted(self.manifest.files, key=lambda e: e.path):
                 with self.open_verified(entry.path) as stream:
-                    tar.addfile(_tar_info(entry.path, entry.size), stream)
+                    tar.addfile(tar_info(entry.path, entry.size), stream)
 
     def unpack(self, directory: str | os.PathLike[str]) -> Path:
         """Write the directory form, verifying every file; refuses a non-empty target."""
@@ -371,7 +371,8 @@ def temporary_directory(owner: object, prefix: str) -> Path:
     return path
 
 
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+def tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """A tar member header with fixed mtime/uid/mode: the same bytes every time."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid = info.gid = 0

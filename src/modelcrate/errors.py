@@ -91,3 +91,9 @@ class PackError(ModelcrateError):
 
 class RuntimeUnavailable(ModelcrateError, ImportError):
     """An optional framework is not installed; the message says which extra to install."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a foreign library's error, capped: for messages that name it."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelcrate.errors import PackError, UsageError
+from modelcrate.errors import PackError, UsageError, first_line
 from modelcrate.manifest import Artifact, Framework, Parity, Precision, Signature, TensorSpec
 from modelcrate.pack import Build
 from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
@@ -108,7 +108,7 @@ def _export(torch: Any, module: Any, example: tuple[Any, ...]) -> Any:
     try:
         return torch.export.export(module, sample, dynamic_shapes=dynamic)
     except Exception as exc:  # torch raises many unrelated types from tracing
-        raise PackError(f"torch.export could not trace the module: {_first_line(exc)}") from None
+        raise PackError(f"torch.export could not trace the module: {first_line(exc)}") from None
 
 
 def _read_pt2(path: Path) -> Any:
@@ -118,7 +118,7 @@ def _read_pt2(path: Path) -> Any:
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as exc:
-        message = f"{path.name} is not a loadable torch.export program: {_first_line(exc)}"
+        message = f"{path.name} is not a loadable torch.export program: {first_line(exc)}"
         raise PackError(message) from None
 
 
@@ -139,7 +139,7 @@ def _export_onnx(torch: Any, program: Any, target: Path, ins: list[str], outs: l
                 verbose=False,
             )
     except Exception as exc:
-        raise PackError(f"ONNX export failed: {_first_line(exc)}") from None
+        raise PackError(f"ONNX export failed: {first_line(exc)}") from None
 
 
 def _save_safetensors(module: Any, target: Path) -> None:
@@ -199,8 +199,3 @@ def _precision(module: Any) -> Precision:
     if dtypes == {torch.bfloat16}:
         return "bf16"
     return "fp32"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

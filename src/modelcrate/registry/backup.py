@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
 
+from modelcrate.crate import tar_info
 from modelcrate.errors import CrateFormatError, IntegrityError, RegistryError, UnsafeContentError
 from modelcrate.manifest import parse_manifest
 from modelcrate.registry.db import Base, FileRow, VersionRow, read_session, write_session
@@ -70,10 +71,10 @@ def backup(registry: Registry, target: str | os.PathLike[str]) -> BackupReport:
             os.fdopen(fd, "wb") as raw,
             tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            tar.addfile(_info(METADATA, len(metadata)), io.BytesIO(metadata))
+            tar.addfile(tar_info(METADATA, len(metadata)), io.BytesIO(metadata))
             for sha, size in shas:
                 with registry.files.open(sha) as stream:
-                    tar.addfile(_info(f"blobs/sha256/{sha}", size), stream)
+                    tar.addfile(tar_info(f"blobs/sha256/{sha}", size), stream)
                 total += size
         os.replace(tmp, path)
     except BaseException:
@@ -176,11 +177,3 @@ def _load_metadata(
         if parse_manifest(row["manifest"].encode()).digest != row["digest"]:
             raise IntegrityError(f"{row['name']}@{row['version']}: manifest != its digest")
     return tables
-
-
-def _info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info

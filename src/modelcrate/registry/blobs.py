@@ -48,22 +48,11 @@ class FileBlobStore:
         """Store ``stream`` as blob ``sha256``; raise IntegrityError if its bytes differ."""
         target = self.path(sha256)
         fd, tmp_name = _mkstemp(self.tmp)
-        digest, written = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK):
-                    written += len(chunk)
-                    if written > size:
-                        raise IntegrityError(f"blob {sha256[:12]}… is longer than {size} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
+                copy_verified(stream, out, sha256, size)
                 out.flush()
                 os.fsync(out.fileno())
-            if written != size or digest.hexdigest() != sha256:
-                raise IntegrityError(
-                    f"blob {sha256[:12]}… does not match its digest "
-                    f"(got {written} bytes, sha256 {digest.hexdigest()[:12]}…)"
-                )
             target.parent.mkdir(exist_ok=True)
             os.replace(tmp_name, target)
             _fsync_dir(target.parent)
@@ -116,6 +105,23 @@ class FileBlobStore:
                 path.unlink(missing_ok=True)
 
 
+def copy_verified(stream: IO[bytes], out: IO[bytes], sha256: str, size: int) -> None:
+    """Copy ``stream`` to ``out``; raise IntegrityError unless it is exactly ``size`` bytes
+    hashing to ``sha256`` (and stop reading as soon as it runs long)."""
+    digest, written = hashlib.sha256(), 0
+    while chunk := stream.read(CHUNK):
+        written += len(chunk)
+        if written > size:
+            raise IntegrityError(f"blob {sha256[:12]}… is longer than {size} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+    if written != size or digest.hexdigest() != sha256:
+        raise IntegrityError(
+            f"blob {sha256[:12]}… does not match its digest "
+            f"(got {written} bytes, sha256 {digest.hexdigest()[:12]}…)"
+        )
+
+
 def check_digest(sha256: str) -> str:
     if not _SHA256.fullmatch(sha256):
         raise NotFound(f"not a blob digest: {sha256!r}")
@@ -160,15 +166,7 @@ class S3BlobStore:
         import tempfile
 
         with tempfile.TemporaryFile() as staged:
-            digest, written = hashlib.sha256(), 0
-            while chunk := stream.read(CHUNK):
-                written += len(chunk)
-                if written > size:
-                    raise IntegrityError(f"blob {sha256[:12]}… is longer than {size} bytes")
-                digest.update(chunk)
-                staged.write(chunk)
-            if written != size or digest.hexdigest() != sha256:
-                raise IntegrityError(f"blob {sha256[:12]}… does not match its digest")
+            copy_verified(stream, staged, sha256, size)
             staged.seek(0)
             self.client.upload_fileobj(staged, self.bucket, self.key(sha256))
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from modelcrate.errors import IntegrityError
-from modelcrate.registry.blobs import CHUNK, BlobStore
+from modelcrate.registry.blobs import CHUNK, BlobStore, copy_verified
 from modelcrate.registry.db import FileChunkRow, FileRow, read_session
 
 MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 16 * 1024, 64 * 1024, 256 * 1024
@@ -54,16 +54,8 @@ class FileStore:
         from fastcdc import fastcdc
 
         with tempfile.NamedTemporaryFile(prefix="modelcrate-stage-") as staged:
-            digest, written = hashlib.sha256(), 0
-            while block := stream.read(CHUNK):
-                written += len(block)
-                if written > size:
-                    raise IntegrityError(f"file {sha256[:12]}… is longer than {size} bytes")
-                digest.update(block)
-                staged.write(block)
+            copy_verified(stream, staged, sha256, size)
             staged.flush()
-            if written != size or digest.hexdigest() != sha256:
-                raise IntegrityError(f"file {sha256[:12]}… does not match its digest")
             if size == 0:
                 return []
             recipe: Recipe = []

@@ -216,6 +216,7 @@ def postgres_engine(url: str) -> tuple[Engine, str]:
     try:
         migrate(engine)
     except OperationalError as exc:
+        engine.dispose()
         raise RegistryError(
             f"cannot reach PostgreSQL at {parsed.render_as_string(hide_password=True)}: "
             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"

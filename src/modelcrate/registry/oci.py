@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from modelcrate.crate import Crate, check_path
-from modelcrate.errors import IntegrityError, RegistryError, RuntimeUnavailable, UnsafeContentError
+from modelcrate.errors import (
+    IntegrityError,
+    RegistryError,
+    RuntimeUnavailable,
+    UnsafeContentError,
+    first_line,
+)
 from modelcrate.manifest import MANIFEST_NAME
 
 CONFIG_MEDIA_TYPE = "application/vnd.modelcrate.crate.v1+json"
@@ -80,7 +85,7 @@ def push(crate: Crate, target: str) -> str:
                 quiet=True,
             )
         except Exception as exc:  # oras raises requests and ValueError errors alike
-            raise RegistryError(f"push to {target} failed: {_first_line(exc)}") from None
+            raise RegistryError(f"push to {target} failed: {first_line(exc)}") from None
     return target
 
 
@@ -92,44 +97,32 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
         container = client.get_container(reference)
         oci_manifest = client.get_manifest(container)
     except Exception as exc:
-        raise RegistryError(f"cannot read {source}: {_first_line(exc)}") from None
+        raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
     config = oci_manifest.get("config") or {}
     if config.get("mediaType") != CONFIG_MEDIA_TYPE:
         raise RegistryError(
             f"{source} is not a modelcrate artifact (config {config.get('mediaType')!r})"
         )
-    target = Path(to)
-    if target.exists() and any(target.iterdir()):
-        raise RegistryError(f"{target} is not empty; refusing to write into it")
-    staging = Path(
-        tempfile.mkdtemp(prefix=".oci-pull-", dir=target.parent if target.parent.exists() else None)
-    )
-    try:
+    with tempfile.TemporaryDirectory(prefix="modelcrate-oci-pull-") as scratch:
+        staging = Path(scratch)
         client.download_blob(container, config["digest"], str(staging / MANIFEST_NAME))
         for layer in oci_manifest.get("layers") or []:
             title = (layer.get("annotations") or {}).get(TITLE, "")
-            path = check_path(title)
-            destination = staging / path
+            destination = staging / check_path(title)
             destination.parent.mkdir(parents=True, exist_ok=True)
             client.download_blob(container, layer["digest"], str(destination))
         crate = Crate.open(staging)
-        listed = {f.path for f in crate.manifest.files}
+        listed = {f.path for f in crate.manifest.files} | {MANIFEST_NAME}
         present = {str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()}
-        if present - listed - {MANIFEST_NAME}:
+        if present - listed:
             raise UnsafeContentError(f"{source} has layers crate.json does not list")
-        crate.verify()
         expected = (oci_manifest.get("annotations") or {}).get(DIGEST_ANNOTATION)
         if expected is not None and expected != crate.digest:
             raise IntegrityError(
                 f"{source}: crate.json does not match the digest it was pushed with"
             )
-        if target.exists():
-            target.rmdir()
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return Crate.open(target)
+        crate.unpack(to)  # verifies every file as it copies; refuses a non-empty target
+    return Crate.open(to)
 
 
 def _client(location: str) -> tuple[Any, str]:
@@ -143,8 +136,3 @@ def _client(location: str) -> tuple[Any, str]:
     host = reference.split("/", 1)[0]
     loopback = host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
     return oras.client.OrasClient(hostname=host, insecure=loopback), reference
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

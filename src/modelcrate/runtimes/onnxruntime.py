@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelcrate.errors import CrateFormatError, InputError
+from modelcrate.errors import CrateFormatError, InputError, first_line
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
@@ -51,8 +51,7 @@ class OnnxRuntime:
             )
         except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
             raise CrateFormatError(
-                f"{crate.manifest.ref}: ONNX Runtime cannot load {artifact.path}: "
-                f"{_first_line(exc)}"
+                f"{crate.manifest.ref}: ONNX Runtime cannot load {artifact.path}: {first_line(exc)}"
             ) from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -60,7 +59,7 @@ class OnnxRuntime:
         try:
             results = self.session.run(self.output_names, inputs)
         except Exception as exc:  # shape errors inside the graph surface here
-            raise InputError(f"ONNX Runtime rejected the inputs: {_first_line(exc)}") from None
+            raise InputError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(self.output_names, results, strict=True))
 
 
@@ -75,7 +74,7 @@ def external_data_files(model: Any) -> list[str]:
         try:
             model = onnx.load_from_string(model)
         except Exception as exc:  # protobuf DecodeError
-            raise CrateFormatError(f"not a valid ONNX model: {_first_line(exc)}") from None
+            raise CrateFormatError(f"not a valid ONNX model: {first_line(exc)}") from None
     locations = set()
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor):
@@ -91,8 +90,3 @@ def check_data_location(location: str) -> str:
             f"ONNX external data location {location!r} is not a plain file name beside the model"
         )
     return location
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
