@@ -42,13 +42,37 @@ def main() -> None:
         f"Python {platform.python_version()}",
         f"- versions: modelcrate {mc.__version__}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}",
-        f"- command: `python benchmarks/run.py {' '.join(chosen)}` (`make bench` runs all)",
+        f"- last command: `python benchmarks/run.py {' '.join(chosen)}` (`make bench` runs "
+        "all; a partial run replaces only its own sections)",
         "",
     ]
+    sections = previous_sections()  # suites not run this time keep their last figures
     for name in chosen:
-        lines += SUITES[name]()
+        fresh = SUITES[name]()
+        sections[fresh[0]] = fresh
+    for heading in sorted(sections, key=order):
+        lines += sections[heading]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def previous_sections() -> dict[str, list[str]]:
+    """The '## ' sections of the current results.md, by heading line."""
+    path = HERE / "results.md"
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith("## "):
+            current = sections.setdefault(line, [])
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def order(heading: str) -> int:
+    """Sections in suite order (foundation, optimizing, serving, registry)."""
+    words = ["Foundation", "Optimize", "Serving", "Registry"]
+    return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from rich.markup import escape
 from modelcrate.cli import (
     aliases,
     crates,
+    deploy,
     optimizing,
     predict,
     registry,
@@ -49,6 +50,7 @@ serving.register(app)
 optimizing.register(app)
 trust.register(app)
 reuse.register(app)
+deploy.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,34 @@
+"""``export``: write a deployment for another platform (Docker, KServe, Triton)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.output import console, print_json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)
+
+
+def export_command(
+    ref: Annotated[str, typer.Argument(help="The version to deploy, like digits@1.0.0.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="docker | kserve | triton")],
+    to: Annotated[Path, typer.Option("--to", help="Directory to write into.")],
+    image: Annotated[str | None, typer.Option("--image", help="Container image (kserve).")] = None,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write what another platform needs to serve a version."""
+    from modelcrate.deploy import export
+
+    written = export(ref, format, to, registry=open_registry(registry), image=image)
+    if as_json:
+        print_json([str(p) for p in written])
+        return
+    for path in written:
+        console.print(f"wrote {path}")

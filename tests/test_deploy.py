@@ -1,0 +1,185 @@
+"""Deployment exports: a Docker build context, a KServe InferenceService and a Triton model
+repository, each checked the way the platform would read it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jsonschema
+import onnxruntime as ort
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+import modelcrate as mc
+from conftest import Digits, run_cli
+
+
+@pytest.fixture
+def published(registry: mc.Registry, digits_crate_path: Path) -> mc.Registry:
+    registry.publish(digits_crate_path)
+    return registry
+
+
+def export(registry: mc.Registry, fmt: str, to: Path, *extra: str) -> None:
+    result = run_cli("export", "digits@1.0.0", "--format", fmt, "--to", str(to),
+                     "--registry", str(registry.root), *extra)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", dockerfile)
+    pairs = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+def test_docker_context_is_lint_clean_and_complete(published: mc.Registry, tmp_path: Path) -> None:
+    export(published, "docker", tmp_path / "ctx")
+    context = tmp_path / "ctx"
+    steps = instructions((context / "Dockerfile").read_text())
+    names = [name for name, _ in steps]
+    known = {"FROM", "ARG", "ENV", "RUN", "COPY", "USER", "EXPOSE", "HEALTHCHECK",
+             "ENTRYPOINT", "CMD"}  # fmt: skip
+    assert set(names) <= known and names[0] == "FROM" and names.count("FROM") == 1
+    base = steps[0][1]
+    assert re.fullmatch(r"python:3\.\d+-slim-\w+", base), base  # slim, pinned, never :latest
+    users = [args for name, args in steps if name == "USER"]
+    assert users and users[-1] not in ("root", "0")  # runs as non-root
+    assert names.index("USER") < names.index("ENTRYPOINT")
+    health = dict(steps)["HEALTHCHECK"]
+    assert (
+        "healthcheck.py" in health
+        and "/v2/health/ready" in (context / "healthcheck.py").read_text()
+    )
+    assert not any(name == "ADD" for name in names)  # no remote fetches at build time
+    sources = [arg for name, args in steps if name == "COPY" for arg in args.split()[:-1]
+               if not arg.startswith("--")]  # fmt: skip
+    assert sorted(sources) == ["entrypoint.sh", "healthcheck.py", "model.crate"]
+    for source in sources:
+        assert (context / source).is_file(), f"COPY source {source} is missing from the context"
+        assert f"!{source}" in (context / ".dockerignore").read_text()
+    assert "torch" not in dict(steps)["ARG"]  # an ONNX crate needs no torch
+    entry = (context / "entrypoint.sh").read_text()
+    assert "--token-file" in entry and "MODELCRATE_INSECURE" in entry and "0.0.0.0" in entry
+    crate = mc.Crate.open(context / "model.crate")
+    crate.verify()
+    assert crate.digest == published.resolve("digits@1.0.0").digest
+    ignore = (context / ".dockerignore").read_text().split()
+    assert ignore[0] == "*" and "!model.crate" in ignore
+
+
+# The part of KServe's InferenceService CRD (serving.kserve.io/v1beta1) this export uses,
+# with the Kubernetes core/v1 Container fields it sets; objects are closed, so a misspelt
+# or invented field fails.
+CONTAINER = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "image"],
+    "properties": {
+        "name": {"type": "string"},
+        "image": {"type": "string"},
+        "args": {"type": "array", "items": {"type": "string"}},
+        "env": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+            },
+        },
+        "ports": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["containerPort"],
+                "additionalProperties": False,
+                "properties": {
+                    "containerPort": {"type": "integer"},
+                    "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                },
+            },
+        },
+        "resources": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "requests": {"type": "object", "additionalProperties": {"type": "string"}},
+                "limits": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "readinessProbe": {"$ref": "#/$defs/probe"},
+        "livenessProbe": {"$ref": "#/$defs/probe"},
+    },
+}
+INFERENCE_SERVICE = {
+    "$defs": {"probe": {"type": "object", "additionalProperties": False, "properties": {
+        "httpGet": {"type": "object", "required": ["port"], "additionalProperties": False,
+                    "properties": {"path": {"type": "string"}, "port": {"type": "integer"}}},
+        "initialDelaySeconds": {"type": "integer"}, "periodSeconds": {"type": "integer"}}}},
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "serving.kserve.io/v1beta1"},
+        "kind": {"const": "InferenceService"},
+        "metadata": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["predictor"],
+                 "properties": {"predictor": {
+                     "type": "object", "additionalProperties": False,
+                     "required": ["containers"],
+                     "properties": {"minReplicas": {"type": "integer", "minimum": 0},
+                                    "maxReplicas": {"type": "integer", "minimum": 0},
+                                    "containers": {"type": "array", "minItems": 1,
+                                                   "items": CONTAINER}}}}},
+    },
+}  # fmt: skip
+
+
+def test_kserve_manifest_matches_the_crd_fields(published: mc.Registry, tmp_path: Path) -> None:
+    export(published, "kserve", tmp_path / "k8s", "--image", "registry.example/digits:1.0.0")
+    document = yaml.safe_load((tmp_path / "k8s" / "inferenceservice.yaml").read_text())
+    jsonschema.validate(document, INFERENCE_SERVICE)
+    container = document["spec"]["predictor"]["containers"][0]
+    assert container["image"] == "registry.example/digits:1.0.0"
+    assert container["args"] == ["digits@1.0.0"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["ports"][0]["containerPort"] == container["readinessProbe"]["httpGet"]["port"]
+    assert document["metadata"]["annotations"]["modelcrate.dev/digest"].startswith("sha256:")
+    memory = container["resources"]["requests"]["memory"]
+    assert re.fullmatch(r"\d+Mi", memory) and int(memory[:-2]) >= 256
+
+
+def test_triton_repository_parses_and_runs(
+    published: mc.Registry, tmp_path: Path, digits: Digits
+) -> None:
+    export(published, "triton", tmp_path / "repo")
+    model_dir = tmp_path / "repo" / "digits"
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())  # fmt: skip
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 32 and config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("x", [1, 8, 8])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("output", [10])]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert config.output[0].label_filename == "labels.txt"
+    assert (model_dir / "labels.txt").read_text().split() == [str(i) for i in range(10)]
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == [i.name for i in config.input]
+    scores = session.run(None, {"x": digits.x_test[:4]})[0]
+    assert scores.shape == (4, 10)
+
+
+def test_export_refuses_what_a_target_cannot_run(published: mc.Registry, tmp_path: Path) -> None:
+    bad = run_cli("export", "digits@1.0.0", "--format", "helm", "--to", str(tmp_path / "x"),
+                  "--registry", str(published.root))  # fmt: skip
+    assert bad.returncode == 2 and "expected one of docker, kserve, triton" in bad.stderr
