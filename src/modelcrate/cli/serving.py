@@ -18,6 +18,7 @@ from modelcrate.server.oip import Limits
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
+    app.command("ui")(ui_command)
     app.command("bench")(bench_command)
 
 
@@ -86,6 +87,23 @@ def serve_command(
     served = ", ".join(refs or []) or "the registry API"
     errors.print(f"serving {served} on http://{host}:{port} (Ctrl-C to stop)")
     serve(settings)
+
+
+def ui_command(
+    port: Annotated[int, typer.Option("--port", "-p")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Interface (default loopback only).")] = (
+        "127.0.0.1"
+    ),
+    token_file: Annotated[str | None, typer.Option("--token-file", help="TOML bearer tokens.")] = (
+        None
+    ),
+    registry: RegistryOption = None,
+) -> None:
+    """Browse the registry in a web browser (http://HOST:PORT/ui); serves no models."""
+    from modelcrate.server.runner import ServeSettings, serve
+
+    errors.print(f"registry UI on http://{host}:{port}/ui (Ctrl-C to stop)")
+    serve(ServeSettings(refs=[], registry=registry, host=host, port=port, token_file=token_file))
 
 
 def bench_command(

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelcrate
@@ -39,6 +39,7 @@ from modelcrate.server.infer import (
 from modelcrate.server.infer import read_body as read_asgi_body
 from modelcrate.server.models import ModelManager, ServedModel
 from modelcrate.server.registry_api import registry_routes
+from modelcrate.server.ui import ui_routes
 
 access_log = logging.getLogger("modelcrate.access")
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
@@ -149,7 +150,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
-    routes = [
+    routes: list[Route | Mount] = [
         Route("/v2/health/live", guard(None, live)),
         Route("/v2/health/ready", guard(None, ready)),
         Route("/v2", guard("read", server_metadata)),
@@ -171,10 +172,10 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         Route("/metrics", guard("read", metrics)),
         Route("/v2/openapi.json", guard(None, openapi)),
     ]
-    if isinstance(
-        manager.registry, Registry
-    ):  # a server reading from another one serves models only
+    # A server reading models from another server offers no registry API or UI itself.
+    if isinstance(manager.registry, Registry):
         routes += registry_routes(manager.registry, tokens, guard)
+        routes += ui_routes(manager.registry, tokens)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -1,0 +1,321 @@
+"""The web UI at ``/ui``: browse models, read a version's card, signature, metrics, parity
+and lineage, download it, try it, compare two versions, and (with an admin token) move or
+roll back aliases.
+
+Server-rendered with Jinja2 (autoescaped); the model card is Markdown rendered with
+raw HTML disabled; a small script of our own runs the try-it form and the admin
+buttons. Nothing is fetched from a CDN. Pages need the ``read`` scope when the server
+has tokens (``?token=`` once sets a cookie); admin actions need ``admin`` in the
+request itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from modelcrate.errors import InputError, ModelcrateError
+from modelcrate.model import Model, read_safetensors
+from modelcrate.refs import Ref
+from modelcrate.registry.api import Registry
+from modelcrate.server.auth import Tokens
+from modelcrate.server.infer import HTTPError, authorize, status_of
+
+BASE = "/ui"
+COOKIE = "modelcrate_token"
+MAX_TRY_BODY = 4 * 1024 * 1024
+CACHED_MODELS = 4
+
+_templates = Environment(
+    loader=PackageLoader("modelcrate.server.ui", "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
+    models: OrderedDict[str, Model] = OrderedDict()  # try-it models by digest (LRU)
+
+    def page(template: str, request: Request, status: int = 200, **values: Any) -> Response:
+        body = _templates.get_template(template).render(base=BASE, **values)
+        response = HTMLResponse(body, status_code=status)
+        token = request.query_params.get("token")
+        if token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def viewer(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Any:
+            token = request.query_params.get("token") or request.cookies.get(COOKIE)
+            header = request.headers.get("authorization") or (f"Bearer {token}" if token else None)
+            try:
+                authorize(tokens, header, "read")
+                return await handler(request)
+            except (HTTPError, ModelcrateError) as exc:
+                status = status_of(exc)
+                if request.url.path.startswith(f"{BASE}/api/"):
+                    return JSONResponse({"error": str(exc)}, status_code=status)
+                return page("error.html", request, status=status, status_text=status,
+                            message=str(exc))  # fmt: skip
+
+        return endpoint
+
+    async def index(request: Request) -> Response:
+        query, tag = request.query_params.get("q"), request.query_params.get("tag")
+        found = await run_in_threadpool(registry.list_models, query, tag=tag)
+        every = await run_in_threadpool(registry.list_models)
+        tags = sorted({t for m in every for t in m.tags})
+        return page("models.html", request, models=found, tags=tags, tag=tag, query=query)
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["name"]
+        return page("model.html", request, **await run_in_threadpool(_model_view, registry, name))
+
+    async def version(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        values = await run_in_threadpool(_version_view, registry, f"{name}@{version}")
+        return page("version.html", request, **values)
+
+    async def compare(request: Request) -> Response:
+        name = request.path_params["name"]
+        a, b = request.query_params.get("a"), request.query_params.get("b")
+        if not a or not b:
+            raise InputError("compare needs ?a=VERSION&b=VERSION")
+        values = await run_in_threadpool(_compare_view, registry, name, a, b)
+        return page("compare.html", request, name=name, **values)
+
+    async def download(request: Request) -> Response:
+        ref = f"{request.path_params['name']}@{request.path_params['version']}"
+        crate = await run_in_threadpool(registry.get, ref)
+        scratch = Path(tempfile.mkdtemp(prefix="modelcrate-download-"))
+        path = await run_in_threadpool(crate.save, scratch / f"{crate.name}-{crate.version}.crate")
+        cleanup = BackgroundTask(_remove, scratch)
+        return FileResponse(path, filename=path.name, media_type="application/x-tar",
+                            background=cleanup)  # fmt: skip
+
+    async def predict(request: Request) -> Response:
+        ref = f"{request.path_params['name']}@{request.path_params['version']}"
+        body = await request.body()
+        if len(body) > MAX_TRY_BODY:
+            raise InputError(f"try-it inputs are limited to {MAX_TRY_BODY} bytes")
+        try:
+            inputs = json.loads(body)["inputs"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise InputError('send JSON {"inputs": [...]}') from None
+
+        def run() -> dict[str, Any]:
+            info = registry.resolve(ref)
+            loaded = models.pop(info.digest, None) or Model(
+                registry.get(Ref(info.name, digest=info.digest)), threads=1, registry=registry
+            )
+            models[info.digest] = loaded
+            while len(models) > CACHED_MODELS:
+                models.popitem(last=False)
+            feeds = (
+                inputs
+                if not isinstance(inputs, dict)
+                else {k: np.asarray(v) for k, v in inputs.items()}
+            )
+            outputs = loaded.predict(feeds)
+            return {"outputs": {n: _describe(v, loaded.labels) for n, v in outputs.items()}}
+
+        return JSONResponse(await run_in_threadpool(run))
+
+    async def alias_action(request: Request) -> Response:
+        try:
+            header = request.headers.get("authorization")
+            authorize(tokens, header, "admin")
+            token = tokens.token_for(header)
+            acting = copy.copy(registry)  # the audit log names the token that acts
+            acting.actor = f"token:{token.name}" if token else registry.actor
+            name, alias = request.path_params["name"], request.path_params["alias"]
+            action = request.path_params["action"]
+            if action == "set":
+                try:
+                    version = json.loads(await request.body())["version"]
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    raise InputError('send JSON {"version": "..."}') from None
+                event = await run_in_threadpool(acting.set_alias, name, alias, str(version))
+            elif action == "rollback":
+                event = await run_in_threadpool(acting.rollback, name, alias)
+            else:
+                raise HTTPError(404, f"no alias action {action!r}")
+        except (HTTPError, ModelcrateError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
+        return JSONResponse(vars(event))
+
+    async def home(_: Request) -> Response:
+        return RedirectResponse(f"{BASE}/")
+
+    static = StaticFiles(packages=[("modelcrate.server.ui", "static")])
+    return [
+        Route(BASE, home),
+        Route(f"{BASE}/", viewer(index)),
+        Mount(f"{BASE}/static", app=static),
+        Route(f"{BASE}/models/{{name}}", viewer(model)),
+        Route(f"{BASE}/models/{{name}}/compare", viewer(compare)),
+        Route(f"{BASE}/models/{{name}}/{{version}}", viewer(version)),
+        Route(f"{BASE}/models/{{name}}/{{version}}/download", viewer(download)),
+        Route(f"{BASE}/api/models/{{name}}/{{version}}/predict", viewer(predict), methods=["POST"]),
+        Route(
+            f"{BASE}/api/models/{{name}}/aliases/{{alias}}/{{action}}",
+            alias_action,
+            methods=["POST"],
+        ),
+    ]
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _model_view(registry: Registry, name: str) -> dict[str, Any]:
+    rows = []
+    for info in registry.versions(name):
+        manifest = registry.manifest(f"{name}@{info.version}")
+        rows.append({**vars(info), "size_text": _size(info.size), "when": _when(info.created_at),
+                     "signed": bool(registry.signatures(f"{name}@{info.version}")),
+                     "encrypted": manifest.encryption is not None})  # fmt: skip
+    aliases = {}
+    for alias in sorted({a for row in rows for a in row["aliases"]}):
+        aliases[alias] = [{**vars(e), "when": _when(e.at)}
+                          for e in registry.alias_history(name, alias)]  # fmt: skip
+    return {"name": name, "versions": rows, "aliases": aliases}
+
+
+def _version_view(registry: Registry, ref: str) -> dict[str, Any]:
+    from markdown_it import MarkdownIt
+
+    from modelcrate.trust.signing import signer_id
+
+    info = registry.resolve(ref)
+    manifest = registry.manifest(ref)
+    crate = registry.get(ref)
+    card_html = None
+    if manifest.model_card and manifest.encrypted(manifest.model_card) is None:
+        text = crate.read_bytes(manifest.model_card).decode("utf-8", "replace")
+        if text.startswith("---"):  # YAML front matter is metadata, not prose
+            text = text.split("---", 2)[-1]
+        card_html = MarkdownIt("commonmark", {"html": False}).render(text)
+    policy = registry.policy()
+    signers = []
+    for bundle in registry.signatures(ref):
+        kid = signer_id(bundle) or "unknown key"
+        signers.append(policy.keys.describe(kid) if kid in policy.keys.pems else kid[:16])
+    first = manifest.signature.inputs[0]
+    image_input = len(first.shape) == 4 and first.shape[1] in (1, 3)
+    example = _example(crate, manifest)
+    report = manifest.report.model_dump(exclude_none=True) if manifest.report else {}
+    return {"m": manifest, "aliases": info.aliases, "signers": signers, "card_html": card_html,
+            "image_input": image_input, "example": example, "report": report,
+            "lineage_svg": _lineage_svg(registry, ref)}  # fmt: skip
+
+
+def _example(crate: Any, manifest: Any) -> str:
+    """A first input to try: the crate's first sample, else zeros of the input's shape."""
+    spec = manifest.signature.inputs[0]
+    if manifest.samples and not crate.encrypted:
+        samples = read_safetensors(crate.read_bytes(manifest.samples), manifest.samples)
+        if spec.name in samples:
+            return json.dumps(np.round(samples[spec.name][:1].astype(float), 4).tolist())
+    shape = [1 if d == -1 else d for d in spec.shape]
+    return json.dumps(np.zeros(shape).tolist())
+
+
+def _lineage_svg(registry: Registry, ref: str) -> str:
+    from html import escape
+
+    graph = registry.lineage(ref)
+    columns: dict[int, list[tuple[str, str | None]]] = {0: [(graph.ref, graph.operation)]}
+    for node in graph.ancestors:
+        columns.setdefault(-node.depth, []).append((node.ref, node.operation))
+    for node in graph.descendants:
+        columns.setdefault(node.depth, []).append((node.ref, node.operation))
+    order = sorted(columns)
+    width, height = 190, 44
+    rows = max(len(v) for v in columns.values())
+    parts = [f'<svg class="lineage" role="img" aria-label="lineage" width="{len(order) * 230}" '
+             f'height="{rows * 60 + 10}" xmlns="http://www.w3.org/2000/svg">']  # fmt: skip
+    centers: dict[int, list[tuple[int, int]]] = {}
+    for col, depth in enumerate(order):
+        for row, (name, operation) in enumerate(columns[depth]):
+            x, y = 10 + col * 230, 10 + row * 60
+            centers.setdefault(depth, []).append((x, y + height // 2))
+            klass = ' class="self"' if depth == 0 else ""
+            parts.append(f'<rect{klass} x="{x}" y="{y}" width="{width}" height="{height}" rx="4"/>')
+            parts.append(f'<text x="{x + 8}" y="{y + 18}">{escape(name)}</text>')
+            if operation:
+                parts.append(
+                    f'<text x="{x + 8}" y="{y + 35}" fill="#5b6577">{escape(operation)}</text>'
+                )
+    for left, right in itertools.pairwise(order):
+        for x1, y1 in centers[left]:
+            for x2, y2 in centers[right]:
+                parts.append(f'<line x1="{x1 + width}" y1="{y1}" x2="{x2}" y2="{y2}"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _compare_view(registry: Registry, name: str, a: str, b: str) -> dict[str, Any]:
+    left, right = registry.manifest(f"{name}@{a}"), registry.manifest(f"{name}@{b}")
+
+    def facts(manifest: Any) -> dict[str, str]:
+        values = {
+            "digest": manifest.digest[:19] + "…",
+            "size": _size(sum(f.size for f in manifest.files)),
+            "artifacts": ", ".join(f"{x.kind} ({x.precision})" for x in manifest.artifacts)
+                         or "composition",
+            "operation": manifest.lineage.operation if manifest.lineage else "",
+        }  # fmt: skip
+        values.update({f"metric: {k}": f"{v:.4g}" for k, v in manifest.metrics.items()})
+        if manifest.report:
+            report = manifest.report.model_dump(exclude_none=True)
+            values.update({f"report: {k}": str(v) for k, v in report.items() if k != "parent"})
+        return values
+
+    one, two = facts(left), facts(right)
+    labels = list(dict.fromkeys([*one, *two]))
+    rows = [(label, one.get(label, "–"), two.get(label, "–")) for label in labels]
+    return {"a": left, "b": right, "rows": rows}
+
+
+def _describe(value: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"shape": list(value.shape)}
+    if value.ndim == 2 and value.shape[0] >= 1 and value.dtype.kind == "f":
+        scores = value[0]
+        shifted = np.exp(scores - scores.max())
+        shares = shifted / shifted.sum()
+        top = np.argsort(scores)[::-1][:5]
+        out["top"] = [{"label": labels[i] if labels and i < len(labels) else str(i),
+                       "score": float(scores[i]), "share": float(shares[i])}
+                      for i in top]  # fmt: skip
+    out["data"] = value.ravel()[:1000].tolist()
+    return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
