@@ -66,6 +66,13 @@ def serve_command(
         str | None,
         typer.Option("--identity", help="Private key that decrypts encrypted crates (in memory)."),
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run as a Ray Serve deployment (local Ray instance).")
+    ] = False,
+    replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve replicas.")] = 1,
+    autoscale: Annotated[
+        str | None, typer.Option("--autoscale", help="Ray Serve autoscaling MIN:MAX.")
+    ] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2; aliases are followed live."""
@@ -85,6 +92,16 @@ def serve_command(
         header_timeout=header_timeout,
     )  # fmt: skip
     served = ", ".join(refs or []) or "the registry API"
+    if ray:
+        from modelcrate.deploy.ray import Scaling, serve_with_ray
+        from modelcrate.server.auth import Tokens
+        from modelcrate.server.runner import check_exposure
+
+        scaling = Scaling.parse(replicas, autoscale)
+        check_exposure(settings, Tokens.load(token_file))
+        errors.print(f"serving {served} with Ray Serve on http://{host}:{port} (Ctrl-C to stop)")
+        serve_with_ray(settings, scaling)
+        return
     errors.print(f"serving {served} on http://{host}:{port} (Ctrl-C to stop)")
     serve(settings)
 
