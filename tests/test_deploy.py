@@ -182,4 +182,4 @@ def test_triton_repository_parses_and_runs(
 def test_export_refuses_what_a_target_cannot_run(published: mc.Registry, tmp_path: Path) -> None:
     bad = run_cli("export", "digits@1.0.0", "--format", "helm", "--to", str(tmp_path / "x"),
                   "--registry", str(published.root))  # fmt: skip
-    assert bad.returncode == 2 and "expected one of docker, kserve, triton" in bad.stderr
+    assert bad.returncode == 2 and "expected one of docker, kserve, triton, tfserving" in bad.stderr

@@ -32,7 +32,9 @@ DType = Literal[
     "bool", "uint8", "int8", "uint16", "int16", "int32", "int64",
     "float16", "float32", "float64", "string",
 ]  # fmt: skip
-ArtifactKind = Literal["onnx", "ort", "torch-export", "safetensors", "tflite", "keras"]
+ArtifactKind = Literal[
+    "onnx", "ort", "torch-export", "safetensors", "tflite", "keras", "savedmodel"
+]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "mixed"]
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PASSPHRASE_ENV = "MODELCRATE_PASSPHRASE"
 
-RuntimeName = Literal["auto", "onnxruntime", "torch"]
+RuntimeName = Literal["auto", "onnxruntime", "torch", "litert"]
 
 
 class Model:
@@ -192,6 +192,11 @@ def _make_runtime(
         from modelcrate.runtimes.onnxruntime import OnnxRuntime
 
         return OnnxRuntime(crate, onnx, threads=threads)
+    tflite = manifest.artifact("tflite")
+    if runtime in ("auto", "litert") and tflite is not None:
+        from modelcrate.runtimes.tflite import LiteRTRuntime
+
+        return LiteRTRuntime(crate, tflite)
     exported = manifest.artifact("torch-export")
     if runtime in ("auto", "torch") and exported is not None:
         from modelcrate.runtimes.torch import TorchRuntime

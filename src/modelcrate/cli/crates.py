@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 
 
 def pack_command(
-    source: Annotated[Path, typer.Argument(help="A .onnx or .pt2 (torch.export) file.")],
+    source: Annotated[
+        Path, typer.Argument(help="A model file (.onnx .pt2 .ort .keras .h5 .tflite) or dir.")
+    ],
     name: Annotated[str, typer.Option("--name", help="Model name.")],
     version: Annotated[str, typer.Option("--version", help="Version, like 1.0.0.")],
     output: Annotated[
@@ -42,9 +44,13 @@ def pack_command(
     model_card: Annotated[
         Path | None, typer.Option("--model-card", help="README.md for the crate.")
     ] = None,
+    keras_allow: Annotated[
+        list[str] | None,
+        typer.Option("--keras-allow", help="Keras class to trust (Lambda, a custom layer)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Pack a model file into a single-file crate."""
+    """Pack a model file (.onnx, .pt2, .ort, .keras, .h5, .tflite) or SavedModel directory."""
     with errors.status(f"packing {source.name}…"):
         crate = pack(
             source,
@@ -56,6 +62,7 @@ def pack_command(
             license=license,
             tags=tag,
             model_card=model_card,
+            keras_allow=keras_allow,
         )
         path = crate.save(output or Path(f"{name}-{version}.crate"))
     if as_json:

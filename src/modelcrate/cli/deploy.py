@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 def export_command(
     ref: Annotated[str, typer.Argument(help="The version to deploy, like digits@1.0.0.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="docker | kserve | triton")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="docker | kserve | triton | tfserving")
+    ],
     to: Annotated[Path, typer.Option("--to", help="Directory to write into.")],
     image: Annotated[str | None, typer.Option("--image", help="Container image (kserve).")] = None,
     registry: RegistryOption = None,

@@ -3,7 +3,8 @@
 ``docker`` (docker.py): a build context serving the crate with ``modelcrate serve``;
 ``kserve`` (kserve.py): an InferenceService using that image over OIP v2;
 ``triton`` (triton.py): a Triton model repository (``name/1/model.onnx`` +
-``config.pbtxt``) generated from the crate's signature.
+``config.pbtxt``) generated from the crate's signature; ``tfserving`` (tfserving.py): a
+TF Serving model directory (``name/1/saved_model.pb``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from modelcrate.errors import UsageError
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
 
-Format = Literal["docker", "kserve", "triton"]
-FORMATS: tuple[Format, ...] = ("docker", "kserve", "triton")
+Format = Literal["docker", "kserve", "triton", "tfserving"]
+FORMATS: tuple[Format, ...] = ("docker", "kserve", "triton", "tfserving")
 
 
 def export(
@@ -46,6 +47,10 @@ def export(
         from modelcrate.deploy.kserve import write_manifest
 
         return write_manifest(crate, target, image=image)
+    if format == "tfserving":
+        from modelcrate.deploy.tfserving import write_model_dir
+
+        return write_model_dir(crate, target)
     from modelcrate.deploy.triton import write_repository
 
     return write_repository(crate, target)

@@ -65,6 +65,7 @@ def pack(
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     parity_tolerance: float = 1e-3,
+    keras_allow: list[str] | None = None,
 ) -> Crate:
     """Pack a torch ``nn.Module`` (with ``example_inputs``), a ``.onnx`` file or a ``.pt2`` file.
 
@@ -84,6 +85,7 @@ def pack(
         input_names=input_names,
         output_names=output_names,
         parity_tolerance=parity_tolerance,
+        keras_allow=keras_allow or [],
     )
     card = _write_model_card(model_card, workdir)
     sample_file = _write_samples(build, samples, workdir)
@@ -119,16 +121,29 @@ class _Owner:
 def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
+        from modelcrate.pack import keras as keras_builder
+
+        if keras_builder.is_saved_model(path):
+            return keras_builder.build(path, workdir, **options)
         if not path.is_file():
             raise UsageError(f"{path}: no such model file")
         with path.open("rb") as handle:
             head = handle.read(8)
         from modelcrate.pack.ort import is_ort_file
+        from modelcrate.pack.tflite import is_tflite
 
         if is_ort_file(head):
             from modelcrate.pack import ort as ort_builder
 
             return ort_builder.build(path, workdir)
+        if is_tflite(head):
+            from modelcrate.pack import tflite as tflite_builder
+
+            return tflite_builder.build(path, workdir)
+        if head.startswith(keras_builder.HDF5_MAGIC) or (
+            head.startswith(b"PK") and keras_builder.is_keras_zip(_zip_names(path))
+        ):
+            return keras_builder.build(path, workdir, **options)
         if head.startswith(b"PK"):  # a zip: torch.export's .pt2 archive
             from modelcrate.pack import torch as torch_builder
 
@@ -142,9 +157,19 @@ def _dispatch(model: Any, workdir: Path, **options: Any) -> Build:
 
         return torch_builder.build(model, workdir, **options)
     raise UsageError(
-        f"cannot pack a {type(model).__name__}: expected a torch.nn.Module, "
-        "or a path to a .onnx, .pt2 or .ort file"
+        f"cannot pack a {type(model).__name__}: expected a torch.nn.Module, or a path to a "
+        ".onnx, .pt2, .ort, .keras, .h5 or .tflite file or a SavedModel directory"
     )
+
+
+def _zip_names(path: Path) -> list[str]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        return []
 
 
 def _torch_module_type() -> type | None:

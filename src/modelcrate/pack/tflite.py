@@ -1,0 +1,60 @@
+"""Build a crate from a ``.tflite`` file (run with LiteRT; needs the ``tensorflow`` extra's
+``ai-edge-litert``). The signature comes from the interpreter's input and output details;
+a leading dimension of 1 is taken as the batch and served dynamically."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelcrate.errors import PackError, RuntimeUnavailable, first_line
+from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
+from modelcrate.pack import Build
+
+TFLITE_FILE = "model.tflite"
+
+
+def is_tflite(head: bytes) -> bool:
+    """TFLite flatbuffers carry the file identifier ``TFL3`` at bytes 4..8."""
+    return len(head) >= 8 and head[4:8] == b"TFL3"
+
+
+def interpreter(content: bytes) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise RuntimeUnavailable(
+            "TFLite models need LiteRT: pip install 'modelcrate[tensorflow]'"
+        ) from None
+    try:
+        runner = Interpreter(model_content=content)
+        runner.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise PackError(f"LiteRT cannot load the model: {first_line(exc)}") from None
+    return runner
+
+
+def tensor_spec(detail: dict[str, Any]) -> TensorSpec:
+    shape = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+    if shape and shape[0] in (1, -1):
+        shape[0] = -1
+    return TensorSpec(name=str(detail["name"]) or "input", dtype=np.dtype(detail["dtype"]).name,
+                      shape=shape)  # fmt: skip
+
+
+def build(source: Path, workdir: Path, **_: Any) -> Build:
+    runner = interpreter(source.read_bytes())
+    shutil.copyfile(source, workdir / TFLITE_FILE)
+    from ai_edge_litert import __version__ as litert_version
+
+    return Build(
+        artifacts=[Artifact(kind="tflite", path=TFLITE_FILE)],
+        signature=Signature(
+            inputs=[tensor_spec(d) for d in runner.get_input_details()],
+            outputs=[tensor_spec(d) for d in runner.get_output_details()],
+        ),
+        framework=Framework(name="litert", version=litert_version),
+    )

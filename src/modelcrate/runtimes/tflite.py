@@ -1,0 +1,40 @@
+"""LiteRT (TFLite) runtime: runs a crate's ``.tflite`` artifact from verified bytes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modelcrate.errors import InputError, first_line
+
+if TYPE_CHECKING:
+    from modelcrate.crate import Crate
+    from modelcrate.manifest import Artifact
+
+
+class LiteRTRuntime:
+    name = "litert"
+
+    def __init__(self, crate: Crate, artifact: Artifact) -> None:
+        from modelcrate.pack.tflite import interpreter
+
+        self.runner = interpreter(crate.read_bytes(artifact.path))
+        self.inputs = self.runner.get_input_details()
+        self.outputs = self.runner.get_output_details()
+        self.output_names = [o.name for o in crate.manifest.signature.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            for detail, array in zip(self.inputs, inputs.values(), strict=True):
+                if list(detail["shape"]) != list(array.shape):
+                    self.runner.resize_tensor_input(detail["index"], list(array.shape))
+            self.runner.allocate_tensors()
+            self.inputs = self.runner.get_input_details()
+            for detail, array in zip(self.inputs, inputs.values(), strict=True):
+                self.runner.set_tensor(detail["index"], array)
+            self.runner.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"LiteRT rejected the inputs: {first_line(exc)}") from None
+        return {name: np.array(self.runner.get_tensor(detail["index"]))
+                for name, detail in zip(self.output_names, self.outputs, strict=True)}  # fmt: skip

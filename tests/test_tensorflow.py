@@ -1,0 +1,157 @@
+"""TensorFlow and Keras: .keras, .h5 and SavedModel pack into crates with an ONNX artifact
+(parity checked) and the original; Lambda layers are refused unless allowed; .tflite packs and
+runs on LiteRT; crates export to the TF Serving layout. Models are built here, on digits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelcrate as mc
+from conftest import run_cli
+
+pytestmark = pytest.mark.tensorflow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def digits_keras() -> tuple[Any, np.ndarray, np.ndarray, float]:
+    """A small Keras CNN trained on digits (channels-last 8x8 images)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = (data.images / 16.0).astype(np.float32)[..., None]
+    x_train, x_test, y_train, y_test = train_test_split(images, data.target, test_size=0.25,
+                                                        random_state=0)  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), name="image"),
+        keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ])  # fmt: skip
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
+    accuracy = float((np.argmax(model.predict(x_test, verbose=0), 1) == y_test).mean())
+    return model, x_test, y_test, accuracy
+
+
+def test_pack_keras_file_and_serve_it_without_tensorflow(
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path, home: Path
+) -> None:
+    model, x_test, y_test, accuracy = digits_keras
+    assert accuracy > 0.85
+    path = tmp_path / "mnist_cnn.keras"
+    model.save(path)
+    packed = run_cli("pack", str(path), "--name", "mnist", "--version", "1.0.0",
+                     "--output", str(tmp_path / "mnist.crate"))  # fmt: skip
+    assert packed.returncode == 0, packed.stderr
+    crate = mc.Crate.open(tmp_path / "mnist.crate")
+    kinds = {a.kind: a for a in crate.manifest.artifacts}
+    assert set(kinds) == {"onnx", "keras"}
+    assert kinds["onnx"].parity is not None and kinds["onnx"].parity.max_abs_diff < 1e-4
+    assert crate.manifest.signature.inputs[0].name == "image"
+    assert crate.manifest.signature.inputs[0].shape == [-1, 8, 8, 1]
+    assert crate.manifest.framework is not None and crate.manifest.framework.name == "tensorflow"
+    onnx_scores = mc.load(tmp_path / "mnist.crate").predict(x_test)["output"]
+    np.testing.assert_allclose(onnx_scores, model.predict(x_test, verbose=0), atol=1e-4)
+    assert float((onnx_scores.argmax(1) == y_test).mean()) == pytest.approx(accuracy, abs=0.01)
+
+
+def test_pack_h5_and_saved_model_and_an_lstm(tmp_path: Path,
+                                             digits_keras: tuple[Any, ...]) -> None:  # fmt: skip
+    model, x_test, _, _ = digits_keras
+    model.save(tmp_path / "legacy.h5")
+    h5 = mc.pack(tmp_path / "legacy.h5", name="legacy", version="1.0.0")
+    assert {a.kind for a in h5.manifest.artifacts} == {"onnx", "keras"}
+    np.testing.assert_allclose(mc.Model(h5).predict(x_test[:8])["output"],
+                               model.predict(x_test[:8], verbose=0), atol=1e-4)  # fmt: skip
+
+    model.export(str(tmp_path / "saved"), verbose=False)
+    saved = mc.pack(tmp_path / "saved", name="saved", version="1.0.0")
+    savedmodel = saved.manifest.artifact("savedmodel")
+    assert savedmodel is not None and savedmodel.path == "saved_model/saved_model.pb"
+    assert any(f.startswith("saved_model/variables/") for f in savedmodel.data_files)
+    np.testing.assert_allclose(mc.Model(saved).predict(x_test[:8])["output"],
+                               model.predict(x_test[:8], verbose=0), atol=1e-4)  # fmt: skip
+
+    keras.utils.set_random_seed(1)
+    lstm = keras.Sequential([keras.Input((5, 3), name="series"), keras.layers.LSTM(8),
+                             keras.layers.Dense(2)])  # fmt: skip
+    lstm.save(tmp_path / "lstm.keras")
+    crate = mc.pack(tmp_path / "lstm.keras", name="lstm", version="1.0.0")
+    series = np.random.default_rng(0).standard_normal((6, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(mc.Model(crate).predict(series)["output"],
+                               lstm.predict(series, verbose=0), atol=1e-4)  # fmt: skip
+
+
+def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+
+    # Runs whenever Keras builds or calls the layer; saved as bytecode with the path in it.
+    double = eval(
+        f"lambda v: (__import__('pathlib').Path({str(canary)!r}).write_text('ran'), v * 2.0)[1]"
+    )
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Lambda(double),
+                              keras.layers.Dense(2)])  # fmt: skip
+    for suffix in (".keras", ".h5"):  # .h5 ignores Keras's safe_mode (CVE-2025-9905)
+        path = tmp_path / f"lambda{suffix}"
+        model.save(path)
+        canary.unlink(missing_ok=True)
+        refused = run_cli("pack", str(path), "--name", "lam", "--version", "1.0.0",
+                          "--output", str(tmp_path / "lam.crate"))  # fmt: skip
+        assert refused.returncode == 1 and "Lambda layer" in refused.stderr, refused.stderr
+        assert not (tmp_path / "lam.crate").exists() and not canary.exists()
+    allowed = mc.pack(tmp_path / "lambda.keras", name="lam", version="1.0.0",
+                      keras_allow=["Lambda"])  # fmt: skip
+    assert canary.exists()  # allowed: Keras ran the layer's code, as the user chose
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(mc.Model(allowed).predict(x)["output"],
+                               model.predict(x, verbose=0), atol=1e-5)  # fmt: skip
+
+
+def test_tflite_packs_and_runs_on_litert(
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path
+) -> None:
+    model, x_test, _, _ = digits_keras
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    (tmp_path / "model.tflite").write_bytes(converter.convert())
+    packed = run_cli("pack", str(tmp_path / "model.tflite"), "--name", "mnist-edge",
+                     "--version", "1.0.0", "--output", str(tmp_path / "edge.crate"))  # fmt: skip
+    assert packed.returncode == 0, packed.stderr
+    edge = mc.load(tmp_path / "edge.crate")
+    assert edge.runtime.name == "litert"
+    assert [a.kind for a in edge.manifest.artifacts] == ["tflite"]
+    scores = edge.predict(x_test[:5])
+    np.testing.assert_allclose(next(iter(scores.values())), model.predict(x_test[:5], verbose=0),
+                               atol=1e-4)  # fmt: skip
+
+
+def test_export_to_the_tf_serving_layout(
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path,
+    registry: mc.Registry,
+) -> None:  # fmt: skip
+    model, x_test, _, _ = digits_keras
+    model.save(tmp_path / "mnist.keras")
+    registry.publish(mc.pack(tmp_path / "mnist.keras", name="mnist", version="1.0.0"))
+    exported = run_cli("export", "mnist@1.0.0", "--format", "tfserving", "--to",
+                       str(tmp_path / "models"), "--registry", str(registry.root))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "models" / "mnist" / "1" / "saved_model.pb").is_file()
+    served = tf.saved_model.load(str(tmp_path / "models" / "mnist" / "1"))
+    function = served.signatures["serving_default"]
+    outputs = function(**{name: tf.constant(x_test[:4])
+                          for name in function.structured_input_signature[1]})  # fmt: skip
+    np.testing.assert_allclose(next(iter(outputs.values())).numpy(),
+                               model.predict(x_test[:4], verbose=0), atol=1e-4)  # fmt: skip
+    again = run_cli("export", "mnist@1.0.0", "--format", "tfserving", "--to",
+                    str(tmp_path / "models"), "--registry", str(registry.root))  # fmt: skip
+    assert again.returncode == 0 and (tmp_path / "models" / "mnist" / "2").is_dir()
