@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/digits/demo.py
 
+# TensorFlow and torch's compiler stack crash when both load into one process (TF first),
+# so the TensorFlow tests run in a pytest process of their own.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not tensorflow"
+	$(PY) -m pytest -m tensorflow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks

@@ -14,18 +14,31 @@ import pytest
 import modelcrate as mc
 from conftest import run_cli
 
-pytestmark = pytest.mark.tensorflow
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
-keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.tensorflow  # `make test` runs these in a process of their own
+
+
+class TF:
+    """TensorFlow and Keras, imported only when a test here runs (never at collection:
+    loading TensorFlow before torch's compiler stack crashes the process)."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self.tf = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
+        self.keras = pytest.importorskip("keras")
 
 
 @pytest.fixture(scope="module")
-def digits_keras() -> tuple[Any, np.ndarray, np.ndarray, float]:
+def tfk() -> TF:
+    return TF()
+
+
+@pytest.fixture(scope="module")
+def digits_keras(tfk: TF) -> tuple[Any, np.ndarray, np.ndarray, float]:
     """A small Keras CNN trained on digits (channels-last 8x8 images)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    keras = tfk.keras
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[..., None]
     x_train, x_test, y_train, y_test = train_test_split(images, data.target, test_size=0.25,
@@ -66,8 +79,10 @@ def test_pack_keras_file_and_serve_it_without_tensorflow(
     assert float((onnx_scores.argmax(1) == y_test).mean()) == pytest.approx(accuracy, abs=0.01)
 
 
-def test_pack_h5_and_saved_model_and_an_lstm(tmp_path: Path,
-                                             digits_keras: tuple[Any, ...]) -> None:  # fmt: skip
+def test_pack_h5_and_saved_model_and_an_lstm(
+    tmp_path: Path, digits_keras: tuple[Any, ...], tfk: TF
+) -> None:
+    keras = tfk.keras
     model, x_test, _, _ = digits_keras
     model.save(tmp_path / "legacy.h5")
     h5 = mc.pack(tmp_path / "legacy.h5", name="legacy", version="1.0.0")
@@ -93,7 +108,8 @@ def test_pack_h5_and_saved_model_and_an_lstm(tmp_path: Path,
                                lstm.predict(series, verbose=0), atol=1e-4)  # fmt: skip
 
 
-def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path) -> None:
+def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path, tfk: TF) -> None:
+    keras = tfk.keras
     canary = tmp_path / "canary"
 
     # Runs whenever Keras builds or calls the layer; saved as bytecode with the path in it.
@@ -119,8 +135,9 @@ def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_tflite_packs_and_runs_on_litert(
-    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path, tfk: TF
 ) -> None:
+    tf = tfk.tf
     model, x_test, _, _ = digits_keras
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     (tmp_path / "model.tflite").write_bytes(converter.convert())
@@ -137,8 +154,9 @@ def test_tflite_packs_and_runs_on_litert(
 
 def test_export_to_the_tf_serving_layout(
     digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path,
-    registry: mc.Registry,
+    registry: mc.Registry, tfk: TF,
 ) -> None:  # fmt: skip
+    tf = tfk.tf
     model, x_test, _, _ = digits_keras
     model.save(tmp_path / "mnist.keras")
     registry.publish(mc.pack(tmp_path / "mnist.keras", name="mnist", version="1.0.0"))
@@ -155,3 +173,19 @@ def test_export_to_the_tf_serving_layout(
     again = run_cli("export", "mnist@1.0.0", "--format", "tfserving", "--to",
                     str(tmp_path / "models"), "--registry", str(registry.root))  # fmt: skip
     assert again.returncode == 0 and (tmp_path / "models" / "mnist" / "2").is_dir()
+
+
+def test_convert_a_keras_crate_to_tflite_with_parity(
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path,
+    registry: mc.Registry, tfk: TF,
+) -> None:  # fmt: skip
+    model, x_test, _, _ = digits_keras
+    model.save(tmp_path / "mnist.keras")
+    registry.publish(mc.pack(tmp_path / "mnist.keras", name="mnist", version="1.0.0"))
+    result = mc.convert("mnist@1.0.0", to="tflite", registry=registry)
+    assert result.crate.manifest.version == "1.0.0-tflite"
+    assert [a.kind for a in result.crate.manifest.artifacts] == ["tflite"]
+    assert result.report.max_abs_diff < 1e-4 and result.report.top1_agreement == 1.0
+    edge = mc.load("mnist@1.0.0-tflite", registry=registry)
+    np.testing.assert_allclose(next(iter(edge.predict(x_test[:4]).values())),
+                               model.predict(x_test[:4], verbose=0), atol=1e-4)  # fmt: skip

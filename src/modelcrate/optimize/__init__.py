@@ -122,13 +122,13 @@ def convert(
 ) -> Optimized:
     """Convert ``ref`` to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``) as a new
     version; the converted artifact is loaded back and must match the original's outputs."""
-    from modelcrate.optimize.convert import convert_onnx
+    from modelcrate.optimize.convert import convert_artifact
 
     reg = registry if isinstance(registry, Registry) else Registry.open(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
 
     def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
-        path, suffix = convert_onnx(parent, to, workdir)
+        path, suffix = convert_artifact(parent, to, workdir)
         return path, suffix, {"to": to}, None
 
     def check(report: Report) -> None:

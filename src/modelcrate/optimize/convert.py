@@ -1,4 +1,5 @@
-"""Convert a crate to another format: ORT format (.ort) or ORT-optimized ONNX.
+"""Convert a crate to another format: ORT format (.ort), ORT-optimized ONNX, or TFLite
+(from a crate's Keras or SavedModel artifact, with the TFLite converter).
 
 Every converted artifact is loaded back and compared with the original on the
 crate's samples (or seeded random inputs) before it is accepted.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelcrate.errors import PackError, RuntimeUnavailable, UsageError
+from modelcrate.errors import PackError, UsageError
 
 if TYPE_CHECKING:
     from modelcrate.model import Model
@@ -17,15 +18,12 @@ if TYPE_CHECKING:
 TARGETS = ("ort", "onnx", "tflite")
 
 
-def convert_onnx(model: Model, target: str, workdir: Path) -> tuple[Path, str]:
+def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, str]:
     """Write the converted artifact; returns (path, version suffix)."""
     import onnxruntime as ort
 
     if target == "tflite":
-        raise RuntimeUnavailable(
-            "converting to TFLite needs the TensorFlow/LiteRT tool chain, which this "
-            "release does not install; use --to ort for onnxruntime-mobile"
-        )
+        return _to_tflite(model, workdir), "tflite"
     if target not in TARGETS:
         raise UsageError(f"--to {target!r}: expected one of {', '.join(TARGETS)}")
     artifact = model.manifest.artifact("onnx")
@@ -49,3 +47,35 @@ def convert_onnx(model: Model, target: str, workdir: Path) -> tuple[Path, str]:
             f"conversion to {target} failed: {str(exc).splitlines()[0][:300]}"
         ) from None
     return path, suffix
+
+
+def _to_tflite(model: Model, workdir: Path) -> Path:
+    """TFLite from the crate's TensorFlow artifact (a torch or ONNX-only crate has none)."""
+    from modelcrate.pack.keras import SAVED_MODEL_DIR, import_tensorflow, read_keras_bytes
+
+    manifest = model.manifest
+    keras_artifact, saved = manifest.artifact("keras"), manifest.artifact("savedmodel")
+    if keras_artifact is None and saved is None:
+        raise UsageError(
+            f"{manifest.ref}: TFLite conversion starts from a TensorFlow artifact (pack the "
+            "model from .keras, .h5 or a SavedModel); use --to ort for onnxruntime-mobile"
+        )
+    tf, _, _ = import_tensorflow()
+    if keras_artifact is not None:
+        keras_model = read_keras_bytes(model.crate.read_bytes(keras_artifact.path),
+                                       Path(keras_artifact.path).suffix)  # fmt: skip
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    else:
+        assert saved is not None
+        for member in [saved.path, *saved.data_files]:
+            destination = workdir / member
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(model.crate.read_bytes(member))
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir / SAVED_MODEL_DIR))
+    try:
+        flatbuffer = converter.convert()
+    except Exception as exc:  # the converter reports unsupported ops as ConverterError
+        raise PackError(f"TFLite conversion failed: {str(exc).splitlines()[0][:300]}") from None
+    path = workdir / "model.tflite"
+    path.write_bytes(flatbuffer)
+    return path

@@ -37,24 +37,34 @@ def interpreter(content: bytes) -> Any:
     return runner
 
 
-def tensor_spec(detail: dict[str, Any]) -> TensorSpec:
+def tensor_spec(detail: dict[str, Any], fallback: str) -> TensorSpec:
     shape = [int(d) for d in detail.get("shape_signature", detail["shape"])]
     if shape and shape[0] in (1, -1):
         shape[0] = -1
-    return TensorSpec(name=str(detail["name"]) or "input", dtype=np.dtype(detail["dtype"]).name,
-                      shape=shape)  # fmt: skip
+    return TensorSpec(name=clean_name(str(detail["name"])) or fallback,
+                      dtype=np.dtype(detail["dtype"]).name, shape=shape)  # fmt: skip
+
+
+def clean_name(name: str) -> str:
+    """``serving_default_image:0`` -> ``image``; graph-internal names give way to defaults."""
+    name = name.split(":")[0].removeprefix("serving_default_")
+    return "" if name.startswith(("StatefulPartitionedCall", "PartitionedCall")) else name
 
 
 def build(source: Path, workdir: Path, **_: Any) -> Build:
     runner = interpreter(source.read_bytes())
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
     shutil.copyfile(source, workdir / TFLITE_FILE)
     from ai_edge_litert import __version__ as litert_version
 
     return Build(
         artifacts=[Artifact(kind="tflite", path=TFLITE_FILE)],
         signature=Signature(
-            inputs=[tensor_spec(d) for d in runner.get_input_details()],
-            outputs=[tensor_spec(d) for d in runner.get_output_details()],
+            inputs=[tensor_spec(d, f"input_{i}") for i, d in enumerate(inputs)],
+            outputs=[
+                tensor_spec(d, "output" if len(outputs) == 1 else f"output_{i}")
+                for i, d in enumerate(outputs)
+            ],
         ),
         framework=Framework(name="litert", version=litert_version),
     )
