@@ -6,7 +6,8 @@ import typer
 from rich.table import Table
 
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
-from modelcrate.cli.output import console, print_json, when
+from modelcrate.cli.output import console, print_json
+from modelcrate.display import when
 
 alias_app = typer.Typer(help="Movable names for versions (prod, staging, …).", no_args_is_help=True)
 

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
-from modelcrate.cli.output import console, errors, human_size, print_json
+from modelcrate.cli.output import console, errors, print_json
 from modelcrate.crate import Crate
+from modelcrate.display import human_size
 from modelcrate.errors import UsageError
 from modelcrate.manifest import Manifest
 from modelcrate.pack import pack

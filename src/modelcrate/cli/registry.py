@@ -11,8 +11,9 @@ from rich.table import Table
 
 from modelcrate.cli.crates import render_manifest
 from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
-from modelcrate.cli.output import console, errors, human_size, print_json, when
+from modelcrate.cli.output import console, errors, print_json
 from modelcrate.crate import Crate
+from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
 from modelcrate.refs import is_local_crate, parse_ref
 from modelcrate.trust.keys import TrustedKeys

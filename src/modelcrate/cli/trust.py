@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
-from modelcrate.cli.output import console, print_json, when
+from modelcrate.cli.output import console, print_json
+from modelcrate.display import when
 from modelcrate.errors import UsageError
 from modelcrate.trust.keys import KeyKind, generate
 from modelcrate.trust.signing import Policy

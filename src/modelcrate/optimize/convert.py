@@ -51,27 +51,11 @@ def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, st
 
 def _to_tflite(model: Model, workdir: Path) -> Path:
     """TFLite from the crate's TensorFlow artifact (a torch or ONNX-only crate has none)."""
-    from modelcrate.pack.keras import SAVED_MODEL_DIR, import_tensorflow, read_keras_bytes
+    from modelcrate.pack.keras import import_tensorflow, write_saved_model
 
-    manifest = model.manifest
-    keras_artifact, saved = manifest.artifact("keras"), manifest.artifact("savedmodel")
-    if keras_artifact is None and saved is None:
-        raise UsageError(
-            f"{manifest.ref}: TFLite conversion starts from a TensorFlow artifact (pack the "
-            "model from .keras, .h5 or a SavedModel); use --to ort for onnxruntime-mobile"
-        )
+    saved = write_saved_model(model.crate, workdir / "saved_model", "TFLite conversion")
     tf, _, _ = import_tensorflow()
-    if keras_artifact is not None:
-        keras_model = read_keras_bytes(model.crate.read_bytes(keras_artifact.path),
-                                       Path(keras_artifact.path).suffix)  # fmt: skip
-        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    else:
-        assert saved is not None
-        for member in [saved.path, *saved.data_files]:
-            destination = workdir / member
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(model.crate.read_bytes(member))
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir / SAVED_MODEL_DIR))
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     try:
         flatbuffer = converter.convert()
     except Exception as exc:  # the converter reports unsupported ops as ConverterError

@@ -15,7 +15,6 @@ import copy
 import itertools
 import json
 import tempfile
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from modelcrate.display import human_size, when
 from modelcrate.errors import InputError, ModelcrateError
 from modelcrate.model import Model, read_safetensors
 from modelcrate.refs import Ref
@@ -179,28 +179,17 @@ def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
     ]
 
 
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
 def _model_view(registry: Registry, name: str) -> dict[str, Any]:
     rows = []
     for info in registry.versions(name):
         manifest = registry.manifest(f"{name}@{info.version}")
-        rows.append({**vars(info), "size_text": _size(info.size), "when": _when(info.created_at),
-                     "signed": bool(registry.signatures(f"{name}@{info.version}")),
+        signed = bool(registry.signatures(f"{name}@{info.version}"))
+        rows.append({**vars(info), "size_text": human_size(info.size),
+                     "when": when(info.created_at), "signed": signed,
                      "encrypted": manifest.encryption is not None})  # fmt: skip
     aliases = {}
     for alias in sorted({a for row in rows for a in row["aliases"]}):
-        aliases[alias] = [{**vars(e), "when": _when(e.at)}
+        aliases[alias] = [{**vars(e), "when": when(e.at)}
                           for e in registry.alias_history(name, alias)]  # fmt: skip
     return {"name": name, "versions": rows, "aliases": aliases}
 
@@ -284,7 +273,7 @@ def _compare_view(registry: Registry, name: str, a: str, b: str) -> dict[str, An
     def facts(manifest: Any) -> dict[str, str]:
         values = {
             "digest": manifest.digest[:19] + "…",
-            "size": _size(sum(f.size for f in manifest.files)),
+            "size": human_size(sum(f.size for f in manifest.files)),
             "artifacts": ", ".join(f"{x.kind} ({x.precision})" for x in manifest.artifacts)
                          or "composition",
             "operation": manifest.lineage.operation if manifest.lineage else "",
