@@ -153,7 +153,7 @@ def test_convert_to_ort_optimized_onnx(published: mc.Registry) -> None:
 
 
 def test_convert_errors(published: mc.Registry) -> None:
-    with pytest.raises(UsageError, match="TFLite conversion starts from a TensorFlow artifact"):
+    with pytest.raises(UsageError, match="TFLite conversion needs a TensorFlow artifact"):
         mc.convert("digits@1.0.0", to="tflite", registry=published)
     with pytest.raises(UsageError, match="expected one of"):
         mc.convert("digits@1.0.0", to="coreml", registry=published)
