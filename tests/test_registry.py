@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -307,3 +308,17 @@ def test_versions_that_share_tensors_share_storage(registry: mc.Registry, tmp_pa
     registry.gc(grace_seconds=0)  # chunks 1.1-1.3 still use are kept
     assert all(c.problem is None for v in ("1.1.0", "1.2.0", "1.3.0")
                for c in registry.verify(f"mlp@{v}"))  # fmt: skip
+
+
+def test_an_empty_file_round_trips(registry: mc.Registry, tmp_path: Path) -> None:
+    """An empty file is stored as no chunks at all; it must still read back, verify, pull and
+    be reused by a republish."""
+    (tmp_path / "card.md").write_text("")
+    crate = mc.pack(make_onnx(tmp_path / "src" / "m.onnx"), name="tiny", version="1.0.0",
+                    model_card=tmp_path / "card.md")  # fmt: skip
+    registry.publish(crate)
+    assert registry.publish(crate).created is False
+    assert all(check.problem is None for check in registry.verify("tiny@1.0.0"))
+    pulled = registry.pull("tiny@1.0.0", tmp_path / "out")
+    assert (pulled / "README.md").read_bytes() == b""
+    assert registry.files.stored(hashlib.sha256(b"").hexdigest())

@@ -67,14 +67,11 @@ def publish(
 
     A local crate's signature (``<path>.sig``) is published with it. ``trust``: public
     key file(s)/directories; the crate must then be signed by one of them."""
-    from modelcrate.trust.signing import as_policy, read_bundle, sidecar
+    from modelcrate.trust.signing import as_policy, local_signatures
 
-    signatures = []
     if isinstance(crate, Model):
         crate = crate.crate
-    if not isinstance(crate, Crate):
-        signature = sidecar(crate)
-        signatures = [read_bundle(signature)] if signature.is_file() else []
+    signatures = [] if isinstance(crate, Crate) else local_signatures(crate)
     return _registry(registry).publish(crate, signatures=signatures, trust=as_policy(trust))
 
 
@@ -178,7 +175,7 @@ def push(
         with RemoteRegistry(text, token=token) as remote:
             return remote.publish(crate, signatures=signatures)
     with Registry.open(text) as other:
-        have = sum(other.files.reuse(f.sha256) is not None for f in crate.manifest.files)
+        have = sum(other.files.stored(f.sha256) for f in crate.manifest.files)
         result = other.publish(crate, signatures=signatures)
     files = len(crate.manifest.files)
     return PushResult(result.name, result.version, result.digest, result.created,

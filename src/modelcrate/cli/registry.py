@@ -17,7 +17,7 @@ from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
 from modelcrate.refs import is_local_crate, parse_ref
 from modelcrate.trust.keys import TrustedKeys
-from modelcrate.trust.signing import Policy, as_policy, read_bundle, sidecar, verify_local
+from modelcrate.trust.signing import Policy, as_policy, local_signatures, verify_local
 
 
 def register(app: typer.Typer) -> None:
@@ -51,10 +51,7 @@ def publish_command(
 ) -> None:
     """Publish a crate into the registry (immutable; identical republish is a no-op)."""
     crate = Crate.open(crate_path)
-    bundle_path = signature or sidecar(crate_path)
-    if signature is not None and not signature.is_file():
-        raise UsageError(f"--signature {signature}: no such file")
-    bundles = [read_bundle(bundle_path)] if bundle_path.is_file() else []
+    bundles = local_signatures(crate_path, signature)
     policy = Policy(require_signature or bool(trust), TrustedKeys.from_paths(trust or []))
     total = sum(f.size for f in crate.manifest.files)
     columns = (TextColumn("publishing"), BarColumn(), DownloadColumn())

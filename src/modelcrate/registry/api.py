@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -53,17 +53,6 @@ if TYPE_CHECKING:
     from modelcrate.trust.signing import Policy
 
 GC_GRACE_SECONDS = 3600.0
-
-
-class _BlobSource:
-    """Serves a registry crate's files (by path -> sha256) from the file store."""
-
-    def __init__(self, files: FileStore, manifest: Manifest) -> None:
-        self.files = files
-        self.shas = {f.path: f.sha256 for f in manifest.files}
-
-    def open(self, path: str) -> BinaryIO:
-        return self.files.open(self.shas[path], label=path)
 
 
 def default_location() -> Path:
@@ -329,7 +318,7 @@ class Registry(TrustMixin):
 
     def _crate(self, ref: str | Ref) -> Crate:
         manifest = self.manifest(ref)
-        return Crate(manifest, _BlobSource(self.files, manifest))
+        return Crate(manifest, self.files.source(manifest))
 
     def _policy(self, trust: Policy | None) -> Policy:
         from modelcrate.trust.signing import Policy

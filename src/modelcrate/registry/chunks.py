@@ -14,16 +14,20 @@ import hashlib
 import io
 import tempfile
 from collections.abc import Iterator
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
-from modelcrate.errors import IntegrityError
-from modelcrate.registry.blobs import CHUNK, BlobStore, copy_verified
+from modelcrate.errors import IntegrityError, NotFound
+from modelcrate.registry.blobs import BlobStore, copy_verified
 from modelcrate.registry.db import FileChunkRow, FileRow, read_session
 
+if TYPE_CHECKING:
+    from modelcrate.manifest import Manifest
+
 MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 16 * 1024, 64 * 1024, 256 * 1024
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # an empty file: no chunks, no blob
 Recipe = list[tuple[str, int]]  # (chunk sha256, size), in order; [] for an empty file
 
 
@@ -33,19 +37,28 @@ class FileStore:
     def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine, self.blobs = engine, blobs
 
-    def reuse(self, sha256: str) -> Recipe | None:
-        """The recipe of a stored file (its chunks touched, so gc's grace period protects
-        them until the publish commits), or None when the file is not stored yet."""
+    def _locate(self, sha256: str) -> Recipe | None:
+        """The file's recipe when all of it is stored ([] for a file stored whole by an
+        earlier release), else None."""
         recipe = self.recipe(sha256)
         if recipe is None:
-            if self.blobs.exists(sha256):  # stored whole by an earlier release
-                self.blobs.touch(sha256)
-                return []
-            return None
-        for chunk, _ in recipe:
-            if not self.blobs.exists(chunk):
-                return None  # a chunk went missing: store the file again
-            self.blobs.touch(chunk)
+            return [] if self.blobs.exists(sha256) else None
+        if not all(self.blobs.exists(chunk) for chunk, _ in recipe):
+            return None  # a chunk went missing: the file must be stored again
+        return recipe
+
+    def stored(self, sha256: str) -> bool:
+        """Whether the file is stored (a pure read: nothing is touched)."""
+        return self._locate(sha256) is not None
+
+    def reuse(self, sha256: str) -> Recipe | None:
+        """The recipe of a stored file (its blobs touched, so gc's grace period protects
+        them until the publish commits), or None when the file is not stored yet."""
+        recipe = self._locate(sha256)
+        if recipe is not None:
+            whole = not recipe and sha256 != EMPTY_SHA256  # stored whole by an earlier release
+            for blob in [sha256] if whole else [chunk for chunk, _ in recipe]:
+                self.blobs.touch(blob)
         return recipe
 
     def stage(self, stream: IO[bytes], sha256: str, size: int) -> Recipe:
@@ -83,6 +96,10 @@ class FileStore:
             )
 
     def recipe(self, sha256: str) -> Recipe | None:
+        """The file's chunks in order; None when it has no recipe (not stored, or stored
+        whole by an earlier release)."""
+        if sha256 == EMPTY_SHA256:
+            return []
         with read_session(self.engine) as session:
             rows = session.execute(
                 select(FileChunkRow.chunk_sha, FileChunkRow.size)
@@ -100,22 +117,42 @@ class FileStore:
 
     def check(self, sha256: str, size: int) -> str | None:
         """None when the file reads back intact, else what is wrong (the first damaged
-        chunk's problem: missing, wrong size, or content not matching its sha256)."""
+        chunk's problem: missing, wrong size, or content not matching its sha256). Each
+        chunk is read once, for its own hash and the file's."""
         recipe = self.recipe(sha256)
         if recipe is None:
             return self.blobs.check(sha256, size)
-        for chunk, length in recipe:
-            problem = self.blobs.check(chunk, length)
-            if problem is not None:
-                return problem
         total = sum(length for _, length in recipe)
         if total != size:
             return f"size {total}, expected {size}"
-        digest = hashlib.sha256()
-        with self.open(sha256) as stream:
-            while block := stream.read(CHUNK):
-                digest.update(block)
-        return None if digest.hexdigest() == sha256 else "content does not match its sha256"
+        whole = hashlib.sha256()
+        for chunk, length in recipe:
+            try:
+                with self.blobs.open(chunk) as stream:
+                    data = stream.read(length + 1)
+            except NotFound:
+                return "missing"
+            if len(data) != length:
+                return f"size {len(data)}, expected {length}"
+            if hashlib.sha256(data).hexdigest() != chunk:
+                return "content does not match its sha256"
+            whole.update(data)
+        return None if whole.hexdigest() == sha256 else "content does not match its sha256"
+
+    def source(self, manifest: Manifest) -> StoredFiles:
+        """A crate source serving ``manifest``'s files from this store."""
+        return StoredFiles(self, manifest)
+
+
+class StoredFiles:
+    """A crate's files (by path -> sha256) read from a FileStore."""
+
+    def __init__(self, files: FileStore, manifest: Manifest) -> None:
+        self.files = files
+        self.shas = {f.path: f.sha256 for f in manifest.files}
+
+    def open(self, path: str) -> BinaryIO:
+        return self.files.open(self.shas[path], label=path)
 
 
 def live_blobs(session: Session) -> set[str]:

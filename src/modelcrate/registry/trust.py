@@ -46,6 +46,8 @@ class _Registry(Protocol):
 
     def _crate(self, ref: str | Ref) -> Crate: ...
 
+    def _policy(self, trust: Policy | None) -> Policy: ...
+
 
 def record(
     session: Session,
@@ -103,11 +105,10 @@ class TrustMixin:
     def check_signature(self: _Registry, ref: str, trust: Policy | None = None) -> str:
         """The id of a trusted key (registry's and ``trust``'s) that signed ``ref``, else
         SignatureError."""
-        from modelcrate.trust.signing import Policy, verify
+        from modelcrate.trust.signing import verify
 
-        policy = TrustMixin.policy(self) | (trust or Policy())
         crate = self._crate(ref)
-        return verify(crate, signatures_of(self.engine, crate.digest), policy.keys)
+        return verify(crate, signatures_of(self.engine, crate.digest), self._policy(trust).keys)
 
     # -- policy ----------------------------------------------------------------
 

@@ -79,12 +79,12 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
 
     async def file_head(request: Request) -> Response:
         sha = check_digest(request.path_params["sha256"])
-        stored = await run_in_threadpool(registry.files.reuse, sha)
-        return Response(status_code=200 if stored is not None else 404)
+        stored = await run_in_threadpool(registry.files.stored, sha)
+        return Response(status_code=200 if stored else 404)
 
     async def file_get(request: Request) -> Response:
         sha = check_digest(request.path_params["sha256"])
-        if await run_in_threadpool(registry.files.reuse, sha) is None:
+        if not await run_in_threadpool(registry.files.stored, sha):
             raise NotFound(f"no file sha256:{sha[:12]}… in this registry")
         stream = registry.files.open(sha)
 
@@ -138,10 +138,10 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         actor = acting(request)
 
         def run() -> Any:
-            missing = [f.path for f in parsed.files if actor.files.reuse(f.sha256) is None]
+            missing = [f.path for f in parsed.files if not actor.files.stored(f.sha256)]
             if missing:
                 raise InputError(f"upload these files first: {missing}")
-            crate = Crate(parsed, _Stored(actor, parsed))
+            crate = Crate(parsed, actor.files.source(parsed))
             return actor.publish(crate, signatures=bundles)
 
         result = await run_in_threadpool(run)
@@ -169,17 +169,6 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         Route(f"{base}/versions", guard("write", publish), methods=["POST"]),
         Route(f"{base}/models/{{name}}/aliases/{{alias}}", guard("write", alias), methods=["PUT"]),
     ]
-
-
-class _Stored:
-    """A crate source over files already in the registry (what a remote publish points at)."""
-
-    def __init__(self, registry: Registry, manifest: Any) -> None:
-        self.files = registry.files
-        self.shas = {f.path: f.sha256 for f in manifest.files}
-
-    def open(self, path: str) -> Any:
-        return self.files.open(self.shas[path], label=path)
 
 
 def _digest_ref(registry: Registry, digest: str) -> str:

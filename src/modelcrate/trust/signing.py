@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from modelcrate.crate import Crate, LocalFiles
-from modelcrate.errors import RuntimeUnavailable, SignatureError, TrustError
+from modelcrate.errors import RuntimeUnavailable, SignatureError, TrustError, UsageError
 from modelcrate.manifest import MANIFEST_NAME
 from modelcrate.trust.keys import TrustedKeys, key_id, load_private
 
@@ -68,9 +68,20 @@ def as_policy(trust: TrustArg) -> Policy | None:
 
 def verify_local(crate: Crate, path: str | os.PathLike[str], policy: Policy) -> str | None:
     """Enforce ``policy`` on a crate read from ``path``, whose signature is ``path.sig``."""
-    signature = sidecar(path)
-    bundles = [read_bundle(signature)] if signature.is_file() else []
-    return enforce(crate, bundles, policy)
+    return enforce(crate, local_signatures(path), policy)
+
+
+def local_signatures(
+    path: str | os.PathLike[str], signature: str | os.PathLike[str] | None = None
+) -> list[bytes]:
+    """The signature of a local crate: ``signature`` if given (it must exist), else
+    ``<path>.sig`` when there is one."""
+    if signature is not None:
+        if not Path(signature).is_file():
+            raise UsageError(f"--signature {signature}: no such file")
+        return [read_bundle(signature)]
+    default = sidecar(path)
+    return [read_bundle(default)] if default.is_file() else []
 
 
 def sign(crate: Crate, key: str | os.PathLike[str]) -> bytes:
