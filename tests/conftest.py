@@ -140,6 +140,32 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path
     return path
 
 
+def stored_chunk(registry: mc.Registry, ref: str, path: str) -> tuple[Path, int, int]:
+    """Where a (one-chunk) file of ``ref`` lies in the registry: pack file, offset, size."""
+    from modelcrate.registry.blobs import FileBlobStore
+
+    sha = registry.manifest(ref).file(path).sha256
+    located = registry.files.locate(sha)
+    assert located and len(located) == 1 and located[0].pack is not None, located
+    assert isinstance(registry.blobs, FileBlobStore)
+    return registry.blobs.pack_path(located[0].pack), located[0].offset, located[0].size
+
+
+def corrupt_stored(registry: mc.Registry, ref: str, path: str, at: int = -5) -> None:
+    """Flip one byte of a stored file inside its pack (and drop cached copies)."""
+    import shutil
+
+    pack, offset, size = stored_chunk(registry, ref, path)
+    pack.chmod(0o644)
+    with pack.open("r+b") as handle:
+        handle.seek(offset + (at % size))
+        byte = handle.read(1)
+        handle.seek(offset + (at % size))
+        handle.write(bytes([byte[0] ^ 0x55]))
+    if registry.root is not None:
+        shutil.rmtree(registry.root / "cache", ignore_errors=True)
+
+
 def tiny_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((4, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import make_onnx
+from conftest import corrupt_stored, make_onnx, stored_chunk
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 
 
@@ -122,37 +122,34 @@ def test_gc_grace_period_protects_fresh_blobs(registry: mc.Registry, tmp_path: P
     assert registry.gc(grace_seconds=0).blobs_removed == 1
 
 
-def blob_of(registry: mc.Registry, ref: str, path: str) -> Path:
-    sha = registry.manifest(ref).file(path).sha256
-    return registry.blobs.path(sha)
-
-
 def test_a_corrupted_blob_is_reported_and_never_served(
     registry: mc.Registry, tmp_path: Path
 ) -> None:
     registry.publish(tiny(tmp_path, "1.0.0"))
-    blob = blob_of(registry, "tiny@1.0.0", "model.onnx")
-    data = bytearray(blob.read_bytes())
-    data[-5] ^= 0x55
-    blob.write_bytes(bytes(data))
+    corrupt_stored(registry, "tiny@1.0.0", "model.onnx")
     problems = [c for c in registry.verify("tiny@1.0.0") if c.problem]
-    assert [(c.path, c.problem) for c in problems] == [
-        ("model.onnx", "content does not match its sha256")
-    ]
+    assert [c.path for c in problems] == ["model.onnx"]
+    assert "is corrupted in pack" in (problems[0].problem or "")
     with pytest.raises(IntegrityError, match="model.onnx is corrupted"):
         mc.load("tiny@1.0.0", registry=registry)
     with pytest.raises(IntegrityError):
         registry.pull("tiny@1.0.0", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    damaged = registry.verify_store()
+    assert [(d.problem, d.versions) for d in damaged] == [("1 damaged chunk(s)", ["tiny@1.0.0"])]
 
 
-def test_a_truncated_or_missing_blob_is_detected(registry: mc.Registry, tmp_path: Path) -> None:
+def test_a_truncated_or_missing_pack_is_detected(registry: mc.Registry, tmp_path: Path) -> None:
     registry.publish(tiny(tmp_path, "1.0.0"))
-    blob = blob_of(registry, "tiny@1.0.0", "model.onnx")
-    blob.write_bytes(blob.read_bytes()[:10])
-    assert "size 10" in (registry.verify("tiny@1.0.0")[0].problem or "")
-    blob.unlink()
-    assert registry.verify("tiny@1.0.0")[0].problem == "missing"
+    pack, offset, _ = stored_chunk(registry, "tiny@1.0.0", "model.onnx")
+    pack.chmod(0o644)
+    pack.write_bytes(pack.read_bytes()[: offset + 10])
+    checks = {c.path: c.problem for c in registry.verify("tiny@1.0.0")}
+    assert "truncated" in (checks["model.onnx"] or "")
+    assert "truncated" in registry.verify_store()[0].problem
+    pack.unlink()
+    assert {c.path: c.problem for c in registry.verify("tiny@1.0.0")}["model.onnx"] == "missing"
+    assert registry.verify_store()[0].versions == ["tiny@1.0.0"]
     with pytest.raises(NotFound, match="missing from the store"):
         mc.load("tiny@1.0.0", registry=registry)
 
@@ -191,7 +188,7 @@ PUBLISHER = textwrap.dedent(
     """
     import sys
     import modelcrate as mc
-    from conftest import make_onnx
+    from conftest import corrupt_stored, make_onnx, stored_chunk
     from pathlib import Path
     registry, work, first = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     for i in range(first, first + 5):
@@ -238,7 +235,7 @@ RACER = textwrap.dedent(
     """
     import sys
     import modelcrate as mc
-    from conftest import make_onnx
+    from conftest import corrupt_stored, make_onnx, stored_chunk
     from pathlib import Path
     registry, work, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     crate = mc.pack(make_onnx(work / "m.onnx", seed=seed), name="tiny", version="1.0.0")

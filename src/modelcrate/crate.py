@@ -17,6 +17,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from modelcrate.errors import (
     DecryptionError,
     IntegrityError,
     UnsafeContentError,
+    first_line,
 )
 from modelcrate.manifest import (
     FILE_PATH_PATTERN,
@@ -118,13 +120,80 @@ class ArchiveSource:
         self.offsets = offsets
 
     def open(self, path: str) -> BinaryIO:
+        """The member's bytes, streamed from the archive (never read whole into memory)."""
         if path not in self.offsets:
             raise CrateFormatError(f"{self.archive.name} has no member {path!r}")
         start, size = self.offsets[path]
-        with self.archive.open("rb") as handle:
-            handle.seek(start)
-            data = handle.read(size)
-        return io.BytesIO(data)
+        handle = self.archive.open("rb")
+        handle.seek(start)
+        return io.BufferedReader(_Slice(handle, size), CHUNK)  # type: ignore[return-value]
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of an open file from its current position."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self.handle, self.left = handle, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)[: self.left]
+        count = self.handle.readinto(view) if len(view) else 0  # type: ignore[attr-defined]
+        self.left -= count or 0
+        return count or 0
+
+    def close(self) -> None:
+        self.handle.close()
+        super().close()
+
+
+class LocalCopy:
+    """A crate's files as paths in one local directory. Files not verified when it was made
+    are hashed on a background thread (hashlib releases the GIL), so a runtime can build
+    its session meanwhile; ``wait`` raises IntegrityError if any of them is not intact."""
+
+    def __init__(self, crate: Crate, directory: Path, unverified: list[str]) -> None:
+        self.crate, self.directory = crate, directory
+        self.problem: BaseException | None = None
+        self.thread = threading.Thread(target=self._check, args=(unverified,), daemon=True)
+        self.thread.start()
+
+    def path(self, name: str) -> Path:
+        return self.directory / check_path(name)
+
+    def _check(self, paths: list[str]) -> None:
+        try:
+            for path in paths:
+                entry = self.crate.manifest.file(path)
+                with self.path(path).open("rb") as stream:
+                    head = stream.read(64)
+                    if self.crate.manifest.encrypted(path) is None and sniff_pickle(head):
+                        raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+                    sha, size = hash_stream(stream, head)  # type: ignore[arg-type]
+                if size != entry.size or sha != entry.sha256:
+                    raise IntegrityError(
+                        f"{self.crate.manifest.ref}: {path} is corrupted (expected {entry.size} "
+                        f"bytes sha256 {entry.sha256[:12]}…, found {size} bytes {sha[:12]}…)"
+                    )
+        except (OSError, IntegrityError, UnsafeContentError) as exc:
+            self.problem = exc
+
+    def wait(self) -> None:
+        """Block until every file is checked; raise what was wrong (the copy is discarded)."""
+        self.thread.join()
+        if self.problem is None:
+            return
+        discard = getattr(self.crate.source, "discard_local", None)
+        if discard is not None:
+            discard()
+        if isinstance(self.problem, OSError):
+            raise IntegrityError(
+                f"{self.crate.manifest.ref}: a file is missing from its local copy "
+                f"({first_line(self.problem)})"
+            ) from None
+        raise self.problem
 
 
 class Crate:
@@ -237,6 +306,35 @@ class Crate:
         entry = self.manifest.file(path)
         sniff = self.manifest.encrypted(path) is None
         return _Verifying(entry, self.source.open(path), sniff)  # type: ignore[return-value]
+
+    def open_unhashed(self, path: str) -> BinaryIO:
+        """A stream of one file that refuses a pickle but leaves size and sha256 to the
+        caller, who hashes it anyway (publish): the bytes are hashed once, not twice."""
+        stream = self.source.open(path)
+        if self.manifest.encrypted(path) is None:
+            buffered = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[arg-type]
+            if sniff_pickle(buffered.peek(64)[:64]):  # type: ignore[union-attr]
+                buffered.close()
+                raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+            return buffered  # type: ignore[return-value]
+        return stream
+
+    def localize(self) -> LocalCopy | None:
+        """The crate's files as local paths, for runtimes that open models by path (ONNX
+        Runtime with external data, torch.export, safetensors mmap). Files in a registry's
+        cache or a crate directory are re-hashed in the background (``LocalCopy.wait``);
+        other sources are copied to a temporary directory, verified as they are written.
+        None for an encrypted crate: its plaintext never touches the disk."""
+        if self.encrypted:
+            return None
+        cached = getattr(self.source, "local_directory", None)
+        found = cached() if cached is not None else None
+        if found is not None:
+            return LocalCopy(self, found[0], found[1])
+        if isinstance(self.source, DirectorySource):
+            return LocalCopy(self, self.source.root, [f.path for f in self.manifest.files])
+        scratch = temporary_directory(self, "modelcrate-local-")
+        return LocalCopy(self, self.unpack(scratch / "crate"), [])
 
     def iter_files(self) -> Iterator[tuple[FileEntry, BinaryIO]]:
         """Yield each listed file with an open stream (the caller verifies while streaming)."""

@@ -24,7 +24,9 @@ from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref
 from modelcrate.registry.backup import BackupReport, DiskUsage, backup, disk_usage, restore
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
-from modelcrate.registry.chunks import FileStore, iter_unused, live_blobs
+from modelcrate.registry.cache import FileCache
+from modelcrate.registry.chunks import FileStore
+from modelcrate.registry.collect import collect, damaged_versions
 from modelcrate.registry.db import (
     AliasEventRow,
     AliasRow,
@@ -44,6 +46,7 @@ from modelcrate.registry.records import (
     FileCheck,
     GcReport,
     ModelSummary,
+    PackCheck,
     PublishResult,
     VersionInfo,
 )
@@ -80,9 +83,12 @@ class Registry(TrustMixin):
         blobs: BlobStore | None = None,
         location: str | None = None,
         actor: str | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         """``Registry(root)``: the embedded registry in directory ``root``; or give an
-        ``engine`` and a ``blobs`` store (see ``open`` for URLs)."""
+        ``engine`` and a ``blobs`` store (see ``open`` for URLs). Loaded files are cached
+        in ``root/cache`` (shared registries: ``$MODELCRATE_HOME/cache``), at most
+        ``cache_bytes`` (default ``$MODELCRATE_CACHE_SIZE``, else 32 GiB)."""
         self.actor = actor or os_user()
         self.root = root
         if root is not None:
@@ -95,7 +101,8 @@ class Registry(TrustMixin):
         else:
             self.engine, self.blobs = engine, blobs
             self.location = location or str(engine.url)
-        self.files = FileStore(self.engine, self.blobs)
+        cache_root = (root or default_location()) / "cache"
+        self.files = FileStore(self.engine, self.blobs, FileCache(cache_root, cache_bytes))
         # Pooled connections are closed when the registry goes away, not left to the GC.
         weakref.finalize(self, self.engine.dispose)
 
@@ -164,14 +171,16 @@ class Registry(TrustMixin):
                 store_signatures(session, self.actor, crate, signatures)
             return result
         recipes = {}
-        for entry in manifest.files:
-            recipe = self.files.reuse(entry.sha256)
-            if recipe is None:
-                with crate.open_verified(entry.path) as stream:
-                    recipe = self.files.stage(stream, entry.sha256, entry.size)
-            recipes[entry.sha256] = recipe
-            if progress is not None:
-                progress(entry.size)
+        with self.files.writer() as writer:  # new chunks go to packs, sealed before commit
+            for entry in manifest.files:
+                recipe = self.files.reuse(entry.sha256)
+                if recipe is None:
+                    with crate.open_unhashed(entry.path) as stream:
+                        recipe = self.files.stage(stream, entry.sha256, entry.size,
+                                                  writer=writer, label=entry.path)  # fmt: skip
+                recipes[entry.sha256] = recipe
+                if progress is not None:
+                    progress(entry.size)
         with write_session(self.engine) as session, session.begin():
             lock_writes(session)  # serializes with gc (and other publishers) on PostgreSQL
             row = session.scalars(
@@ -525,31 +534,24 @@ class Registry(TrustMixin):
         return info
 
     def gc(self, *, grace_seconds: float = GC_GRACE_SECONDS) -> GcReport:
-        """Remove blobs no version references. Blobs younger than the grace period are kept,
-        so a publish that is still writing its blobs is never robbed of them."""
-        cutoff = time.time() - grace_seconds
-        removed = freed = 0
-        # Hold the write lock so no publish commits between reading the live set and deleting.
-        with write_session(self.engine) as session, session.begin():
-            lock_writes(session)
-            for sha in iter_unused(self.blobs, live_blobs(session), cutoff):
-                freed += self.blobs.delete(sha)
-                removed += 1
-            if removed:
-                record(session, self.actor, "gc", detail=f"{removed} blobs, {freed} bytes")
-        self.blobs.sweep_tmp(grace_seconds)
-        return GcReport(removed, freed)
+        """Free chunks no version references and rewrite packs that are mostly dead (or
+        small, or legacy loose chunks) into new packs. Anything younger than the grace
+        period is kept, so a publish that is still writing is never robbed."""
+        report = collect(self.files, grace_seconds=grace_seconds)
+        if report.blobs_removed or report.packs_rewritten:
+            with write_session(self.engine) as session, session.begin():
+                record(session, self.actor, "gc", detail=report.describe())
+        return report
 
     def verify(self, ref: str) -> list[FileCheck]:
-        """Re-hash every blob of ``ref``; each FileCheck says what (if anything) is wrong."""
+        """Re-hash every chunk of every file of ``ref``; each FileCheck says what (if
+        anything) is wrong."""
         manifest = self.manifest(ref)
         return [
             FileCheck(f.path, f.size, self.files.check(f.sha256, f.size)) for f in manifest.files
         ]
 
-    def stats(self) -> dict[str, int]:
-        with read_session(self.engine) as session:
-            versions = session.scalar(select(func.count()).select_from(VersionRow)) or 0
-            logical = session.scalar(select(func.coalesce(func.sum(VersionRow.size), 0))) or 0
-        stored = sum(size for _, _, size in self.blobs.iter_blobs())
-        return {"versions": versions, "logical_bytes": logical, "stored_bytes": stored}
+    def verify_store(self) -> list[PackCheck]:
+        """Re-read every pack: each damaged pack, what is wrong with it and the versions
+        whose files it holds chunks of (empty when everything is intact)."""
+        return damaged_versions(self.files)

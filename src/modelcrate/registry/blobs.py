@@ -1,15 +1,17 @@
-"""Content-addressed blob stores: the local filesystem (``blobs/sha256/ab/ab12…``) and S3.
+"""Blob stores: the local filesystem and S3. They hold pack files (``packs/ab/<id>.pack``,
+see packs.py) and, from earlier releases, loose content-addressed blobs
+(``sha256/ab/ab12…``), which stay readable.
 
-Filesystem writes go to a temp file, are hashed while written, fsynced, then
-renamed into place, so a blob path either does not exist or holds exactly its
-content. S3 uploads are staged and hashed locally first, so only verified
-bytes are ever uploaded, under a key derived from their digest (never from a
-client-given name); a repeated upload of a blob is harmless.
+A pack arrives complete: it is written and fsynced under a temp name by the
+pack writer, then renamed into place (filesystem) or uploaded (S3), so a pack
+path either does not exist or holds the whole pack. Keys are derived from
+digests or random pack ids, never from a client-given name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import time
@@ -17,10 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from modelcrate.errors import IntegrityError, NotFound, UsageError
+from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, first_line
 
 CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_PACK_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def check_pack_id(pack: str) -> str:
+    if not _PACK_ID.fullmatch(pack):
+        raise NotFound(f"not a pack id: {pack!r}")
+    return pack
 
 
 class FileBlobStore:
@@ -97,8 +106,39 @@ class FileBlobStore:
                 info = path.stat()
                 yield path.name, info.st_mtime, info.st_size
 
+    # -- packs ---------------------------------------------------------------
+
+    def pack_path(self, pack: str) -> Path:
+        return self.root / "packs" / pack[:2] / f"{check_pack_id(pack)}.pack"
+
+    def put_pack(self, staged: Path, pack: str) -> None:
+        """Move a complete, fsynced pack from ``tmp`` into place (atomic rename)."""
+        target = self.pack_path(pack)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        _fsync_dir(target.parent)
+
+    def open_range(self, pack: str, offset: int, length: int) -> BinaryIO:
+        """A stream of ``length`` bytes of ``pack`` from ``offset``."""
+        try:
+            handle = self.pack_path(pack).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"pack {pack} is missing from the store") from None
+        handle.seek(offset)
+        return _Window(handle, length)  # type: ignore[return-value]
+
+    def delete_pack(self, pack: str) -> None:
+        self.pack_path(pack).unlink(missing_ok=True)
+
+    def iter_packs(self) -> Iterator[tuple[str, float, int]]:
+        """Every pack: id, modification time, size."""
+        for path in (self.root / "packs").glob("*/*.pack"):
+            if _PACK_ID.fullmatch(path.stem):
+                info = path.stat()
+                yield path.stem, info.st_mtime, info.st_size
+
     def sweep_tmp(self, older_than: float) -> None:
-        """Remove temp files left by interrupted writes."""
+        """Remove temp files (half-written packs among them) left by interrupted writes."""
         cutoff = time.time() - older_than
         for path in self.tmp.iterdir():
             if path.stat().st_mtime < cutoff:
@@ -150,9 +190,9 @@ class S3BlobStore:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(sha256))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(exc):
                 return False
-            raise
+            raise RegistryError(f"S3 lookup failed: {first_line(exc)}") from None
         return True
 
     def touch(self, sha256: str) -> None:
@@ -177,8 +217,10 @@ class S3BlobStore:
 
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
-        except ClientError:
-            raise NotFound(f"blob sha256:{sha256[:12]}… is missing from the store") from None
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(f"blob sha256:{sha256[:12]}… is missing from the store") from None
+            raise RegistryError(f"S3 read failed: {first_line(exc)}") from None
         return io.BytesIO(body.read())
 
     def check(self, sha256: str, size: int) -> str | None:
@@ -195,23 +237,71 @@ class S3BlobStore:
 
     def delete(self, sha256: str) -> int:
         key = self.key(sha256)
+        from botocore.exceptions import ClientError
+
         try:
             size = int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except Exception:
-            return 0
+        except ClientError as exc:
+            if _missing(exc):
+                return 0
+            raise RegistryError(f"S3 delete failed: {first_line(exc)}") from None
         self.client.delete_object(Bucket=self.bucket, Key=key)
         return size
 
     def iter_blobs(self) -> Iterator[tuple[str, float, int]]:
-        base = f"{self.prefix}/sha256/" if self.prefix else "sha256/"
+        for name, mtime, size in self._list("sha256/"):
+            if _SHA256.fullmatch(name):
+                yield name, mtime, size
+
+    def _list(self, under: str) -> Iterator[tuple[str, float, int]]:
+        base = f"{self.prefix}/{under}" if self.prefix else under
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base
         )
         for page in pages:
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
-                if _SHA256.fullmatch(name):
-                    yield name, item["LastModified"].timestamp(), int(item["Size"])
+                yield name, item["LastModified"].timestamp(), int(item["Size"])
+
+    # -- packs: one object each, read by ranged GETs ---------------------------
+
+    def pack_key(self, pack: str) -> str:
+        base = f"{self.prefix}/packs" if self.prefix else "packs"
+        return f"{base}/{pack[:2]}/{check_pack_id(pack)}.pack"
+
+    def put_pack(self, staged: Path, pack: str) -> None:
+        """Upload a complete pack (multipart for large ones), then drop the local copy."""
+        try:
+            self.client.upload_file(str(staged), self.bucket, self.pack_key(pack))
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def open_range(self, pack: str, offset: int, length: int) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        if length == 0:
+            import io
+
+            return io.BytesIO(b"")
+        try:
+            body = self.client.get_object(
+                Bucket=self.bucket, Key=self.pack_key(pack),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )["Body"]  # fmt: skip
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(f"pack {pack} is missing from the store") from None
+            raise RegistryError(f"S3 read of pack {pack} failed: {first_line(exc)}") from None
+        return _Window(body, length)  # type: ignore[return-value]
+
+    def delete_pack(self, pack: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.pack_key(pack))
+
+    def iter_packs(self) -> Iterator[tuple[str, float, int]]:
+        for name, mtime, size in self._list("packs/"):
+            stem = name.removesuffix(".pack")
+            if name.endswith(".pack") and _PACK_ID.fullmatch(stem):
+                yield stem, mtime, size
 
     def sweep_tmp(self, older_than: float) -> None:
         """Nothing to sweep: uploads are staged in local temp files that vanish on close."""
@@ -230,6 +320,39 @@ def open_blob_store(location: str) -> BlobStore:
     if "://" in location:
         raise UsageError(f"blob store {location!r}: expected s3://bucket/prefix or a directory")
     return FileBlobStore(Path(location).expanduser())
+
+
+class _Window(io.RawIOBase):
+    """At most ``length`` bytes of an open stream (a pack file, an S3 body), then EOF."""
+
+    def __init__(self, stream: IO[bytes], length: int) -> None:
+        self.stream, self.left = stream, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)[: self.left]
+        if not view:
+            return 0
+        reader = getattr(self.stream, "readinto", None)
+        if reader is not None:
+            count = reader(view) or 0
+        else:  # botocore's StreamingBody has read() only
+            data = self.stream.read(len(view))
+            count = len(data)
+            view[:count] = data
+        self.left -= count
+        return count
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def _missing(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("404", "NoSuchKey", "NotFound")
 
 
 def _mkstemp(directory: Path) -> tuple[int, str]:

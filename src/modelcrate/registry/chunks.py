@@ -1,219 +1,273 @@
-"""Dedup: a registry stores each file as content-defined chunks (FastCDC), each chunk a blob.
+"""Dedup: a registry stores each file as content-defined chunks (FastCDC) kept in pack files.
 
 Versions that share tensors share chunks, even when the files differ elsewhere:
 ten fine-tunes of one frozen backbone store the backbone once. A file's recipe
 (its chunks, in order) is a set of ``file_chunks`` rows written in the same
-transaction that makes a version visible. The whole file is verified against
-its sha256 as it is read, as before; each chunk is hashed when stored and by
-``verify``. Files stored whole by earlier releases are still read as whole blobs.
+transaction that makes a version visible; where each chunk lives is the pack
+index (``chunks``: pack, offset, size; see packs.py). The whole file is
+verified against its sha256 as it is read; ``check`` also re-hashes every
+chunk. Chunks and whole files stored as loose blobs by earlier releases are
+still read as blobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from modelcrate.errors import IntegrityError, NotFound
-from modelcrate.registry.blobs import BlobStore, copy_verified
-from modelcrate.registry.db import FileChunkRow, FileRow, read_session
+from modelcrate.errors import IntegrityError, NotFound, RegistryError
+from modelcrate.registry.blobs import BlobStore
+from modelcrate.registry.db import ChunkRow, FileChunkRow, read_session
+from modelcrate.registry.packs import Located, PackWriter, Recipe, stage_stream
 
 if TYPE_CHECKING:
     from modelcrate.manifest import Manifest
+    from modelcrate.registry.cache import FileCache
 
-MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 16 * 1024, 64 * 1024, 256 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # an empty file: no chunks, no blob
-Recipe = list[tuple[str, int]]  # (chunk sha256, size), in order; [] for an empty file
+READ_BLOCK = 8 * 1024 * 1024
 
 
 class FileStore:
-    """Files by sha256, kept as chunk blobs plus recipes in the database."""
+    """Files by sha256, kept as chunks in packs plus recipes in the database."""
 
-    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
-        self.engine, self.blobs = engine, blobs
+    def __init__(self, engine: Engine, blobs: BlobStore, cache: FileCache | None = None) -> None:
+        self.engine, self.blobs, self.cache = engine, blobs, cache
 
-    def _locate(self, sha256: str) -> Recipe | None:
-        """The file's recipe when all of it is stored ([] for a file stored whole by an
-        earlier release), else None."""
-        recipe = self.recipe(sha256)
-        if recipe is None:
-            return [] if self.blobs.exists(sha256) else None
-        if not all(self.blobs.exists(chunk) for chunk, _ in recipe):
-            return None  # a chunk went missing: the file must be stored again
-        return recipe
+    # -- writing -------------------------------------------------------------
 
-    def stored(self, sha256: str) -> bool:
-        """Whether the file is stored (a pure read: nothing is touched)."""
-        return self._locate(sha256) is not None
+    @contextmanager
+    def writer(self) -> Iterator[PackWriter]:
+        """A pack writer for one publish (or upload, restore): its packs are sealed (durable
+        and indexed) when the block ends, dropped if it raises."""
+        with PackWriter(self.engine, self.blobs) as writer:
+            yield writer
 
-    def reuse(self, sha256: str) -> Recipe | None:
-        """The recipe of a stored file (its blobs touched, so gc's grace period protects
-        them until the publish commits), or None when the file is not stored yet."""
-        recipe = self._locate(sha256)
-        if recipe is not None:
-            whole = not recipe and sha256 != EMPTY_SHA256  # stored whole by an earlier release
-            for blob in [sha256] if whole else [chunk for chunk, _ in recipe]:
-                self.blobs.touch(blob)
-        return recipe
-
-    def stage(self, stream: IO[bytes], sha256: str, size: int) -> Recipe:
-        """Verify ``stream`` against ``sha256``/``size`` and store its chunks; returns the
-        recipe to ``record`` in the publishing transaction."""
-        from fastcdc import fastcdc
-
-        with tempfile.NamedTemporaryFile(prefix="modelcrate-stage-") as staged:
-            copy_verified(stream, staged, sha256, size)
-            staged.flush()
-            if size == 0:
-                return []
-            recipe: Recipe = []
-            for chunk in fastcdc(staged.name, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, fat=True):
-                data = bytes(chunk.data)
-                chunk_sha = hashlib.sha256(data).hexdigest()
-                if self.blobs.exists(chunk_sha):
-                    self.blobs.touch(chunk_sha)
-                else:
-                    self.blobs.put(io.BytesIO(data), chunk_sha, len(data))
-                recipe.append((chunk_sha, len(data)))
-        return recipe
+    def stage(
+        self, stream: IO[bytes], sha256: str, size: int, *,
+        writer: PackWriter | None = None, label: str = "",
+    ) -> Recipe:  # fmt: skip
+        """Verify ``stream`` against ``sha256``/``size`` while storing its new chunks; returns
+        the recipe to ``record`` in the publishing transaction."""
+        if writer is None:
+            with self.writer() as own:
+                return stage_stream(own, stream, sha256, size, label)
+        return stage_stream(writer, stream, sha256, size, label)
 
     def record(self, session: Session, sha256: str, recipe: Recipe) -> None:
-        """Write a file's recipe inside the caller's transaction (no-op when it is there)."""
+        """Write a file's recipe inside the caller's transaction (no-op when it is there).
+
+        Raises RegistryError when a chunk it needs is gone (a concurrent gc removed it
+        before this transaction took the write lock): nothing is committed, publish again."""
         if not recipe:
             return
+        if self._missing(session, recipe):
+            raise RegistryError(
+                f"file {sha256[:12]}… lost chunks to a concurrent gc while it was being "
+                "published; nothing was stored, publish again"
+            )
         exists = session.scalar(
             select(FileChunkRow.seq).where(FileChunkRow.file_sha == sha256).limit(1)
         )
         if exists is None:
-            session.add_all(
-                FileChunkRow(file_sha=sha256, seq=n, chunk_sha=chunk, size=length)
-                for n, (chunk, length) in enumerate(recipe)
-            )
+            rows = [{"file_sha": sha256, "seq": n, "chunk_sha": chunk, "size": length}
+                    for n, (chunk, length) in enumerate(recipe)]  # fmt: skip
+            for start in range(0, len(rows), 5000):
+                session.execute(insert(FileChunkRow), rows[start : start + 5000])
+
+    def _missing(self, session: Session, recipe: Recipe) -> bool:
+        shas = list({chunk for chunk, _ in recipe})
+        indexed: set[str] = set()
+        for start in range(0, len(shas), 500):
+            batch = shas[start : start + 500]
+            indexed.update(session.scalars(select(ChunkRow.sha256).where(
+                ChunkRow.sha256.in_(batch))))  # fmt: skip
+        return any(not self.blobs.exists(sha) for sha in shas if sha not in indexed)
+
+    # -- reading -------------------------------------------------------------
 
     def recipe(self, sha256: str) -> Recipe | None:
         """The file's chunks in order; None when it has no recipe (not stored, or stored
         whole by an earlier release)."""
+        located = self.locate(sha256)
+        return None if located is None else [(c.sha256, c.size) for c in located]
+
+    def locate(self, sha256: str) -> list[Located] | None:
+        """The file's chunks in order with where each lives (None: no recipe)."""
         if sha256 == EMPTY_SHA256:
             return []
         with read_session(self.engine) as session:
             rows = session.execute(
-                select(FileChunkRow.chunk_sha, FileChunkRow.size)
+                select(FileChunkRow.chunk_sha, FileChunkRow.size, ChunkRow.pack, ChunkRow.offset)
+                .outerjoin(ChunkRow, ChunkRow.sha256 == FileChunkRow.chunk_sha)
                 .where(FileChunkRow.file_sha == sha256)
                 .order_by(FileChunkRow.seq)
             ).all()
-        return [(chunk, size) for chunk, size in rows] if rows else None
+        return [Located(c, n, p, o or 0) for c, n, p, o in rows] if rows else None
+
+    def stored(self, sha256: str) -> bool:
+        """Whether the whole file is stored (a pure read)."""
+        located = self.locate(sha256)
+        if located is None:
+            return self.blobs.exists(sha256)
+        return all(c.pack is not None or self.blobs.exists(c.sha256) for c in located)
+
+    def reuse(self, sha256: str) -> Recipe | None:
+        """The recipe of a stored file, or None when it must be stored (again)."""
+        if not self.stored(sha256):
+            return None
+        return self.recipe(sha256) or []
 
     def open(self, sha256: str, label: str | None = None) -> BinaryIO:
-        """The file's bytes; ``label`` (its path) names it in errors."""
-        recipe = self.recipe(sha256)
-        if recipe is None:
+        """The file's bytes as a stream; ``label`` (its path) names it in errors."""
+        located = self.locate(sha256)
+        if located is None:
             return self.blobs.open(sha256)
-        return _Chunked(self.blobs, recipe, label or sha256[:12])  # type: ignore[return-value]
+        reader = _Packed(self, sha256, located, label or sha256[:12])
+        return io.BufferedReader(reader, READ_BLOCK)  # type: ignore[return-value]
 
     def check(self, sha256: str, size: int) -> str | None:
         """None when the file reads back intact, else what is wrong (the first damaged
         chunk's problem: missing, wrong size, or content not matching its sha256). Each
         chunk is read once, for its own hash and the file's."""
-        recipe = self.recipe(sha256)
-        if recipe is None:
+        located = self.locate(sha256)
+        if located is None:
             return self.blobs.check(sha256, size)
-        total = sum(length for _, length in recipe)
+        total = sum(c.size for c in located)
         if total != size:
             return f"size {total}, expected {size}"
         whole = hashlib.sha256()
-        for chunk, length in recipe:
-            try:
-                with self.blobs.open(chunk) as stream:
-                    data = stream.read(length + 1)
-            except NotFound:
-                return "missing"
-            if len(data) != length:
-                return f"size {len(data)}, expected {length}"
-            if hashlib.sha256(data).hexdigest() != chunk:
-                return "content does not match its sha256"
-            whole.update(data)
+        try:
+            for run in runs(located):
+                with self._open_run(run) as stream:
+                    for chunk in run:
+                        data = stream.read(chunk.size)
+                        if len(data) != chunk.size:
+                            return f"chunk {chunk.sha256[:12]}… is truncated in its pack"
+                        if hashlib.sha256(data).hexdigest() != chunk.sha256:
+                            where = f"pack {chunk.pack}" if chunk.pack else "its blob"
+                            return f"chunk {chunk.sha256[:12]}… is corrupted in {where}"
+                        whole.update(data)
+        except NotFound:
+            return "missing"
         return None if whole.hexdigest() == sha256 else "content does not match its sha256"
+
+    def _open_run(self, run: list[Located]) -> BinaryIO:
+        first = run[0]
+        if first.pack is None:
+            return self.blobs.open(first.sha256)
+        return self.blobs.open_range(first.pack, first.offset, sum(c.size for c in run))
 
     def source(self, manifest: Manifest) -> StoredFiles:
         """A crate source serving ``manifest``'s files from this store."""
         return StoredFiles(self, manifest)
 
 
+def runs(located: list[Located]) -> Iterator[list[Located]]:
+    """Chunks grouped into runs that are contiguous in one pack (one read each); a loose
+    blob is a run of its own."""
+    run: list[Located] = []
+    for chunk in located:
+        if run and (
+            chunk.pack is None
+            or run[-1].pack != chunk.pack
+            or run[-1].offset + run[-1].size != chunk.offset
+        ):
+            yield run
+            run = []
+        run.append(chunk)
+        if chunk.pack is None:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
 class StoredFiles:
-    """A crate's files (by path -> sha256) read from a FileStore."""
+    """A crate's files (by path -> sha256) read from a FileStore; ``local_path`` gives a
+    verified copy in the registry's file cache."""
 
     def __init__(self, files: FileStore, manifest: Manifest) -> None:
-        self.files = files
+        self.files, self.manifest = files, manifest
         self.shas = {f.path: f.sha256 for f in manifest.files}
 
     def open(self, path: str) -> BinaryIO:
         return self.files.open(self.shas[path], label=path)
 
+    def local_directory(self) -> tuple[Path, list[str]] | None:
+        """The crate's files in the local cache (materialized now if needed) and the paths
+        not hashed just now; None when this registry has no cache."""
+        if self.files.cache is None:
+            return None
+        return self.files.cache.directory(self.manifest, self.open)
 
-def live_blobs(session: Session) -> set[str]:
-    """Blobs some version needs: chunks of referenced files, and files stored whole.
-    Recipes of files no version references any more are dropped here (under the gc lock)."""
-    referenced = set(session.scalars(select(FileRow.sha256)).all())
-    orphaned = set(session.scalars(select(FileChunkRow.file_sha).distinct()).all()) - referenced
-    for sha in orphaned:
-        session.execute(delete(FileChunkRow).where(FileChunkRow.file_sha == sha))
-    chunks = set(session.scalars(select(FileChunkRow.chunk_sha)).all())
-    return referenced | chunks
+    def discard_local(self) -> None:
+        """Forget the cached copy (it failed its check)."""
+        if self.files.cache is not None:
+            self.files.cache.discard(self.manifest)
 
 
-class _Chunked(io.RawIOBase):
-    """A file read chunk by chunk (each chunk's size checked; the file's sha256 is checked by
-    whoever reads it whole)."""
+class _Packed(io.RawIOBase):
+    """A stored file read run by run from its packs. Sizes are checked here; content is
+    checked once, as the whole file's sha256, by whoever reads it."""
 
-    def __init__(self, blobs: BlobStore, recipe: Recipe, label: str) -> None:
-        self.blobs, self.chunks, self.label = blobs, iter(recipe), label
-        self.buffer = b""
+    def __init__(self, store: FileStore, sha256: str, located: list[Located], label: str) -> None:
+        self.store, self.sha256, self.label = store, sha256, label
+        self.located, self.next = located, 0  # index of the first chunk not yet opened
+        self.stream: BinaryIO | None = None
+        self.left = 0  # bytes still expected from the open run
 
     def readable(self) -> bool:
         return True
 
-    def _next_chunk(self) -> bytes | None:
-        for chunk_sha, size in self.chunks:
-            with self.blobs.open(chunk_sha) as stream:
-                data = stream.read(size + 1)
-            # Sizes are checked here; content is checked once, as the whole file's sha256
-            # (by the crate as it reads, or by `check`), not hashed twice.
-            if len(data) != size:
-                raise IntegrityError(
-                    f"{self.label} is corrupted in the registry "
-                    f"(stored chunk {chunk_sha[:12]}… has {len(data)} bytes, expected {size})"
-                )
-            return data
-        return None
-
-    def read(self, size: int = -1) -> bytes:
-        parts, have = [self.buffer], len(self.buffer)
-        while size < 0 or have < size:
-            data = self._next_chunk()
-            if data is None:
-                break
-            parts.append(data)
-            have += len(data)
-        joined = b"".join(parts)
-        if size < 0:
-            self.buffer = b""
-            return joined
-        self.buffer = joined[size:]
-        return joined[:size]
+    def _open_next(self) -> bool:
+        if self.next >= len(self.located):
+            return False
+        run = next(runs(self.located[self.next :]))
+        try:
+            self.stream = self.store._open_run(run)
+        except NotFound:
+            # gc may have repacked these chunks since we looked them up: look again once.
+            fresh = self.store.locate(self.sha256)
+            if fresh is None or len(fresh) != len(self.located):
+                raise
+            self.located = fresh
+            run = next(runs(self.located[self.next :]))
+            self.stream = self.store._open_run(run)
+        self.next += len(run)
+        self.left = sum(c.size for c in run)
+        return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        view, filled = memoryview(buffer), 0
+        while filled < len(view):
+            if self.stream is None and not self._open_next():
+                break
+            assert self.stream is not None
+            want = min(len(view) - filled, self.left)
+            count = self.stream.readinto(view[filled : filled + want]) if want else 0  # type: ignore[attr-defined]
+            if want and not count:
+                raise IntegrityError(
+                    f"{self.label} is corrupted in the registry (a pack ends "
+                    f"{self.left} bytes early)"
+                )
+            filled += count
+            self.left -= count
+            if self.left == 0:
+                self.stream.close()
+                self.stream = None
+        return filled
 
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        super().close()
 
-def iter_unused(blobs: BlobStore, live: set[str], cutoff: float) -> Iterator[str]:
-    """Blobs no version needs that are older than ``cutoff`` (gc's grace period)."""
-    for sha, mtime, _ in list(blobs.iter_blobs()):
-        if sha not in live and mtime <= cutoff:
-            yield sha

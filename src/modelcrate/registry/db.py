@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from modelcrate.errors import RegistryError, UsageError
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0003"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0004"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -108,6 +108,27 @@ class FileChunkRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     chunk_sha: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class PackRow(Base):
+    """A pack file: chunks appended to one file, written once (see packs.py)."""
+
+    __tablename__ = "packs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ChunkRow(Base):
+    """Where a chunk lives: its pack and the byte range in it (the pack index)."""
+
+    __tablename__ = "chunks"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pack: Mapped[str] = mapped_column(String(32), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(Integer)
 
 
 class SignatureRow(Base):

@@ -55,8 +55,23 @@ class FileCheck:
 
 @dataclass(frozen=True)
 class GcReport:
-    blobs_removed: int
+    blobs_removed: int  # chunks (and loose blobs of earlier releases) freed
     bytes_freed: int
+    packs_rewritten: int = 0  # mostly-dead or small packs copied into new ones
+    packs_removed: int = 0  # packs with nothing live left
+
+    def describe(self) -> str:
+        return (
+            f"{self.blobs_removed} chunks, {self.bytes_freed} bytes; "
+            f"{self.packs_rewritten} packs rewritten, {self.packs_removed} removed"
+        )
+
+
+@dataclass(frozen=True)
+class PackCheck:
+    pack: str
+    problem: str
+    versions: list[str]  # name@version of every version holding a chunk of the pack
 
 
 @dataclass(frozen=True)

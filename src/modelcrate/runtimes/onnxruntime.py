@@ -1,7 +1,8 @@
-"""ONNX Runtime: builds an InferenceSession from verified bytes, external data in memory."""
+"""ONNX Runtime: opens a crate's model by path from its verified local copy."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,8 +15,11 @@ if TYPE_CHECKING:
 
 
 class OnnxRuntime:
-    """Runs a crate's ONNX artifact; the files are read (and verified) from the crate, never
-    opened by path, so external data can only come from files the manifest lists."""
+    """Runs a crate's ONNX artifact. ONNX Runtime opens the model by path from the crate's
+    local copy (its cache entry or directory), with external data beside it, while the
+    files are hashed on another thread; the session is kept only if every hash matches.
+    An encrypted crate is decrypted in memory and loaded from bytes instead. Either way,
+    external data can only come from files the manifest lists for the artifact."""
 
     name = "onnxruntime"
 
@@ -26,6 +30,31 @@ class OnnxRuntime:
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        if artifact.kind == "ort":
+            options.add_session_config_entry("session.load_model_format", "ORT")
+        local = crate.localize()
+        if local is None:
+            model: bytes | str = self._in_memory(crate, artifact, options)
+        else:
+            path = local.path(artifact.path)
+            model = str(path)
+            if artifact.kind != "ort":
+                _check_declared(crate, artifact, external_data_files(path))
+        try:
+            self.session = ort.InferenceSession(
+                model, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
+            if local is not None:
+                local.wait()  # a damaged file explains the failure better
+            raise CrateFormatError(
+                f"{crate.manifest.ref}: ONNX Runtime cannot load {artifact.path}: {first_line(exc)}"
+            ) from None
+        if local is not None:
+            local.wait()  # the session is dropped if any file failed its hash
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _in_memory(self, crate: Crate, artifact: Artifact, options: Any) -> bytes:
         if artifact.data_files:
             names = [check_data_location(p) for p in artifact.data_files]
             buffers = [np.frombuffer(crate.read_bytes(p), dtype=np.uint8) for p in names]
@@ -34,26 +63,11 @@ class OnnxRuntime:
                 [p.rsplit("/", 1)[-1] for p in names], buffers, [b.nbytes for b in buffers]
             )
         model_bytes = crate.read_bytes(artifact.path)
-        if artifact.kind == "ort":
-            options.add_session_config_entry("session.load_model_format", "ORT")
         # ORT resolves external data of a model loaded from bytes against the working
         # directory, so every location must be one of the files this artifact lists.
-        found = [] if artifact.kind == "ort" else external_data_files(model_bytes)
-        undeclared = sorted(set(found) - set(artifact.data_files))
-        if undeclared:
-            raise CrateFormatError(
-                f"{crate.manifest.ref}: {artifact.path} reads external data {undeclared} "
-                "that the manifest does not list for it"
-            )
-        try:
-            self.session = ort.InferenceSession(
-                model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-            raise CrateFormatError(
-                f"{crate.manifest.ref}: ONNX Runtime cannot load {artifact.path}: {first_line(exc)}"
-            ) from None
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        if artifact.kind != "ort":
+            _check_declared(crate, artifact, external_data_files(model_bytes))
+        return model_bytes
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -63,12 +77,28 @@ class OnnxRuntime:
         return dict(zip(self.output_names, results, strict=True))
 
 
+def _check_declared(crate: Crate, artifact: Artifact, found: list[str]) -> None:
+    undeclared = sorted(set(found) - {p.rsplit("/", 1)[-1] for p in artifact.data_files})
+    if undeclared:
+        raise CrateFormatError(
+            f"{crate.manifest.ref}: {artifact.path} reads external data {undeclared} "
+            "that the manifest does not list for it"
+        )
+
+
 def external_data_files(model: Any) -> list[str]:
-    """File names an ONNX model (bytes or ModelProto) reads external data from."""
+    """File names an ONNX model (bytes, a path or a ModelProto) reads external data from."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    if isinstance(model, bytes):
+    if isinstance(model, Path):
+        if not _mentions_location(model):
+            return []
+        try:  # a model with external data keeps only its graph in the .onnx file: small
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError
+            raise CrateFormatError(f"not a valid ONNX model: {first_line(exc)}") from None
+    elif isinstance(model, bytes):
         if b"location" not in model:  # every external-data entry carries this key
             return []
         try:
@@ -81,6 +111,17 @@ def external_data_files(model: Any) -> list[str]:
             info = {entry.key: entry.value for entry in tensor.external_data}
             locations.add(check_data_location(info.get("location", "")))
     return sorted(locations)
+
+
+def _mentions_location(path: Path) -> bool:
+    """Whether the file holds b"location" (read in blocks, never whole)."""
+    tail = b""
+    with path.open("rb") as stream:
+        while block := stream.read(8 * 1024 * 1024):
+            if b"location" in tail + block[:16] or b"location" in block:
+                return True
+            tail = block[-16:]
+    return False
 
 
 def check_data_location(location: str) -> str:

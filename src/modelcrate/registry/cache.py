@@ -1,0 +1,174 @@
+"""The file cache: verified files materialized once, so runtimes open them by path.
+
+Layout (next to the registry, ``<registry>/cache``)::
+
+    files/ab/<sha256>           one read-only copy of each file, content-addressed
+    crates/<digest hex>/<path>  a crate's files as hard links into files/ (ONNX Runtime
+                                finds external data beside the model by name)
+
+A file is hashed while it is written from the registry's packs and renamed
+into place only when it matches its sha256; files already in the cache are
+re-hashed at every load, beside session creation (see ``Crate.localize``). The
+cache is bounded (``MODELCRATE_CACHE_SIZE``, default 32 GiB): least recently
+used crates are evicted first, and files no cached crate links are removed.
+Trust model: the cache is as trusted as the registry directory it sits in;
+nothing is served from it without a hash check in the same load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from modelcrate.errors import IntegrityError, UsageError
+
+if TYPE_CHECKING:
+    from modelcrate.manifest import Manifest
+
+CACHE_SIZE_ENV = "MODELCRATE_CACHE_SIZE"
+DEFAULT_CACHE_BYTES = 32 * 1024**3
+IN_USE_SECONDS = 300.0  # a crate used this recently is never evicted (a load may be opening it)
+_BLOCK = 8 * 1024 * 1024
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def cache_limit(text: str | None = None) -> int:
+    """Bytes the cache may hold: ``MODELCRATE_CACHE_SIZE`` (``20G``, ``500M``, bytes)."""
+    text = (text if text is not None else os.environ.get(CACHE_SIZE_ENV, "")).strip().lower()
+    if not text:
+        return DEFAULT_CACHE_BYTES
+    number, unit = text.rstrip("bib"), ""
+    if number and number[-1] in _UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise UsageError(f"{CACHE_SIZE_ENV}={text!r}: expected a size such as 20G or 500M") from None
+
+
+class FileCache:
+    """Verified, read-only local copies of stored files, bounded in size."""
+
+    def __init__(self, root: Path, limit: int | None = None) -> None:
+        self.root, self.limit = root, cache_limit() if limit is None else limit
+        self.files, self.crates, self.tmp = root / "files", root / "crates", root / "tmp"
+
+    def directory(
+        self, manifest: Manifest, open_file: Callable[[str], BinaryIO]
+    ) -> tuple[Path, list[str]]:
+        """The crate's files as one local directory, and the paths in it that were *not*
+        hashed just now (already cached: the caller re-checks them)."""
+        target = self.crates / manifest.digest.removeprefix("sha256:")
+        complete = all(
+            (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
+            for f in manifest.files
+        )
+        if complete:
+            os.utime(target)
+            return target, [f.path for f in manifest.files]
+        for folder in (self.files, self.crates, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
+        reused = []
+        try:
+            for entry in manifest.files:
+                blob = self.files / entry.sha256[:2] / entry.sha256
+                if blob.is_file() and blob.stat().st_size == entry.size:
+                    reused.append(entry.path)
+                else:
+                    self._materialize(blob, entry.path, entry.sha256, entry.size, open_file)
+                link = staging / entry.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(blob, link)
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+            except OSError:  # another process put it there first: use theirs
+                shutil.rmtree(staging, ignore_errors=True)
+                return target, [f.path for f in manifest.files]
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.evict(keep=target)
+        return target, reused
+
+    def _materialize(
+        self, blob: Path, path: str, sha256: str, size: int,
+        open_file: Callable[[str], BinaryIO],
+    ) -> None:  # fmt: skip
+        """Write one file from the store, hashing as it goes; renamed into place if intact."""
+        blob.parent.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="file-", dir=self.tmp)
+        try:
+            digest, written = hashlib.sha256(), 0
+            buffer = bytearray(_BLOCK)
+            with os.fdopen(fd, "wb") as out, open_file(path) as stream:
+                while count := stream.readinto(buffer):  # type: ignore[attr-defined]
+                    view = memoryview(buffer)[:count]
+                    digest.update(view)
+                    out.write(view)
+                    written += count
+            if written != size or digest.hexdigest() != sha256:
+                raise IntegrityError(
+                    f"{path} is corrupted in the registry (expected {size} bytes sha256 "
+                    f"{sha256[:12]}…, read {written} bytes {digest.hexdigest()[:12]}…)"
+                )
+            os.chmod(name, 0o444)
+            os.replace(name, blob)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def discard(self, manifest: Manifest) -> None:
+        """Drop a cached crate whose files failed their check at load (and those files)."""
+        target = self.crates / manifest.digest.removeprefix("sha256:")
+        for entry in manifest.files:
+            blob, link = self.files / entry.sha256[:2] / entry.sha256, target / entry.path
+            if blob.exists() and link.exists() and os.path.samefile(blob, link):
+                blob.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+
+    def size(self) -> int:
+        """Bytes the cached files take (each file once, however many crates link it)."""
+        if not self.files.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.files.glob("*/*") if p.is_file())
+
+    def evict(self, *, keep: Path | None = None) -> int:
+        """Remove least recently used crates until the cache fits its bound; returns bytes freed."""
+        total = self.size()
+        if total <= self.limit:
+            return 0
+        freed, now = 0, time.time()
+        crates = sorted((p for p in self.crates.iterdir() if p.is_dir()),
+                        key=lambda p: p.stat().st_mtime)  # fmt: skip
+        for crate in crates:
+            if total - freed <= self.limit:
+                break
+            if crate == keep or now - crate.stat().st_mtime < IN_USE_SECONDS:
+                continue
+            shutil.rmtree(crate, ignore_errors=True)
+            freed += self._drop_unlinked()
+        return freed
+
+    def _drop_unlinked(self) -> int:
+        freed = 0
+        for blob in self.files.glob("*/*"):
+            info = blob.stat()
+            if info.st_nlink == 1:  # no cached crate links it any more
+                blob.unlink(missing_ok=True)
+                freed += info.st_size
+        return freed
+
+
+def _link_or_copy(source: Path, link: Path) -> None:
+    try:
+        os.link(source, link)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, link)
+        os.chmod(link, 0o444)

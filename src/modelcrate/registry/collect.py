@@ -1,0 +1,198 @@
+"""Garbage collection and repacking of the chunk store, and the whole-store check.
+
+gc runs in three steps so that readers are never blocked and publishers only
+for the short planning and finishing transactions:
+
+1. under the write lock: drop recipes no version uses, drop index rows of
+   chunks nobody needs, and plan which packs to rewrite;
+2. without the lock: copy the live chunks of those packs (and loose blobs left
+   by earlier releases) into new packs, whose sealing points the index at them;
+3. under the write lock: forget the old packs, then delete their files.
+
+A reader that looked a chunk up before step 2 and finds its old pack gone
+looks it up again (chunks.py). Anything younger than the grace period stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+
+from sqlalchemy import delete, select
+
+from modelcrate.errors import IntegrityError, NotFound
+from modelcrate.registry.chunks import FileStore
+from modelcrate.registry.db import (
+    ChunkRow,
+    FileChunkRow,
+    FileRow,
+    PackRow,
+    VersionRow,
+    lock_writes,
+    read_session,
+    write_session,
+)
+from modelcrate.registry.packs import PACK_TARGET, PackWriter, read_footer
+from modelcrate.registry.records import GcReport, PackCheck
+
+REWRITE_BELOW = 0.5  # a pack with less than this share of live bytes is rewritten
+SMALL_PACK = PACK_TARGET // 4  # several packs smaller than this are merged
+
+
+def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
+    """Free what no version needs and compact the packs (see the module docstring)."""
+    engine, blobs = files.engine, files.blobs
+    cutoff = time.time() - grace_seconds
+    removed = freed = 0
+    with write_session(engine) as session, session.begin():
+        lock_writes(session)
+        referenced = set(session.scalars(select(FileRow.sha256)))
+        recipes = set(session.scalars(select(FileChunkRow.file_sha).distinct()))
+        for sha in recipes - referenced:
+            session.execute(delete(FileChunkRow).where(FileChunkRow.file_sha == sha))
+        live = set(session.scalars(select(FileChunkRow.chunk_sha)))
+        packs = {row.id: row for row in session.scalars(select(PackRow))}
+        by_pack: dict[str, list[ChunkRow]] = defaultdict(list)
+        for chunk in session.scalars(select(ChunkRow)):
+            by_pack[chunk.pack].append(chunk)
+        dead, rewrite = [], []
+        old_small = [p for p in packs.values() if p.created_at <= cutoff and p.size < SMALL_PACK]
+        for pack in packs.values():
+            if pack.created_at > cutoff:
+                continue
+            chunks = by_pack.get(pack.id, [])
+            live_bytes = sum(c.size for c in chunks if c.sha256 in live)
+            if live_bytes == 0:
+                dead.append(pack.id)
+            elif live_bytes < REWRITE_BELOW * pack.size or (
+                pack.size < SMALL_PACK and len(old_small) > 1
+            ):
+                rewrite.append(pack.id)
+            for chunk in chunks:
+                if chunk.sha256 not in live:
+                    session.delete(chunk)
+                    removed += 1
+                    freed += chunk.size
+        for pack_id in dead:
+            session.delete(packs[pack_id])
+        indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
+        loose = [sha for sha in live - indexed]
+        whole = referenced - recipes
+    moves = [(c.sha256, c.pack, c.offset, c.size)
+             for pack_id in rewrite for c in by_pack[pack_id] if c.sha256 in live]  # fmt: skip
+    with PackWriter(engine, blobs, move=True) as writer:
+        for sha, pack_id, offset, size in sorted(moves, key=lambda m: (m[1], m[2])):
+            with blobs.open_range(pack_id, offset, size) as stream:
+                data = stream.read(size)
+            if len(data) == size and hashlib.sha256(data).hexdigest() == sha:
+                writer.add(sha, data)  # a damaged chunk stays where `verify` can name it
+        moved_loose = []
+        for sha in loose:
+            if blobs.exists(sha):
+                with blobs.open(sha) as stream:
+                    data = stream.read()
+                if hashlib.sha256(data).hexdigest() == sha:
+                    writer.add(sha, data)
+                    moved_loose.append(sha)
+        rechunked = _rechunk_whole_files(files, writer, whole)
+    with write_session(engine) as session, session.begin():
+        lock_writes(session)
+        for sha, recipe in rechunked.items():
+            files.record(session, sha, recipe)
+        still_used = set(session.scalars(select(ChunkRow.pack).where(ChunkRow.pack.in_(rewrite))))
+        retired = [p for p in rewrite if p not in still_used]
+        session.execute(delete(PackRow).where(PackRow.id.in_(retired)))
+    for pack_id in dead + retired:
+        blobs.delete_pack(pack_id)
+    for sha in moved_loose + list(rechunked):
+        blobs.delete(sha)
+    for sha, mtime, size in list(blobs.iter_blobs()):  # loose blobs nobody needs
+        if sha not in live and sha not in referenced and mtime <= cutoff:
+            freed += blobs.delete(sha)
+            removed += 1
+    for pack_id, mtime, size in list(blobs.iter_packs()):  # packs whose index never committed
+        if pack_id not in packs and mtime <= cutoff and not _indexed(files, pack_id):
+            blobs.delete_pack(pack_id)
+            freed += size
+    blobs.sweep_tmp(grace_seconds)
+    return GcReport(removed, freed, packs_rewritten=len(retired), packs_removed=len(dead))
+
+
+def _rechunk_whole_files(
+    files: FileStore, writer: PackWriter, whole: set[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Files stored whole by the first release become chunks in packs (their blob goes)."""
+    recipes = {}
+    for sha in whole:
+        if not files.blobs.exists(sha):
+            continue
+        with read_session(files.engine) as session:
+            size = session.scalar(select(FileRow.size).where(FileRow.sha256 == sha).limit(1))
+        if size is None:
+            continue
+        try:
+            with files.blobs.open(sha) as stream:
+                recipes[sha] = files.stage(stream, sha, size, writer=writer)
+        except IntegrityError:
+            continue  # damaged: left in place for `verify` to report
+    return recipes
+
+
+def _indexed(files: FileStore, pack_id: str) -> bool:
+    with read_session(files.engine) as session:
+        return session.get(PackRow, pack_id) is not None
+
+
+def damaged_versions(files: FileStore) -> list[PackCheck]:
+    """Read every pack once: its footer against the index, every chunk against its sha256.
+    Each damaged pack is reported with the versions that hold one of its chunks."""
+    with read_session(files.engine) as session:
+        packs = list(session.scalars(select(PackRow).order_by(PackRow.id)))
+        index: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+        for chunk in session.scalars(select(ChunkRow)):
+            index[chunk.pack][chunk.sha256] = (chunk.offset, chunk.size)
+    checks = []
+    for pack in packs:
+        problem, bad = _check_pack(files, pack, index.get(pack.id, {}))
+        if problem is not None:
+            checks.append(PackCheck(pack.id, problem, _versions_using(files, bad)))
+    return checks
+
+
+def _check_pack(
+    files: FileStore, pack: PackRow, chunks: dict[str, tuple[int, int]]
+) -> tuple[str | None, set[str]]:
+    try:
+        listed = {sha: (offset, size) for sha, offset, size in
+                  read_footer(files.blobs, pack.id, pack.size)}  # fmt: skip
+    except NotFound:
+        return "missing", set(chunks)
+    except IntegrityError as exc:
+        return str(exc), set(chunks)
+    bad = {sha for sha, place in chunks.items() if listed.get(sha) != place}
+    for sha, (offset, size) in sorted(chunks.items(), key=lambda item: item[1]):
+        with files.blobs.open_range(pack.id, offset, size) as stream:
+            if hashlib.sha256(stream.read(size)).hexdigest() != sha:
+                bad.add(sha)
+    if not bad:
+        return None, bad
+    return f"{len(bad)} damaged chunk(s)", bad
+
+
+def _versions_using(files: FileStore, chunks: set[str]) -> list[str]:
+    if not chunks:
+        return []
+    with read_session(files.engine) as session:
+        shas = set()
+        ordered = sorted(chunks)
+        for start in range(0, len(ordered), 500):
+            shas.update(session.scalars(select(FileChunkRow.file_sha).where(
+                FileChunkRow.chunk_sha.in_(ordered[start : start + 500]))))  # fmt: skip
+        rows = session.execute(
+            select(VersionRow.name, VersionRow.version)
+            .join(FileRow, FileRow.version_id == VersionRow.id)
+            .where(FileRow.sha256.in_(sorted(shas)))
+            .distinct()
+        ).all()
+    return sorted(f"{name}@{version}" for name, version in rows)
