@@ -13,7 +13,14 @@ def test_all_names_exist_and_every_public_name_is_exported() -> None:
         if not name.startswith("_")
         and not getattr(value, "__name__", "").startswith("modelcrate.")
         and name
-        not in {"annotations", "os", "version", "Path", "PackageNotFoundError", "TYPE_CHECKING"}
+        not in {
+            "annotations",
+            "version",
+            "PackageNotFoundError",
+            "TYPE_CHECKING",
+            "Any",
+            "importlib",
+        }
     }
     assert public <= set(mc.__all__), public - set(mc.__all__)
 
@@ -29,3 +36,18 @@ def test_every_error_is_a_modelcrate_error_with_an_exit_code() -> None:
         assert issubclass(error, mc.ModelcrateError)
         assert error.exit_code in (1, 2)
     assert issubclass(mc.NotFound, LookupError) and issubclass(mc.InputError, ValueError)
+
+
+def test_import_is_lazy() -> None:
+    """`import modelcrate` loads no framework, database or runtime until a name is used."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, modelcrate as mc; heavy = ['sqlalchemy', 'onnxruntime', 'onnx', 'torch', "
+        "'pydantic', 'httpx']; print([m for m in heavy if m in sys.modules]); mc.Registry; "
+        "print('sqlalchemy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split("\n")  # fmt: skip
+    assert out[0] == "[]" and out[1] == "True"

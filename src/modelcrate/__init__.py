@@ -5,17 +5,17 @@ crate = mc.pack(module, example_inputs=(x,), name="digits", version="1.0.0")
 mc.publish(crate)
 model = mc.load("digits@prod")
 model.predict(x)
+
+Names are imported on first use (PEP 562), so ``import modelcrate`` and the CLI
+start fast and ``mc.load`` pulls in only what loading needs.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from modelcrate.client import Client
-from modelcrate.crate import Crate
 from modelcrate.errors import (
     BadReference,
     CrateFormatError,
@@ -34,22 +34,54 @@ from modelcrate.errors import (
     UsageError,
     VersionConflict,
 )
-from modelcrate.manifest import Manifest
-from modelcrate.model import Model, load
-from modelcrate.optimize import compare, convert, optimize
-from modelcrate.pack import pack
-from modelcrate.registry.api import Registry
-from modelcrate.registry.lineage import LineageGraph
-from modelcrate.registry.records import PublishResult
-from modelcrate.registry.remote import PushResult
-from modelcrate.reuse.compose import ensemble, pipeline
-from modelcrate.reuse.distill import distill
-from modelcrate.reuse.features import feature_extractor, layers
-from modelcrate.reuse.finetune import finetune
-from modelcrate.trust.signing import Policy, SignatureInfo
 
 if TYPE_CHECKING:
-    from modelcrate.trust.signing import TrustArg
+    from modelcrate.client import Client
+    from modelcrate.crate import Crate
+    from modelcrate.manifest import Manifest
+    from modelcrate.model import Model, load
+    from modelcrate.optimize import compare, convert, optimize
+    from modelcrate.pack import pack
+    from modelcrate.publishing import encrypt, lineage, publish, pull, push, sign
+    from modelcrate.registry.api import Registry
+    from modelcrate.registry.lineage import LineageGraph
+    from modelcrate.registry.records import PublishResult
+    from modelcrate.registry.remote import PushResult
+    from modelcrate.reuse.compose import ensemble, pipeline
+    from modelcrate.reuse.distill import distill
+    from modelcrate.reuse.features import feature_extractor, layers
+    from modelcrate.reuse.finetune import finetune
+    from modelcrate.trust.signing import Policy, SignatureInfo
+
+_LAZY = {
+    "Client": "modelcrate.client",
+    "Crate": "modelcrate.crate",
+    "Manifest": "modelcrate.manifest",
+    "Model": "modelcrate.model",
+    "load": "modelcrate.model",
+    "compare": "modelcrate.optimize",
+    "convert": "modelcrate.optimize",
+    "optimize": "modelcrate.optimize",
+    "pack": "modelcrate.pack",
+    "Registry": "modelcrate.registry.api",
+    "LineageGraph": "modelcrate.registry.lineage",
+    "PublishResult": "modelcrate.registry.records",
+    "PushResult": "modelcrate.registry.remote",
+    "ensemble": "modelcrate.reuse.compose",
+    "pipeline": "modelcrate.reuse.compose",
+    "distill": "modelcrate.reuse.distill",
+    "feature_extractor": "modelcrate.reuse.features",
+    "layers": "modelcrate.reuse.features",
+    "finetune": "modelcrate.reuse.finetune",
+    "Policy": "modelcrate.trust.signing",
+    "SignatureInfo": "modelcrate.trust.signing",
+    "encrypt": "modelcrate.publishing",
+    "lineage": "modelcrate.publishing",
+    "publish": "modelcrate.publishing",
+    "pull": "modelcrate.publishing",
+    "push": "modelcrate.publishing",
+    "sign": "modelcrate.publishing",
+}
 
 try:
     __version__ = version("modelcrate")
@@ -57,138 +89,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 
-def publish(
-    crate: Crate | Model | str | os.PathLike[str],
-    *,
-    registry: Registry | str | None = None,
-    trust: TrustArg = None,
-) -> PublishResult:
-    """Publish a crate (object, ``.crate`` file or directory) to a registry (default: embedded).
-
-    A local crate's signature (``<path>.sig``) is published with it. ``trust``: public
-    key file(s)/directories; the crate must then be signed by one of them."""
-    from modelcrate.trust.signing import as_policy, local_signatures
-
-    if isinstance(crate, Model):
-        crate = crate.crate
-    signatures = [] if isinstance(crate, Crate) else local_signatures(crate)
-    return _registry(registry).publish(crate, signatures=signatures, trust=as_policy(trust))
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelcrate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def pull(
-    ref: str,
-    to: str | os.PathLike[str],
-    *,
-    registry: Registry | str | None = None,
-    trust: TrustArg = None,
-) -> Path:
-    """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``).
-    ``ref`` may name a server: ``https://host/digits@prod``."""
-    from modelcrate.registry.remote import RemoteRegistry, split_remote
-    from modelcrate.trust.signing import as_policy, verify_local
-
-    if ref.startswith("oci://"):
-        from modelcrate.registry import oci
-
-        oci.pull(ref, to)
-        policy = as_policy(trust)
-        if policy is not None:
-            verify_local(Crate.open(to), to, policy)
-        return Path(to)
-    remote = split_remote(ref)
-    if remote is not None:
-        with RemoteRegistry(remote[0]) as server:
-            path = server.pull(remote[1], to)
-        policy = as_policy(trust)
-        if policy is not None:
-            verify_local(Crate.open(path), path, policy)
-        return path
-    return _registry(registry).pull(ref, to, trust=as_policy(trust))
-
-
-def sign(
-    target: str | os.PathLike[str],
-    key: str | os.PathLike[str],
-    *,
-    registry: Registry | str | None = None,
-) -> SignatureInfo:
-    """Sign a registry version (``name@version``), or a local crate (writes ``<path>.sig``)."""
-    from modelcrate.refs import is_local_crate
-    from modelcrate.trust import signing
-    from modelcrate.trust.keys import key_id, load_private
-
-    if isinstance(target, os.PathLike) or is_local_crate(target):
-        crate = Crate.open(target)
-        crate.verify()
-        signing.sidecar(target).write_bytes(signing.sign(crate, key))
-        return SignatureInfo(
-            crate.manifest.ref, crate.digest, key_id(load_private(key).public_key())
-        )
-    return _registry(registry).sign(target, key)
-
-
-def encrypt(
-    ref: str,
-    *,
-    recipients: list[str | os.PathLike[str]] | None = None,
-    passphrase: str | None = None,
-    version: str | None = None,
-    key: str | os.PathLike[str] | None = None,
-    registry: Registry | str | None = None,
-) -> PublishResult:
-    """Publish ``ref`` again as ``version`` (default ``<version>-enc``) with its files
-    encrypted at rest for the recipients' public keys and/or a passphrase; ``key`` signs
-    the new version (needed where the registry requires signatures)."""
-    from modelcrate.trust.crypto import encrypt as encrypt_crate
-    from modelcrate.trust.signing import sign as sign_crate
-
-    reg = _registry(registry)
-    crate = encrypt_crate(
-        reg.get(ref), recipients=recipients or [], passphrase=passphrase, version=version
-    )
-    signatures = [sign_crate(crate, key)] if key is not None else []
-    return reg.publish(crate, signatures=signatures)
-
-
-def push(
-    ref: str,
-    target: str | os.PathLike[str],
-    *,
-    registry: Registry | str | None = None,
-    token: str | None = None,
-) -> PushResult:
-    """Copy a version (and its signatures) to another registry: a modelcrate server
-    (``https://host``), a directory or a ``postgresql://`` URL. Only files the target lacks
-    are sent."""
-    from modelcrate.registry.remote import RemoteRegistry, is_remote
-
-    source = _registry(registry)
-    crate, signatures = source.get(ref), source.signatures(ref)
-    text = os.fspath(target)
-    if text.startswith("oci://"):
-        from modelcrate.registry import oci
-
-        oci.push(crate, text)
-        files = len(crate.manifest.files)
-        return PushResult(crate.name, crate.version, crate.digest, True, files, 0)
-    if is_remote(text):
-        with RemoteRegistry(text, token=token) as remote:
-            return remote.publish(crate, signatures=signatures)
-    with Registry.open(text) as other:
-        have = sum(other.files.stored(f.sha256) for f in crate.manifest.files)
-        result = other.publish(crate, signatures=signatures)
-    files = len(crate.manifest.files)
-    return PushResult(result.name, result.version, result.digest, result.created,
-                      files - have, have)  # fmt: skip
-
-
-def lineage(ref: str, *, registry: Registry | str | None = None) -> LineageGraph:
-    """Ancestors and descendants of ``ref`` (by the parent digests manifests record)."""
-    return _registry(registry).lineage(ref)
-
-
-def _registry(registry: Registry | str | None) -> Registry:
-    return registry if isinstance(registry, Registry) else Registry.open(registry)
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = [

@@ -126,7 +126,7 @@ class ArchiveSource:
         start, size = self.offsets[path]
         handle = self.archive.open("rb")
         handle.seek(start)
-        return io.BufferedReader(_Slice(handle, size), CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_Slice(handle, size), CHUNK)
 
 
 class _Slice(io.RawIOBase):
@@ -171,7 +171,7 @@ class LocalCopy:
                     head = stream.read(64)
                     if self.crate.manifest.encrypted(path) is None and sniff_pickle(head):
                         raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
-                    sha, size = hash_stream(stream, head)  # type: ignore[arg-type]
+                    sha, size = hash_stream(stream, head)
                 if size != entry.size or sha != entry.sha256:
                     raise IntegrityError(
                         f"{self.crate.manifest.ref}: {path} is corrupted (expected {entry.size} "
@@ -310,14 +310,11 @@ class Crate:
     def open_unhashed(self, path: str) -> BinaryIO:
         """A stream of one file that refuses a pickle but leaves size and sha256 to the
         caller, who hashes it anyway (publish): the bytes are hashed once, not twice."""
-        stream = self.source.open(path)
         if self.manifest.encrypted(path) is None:
-            buffered = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[arg-type]
-            if sniff_pickle(buffered.peek(64)[:64]):  # type: ignore[union-attr]
-                buffered.close()
-                raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
-            return buffered  # type: ignore[return-value]
-        return stream
+            with self.source.open(path) as probe:
+                if sniff_pickle(probe.read(64)):
+                    raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+        return self.source.open(path)
 
     def localize(self) -> LocalCopy | None:
         """The crate's files as local paths, for runtimes that open models by path (ONNX

@@ -11,12 +11,12 @@ import numpy as np
 from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
-from modelcrate.refs import is_local_crate
-from modelcrate.registry.remote import RemoteRegistry, is_remote
+from modelcrate.refs import is_local_crate, is_remote, split_remote
 from modelcrate.runtimes import Runtime
 
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
+    from modelcrate.registry.remote import RemoteRegistry
     from modelcrate.trust.signing import TrustArg
 
 PASSPHRASE_ENV = "MODELCRATE_PASSPHRASE"
@@ -110,7 +110,7 @@ def load(
         crate = ref
         crate.verify()
     elif not isinstance(ref, os.PathLike) and is_remote(str(ref)):
-        from modelcrate.registry.remote import RemoteRegistry, split_remote
+        from modelcrate.registry.remote import RemoteRegistry
 
         remote = split_remote(str(ref))
         if remote is None:

@@ -94,3 +94,17 @@ def is_local_crate(text: str) -> bool:
         return True
     path = Path(text)
     return path.is_dir() and (path / "crate.json").is_file()
+
+
+def is_remote(location: str) -> bool:
+    """Whether ``location`` names a modelcrate server (``http(s)://…``)."""
+    return location.startswith(("http://", "https://"))
+
+
+def split_remote(text: str) -> tuple[str, str] | None:
+    """``https://host[:port]/name@version`` -> (``https://host[:port]``, ``name@version``)."""
+    if not is_remote(text):
+        return None
+    scheme, _, rest = text.partition("://")
+    host, _, ref = rest.partition("/")
+    return (f"{scheme}://{host}", ref) if ref else None

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 FORMAT = "modelcrate-backup-v1"
 METADATA = "registry.json"
+STORAGE_TABLES = frozenset({"file_chunks", "chunks", "packs"})
 _BLOB = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 
 
@@ -93,7 +94,7 @@ def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
     sizes: dict[str, int] = {}
     recipes: dict[str, list[tuple[str, int]]] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(path, mode="r:") as tar, registry.files.writer() as writer:
             for member in tar:
                 if not member.isreg():
                     raise UnsafeContentError(f"{path.name}: {member.name!r} is not a regular file")
@@ -107,7 +108,7 @@ def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
                 stream = tar.extractfile(member)
                 assert stream is not None
                 sha = match.group(1)
-                recipes[sha] = registry.files.stage(stream, sha, sizes[sha])
+                recipes[sha] = registry.files.stage(stream, sha, sizes[sha], writer=writer)
     except tarfile.TarError as exc:
         raise CrateFormatError(f"{path.name} is not a readable backup: {exc}") from None
     if tables is None:
@@ -151,7 +152,7 @@ def _dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
     with read_session(registry.engine) as session:
         for table in Base.metadata.sorted_tables:
-            if table.name == "file_chunks":  # how files are chunked is the store's business
+            if table.name in STORAGE_TABLES:  # how files are stored is the store's business
                 continue
             query = select(table).order_by(*table.primary_key.columns)
             tables[table.name] = [dict(row._mapping) for row in session.execute(query)]
@@ -170,7 +171,7 @@ def _load_metadata(
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CrateFormatError(f"not a {FORMAT} backup")
     tables: dict[str, list[dict[str, Any]]] = document["tables"]
-    known = {table.name for table in Base.metadata.sorted_tables}
+    known = {table.name for table in Base.metadata.sorted_tables} - STORAGE_TABLES
     if set(tables) - known:
         raise CrateFormatError(f"backup has unknown tables: {sorted(set(tables) - known)}")
     for row in tables.get("versions", []):  # every manifest must match its digest

@@ -43,13 +43,15 @@ def cache_limit(text: str | None = None) -> int:
     text = (text if text is not None else os.environ.get(CACHE_SIZE_ENV, "")).strip().lower()
     if not text:
         return DEFAULT_CACHE_BYTES
-    number, unit = text.rstrip("bib"), ""
+    number, unit = text.removesuffix("b").removesuffix("i"), ""
     if number and number[-1] in _UNITS:
         number, unit = number[:-1], number[-1]
     try:
         return int(float(number) * _UNITS[unit])
     except ValueError:
-        raise UsageError(f"{CACHE_SIZE_ENV}={text!r}: expected a size such as 20G or 500M") from None
+        raise UsageError(
+            f"{CACHE_SIZE_ENV}={text!r}: expected a size such as 20G or 500M"
+        ) from None
 
 
 class FileCache:

@@ -131,7 +131,7 @@ class FileStore:
         if located is None:
             return self.blobs.open(sha256)
         reader = _Packed(self, sha256, located, label or sha256[:12])
-        return io.BufferedReader(reader, READ_BLOCK)  # type: ignore[return-value]
+        return io.BufferedReader(reader, READ_BLOCK)
 
     def check(self, sha256: str, size: int) -> str | None:
         """None when the file reads back intact, else what is wrong (the first damaged
@@ -270,4 +270,3 @@ class _Packed(io.RawIOBase):
             self.stream.close()
             self.stream = None
         super().close()
-

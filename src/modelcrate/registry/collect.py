@@ -107,7 +107,7 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         blobs.delete_pack(pack_id)
     for sha in moved_loose + list(rechunked):
         blobs.delete(sha)
-    for sha, mtime, size in list(blobs.iter_blobs()):  # loose blobs nobody needs
+    for sha, mtime, _ in list(blobs.iter_blobs()):  # loose blobs nobody needs
         if sha not in live and sha not in referenced and mtime <= cutoff:
             freed += blobs.delete(sha)
             removed += 1
@@ -184,7 +184,7 @@ def _versions_using(files: FileStore, chunks: set[str]) -> list[str]:
     if not chunks:
         return []
     with read_session(files.engine) as session:
-        shas = set()
+        shas: set[str] = set()
         ordered = sorted(chunks)
         for start in range(0, len(ordered), 500):
             shas.update(session.scalars(select(FileChunkRow.file_sha).where(

@@ -25,11 +25,11 @@ import secrets
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -149,7 +149,7 @@ class PackWriter:
             self.abort()
 
 
-def _upsert(dialect: str, move: bool) -> object:
+def _upsert(dialect: str, move: bool) -> Any:
     """INSERT … ON CONFLICT: a racing writer may have indexed the same chunk (keep theirs);
     a moved chunk's row is pointed at its new place."""
     module = postgresql if dialect == "postgresql" else sqlite

@@ -28,7 +28,7 @@ from modelcrate.errors import (
     VersionConflict,
 )
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.refs import Ref
+from modelcrate.refs import Ref, is_remote
 from modelcrate.registry.records import AliasEvent, PublishResult, VersionInfo
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ class PushResult:
     created: bool
     uploaded: int  # files sent
     skipped: int  # files the target already had
-
-
-def is_remote(location: str) -> bool:
-    return location.startswith(("http://", "https://"))
 
 
 class RemoteRegistry:
@@ -188,15 +184,6 @@ class _RemoteFiles:
 
     def open(self, path: str) -> BinaryIO:
         return self.registry.open_file(self.shas[path])
-
-
-def split_remote(text: str) -> tuple[str, str] | None:
-    """``https://host[:port]/name@version`` -> (``https://host[:port]``, ``name@version``)."""
-    if not is_remote(text):
-        return None
-    scheme, _, rest = text.partition("://")
-    host, _, ref = rest.partition("/")
-    return (f"{scheme}://{host}", ref) if ref else None
 
 
 def open_source(location: str | None) -> Any:

@@ -1,0 +1,193 @@
+"""Models of any size (issue 13): time and peak memory of each step as the model grows.
+
+The model is one MatMul (x @ W, W float32 n x n) with W as ONNX external data, at
+0.1 and 1 GiB (4 GiB with `make bench-scale`). Every step runs in a fresh process
+under `/usr/bin/time -f "%e %M"` (wall seconds, peak RSS), after `sync`, and is
+alternated with its baseline in the same run:
+
+- storage baseline: a durable copy (`cp` then `sync FILE`) plus `openssl sha256`
+  of the same bytes; compared with `modelcrate publish` of the packed crate;
+- load baseline: `onnxruntime.InferenceSession(path)` plus one run, compared with
+  `mc.load(ref)` plus one prediction (first load: the file cache is filled; then
+  cached: every file re-hashed beside session creation);
+- pull, backup and restore are reported with their peak RSS (target <= 256 MiB).
+
+python benchmarks/scale.py [0.1 1 4]     # sizes in GiB (default 0.1 1)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GIB = 1024**3
+REPEAT = int(
+    os.environ.get("SCALE_REPEAT", "3")
+)  # medians over this many runs (1 at 4 GiB and above)
+
+LOAD_OURS = """
+import sys, numpy as np, modelcrate as mc
+model = mc.load(sys.argv[1], registry=sys.argv[2])
+n = model.manifest.signature.inputs[0].shape[1]
+print(model.predict(np.ones((1, n), np.float32))["y"][0, :2])
+"""
+LOAD_RAW = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+n = session.get_inputs()[0].shape[1]
+print(session.run(None, {"x": np.ones((1, n), np.float32)})[0][0, :2])
+"""
+
+
+def make_model(directory: Path, gib: float) -> Path:
+    """Write model.onnx + model.onnx.data (W: n x n float32, about ``gib`` GiB), in blocks."""
+    from onnx import TensorProto, helper
+
+    n = int((gib * GIB / 4) ** 0.5)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with (directory / "model.onnx.data").open("wb") as out:
+        rows = max(1, (64 * 1024 * 1024) // (4 * n))
+        for start in range(0, n, rows):
+            out.write(rng.random((min(rows, n - start), n), dtype=np.float32).tobytes())
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[n, n])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (
+        ("location", "model.onnx.data"),
+        ("offset", "0"),
+        ("length", str(4 * n * n)),
+    ):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        [weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (directory / "model.onnx").write_bytes(model.SerializeToString())
+    return directory / "model.onnx"
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``command`` in a fresh process, after `sync`."""
+    subprocess.run(["sync"], check=True)
+    result = subprocess.run(
+        ["/usr/bin/time", "-f", "TIME %e %M", *command],
+        capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+    line = next(li for li in result.stderr.splitlines()[::-1] if li.startswith("TIME "))
+    seconds, kib = line.split()[1:]
+    return float(seconds), int(kib) / 1024
+
+
+def shell(script: str) -> list[str]:
+    return ["bash", "-c", script]
+
+
+def modelcrate(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "modelcrate"), *args]
+
+
+def measure(gib: float, scratch: Path) -> dict[str, list[tuple[float, float]]]:
+    source = make_model(scratch / "src", gib)
+    crate = scratch / "model.crate"
+    results: dict[str, list[tuple[float, float]]] = {}
+
+    def add(step: str, figure: tuple[float, float]) -> None:
+        results.setdefault(step, []).append(figure)
+
+    add("pack", timed(modelcrate("pack", str(source), "--name", "big", "--version", "1.0.0",
+                                 "-o", str(crate))))  # fmt: skip
+    data = source.parent / "model.onnx.data"
+    repeat = REPEAT if gib < 4 else 1
+    for run in range(repeat):
+        copy = scratch / "copy.bin"
+        add("baseline: durable copy + openssl sha256", timed(shell(
+            f"cp {data} {copy} && sync {copy} && openssl sha256 {data} >/dev/null")))  # fmt: skip
+        copy.unlink()
+        registry = scratch / f"registry-{run}"
+        add("publish", timed(modelcrate("publish", str(crate), "--registry", str(registry))))
+        add("baseline: raw ORT session + run", timed([sys.executable, "-c", LOAD_RAW,
+                                                      str(source)]))  # fmt: skip
+        add("load + predict, first (fills the cache)",
+            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]))  # fmt: skip
+        add("load + predict, cached (re-hashed beside session creation)",
+            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]))  # fmt: skip
+        if run < repeat - 1:
+            shutil.rmtree(registry)
+    registry = scratch / f"registry-{repeat - 1}"
+    pulled = scratch / "pulled"
+    add("pull", timed(modelcrate("pull", "big@1.0.0", "--to", str(pulled),
+                                 "--registry", str(registry))))  # fmt: skip
+    shutil.rmtree(pulled)
+    add("verify", timed(modelcrate("verify", "big@1.0.0", "--registry", str(registry))))
+    backup = scratch / "backup.tar"
+    add("backup", timed(modelcrate("backup", "--to", str(backup), "--registry", str(registry))))
+    add("restore", timed(modelcrate("restore", str(backup), "--registry",
+                                    str(scratch / "restored"))))  # fmt: skip
+    backup.unlink()
+    files = sum(1 for p in (registry / "blobs").rglob("*") if p.is_file())
+    stored = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
+    add("files in the store", (float(files), stored / GIB * 1024))
+    return results
+
+
+def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> list[str]:
+    lines = [
+        "## Registry at scale (issue 13)",
+        "",
+        f"`python benchmarks/scale.py {' '.join(str(g) for g in all_results)}`; one MatMul "
+        "model, W as ONNX external data; each step a fresh process after `sync`, medians of "
+        f"{REPEAT} alternated runs below 4 GiB (1 run at 4 GiB); wall time and peak RSS "
+        "(`/usr/bin/time -f %M`).",
+        "",
+        "| size | step | wall | peak RSS | ratio to baseline |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for gib, results in all_results.items():
+        med = {k: (statistics.median(s for s, _ in v), max(r for _, r in v))
+               for k, v in results.items()}  # fmt: skip
+        store_base = med["baseline: durable copy + openssl sha256"]
+        load_base = med["baseline: raw ORT session + run"]
+        for step, (seconds, rss) in med.items():
+            if step == "files in the store":
+                lines.append(f"| {gib} GiB | files in the store | {int(seconds)} files, "
+                             f"{rss:.0f} MiB | | {gib * 1024 / max(seconds, 1):.0f} MiB "
+                             "stored per file |")  # fmt: skip
+                continue
+            ratio = ""
+            if step == "publish":
+                ratio = f"**{seconds / store_base[0]:.2f}x** time (target <= 4x)"
+            elif step.startswith("load"):
+                ratio = (f"**{seconds / load_base[0]:.2f}x** time (target <= 1.5x), "
+                         f"{rss / load_base[1]:.2f}x RSS (target <= 1.2x)")  # fmt: skip
+            lines.append(f"| {gib} GiB | {step} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |")
+    return lines
+
+
+def main(sizes: list[float] | None = None) -> list[str]:
+    sizes = sizes or [0.1, 1.0]
+    results = {}
+    for gib in sizes:
+        with tempfile.TemporaryDirectory(prefix="mc-bench-scale-", dir=HERE) as scratch:
+            results[gib] = measure(gib, Path(scratch))
+            print(f"{gib} GiB done", file=sys.stderr)
+    return table(results)
+
+
+if __name__ == "__main__":
+    lines = main([float(a) for a in sys.argv[1:]] or None)
+    print("\n".join(lines))
