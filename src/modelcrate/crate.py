@@ -327,7 +327,7 @@ class Crate:
         cached = getattr(self.source, "local_directory", None)
         found = cached() if cached is not None else None
         if found is not None:
-            return LocalCopy(self, found[0], found[1])
+            return LocalCopy(self, found, [f.path for f in self.manifest.files])
         if isinstance(self.source, DirectorySource):
             return LocalCopy(self, self.source.root, [f.path for f in self.manifest.files])
         scratch = temporary_directory(self, "modelcrate-local-")

@@ -6,9 +6,9 @@ Layout (next to the registry, ``<registry>/cache``)::
     crates/<digest hex>/<path>  a crate's files as hard links into files/ (ONNX Runtime
                                 finds external data beside the model by name)
 
-A file is hashed while it is written from the registry's packs and renamed
-into place only when it matches its sha256; files already in the cache are
-re-hashed at every load, beside session creation (see ``Crate.localize``). The
+Files are copied from the registry's packs (inside the kernel where it can)
+and every file is hashed at every load that uses it, beside session creation
+(see ``Crate.localize``): a damaged copy fails that load and is dropped. The
 cache is bounded (``MODELCRATE_CACHE_SIZE``, default 32 GiB): least recently
 used crates are evicted first, and files no cached crate links are removed.
 Trust model: the cache is as trusted as the registry directory it sits in;
@@ -17,7 +17,6 @@ nothing is served from it without a hash check in the same load.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 CACHE_SIZE_ENV = "MODELCRATE_CACHE_SIZE"
 DEFAULT_CACHE_BYTES = 32 * 1024**3
 IN_USE_SECONDS = 300.0  # a crate used this recently is never evicted (a load may be opening it)
-_BLOCK = 8 * 1024 * 1024
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -62,10 +60,11 @@ class FileCache:
         self.files, self.crates, self.tmp = root / "files", root / "crates", root / "tmp"
 
     def directory(
-        self, manifest: Manifest, open_file: Callable[[str], BinaryIO]
-    ) -> tuple[Path, list[str]]:
-        """The crate's files as one local directory, and the paths in it that were *not*
-        hashed just now (already cached: the caller re-checks them)."""
+        self, manifest: Manifest, write: Callable[[str, BinaryIO, str], None]
+    ) -> Path:
+        """The crate's files as one local directory, materialized now where missing with
+        ``write(sha256, out, path)``. Nothing here is hashed: every file the cache serves
+        is hashed by the load that uses it (``Crate.localize``), beside session creation."""
         target = self.crates / manifest.digest.removeprefix("sha256:")
         complete = all(
             (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
@@ -73,18 +72,15 @@ class FileCache:
         )
         if complete:
             os.utime(target)
-            return target, [f.path for f in manifest.files]
+            return target
         for folder in (self.files, self.crates, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
-        reused = []
         try:
             for entry in manifest.files:
                 blob = self.files / entry.sha256[:2] / entry.sha256
-                if blob.is_file() and blob.stat().st_size == entry.size:
-                    reused.append(entry.path)
-                else:
-                    self._materialize(blob, entry.path, entry.sha256, entry.size, open_file)
+                if not (blob.is_file() and blob.stat().st_size == entry.size):
+                    self._materialize(blob, entry.path, entry.sha256, entry.size, write)
                 link = staging / entry.path
                 link.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(blob, link)
@@ -93,33 +89,26 @@ class FileCache:
                 os.replace(staging, target)
             except OSError:  # another process put it there first: use theirs
                 shutil.rmtree(staging, ignore_errors=True)
-                return target, [f.path for f in manifest.files]
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.evict(keep=target)
-        return target, reused
+        return target
 
     def _materialize(
         self, blob: Path, path: str, sha256: str, size: int,
-        open_file: Callable[[str], BinaryIO],
+        write: Callable[[str, BinaryIO, str], None],
     ) -> None:  # fmt: skip
-        """Write one file from the store, hashing as it goes; renamed into place if intact."""
+        """Write one file from the store; renamed into place when its size is right."""
         blob.parent.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="file-", dir=self.tmp)
         try:
-            digest, written = hashlib.sha256(), 0
-            buffer = bytearray(_BLOCK)
-            with os.fdopen(fd, "wb") as out, open_file(path) as stream:
-                while count := stream.readinto(buffer):  # type: ignore[attr-defined]
-                    view = memoryview(buffer)[:count]
-                    digest.update(view)
-                    out.write(view)
-                    written += count
-            if written != size or digest.hexdigest() != sha256:
+            with os.fdopen(fd, "w+b") as out:
+                write(sha256, out, path)
+                written = out.tell()
+            if written != size:
                 raise IntegrityError(
-                    f"{path} is corrupted in the registry (expected {size} bytes sha256 "
-                    f"{sha256[:12]}…, read {written} bytes {digest.hexdigest()[:12]}…)"
+                    f"{path} is corrupted in the registry ({written} bytes, expected {size})"
                 )
             os.chmod(name, 0o444)
             os.replace(name, blob)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,6 +134,24 @@ class FileStore:
         reader = _Packed(self, sha256, located, label or sha256[:12])
         return io.BufferedReader(reader, READ_BLOCK)
 
+    def write_to(self, sha256: str, out: IO[bytes], label: str) -> None:
+        """Append the file's bytes to ``out``: pack ranges are copied inside the kernel
+        where the store is a local directory. Sizes are checked; content is the reader's
+        to check (the file cache hashes every file it serves)."""
+        located = self.locate(sha256)
+        copy = getattr(self.blobs, "copy_range", None)
+        if located is None or copy is None:
+            with self.open(sha256, label) as stream:
+                shutil.copyfileobj(stream, out, READ_BLOCK)
+            return
+        for run in runs(located):
+            first = run[0]
+            if first.pack is None:
+                with self.blobs.open(first.sha256) as stream:
+                    shutil.copyfileobj(stream, out, READ_BLOCK)
+            else:
+                copy(first.pack, first.offset, sum(c.size for c in run), out)
+
     def check(self, sha256: str, size: int) -> str | None:
         """None when the file reads back intact, else what is wrong (the first damaged
         chunk's problem: missing, wrong size, or content not matching its sha256). Each
@@ -201,12 +220,12 @@ class StoredFiles:
     def open(self, path: str) -> BinaryIO:
         return self.files.open(self.shas[path], label=path)
 
-    def local_directory(self) -> tuple[Path, list[str]] | None:
-        """The crate's files in the local cache (materialized now if needed) and the paths
-        not hashed just now; None when this registry has no cache."""
+    def local_directory(self) -> Path | None:
+        """The crate's files in the local cache (materialized now if needed; the caller
+        hashes them); None when this registry has no cache."""
         if self.files.cache is None:
             return None
-        return self.files.cache.directory(self.manifest, self.open)
+        return self.files.cache.directory(self.manifest, self.files.write_to)
 
     def discard_local(self) -> None:
         """Forget the cached copy (it failed its check)."""
