@@ -22,11 +22,9 @@ from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref
-from modelcrate.registry.backup import BackupReport, DiskUsage, backup, disk_usage, restore
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.cache import FileCache
 from modelcrate.registry.chunks import FileStore
-from modelcrate.registry.collect import collect, damaged_versions
 from modelcrate.registry.db import (
     AliasEventRow,
     AliasRow,
@@ -53,6 +51,7 @@ from modelcrate.registry.records import (
 from modelcrate.registry.trust import TrustMixin, record, signatures_of, store_signatures
 
 if TYPE_CHECKING:
+    from modelcrate.registry.backup import BackupReport, DiskUsage
     from modelcrate.trust.signing import Policy
 
 GC_GRACE_SECONDS = 3600.0
@@ -234,14 +233,20 @@ class Registry(TrustMixin):
 
     def backup(self, to: str | os.PathLike[str]) -> BackupReport:
         """Write the whole registry (metadata and referenced blobs) to one tar file."""
+        from modelcrate.registry.backup import backup
+
         return backup(self, to)
 
     def restore(self, source: str | os.PathLike[str]) -> BackupReport:
         """Load a backup into this (empty) registry; every blob and manifest is verified."""
+        from modelcrate.registry.backup import restore
+
         return restore(self, source)
 
     def du(self, name: str | None = None) -> DiskUsage:
         """Logical bytes of the versions (of ``name``) and the bytes they take when stored."""
+        from modelcrate.registry.backup import disk_usage
+
         return disk_usage(self, name)
 
     def lineage(self, ref: str) -> LineageGraph:
@@ -537,6 +542,8 @@ class Registry(TrustMixin):
         """Free chunks no version references and rewrite packs that are mostly dead (or
         small, or legacy loose chunks) into new packs. Anything younger than the grace
         period is kept, so a publish that is still writing is never robbed."""
+        from modelcrate.registry.collect import collect
+
         report = collect(self.files, grace_seconds=grace_seconds)
         if report.blobs_removed or report.packs_rewritten:
             with write_session(self.engine) as session, session.begin():
@@ -554,4 +561,6 @@ class Registry(TrustMixin):
     def verify_store(self) -> list[PackCheck]:
         """Re-read every pack: each damaged pack, what is wrong with it and the versions
         whose files it holds chunks of (empty when everything is intact)."""
+        from modelcrate.registry.collect import damaged_versions
+
         return damaged_versions(self.files)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from modelcrate.errors import IntegrityError
 from modelcrate.registry.blobs import BlobStore, FileBlobStore
@@ -152,8 +151,11 @@ class PackWriter:
 def _upsert(dialect: str, move: bool) -> Any:
     """INSERT … ON CONFLICT: a racing writer may have indexed the same chunk (keep theirs);
     a moved chunk's row is pointed at its new place."""
-    module = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(ChunkRow)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(ChunkRow)
     if not move:
         return statement.on_conflict_do_nothing(index_elements=["sha256"])
     return statement.on_conflict_do_update(
