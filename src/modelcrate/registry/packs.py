@@ -151,11 +151,10 @@ class PackWriter:
 def _upsert(dialect: str, move: bool) -> Any:
     """INSERT … ON CONFLICT: a racing writer may have indexed the same chunk (keep theirs);
     a moved chunk's row is pointed at its new place."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(ChunkRow)
+    import importlib
+
+    name = "postgresql" if dialect == "postgresql" else "sqlite"
+    statement = importlib.import_module(f"sqlalchemy.dialects.{name}").insert(ChunkRow)
     if not move:
         return statement.on_conflict_do_nothing(index_elements=["sha256"])
     return statement.on_conflict_do_update(
