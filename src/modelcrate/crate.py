@@ -316,6 +316,14 @@ class Crate:
                     raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
         return self.source.open(path)
 
+    def detached(self) -> Crate:
+        """This crate with its files copied (and verified) into a temporary directory, so
+        it outlives its source (a server connection); the copy goes with the object."""
+        holder = Crate(self.manifest, self.source, self.decryptor)
+        scratch = temporary_directory(holder, "modelcrate-crate-")
+        holder.source = DirectorySource(self.unpack(scratch / "crate"))
+        return holder
+
     def localize(self) -> LocalCopy | None:
         """The crate's files as local paths, for runtimes that open models by path (ONNX
         Runtime with external data, torch.export, safetensors mmap). Files in a registry's

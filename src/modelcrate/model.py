@@ -118,7 +118,7 @@ def load(
         with RemoteRegistry(remote[0]) as server:
             crate = server.get(remote[1])
             signatures = server.signatures(remote[1]) if policy is not None else []
-            crate = _in_memory(crate)
+            crate = crate.detached()  # files fetched (and verified) while the server is open
         if policy is not None:
             from modelcrate.trust.signing import enforce
 
@@ -161,19 +161,6 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
         return load(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
-
-
-def _in_memory(crate: Crate) -> Crate:
-    """``crate`` with its files' bytes fetched into memory (still verified when read)."""
-    import io
-
-    files = {e.path: crate.source.open(e.path).read() for e in crate.manifest.files}
-
-    class _Memory:
-        def open(self, path: str) -> Any:
-            return io.BytesIO(files[path])
-
-    return Crate(crate.manifest, _Memory())
 
 
 def _make_runtime(

@@ -16,6 +16,7 @@ from modelcrate.crate import Crate
 from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
 from modelcrate.refs import is_local_crate, parse_ref
+from modelcrate.registry.api import Registry
 from modelcrate.trust.keys import TrustedKeys
 from modelcrate.trust.signing import Policy, as_policy, local_signatures, verify_local
 
@@ -164,14 +165,24 @@ def pull_command(
 
 
 def verify_command(
-    target: Annotated[str, typer.Argument(help="A reference, a .crate file or a crate directory.")],
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A reference, a .crate file or a crate directory (default: every "
+            "pack of the registry)."
+        ),
+    ] = None,
     trust: TrustOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-hash every file of a version (or crate); with --trust, also check its signature."""
+    """Re-hash every file of a version (or crate); with --trust, also check its signature.
+    Without a target, re-read every pack and name the versions a damaged one affects."""
     signer = None
     policy = as_policy(trust or None)
+    if target is None:
+        verify_store(open_registry(registry), as_json)
+        return
     if is_local_crate(target):
         crate = Crate.open(target)
         crate.verify()
@@ -196,6 +207,23 @@ def verify_command(
             f"{target}: {len(bad)} file(s) failed verification: "
             + ", ".join(f"{r['path']} ({r['problem']})" for r in bad)
         )
+
+
+def verify_store(reg: Registry, as_json: bool) -> None:
+    with errors.status("re-reading every pack…"):
+        damaged = reg.verify_store()
+    if as_json:
+        print_json({"ok": not damaged, "damaged_packs": [vars(d) for d in damaged]})
+    for pack in damaged if not as_json else []:
+        console.print(f"[red]{pack.problem}[/red]  pack {pack.pack}: "
+                      f"{', '.join(pack.versions) or 'no version'}")  # fmt: skip
+    if damaged:
+        versions = sorted({v for d in damaged for v in d.versions})
+        raise IntegrityError(
+            f"{len(damaged)} damaged pack(s); affected versions: {', '.join(versions) or 'none'}"
+        )
+    if not as_json:
+        console.print("[green]ok[/green]  every pack reads back intact")
 
 
 def delete_command(
@@ -265,6 +293,7 @@ def du_command(
     usage = open_registry(registry).du(name)
     if as_json:
         print_json({"logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
+                    "cache_bytes": usage.cache_bytes,
                     "versions": [vars(v) for v in usage.versions]})  # fmt: skip
         return
     table = Table()
@@ -276,7 +305,7 @@ def du_command(
     ratio = usage.stored_bytes / usage.logical_bytes if usage.logical_bytes else 1.0
     console.print(
         f"logical {human_size(usage.logical_bytes)}, stored {human_size(usage.stored_bytes)} "
-        f"({ratio:.2f}x)"
+        f"({ratio:.2f}x); file cache {human_size(usage.cache_bytes)}"
     )
 
 

@@ -57,6 +57,7 @@ class DiskUsage:
     logical_bytes: int
     stored_bytes: int
     versions: list[VersionUsage]
+    cache_bytes: int = 0  # the local file cache (loaded versions, materialized once)
 
 
 def backup(registry: Registry, target: str | os.PathLike[str]) -> BackupReport:
@@ -145,7 +146,8 @@ def disk_usage(registry: Registry, name: str | None = None) -> DiskUsage:
                                       sum(fresh.values())))  # fmt: skip
             stored += sum(fresh.values())
             logical += row.size
-    return DiskUsage(logical, stored, usage)
+    cache = registry.files.cache.size() if registry.files.cache is not None else 0
+    return DiskUsage(logical, stored, usage, cache)
 
 
 def _dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:

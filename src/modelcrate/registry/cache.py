@@ -59,9 +59,7 @@ class FileCache:
         self.root, self.limit = root, cache_limit() if limit is None else limit
         self.files, self.crates, self.tmp = root / "files", root / "crates", root / "tmp"
 
-    def directory(
-        self, manifest: Manifest, write: Callable[[str, BinaryIO, str], None]
-    ) -> Path:
+    def directory(self, manifest: Manifest, write: Callable[[str, BinaryIO, str], None]) -> Path:
         """The crate's files as one local directory, materialized now where missing with
         ``write(sha256, out, path)``. Nothing here is hashed: every file the cache serves
         is hashed by the load that uses it (``Crate.localize``), beside session creation."""

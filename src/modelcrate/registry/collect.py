@@ -22,6 +22,7 @@ from collections import defaultdict
 from sqlalchemy import delete, select
 
 from modelcrate.errors import IntegrityError, NotFound
+from modelcrate.registry import packs as pack_files
 from modelcrate.registry.chunks import FileStore
 from modelcrate.registry.db import (
     ChunkRow,
@@ -33,11 +34,11 @@ from modelcrate.registry.db import (
     read_session,
     write_session,
 )
-from modelcrate.registry.packs import PACK_TARGET, PackWriter, read_footer
+from modelcrate.registry.packs import PackWriter, read_footer
 from modelcrate.registry.records import GcReport, PackCheck
 
 REWRITE_BELOW = 0.5  # a pack with less than this share of live bytes is rewritten
-SMALL_PACK = PACK_TARGET // 4  # several packs smaller than this are merged
+SMALL_SHARE = 0.25  # several packs smaller than this share of the pack size are merged
 
 
 def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
@@ -57,7 +58,8 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         for chunk in session.scalars(select(ChunkRow)):
             by_pack[chunk.pack].append(chunk)
         dead, rewrite = [], []
-        old_small = [p for p in packs.values() if p.created_at <= cutoff and p.size < SMALL_PACK]
+        small = pack_files.PACK_TARGET * SMALL_SHARE
+        old_small = [p for p in packs.values() if p.created_at <= cutoff and p.size < small]
         for pack in packs.values():
             if pack.created_at > cutoff:
                 continue
@@ -66,7 +68,7 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
             if live_bytes == 0:
                 dead.append(pack.id)
             elif live_bytes < REWRITE_BELOW * pack.size or (
-                pack.size < SMALL_PACK and len(old_small) > 1
+                pack.size < small and len(old_small) > 1
             ):
                 rewrite.append(pack.id)
             for chunk in chunks:

@@ -30,6 +30,7 @@ from typing import Any
 
 from modelcrate.crate import Crate, check_path
 from modelcrate.errors import (
+    CrateFormatError,
     IntegrityError,
     RegistryError,
     RuntimeUnavailable,
@@ -58,13 +59,14 @@ def push(crate: Crate, target: str) -> str:
                                                       for d in a.data_files}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelcrate-oci-") as scratch:
         root = Path(scratch)
-        crate.unpack(root / "crate")
+        files_dir = _local_files(crate, root)
+        (root / MANIFEST_NAME).write_bytes(manifest.file_bytes())
         files, annotations = [], {}
         for entry in manifest.files:
             kind = (WEIGHT_MEDIA_TYPE if entry.path in weights
                     else DOC_MEDIA_TYPE if entry.path == manifest.model_card
                     else FILE_MEDIA_TYPE)  # fmt: skip
-            local = root / "crate" / entry.path
+            local = files_dir / entry.path
             files.append(f"{local}:{kind}")
             annotations[str(local)] = {TITLE: entry.path}
         annotation_file = root / "annotations.json"
@@ -74,7 +76,7 @@ def push(crate: Crate, target: str) -> str:
                 target=reference,
                 files=files,
                 disable_path_validation=True,
-                manifest_config=f"{root / 'crate' / MANIFEST_NAME}:{CONFIG_MEDIA_TYPE}",
+                manifest_config=f"{root / MANIFEST_NAME}:{CONFIG_MEDIA_TYPE}",
                 annotation_file=str(annotation_file),
                 manifest_annotations={
                     TITLE: manifest.name,
@@ -103,8 +105,14 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
         raise RegistryError(
             f"{source} is not a modelcrate artifact (config {config.get('mediaType')!r})"
         )
-    with tempfile.TemporaryDirectory(prefix="modelcrate-oci-pull-") as scratch:
-        staging = Path(scratch)
+    target = Path(to)
+    if target.exists() and any(target.iterdir()):
+        raise CrateFormatError(f"{target} is not empty; refusing to write into it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Downloaded beside the target, verified in place, then renamed: written once.
+    with tempfile.TemporaryDirectory(prefix=".oci-pull-", dir=target.parent) as scratch:
+        staging = Path(scratch) / "crate"
+        staging.mkdir()
         client.download_blob(container, config["digest"], str(staging / MANIFEST_NAME))
         for layer in oci_manifest.get("layers") or []:
             title = (layer.get("annotations") or {}).get(TITLE, "")
@@ -121,8 +129,21 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
             raise IntegrityError(
                 f"{source}: crate.json does not match the digest it was pushed with"
             )
-        crate.unpack(to)  # verifies every file as it copies; refuses a non-empty target
-    return Crate.open(to)
+        crate.verify()  # every file's size and sha256 against crate.json
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+    return Crate.open(target)
+
+
+def _local_files(crate: Crate, scratch: Path) -> Path:
+    """A directory holding the crate's verified files: the registry's file cache (hard
+    links, nothing copied) where there is one, else a copy in ``scratch``."""
+    local = crate.localize()
+    if local is None:  # encrypted: its files are pushed as stored (ciphertext)
+        return crate.unpack(scratch / "crate")
+    local.wait()
+    return local.directory
 
 
 def _client(location: str) -> tuple[Any, str]:

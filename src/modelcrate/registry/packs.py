@@ -64,11 +64,12 @@ class PackWriter:
     already has, so they are not stored twice."""
 
     def __init__(
-        self, engine: Engine, blobs: BlobStore, *, target: int = PACK_TARGET, move: bool = False
+        self, engine: Engine, blobs: BlobStore, *, target: int | None = None, move: bool = False
     ) -> None:
         """``move``: the chunks are already indexed elsewhere (gc rewriting a pack), so
         sealing points their index rows at the new pack."""
-        self.engine, self.blobs, self.target, self.move = engine, blobs, target, move
+        self.engine, self.blobs, self.move = engine, blobs, move
+        self.target = PACK_TARGET if target is None else target
         self.tmp = blobs.tmp if isinstance(blobs, FileBlobStore) else Path(tempfile.gettempdir())
         self.handle: IO[bytes] | None = None
         self.pack, self.staged = "", Path()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from modelcrate.trust.signing import Policy
 
 TOKEN_ENV = "MODELCRATE_TOKEN"
+BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,17 @@ class RemoteRegistry:
         return path
 
     def open_file(self, sha256: str) -> BinaryIO:
-        return io.BytesIO(self._request("GET", f"/files/{sha256}").content)
+        """A stream of one stored file, read from the server as it is consumed."""
+        try:
+            response = self.http.send(self.http.build_request("GET", f"/files/{sha256}"),
+                                      stream=True)  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"cannot reach the registry at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            self._check(response)
+        return io.BufferedReader(_Download(response), BLOCK)
 
     # -- writing ---------------------------------------------------------------
 
@@ -122,10 +133,10 @@ class RemoteRegistry:
                 skipped += 1
                 continue
             self._check(head, allow=(404,))
-            with crate.open_verified(entry.path) as stream:
-                data = stream.read()
-            self._request("PUT", f"/files/{entry.sha256}", content=data,
-                          headers={"content-type": "application/octet-stream"})  # fmt: skip
+            with crate.open_verified(entry.path) as stream:  # streamed, one block at a time
+                self._request("PUT", f"/files/{entry.sha256}", content=_blocks(stream),
+                              headers={"content-type": "application/octet-stream",
+                                       "content-length": str(entry.size)})  # fmt: skip
             uploaded += 1
         body = {"manifest": crate.manifest.file_bytes().decode(),
                 "signatures": [b.decode() for b in signatures]}  # fmt: skip
@@ -175,6 +186,37 @@ class RemoteRegistry:
         if status == 400:
             raise UsageError(where)
         raise RegistryError(f"{where} (HTTP {status})")
+
+
+def _blocks(stream: BinaryIO) -> Iterator[bytes]:
+    while block := stream.read(BLOCK):
+        yield block
+
+
+class _Download(io.RawIOBase):
+    """The body of a streamed HTTP response as a readable stream."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response, self.blocks = response, response.iter_raw(BLOCK)
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self.pending:
+            try:
+                self.pending = next(self.blocks, b"")
+            except httpx.HTTPError as exc:
+                raise RegistryError(f"download interrupted: {exc}") from None
+        count = min(len(buffer), len(self.pending))
+        buffer[:count] = self.pending[:count]
+        self.pending = self.pending[count:]
+        return count
+
+    def close(self) -> None:
+        self.response.close()
+        super().close()
 
 
 class _RemoteFiles:
