@@ -216,13 +216,13 @@ def to_earlier_layout(registry: mc.Registry, ref: str) -> None:
                 (loose / entry.sha256[:2]).mkdir(parents=True, exist_ok=True)
                 (loose / entry.sha256[:2] / entry.sha256).write_bytes(data)
                 continue
+            start = 0
             for chunk in registry.files.locate(entry.sha256) or []:
-                start = sum(c.size for c in (registry.files.locate(entry.sha256) or [])
-                            [: (registry.files.locate(entry.sha256) or []).index(chunk)])  # fmt: skip
                 (loose / chunk.sha256[:2]).mkdir(parents=True, exist_ok=True)
                 (loose / chunk.sha256[:2] / chunk.sha256).write_bytes(
                     data[start : start + chunk.size]
                 )
+                start += chunk.size
         db.execute("DROP TABLE chunks")
         db.execute("DROP TABLE packs")
         db.execute("UPDATE alembic_version SET version_num = '0003'")
