@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean schema
+.PHONY: demo test lint bench bench-scale clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+bench-scale: $(STAMP)  ## the size benchmark at 0.1, 1 and 4 GiB (about 40 GB of disk, 10 min)
+	SCALE_GIB="0.1 1 4" $(PY) benchmarks/run.py scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/digits/out benchmarks/.work

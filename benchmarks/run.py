@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-python benchmarks/run.py [foundation] [optimizing] [serving] [registry]   # default: all
+python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale]   # default: all
+SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(HERE))
 import foundation  # noqa: E402
 import optimizing  # noqa: E402
 import registry  # noqa: E402
+import scale  # noqa: E402
 import serving  # noqa: E402
 
 SUITES = {
@@ -29,6 +31,7 @@ SUITES = {
     "optimizing": optimizing.main,
     "serving": serving.main,
     "registry": registry.main,
+    "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
 }
 
 
@@ -71,7 +74,7 @@ def previous_sections() -> dict[str, list[str]]:
 
 def order(heading: str) -> int:
     """Sections in suite order (foundation, optimizing, serving, registry)."""
-    words = ["Foundation", "Optimize", "Serving", "Registry"]
+    words = ["Foundation", "Optimize", "Serving", "Registry (", "Registry at scale"]
     return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))
 
 

@@ -10,20 +10,25 @@ alternated with its baseline in the same run:
 - load baseline: `onnxruntime.InferenceSession(path)` plus one run, compared with
   `mc.load(ref)` plus one prediction (first load: the file cache is filled; then
   cached: every file re-hashed beside session creation);
-- pull, backup and restore are reported with their peak RSS (target <= 256 MiB).
+- pull, backup and restore are reported with their peak RSS (target <= 256 MiB);
+- OCI push and pull (when docker-registry is installed) against the oras SDK
+  pushing and pulling the same files, each against a fresh registry.
 
 python benchmarks/scale.py [0.1 1 4]     # sizes in GiB (default 0.1 1)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,10 +144,128 @@ def measure(gib: float, scratch: Path) -> dict[str, list[tuple[float, float]]]:
     add("restore", timed(modelcrate("restore", str(backup), "--registry",
                                     str(scratch / "restored"))))  # fmt: skip
     backup.unlink()
+    if MLFLOW_PYTHON:
+        for run in range(repeat):
+            mlflow_round(source, crate, scratch / f"mlflow-{run}", add)
+    if shutil.which("docker-registry"):
+        for run in range(repeat):
+            oci_round(registry, scratch / f"oci-{run}", add)
     files = sum(1 for p in (registry / "blobs").rglob("*") if p.is_file())
     stored = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
     add("files in the store", (float(files), stored / GIB * 1024))
     return results
+
+
+# MLflow in its own virtualenv (it pins its own dependencies): point MLFLOW_PYTHON at it.
+#   python -m venv .mlflow && .mlflow/bin/pip install mlflow-skinny pandas sqlalchemy alembic onnx onnxruntime
+MLFLOW_PYTHON = os.environ.get("MLFLOW_PYTHON", "")
+MLFLOW_PUBLISH = """
+import sys, mlflow, onnx
+from mlflow import MlflowClient
+root = sys.argv[2]
+mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+experiment = mlflow.create_experiment("scale", artifact_location=f"file://{root}/artifacts")
+with mlflow.start_run(experiment_id=experiment):
+    info = mlflow.onnx.log_model(onnx.load(sys.argv[1]), name="model", registered_model_name="big")
+MlflowClient().set_registered_model_alias("big", "prod", info.registered_model_version)
+"""
+MLFLOW_LOAD = """
+import sys, numpy as np, mlflow
+mlflow.set_tracking_uri(f"sqlite:///{sys.argv[1]}/mlflow.db")
+model = mlflow.pyfunc.load_model("models:/big@prod")
+n = model.metadata.get_input_schema().inputs[0].shape[1]
+print(model.predict({"x": np.ones((1, n), np.float32)}))
+"""
+
+
+def mlflow_round(source: Path, crate: Path, scratch: Path, add: Any) -> None:
+    """MLflow (SQLite + local artifacts): log_model + register + alias, then load by alias,
+    against modelcrate's pack + publish + alias and load by alias, alternated."""
+    scratch.mkdir(parents=True)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_TRACKING_INSECURE_TLS": "1"}
+    add("MLflow: log_model + register + alias", timed([MLFLOW_PYTHON, "-c", MLFLOW_PUBLISH,
+                                                        str(source), str(scratch)], quiet))  # fmt: skip
+    registry = scratch / "registry"
+    crate_file = scratch / "big.crate"
+    tool = modelcrate()[0]
+    add("ours: pack + publish + alias", timed(shell(
+        f"{tool} pack {source} --name big --version 1.0.0 -o {crate_file} >/dev/null && "
+        f"{tool} publish {crate_file} --registry {registry} >/dev/null && "
+        f"{tool} alias set big prod 1.0.0 --registry {registry} >/dev/null")))  # fmt: skip
+    add("MLflow: load by alias + predict", timed([MLFLOW_PYTHON, "-c", MLFLOW_LOAD,
+                                                   str(scratch)], quiet))  # fmt: skip
+    add("ours: load by alias + predict (first)",
+        timed([sys.executable, "-c", LOAD_OURS, "big@prod", str(registry)]))  # fmt: skip
+    mlflow_bytes = sum(p.stat().st_size for p in (scratch / "artifacts").rglob("*") if p.is_file())
+    ours = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
+    add("MLflow: stored MiB", (0.0, mlflow_bytes / 2**20))
+    add("ours: stored MiB", (0.0, ours / 2**20))
+    shutil.rmtree(scratch)
+
+
+ORAS_PUSH = """
+import sys, oras.client
+client = oras.client.OrasClient(hostname=sys.argv[1], insecure=True)
+client.push(target=sys.argv[2], files=sys.argv[3:], disable_path_validation=True, quiet=True)
+"""
+ORAS_PULL = """
+import sys, oras.client
+client = oras.client.OrasClient(hostname=sys.argv[1], insecure=True)
+client.pull(target=sys.argv[2], outdir=sys.argv[3])
+"""
+
+
+def oci_round(registry: Path, scratch: Path, add: Any) -> None:
+    """Push and pull the crate with modelcrate and the same files with the oras SDK, each
+    against a fresh docker-registry (so neither finds blobs already there)."""
+    files = scratch / "files"
+    subprocess.run(modelcrate("pull", "big@1.0.0", "--to", str(files), "--registry",
+                              str(registry)), check=True, capture_output=True)  # fmt: skip
+    paths = [str(p) for p in sorted(files.iterdir()) if p.name != "crate.json"]
+    with oci_server(scratch / "a") as host:
+        add("baseline: oras push (same files)",
+            timed([sys.executable, "-c", ORAS_PUSH, host, f"{host}/ml/big:1", *paths]))  # fmt: skip
+        add("baseline: oras pull", timed([sys.executable, "-c", ORAS_PULL, host,
+                                          f"{host}/ml/big:1", str(scratch / "oras-out")]))  # fmt: skip
+    with oci_server(scratch / "b") as host:
+        add("push oci://", timed(modelcrate("push", "big@1.0.0", f"oci://{host}/ml/big:1",
+                                            "--registry", str(registry))))  # fmt: skip
+        add("pull oci:// --to DIR", timed(modelcrate("pull", f"oci://{host}/ml/big:1", "--to",
+                                                      str(scratch / "ours-out"))))  # fmt: skip
+    shutil.rmtree(scratch)
+
+
+@contextlib.contextmanager
+def oci_server(root: Path) -> Iterator[str]:
+    """A docker-registry on a loopback port, storing under ``root``."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root.mkdir(parents=True)
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(["docker-registry", "serve", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> list[str]:
@@ -163,6 +286,9 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
         store_base = med["baseline: durable copy + openssl sha256"]
         load_base = med["baseline: raw ORT session + run"]
         for step, (seconds, rss) in med.items():
+            if step.endswith("stored MiB"):
+                lines.append(f"| {gib} GiB | {step.replace(' MiB', '')} | | {rss:.0f} MiB | |")
+                continue
             if step == "files in the store":
                 lines.append(f"| {gib} GiB | files in the store | {int(seconds)} files, "
                              f"{rss:.0f} MiB | | {gib * 1024 / max(seconds, 1):.0f} MiB "
@@ -171,7 +297,17 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
             ratio = ""
             if step == "publish":
                 ratio = f"**{seconds / store_base[0]:.2f}x** time (target <= 4x)"
-            elif step.startswith("load"):
+            elif step.startswith("ours: pack + publish"):
+                base = med["MLflow: log_model + register + alias"]
+                ratio = f"**{seconds / base[0]:.2f}x** MLflow time, {rss / base[1]:.2f}x RSS"
+            elif step.startswith("ours: load by alias"):
+                base = med["MLflow: load by alias + predict"]
+                ratio = f"**{seconds / base[0]:.2f}x** MLflow time, {rss / base[1]:.2f}x RSS"
+            elif step == "push oci://":
+                ratio = f"**{seconds / med['baseline: oras push (same files)'][0]:.2f}x** oras"
+            elif step.startswith("pull oci://"):
+                ratio = f"**{seconds / med['baseline: oras pull'][0]:.2f}x** oras (target <= 1.3x)"
+            elif step.startswith("load +"):
                 ratio = (f"**{seconds / load_base[0]:.2f}x** time (target <= 1.5x), "
                          f"{rss / load_base[1]:.2f}x RSS (target <= 1.2x)")  # fmt: skip
             lines.append(f"| {gib} GiB | {step} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import Server, make_onnx, tiny_weights
+from conftest import Server, corrupt_stored, make_onnx, tiny_weights
 
 SWAPS = 20
 X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
@@ -110,8 +110,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_running_one(
     )
     registry.set_alias("tiny", "prod", "1.0.0")
     # Corrupt 2.0.0's model blob (shared by nothing else) after it was published.
-    blob = registry.blobs.path(registry.manifest("tiny@2.0.0").file("model.onnx").sha256)
-    blob.write_bytes(blob.read_bytes()[:-7])
+    corrupt_stored(registry, "tiny@2.0.0", "model.onnx")
     server = start_server(registry.root, "tiny@prod", "--poll-interval", "0.05")
     registry.set_alias("tiny", "prod", "2.0.0")
     deadline = time.monotonic() + 10

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import modelcrate as mc
-from conftest import Server, make_onnx, run_cli
+from conftest import Server, corrupt_stored, make_onnx, run_cli
 from modelcrate.trust.keys import TrustedKeys, generate, key_id, load_public
 from modelcrate.trust.signing import as_policy
 
@@ -160,10 +160,7 @@ def test_a_blob_changed_after_signing_fails_the_signature(
 ) -> None:
     registry.publish(crate_file(tmp_path))
     registry.sign("tiny@1.0.0", keys / "alice.key")
-    manifest = registry.manifest("tiny@1.0.0")
-    blob = registry.blobs.path(manifest.file("model.onnx").sha256)
-    blob.chmod(0o644)
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
+    corrupt_stored(registry, "tiny@1.0.0", "model.onnx", at=-1)
     with pytest.raises(mc.SignatureError, match="model-signing rejects"):
         registry.check_signature("tiny@1.0.0", as_policy(keys))
 
