@@ -392,6 +392,7 @@ class Crate:
         target = Path(directory)
         if target.exists() and any(target.iterdir()):
             raise CrateFormatError(f"{target} is not empty; refusing to write into it")
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
         try:
             for entry in self.manifest.files:
