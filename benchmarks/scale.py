@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -52,13 +53,13 @@ print(session.run(None, {"x": np.ones((1, n), np.float32)})[0][0, :2])
 """
 
 
-def make_model(directory: Path, gib: float) -> Path:
+def make_model(directory: Path, gib: float, seed: int = 0) -> Path:
     """Write model.onnx + model.onnx.data (W: n x n float32, about ``gib`` GiB), in blocks."""
     from onnx import TensorProto, helper
 
     n = int((gib * GIB / 4) ** 0.5)
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with (directory / "model.onnx.data").open("wb") as out:
         rows = max(1, (64 * 1024 * 1024) // (4 * n))
         for start in range(0, n, rows):
@@ -150,6 +151,7 @@ def measure(gib: float, scratch: Path) -> dict[str, list[tuple[float, float]]]:
     if shutil.which("docker-registry"):
         for run in range(repeat):
             oci_round(registry, scratch / f"oci-{run}", add)
+    swap_round(gib, registry, scratch / "swap", add)
     files = sum(1 for p in (registry / "blobs").rglob("*") if p.is_file())
     stored = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
     add("files in the store", (float(files), stored / GIB * 1024))
@@ -269,6 +271,119 @@ def oci_server(root: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+SWAPS = 4
+
+
+def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
+    """A server under constant load (wrk, c=4) while prod moves between two versions of this
+    size SWAPS times: failed requests, the server's peak RSS, and its RSS after the drain."""
+    import threading
+    import time
+
+    second = make_model(scratch / "v2", gib, seed=1)
+    crate = scratch / "v2.crate"
+    tool = modelcrate()[0]
+    subprocess.run([tool, "pack", str(second), "--name", "big", "--version", "2.0.0", "-o",
+                    str(crate)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run([tool, "publish", str(crate), "--registry", str(registry)], check=True,
+                   capture_output=True)  # fmt: skip
+    shutil.rmtree(second.parent)
+    crate.unlink()
+
+    def alias(version: str) -> None:
+        subprocess.run([tool, "alias", "set", "big", "prod", version, "--registry", str(registry)],
+                       check=True, capture_output=True)  # fmt: skip
+
+    alias("1.0.0")
+    with socket_port() as port:
+        server = subprocess.Popen([tool, "serve", "big@prod", "--port", str(port), "--registry",
+                                   str(registry)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        version = wait_for(url, "1.0.0", 300)
+        n = int((gib * GIB / 4) ** 0.5)
+        ones = ",".join(["1"] * n)
+        body = f'{{"inputs":[{{"name":"x","shape":[1,{n}],"datatype":"FP32","data":[{ones}]}}]}}'
+        script = scratch / "post.lua"
+        script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                          f"wrk.body = [[{body}]]\n")  # fmt: skip
+        peak = [0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], rss_mib(server.pid))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        seconds = int(30 + 15 * SWAPS * max(gib, 0.25))
+        load = subprocess.Popen(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script),
+                                 f"{url}/v2/models/big/infer"], stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        swap_times = []
+        for number in range(SWAPS):
+            target = "2.0.0" if number % 2 == 0 else "1.0.0"
+            started = time.perf_counter()
+            alias(target)
+            version = wait_for(url, target, 300)
+            swap_times.append(time.perf_counter() - started)
+        out, _ = load.communicate()
+        done.set()
+        watcher.join()
+        time.sleep(3)  # the retired version drains and is freed
+        after = rss_mib(server.pid)
+        failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        requests = re.search(r"(\d+) requests in", out)
+        socket_errors = re.search(r"Socket errors: (.*)", out)
+        model_mib = gib * 1024
+        add(f"hot swap x{SWAPS} under load ({requests[1] if requests else '?'} requests, "
+            f"{failed[1] if failed else 0} non-2xx, socket errors: "
+            f"{socket_errors[1] if socket_errors else 'none'}; median swap "
+            f"{statistics.median(swap_times):.1f} s; serving {version})",
+            (peak[0] / model_mib, after / model_mib))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def socket_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    yield port
+
+
+def wait_for(url: str, version: str, timeout: float) -> str:
+    """Wait until the server answers ``version`` for big; returns it."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            meta = httpx.get(f"{url}/v2/models/big", timeout=5).json()
+            if meta.get("versions") == [version]:
+                return version
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server never served big@{version}")
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> list[str]:
     lines = [
         "## Registry at scale (issue 13)",
@@ -287,6 +402,10 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
         store_base = med["baseline: durable copy + openssl sha256"]
         load_base = med["baseline: raw ORT session + run"]
         for step, (seconds, rss) in med.items():
+            if step.startswith("hot swap"):
+                lines.append(f"| {gib} GiB | {step} | | peak {seconds:.2f}x the model, "
+                             f"{rss:.2f}x after the drain | peak target <= 2.3x |")  # fmt: skip
+                continue
             if step.endswith("stored MiB"):
                 lines.append(f"| {gib} GiB | {step.replace(' MiB', '')} | | {rss:.0f} MiB | |")
                 continue

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from modelcrate.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def read_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     """One array from an .npy, or arrays by name from an .npz."""
+    import numpy as np
+
     if not path.is_file():
         raise UsageError(f"{path}: no such array file")
     try:

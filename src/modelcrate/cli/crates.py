@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
 from modelcrate.cli.output import console, errors, print_json
-from modelcrate.crate import Crate
 from modelcrate.display import human_size
 from modelcrate.errors import UsageError
-from modelcrate.manifest import Manifest
-from modelcrate.pack import pack
 from modelcrate.refs import is_local_crate
+
+if TYPE_CHECKING:
+    from modelcrate.manifest import Manifest
 
 
 def register(app: typer.Typer) -> None:
@@ -52,6 +52,8 @@ def pack_command(
     as_json: JsonOption = False,
 ) -> None:
     """Pack a model file (.onnx, .pt2, .ort, .keras, .h5, .tflite) or SavedModel directory."""
+    from modelcrate.pack import pack
+
     with errors.status(f"packing {source.name}…"):
         crate = pack(
             source,
@@ -94,6 +96,8 @@ def inspect_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show a crate's manifest, signature and files."""
+    from modelcrate.crate import Crate
+
     if is_local_crate(target):
         crate = Crate.open(target)
         manifest, digest = crate.manifest, crate.digest

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from modelcrate.cli.arrays import read_arrays
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
 from modelcrate.cli.output import console, errors, print_json
-from modelcrate.manifest import Report
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from modelcrate.manifest import Report
     from modelcrate.optimize import Optimized
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelcrate.registry.api import Registry
+if TYPE_CHECKING:
+    from modelcrate.registry.api import Registry
+
 
 RegistryOption = Annotated[
     str | None,
@@ -22,6 +24,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def open_registry(location: str | None) -> Registry:
+    from modelcrate.registry.api import Registry
+
     return Registry.open(location)
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -14,7 +13,6 @@ from modelcrate.cli.arrays import read_arrays
 from modelcrate.cli.options import IdentityOption, JsonOption, RegistryOption, TrustOption
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
-from modelcrate.model import load
 
 
 def register(app: typer.Typer) -> None:
@@ -35,6 +33,10 @@ def predict_command(
     as_json: JsonOption = False,
 ) -> None:
     """Run a model and print its outputs."""
+    import numpy as np
+
+    from modelcrate.model import load
+
     inputs = read_inputs(input_path, data)
     model = load(ref, registry=registry, trust=trust or None, identity=identity)
     outputs = model.predict(inputs)
@@ -57,6 +59,8 @@ def predict_command(
 
 
 def read_inputs(path: Path | None, data: str | None) -> Any:
+    import numpy as np
+
     if (path is None) == (data is None):
         raise UsageError("give exactly one of --input FILE or --data JSON")
     if data is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
@@ -12,13 +12,12 @@ from rich.table import Table
 from modelcrate.cli.crates import render_manifest
 from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
 from modelcrate.cli.output import console, errors, print_json
-from modelcrate.crate import Crate
 from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
 from modelcrate.refs import is_local_crate, parse_ref
-from modelcrate.registry.api import Registry
-from modelcrate.trust.keys import TrustedKeys
-from modelcrate.trust.signing import Policy, as_policy, local_signatures, verify_local
+
+if TYPE_CHECKING:
+    from modelcrate.registry.api import Registry
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +50,10 @@ def publish_command(
     as_json: JsonOption = False,
 ) -> None:
     """Publish a crate into the registry (immutable; identical republish is a no-op)."""
+    from modelcrate.crate import Crate
+    from modelcrate.trust.keys import TrustedKeys
+    from modelcrate.trust.signing import Policy, local_signatures
+
     crate = Crate.open(crate_path)
     bundles = local_signatures(crate_path, signature)
     policy = Policy(require_signature or bool(trust), TrustedKeys.from_paths(trust or []))
@@ -178,6 +181,9 @@ def verify_command(
 ) -> None:
     """Re-hash every file of a version (or crate); with --trust, also check its signature.
     Without a target, re-read every pack and name the versions a damaged one affects."""
+    from modelcrate.crate import Crate
+    from modelcrate.trust.signing import as_policy, verify_local
+
     signer = None
     policy = as_policy(trust or None)
     if target is None:

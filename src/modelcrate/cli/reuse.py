@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,7 +13,9 @@ from modelcrate.cli.arrays import read_arrays
 from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
-from modelcrate.registry.lineage import LineageGraph
+
+if TYPE_CHECKING:
+    from modelcrate.registry.lineage import LineageGraph
 
 
 def register(app: typer.Typer) -> None:

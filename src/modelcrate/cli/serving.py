@@ -11,9 +11,6 @@ import typer
 from modelcrate.cli.options import JsonOption, RegistryOption
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.errors import UsageError
-from modelcrate.server.app import AppSettings
-from modelcrate.server.models import BatchConfig
-from modelcrate.server.oip import Limits
 
 
 def register(app: typer.Typer) -> None:
@@ -76,6 +73,9 @@ def serve_command(
     registry: RegistryOption = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2; aliases are followed live."""
+    from modelcrate.server.app import AppSettings
+    from modelcrate.server.models import BatchConfig
+    from modelcrate.server.oip import Limits
     from modelcrate.server.runner import ServeSettings, serve
 
     if workers < 1 or (max_batch_size is not None and max_batch_size < 1):

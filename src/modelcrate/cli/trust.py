@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,8 +13,9 @@ from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import UsageError
-from modelcrate.trust.keys import KeyKind, generate
-from modelcrate.trust.signing import Policy
+
+if TYPE_CHECKING:
+    from modelcrate.trust.signing import Policy
 
 keys_app = typer.Typer(help="Make key pairs for signing and encryption.", no_args_is_help=True)
 policy_app = typer.Typer(help="The registry's signing policy.", no_args_is_help=True)
@@ -36,6 +37,8 @@ def keys_generate_command(
     ] = "ec",
 ) -> None:
     """Generate a key pair (the private key is encrypted if MODELCRATE_KEY_PASSPHRASE is set)."""
+    from modelcrate.trust.keys import KeyKind, generate
+
     if kind not in ("ec", "x25519", "rsa"):
         raise UsageError(f"--type {kind!r}: expected ec, x25519 or rsa")
     key_kind: KeyKind = kind  # type: ignore[assignment]

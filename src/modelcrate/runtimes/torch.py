@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,10 +36,10 @@ def import_torch() -> Any:
     return torch
 
 
-def check_pt2(data: bytes, label: str = "model.pt2") -> None:
-    """Refuse a .pt2 archive that would make torch unpickle anything."""
+def check_pt2(data: bytes | Path, label: str = "model.pt2") -> None:
+    """Refuse a .pt2 archive (bytes or a file) that would make torch unpickle anything."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data))
     except zipfile.BadZipFile:
         raise UnsafeContentError(f"{label} is not a torch.export archive (not a zip)") from None
     torch = import_torch()
@@ -72,11 +73,23 @@ def _check_payload_config(config: dict[str, Any], label: str) -> None:
 
 
 def load_module(crate: Crate, artifact: Artifact) -> Any:
-    """Return a torch.nn.Module rebuilt from the crate's .pt2 artifact."""
+    """Return a torch.nn.Module rebuilt from the crate's .pt2 artifact: read by path from
+    the crate's local copy (no copy of the archive in Python memory), or from memory for
+    an encrypted crate. The module is kept only if every file passes its hash check."""
     torch = import_torch()
-    data = crate.read_bytes(artifact.path)
-    check_pt2(data, artifact.path)
-    program = torch.export.load(io.BytesIO(data))
+    local = crate.localize()
+    if local is None:
+        data = crate.read_bytes(artifact.path)
+        check_pt2(data, artifact.path)
+        return torch.export.load(io.BytesIO(data)).module()
+    path = local.path(artifact.path)
+    try:
+        check_pt2(path, artifact.path)
+        program = torch.export.load(str(path))
+    except BaseException:
+        local.wait()  # a damaged file explains a failure better
+        raise
+    local.wait()
     return program.module()
 
 
