@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from modelcrate.errors import (
     CrateFormatError,
@@ -55,13 +55,6 @@ class FileSource(Protocol):
     """Where a crate's file bytes live: a directory, a .crate archive, a blob store."""
 
     def open(self, path: str) -> BinaryIO: ...
-
-
-@runtime_checkable
-class LocalFiles(Protocol):
-    """A source whose files are plain local files (so they can be hard-linked, not copied)."""
-
-    def local_path(self, path: str) -> Path: ...
 
 
 def check_path(path: str) -> str:
@@ -107,9 +100,6 @@ class DirectorySource:
         if full.is_symlink() or not full.is_file():
             raise UnsafeContentError(f"{path!r} is not a regular file in {self.root.name}")
         return full.open("rb")
-
-    def local_path(self, path: str) -> Path:
-        return self.root / check_path(path)
 
 
 class ArchiveSource:

@@ -10,7 +10,6 @@ digests or random pack ids, never from a client-given name.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -50,46 +49,11 @@ class FileBlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def touch(self, sha256: str) -> None:
-        """Mark a reused blob as recently used, so a concurrent gc leaves it alone."""
-        os.utime(self.path(sha256))
-
-    def put(self, stream: IO[bytes], sha256: str, size: int) -> None:
-        """Store ``stream`` as blob ``sha256``; raise IntegrityError if its bytes differ."""
-        target = self.path(sha256)
-        fd, tmp_name = _mkstemp(self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                copy_verified(stream, out, sha256, size)
-                out.flush()
-                os.fsync(out.fileno())
-            target.parent.mkdir(exist_ok=True)
-            os.replace(tmp_name, target)
-            _fsync_dir(target.parent)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
-
     def open(self, sha256: str) -> BinaryIO:
         try:
             return self.path(sha256).open("rb")
         except FileNotFoundError:
             raise NotFound(f"blob sha256:{sha256[:12]}… is missing from the store") from None
-
-    def check(self, sha256: str, size: int) -> str | None:
-        """Re-hash one blob; None when intact, else what is wrong with it."""
-        try:
-            with self.open(sha256) as stream:
-                digest, seen = hashlib.sha256(), 0
-                while chunk := stream.read(CHUNK):
-                    digest.update(chunk)
-                    seen += len(chunk)
-        except NotFound:
-            return "missing"
-        if seen != size:
-            return f"size {seen}, expected {size}"
-        if digest.hexdigest() != sha256:
-            return "content does not match its sha256"
-        return None
 
     def delete(self, sha256: str) -> int:
         path = self.path(sha256)
@@ -169,23 +133,6 @@ class FileBlobStore:
                 path.unlink(missing_ok=True)
 
 
-def copy_verified(stream: IO[bytes], out: IO[bytes], sha256: str, size: int) -> None:
-    """Copy ``stream`` to ``out``; raise IntegrityError unless it is exactly ``size`` bytes
-    hashing to ``sha256`` (and stop reading as soon as it runs long)."""
-    digest, written = hashlib.sha256(), 0
-    while chunk := stream.read(CHUNK):
-        written += len(chunk)
-        if written > size:
-            raise IntegrityError(f"blob {sha256[:12]}… is longer than {size} bytes")
-        digest.update(chunk)
-        out.write(chunk)
-    if written != size or digest.hexdigest() != sha256:
-        raise IntegrityError(
-            f"blob {sha256[:12]}… does not match its digest "
-            f"(got {written} bytes, sha256 {digest.hexdigest()[:12]}…)"
-        )
-
-
 def check_digest(sha256: str) -> str:
     if not _SHA256.fullmatch(sha256):
         raise NotFound(f"not a blob digest: {sha256!r}")
@@ -219,21 +166,6 @@ class S3BlobStore:
             raise RegistryError(f"S3 lookup failed: {first_line(exc)}") from None
         return True
 
-    def touch(self, sha256: str) -> None:
-        key = self.key(sha256)
-        self.client.copy_object(
-            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-            MetadataDirective="REPLACE", Metadata={"touched": str(time.time())},
-        )  # fmt: skip
-
-    def put(self, stream: IO[bytes], sha256: str, size: int) -> None:
-        import tempfile
-
-        with tempfile.TemporaryFile() as staged:
-            copy_verified(stream, staged, sha256, size)
-            staged.seek(0)
-            self.client.upload_fileobj(staged, self.bucket, self.key(sha256))
-
     def open(self, sha256: str) -> BinaryIO:
         import io
 
@@ -246,18 +178,6 @@ class S3BlobStore:
                 raise NotFound(f"blob sha256:{sha256[:12]}… is missing from the store") from None
             raise RegistryError(f"S3 read failed: {first_line(exc)}") from None
         return io.BytesIO(body.read())
-
-    def check(self, sha256: str, size: int) -> str | None:
-        try:
-            with self.open(sha256) as stream:
-                data = stream.read()
-        except NotFound:
-            return "missing"
-        if len(data) != size:
-            return f"size {len(data)}, expected {size}"
-        if hashlib.sha256(data).hexdigest() != sha256:
-            return "content does not match its sha256"
-        return None
 
     def delete(self, sha256: str) -> int:
         key = self.key(sha256)
@@ -377,12 +297,6 @@ class _Window(io.RawIOBase):
 def _missing(exc: Exception) -> bool:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code")
     return code in ("404", "NoSuchKey", "NotFound")
-
-
-def _mkstemp(directory: Path) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(prefix="blob-", dir=directory)
 
 
 def _fsync_dir(directory: Path) -> None:

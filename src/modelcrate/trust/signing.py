@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from modelcrate.crate import Crate, LocalFiles
+from modelcrate.crate import Crate
 from modelcrate.errors import RuntimeUnavailable, SignatureError, TrustError, UsageError
 from modelcrate.manifest import MANIFEST_NAME
 from modelcrate.trust.keys import TrustedKeys, key_id, load_private
@@ -225,18 +225,21 @@ def _library_verify(root: Path, scratch: Path, number: int, bundle: bytes, pem: 
 
 @contextlib.contextmanager
 def _directory_form(crate: Crate) -> Iterator[tuple[Path, Path]]:
-    """A temporary directory form of ``crate`` (hard links where the files are local)."""
+    """A temporary directory form of ``crate``: hard links to its local copy (a crate
+    directory, the registry's file cache) where there is one; model-signing re-hashes
+    every file either way. An encrypted crate's files are signed as stored (ciphertext)."""
     scratch = Path(tempfile.mkdtemp(prefix="modelcrate-sign-"))
     root = scratch / f"{crate.name}-{crate.version}"
+    local = crate.localize()
     try:
         root.mkdir()
         (root / MANIFEST_NAME).write_bytes(crate.manifest.file_bytes())
         for entry in crate.manifest.files:
             dest = root / entry.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(crate.source, LocalFiles):
+            if local is not None:
                 try:
-                    os.link(crate.source.local_path(entry.path), dest)
+                    os.link(local.path(entry.path), dest)
                     continue
                 except OSError:  # another filesystem: copy instead
                     pass
