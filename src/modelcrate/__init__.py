@@ -13,7 +13,6 @@ start fast and ``mc.load`` pulls in only what loading needs.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from modelcrate.errors import (
@@ -83,13 +82,20 @@ _LAZY = {
     "sign": "modelcrate.publishing",
 }
 
-try:
-    __version__ = version("modelcrate")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelcrate")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelcrate' has no attribute {name!r}")

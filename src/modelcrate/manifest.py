@@ -14,7 +14,6 @@ from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelcrate.errors import CrateFormatError, UnsupportedSchemaError
@@ -292,8 +291,12 @@ def shipped_schema() -> dict[str, Any]:
     return result
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """Validate raw ``crate.json`` bytes against the shipped schema and return the Manifest."""
+def parse_manifest(data: bytes, *, stored: bool = False) -> Manifest:
+    """Validate raw ``crate.json`` bytes against the shipped schema and return the Manifest.
+
+    ``stored``: the bytes come from a registry that checked them against the schema when
+    they were published (their digest is checked by the caller), so only the typed model
+    (closed, like the schema) is built: loading skips the JSON Schema engine."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise CrateFormatError(
             f"crate.json is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}"
@@ -310,6 +313,19 @@ def parse_manifest(data: bytes) -> Manifest:
             f"crate.json has schema_version {found}; this modelcrate understands up to "
             f"{SCHEMA_VERSION}. Upgrade modelcrate to read this crate."
         )
+    if not stored:
+        _check_schema(raw)
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "/".join(str(p) for p in first["loc"])
+        raise CrateFormatError(f"crate.json is invalid at {where}: {first['msg']}") from None
+
+
+def _check_schema(raw: dict[str, Any]) -> None:
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(shipped_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
     if error is not None:
@@ -318,9 +334,3 @@ def parse_manifest(data: bytes) -> Manifest:
         if error.validator == "anyOf" and not error.absolute_path:
             message = "a crate needs at least one artifact, or a composition"
         raise CrateFormatError(f"crate.json is invalid at {where}: {message}")
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "/".join(str(p) for p in first["loc"])
-        raise CrateFormatError(f"crate.json is invalid at {where}: {first['msg']}") from None

@@ -34,11 +34,14 @@ class Model:
         *,
         threads: int = 0,
         registry: Registry | RemoteRegistry | str | None = None,
+        prepack: bool = True,
     ) -> None:
         """``threads``: intra-op threads for ONNX Runtime (0 = one per core). ``registry``:
-        where a pipeline or ensemble finds its members (default: the default registry)."""
+        where a pipeline or ensemble finds its members (default: the default registry).
+        ``prepack=False``: ONNX Runtime keeps no prepacked weight copies (about half the
+        memory for big models, faster loads, slower large batches)."""
         self.crate = crate
-        self.runtime = _make_runtime(crate, runtime, threads, registry)
+        self.runtime = _make_runtime(crate, runtime, threads, registry, prepack)
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.ref}, runtime={self.runtime.name})"
@@ -168,6 +171,7 @@ def _make_runtime(
     runtime: RuntimeName,
     threads: int,
     registry: Registry | RemoteRegistry | str | None,
+    prepack: bool = True,
 ) -> Runtime:
     manifest = crate.manifest
     if manifest.composition is not None:
@@ -178,7 +182,7 @@ def _make_runtime(
     if runtime in ("auto", "onnxruntime") and onnx is not None:
         from modelcrate.runtimes.onnxruntime import OnnxRuntime
 
-        return OnnxRuntime(crate, onnx, threads=threads)
+        return OnnxRuntime(crate, onnx, threads=threads, prepack=prepack)
     tflite = manifest.artifact("tflite")
     if runtime in ("auto", "litert") and tflite is not None:
         from modelcrate.runtimes.tflite import LiteRTRuntime

@@ -43,6 +43,15 @@ def serve_command(
     max_delay_ms: Annotated[
         float | None, typer.Option("--max-delay-ms", help="Default: the crate's, else 0.")
     ] = None,
+    prepack: Annotated[
+        bool | None,
+        typer.Option(
+            "--prepack/--no-prepack",
+            help="ONNX Runtime weight prepacking (default: "
+            "only for models under 1 GiB; off halves a big model's memory).",
+            show_default=False,
+        ),
+    ] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
     header_timeout: Annotated[
@@ -83,7 +92,8 @@ def serve_command(
     settings = ServeSettings(
         refs=refs or [], registry=registry, host=host, port=port, workers=workers,
         token_file=token_file, insecure=insecure,
-        batch=BatchConfig(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms),
+        batch=BatchConfig(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
+                          prepack=prepack),
         app=AppSettings(
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),
             request_timeout=request_timeout, access_log=access_log,

@@ -312,7 +312,7 @@ class Registry(TrustMixin):
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
         with read_session(self.engine) as session:
             row = self._resolve_row(session, parsed)
-            manifest = parse_manifest(row.manifest.encode())
+            manifest = parse_manifest(row.manifest.encode(), stored=True)
         if manifest.digest != row.digest:
             raise IntegrityError(
                 f"{row.name}@{row.version}: stored manifest does not match its digest"

@@ -39,7 +39,9 @@ class LineageGraph:
 def lineage_of(engine: Engine, manifest: Manifest) -> LineageGraph:
     with read_session(engine) as session:
         rows = {row.digest: row for row in session.scalars(select(VersionRow)).all()}
-    manifests = {digest: parse_manifest(row.manifest.encode()) for digest, row in rows.items()}
+    manifests = {
+        digest: parse_manifest(row.manifest.encode(), stored=True) for digest, row in rows.items()
+    }
     ancestors = _walk_up(manifest, manifests)
     descendants = _walk_down(manifest.digest, manifests)
     operation = manifest.lineage.operation if manifest.lineage else None
@@ -52,7 +54,7 @@ def dependents(engine: Engine, digest: str) -> list[str]:
         rows = session.scalars(select(VersionRow).where(VersionRow.manifest.contains(digest))).all()
         found = []
         for row in rows:
-            manifest = parse_manifest(row.manifest.encode())
+            manifest = parse_manifest(row.manifest.encode(), stored=True)
             members = manifest.composition.members if manifest.composition else []
             if any(m.digest == digest for m in members):
                 found.append(manifest.ref)

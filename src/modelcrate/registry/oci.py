@@ -85,6 +85,7 @@ def push(crate: Crate, target: str) -> str:
                     "dev.modelcrate.ref": manifest.ref,
                 },
                 quiet=True,
+                do_chunked=True,  # 16 MiB PATCH requests: memory stays flat at any size
             )
         except Exception as exc:  # oras raises requests and ValueError errors alike
             raise RegistryError(f"push to {target} failed: {first_line(exc)}") from None

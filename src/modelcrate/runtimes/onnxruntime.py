@@ -23,10 +23,17 @@ class OnnxRuntime:
 
     name = "onnxruntime"
 
-    def __init__(self, crate: Crate, artifact: Artifact, *, threads: int = 0) -> None:
+    def __init__(
+        self, crate: Crate, artifact: Artifact, *, threads: int = 0, prepack: bool = True
+    ) -> None:
+        """``prepack=False``: no prepacked copies of weights. External data is then mapped,
+        not read: the session opens at once and costs about the model's size, at the price
+        of slower large batches (weights are packed per call)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if not prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3

@@ -36,14 +36,23 @@ from modelcrate.trust.signing import Policy
 
 log = logging.getLogger("modelcrate.server")
 MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
+PREPACK_BELOW = 1024**3  # bigger models are served without prepacked weight copies
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Batching limits from the command line; None defers to the crate's ``serving``."""
+    """Batching limits from the command line (None defers to the crate's ``serving``), and
+    whether ONNX Runtime prepacks weights (None: only for models under PREPACK_BELOW, so a
+    hot swap of a big model holds two versions in about twice its size, not four times)."""
 
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
+    prepack: bool | None = None
+
+    def prepack_for(self, manifest: Manifest) -> bool:
+        if self.prepack is not None:
+            return self.prepack
+        return sum(f.size for f in manifest.files) < PREPACK_BELOW
 
     def for_crate(self, manifest: Manifest) -> tuple[int, float]:
         crate = manifest.serving or Serving()
@@ -196,7 +205,8 @@ class ModelManager:
         manifest = crate.manifest
         _check_memory(manifest, self.registry)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
-        model = Model(crate, threads=1, registry=self.registry)
+        model = Model(crate, threads=1, registry=self.registry,
+                      prepack=self.batch.prepack_for(manifest))  # fmt: skip
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
