@@ -72,6 +72,7 @@ class Batcher:
         return await pending.future
 
     def close(self) -> None:
+        self.run = _unloaded  # drop the model: nothing here may keep its memory alive
         if self.task is not None:
             self.task.cancel()
         for task in self.running:
@@ -150,3 +151,7 @@ def _rows(feeds: Feeds) -> int | None:
         return None
     size = sizes.pop()
     return size if size > 0 else None
+
+
+def _unloaded(feeds: Feeds) -> Feeds:
+    raise RuntimeError("model was unloaded")

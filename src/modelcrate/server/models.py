@@ -13,6 +13,7 @@ never replaces the running one; the failure is kept for readiness/metadata.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -66,7 +67,8 @@ class LoadedVersion:
     """One version in memory, with its batcher and in-flight count."""
 
     def __init__(self, model: Model, batcher: Batcher) -> None:
-        self.model = model
+        self.model: Model | None = model  # None once retired and drained (memory freed)
+        self.loaded_manifest = model.manifest
         self.batcher = batcher
         self.inflight = 0
         self.drained = asyncio.Event()
@@ -74,15 +76,15 @@ class LoadedVersion:
 
     @property
     def manifest(self) -> Manifest:
-        return self.model.manifest
+        return self.loaded_manifest
 
     @property
     def version(self) -> str:
-        return self.model.manifest.version
+        return self.loaded_manifest.version
 
     @property
     def digest(self) -> str:
-        return self.model.manifest.digest
+        return self.loaded_manifest.digest
 
     def release(self) -> None:
         self.inflight -= 1
@@ -245,6 +247,10 @@ class ModelManager:
             old.drained.set()
         await old.drained.wait()
         old.batcher.close()
+        # Free the old session now, not whenever the cycle collector next runs: a big
+        # model's memory must come back before the next swap needs it.
+        old.model = None
+        await asyncio.get_running_loop().run_in_executor(self.loader, gc.collect)
 
     def unload(self, name: str) -> None:
         served = self._served(name)
