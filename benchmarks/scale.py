@@ -317,7 +317,7 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        seconds = int(30 + 15 * SWAPS * max(gib, 0.25))
+        seconds = int(20 + 8 * SWAPS * max(gib, 0.5))
         load = subprocess.Popen(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script),
                                  f"{url}/v2/models/big/infer"], stdout=subprocess.PIPE,
                                 text=True)  # fmt: skip

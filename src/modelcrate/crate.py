@@ -156,17 +156,8 @@ class LocalCopy:
     def _check(self, paths: list[str]) -> None:
         try:
             for path in paths:
-                entry = self.crate.manifest.file(path)
                 with self.path(path).open("rb") as stream:
-                    head = stream.read(64)
-                    if self.crate.manifest.encrypted(path) is None and sniff_pickle(head):
-                        raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
-                    sha, size = hash_stream(stream, head)
-                if size != entry.size or sha != entry.sha256:
-                    raise IntegrityError(
-                        f"{self.crate.manifest.ref}: {path} is corrupted (expected {entry.size} "
-                        f"bytes sha256 {entry.sha256[:12]}…, found {size} bytes {sha[:12]}…)"
-                    )
+                    self.crate.check_stream(self.crate.manifest.file(path), stream)
         except (OSError, IntegrityError, UnsafeContentError) as exc:
             self.problem = exc
 
@@ -340,16 +331,21 @@ class Crate:
     def verify(self) -> None:
         """Re-hash every file; raise IntegrityError naming the first that does not match."""
         for entry, stream in self.iter_files():
-            head = stream.read(64)
-            if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
-                raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
-            sha, size = hash_stream(stream, head)
-            if size != entry.size or sha != entry.sha256:
-                raise IntegrityError(
-                    f"{self.manifest.ref}: {entry.path} is corrupted "
-                    f"(expected {entry.size} bytes sha256 {entry.sha256[:12]}…, "
-                    f"found {size} bytes sha256 {sha[:12]}…)"
-                )
+            self.check_stream(entry, stream)
+
+    def check_stream(self, entry: FileEntry, stream: BinaryIO) -> None:
+        """Read ``stream`` to its end; raise unless it is exactly the file ``entry`` lists
+        (and, unless encrypted, not a pickle)."""
+        head = stream.read(64)
+        if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
+            raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
+        sha, size = hash_stream(stream, head)
+        if size != entry.size or sha != entry.sha256:
+            raise IntegrityError(
+                f"{self.manifest.ref}: {entry.path} is corrupted "
+                f"(expected {entry.size} bytes sha256 {entry.sha256[:12]}…, "
+                f"found {size} bytes sha256 {sha[:12]}…)"
+            )
 
     # -- writing -------------------------------------------------------------
 
