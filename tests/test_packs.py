@@ -254,3 +254,22 @@ def test_a_registry_from_before_packs_is_adopted_and_repacked(
     for ref in ("big@1.0.0", "big@1.1.0"):
         assert all(c.problem is None for c in old.verify(ref))
         predict(old, ref)
+
+
+def test_publish_warms_the_cache_and_gc_forgets_deleted_versions(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
+    source = big_onnx(tmp_path / "v1")
+    registry.publish(mc.pack(source, name="big", version="1.0.0"))
+    assert registry.root is not None
+    cache = registry.root / "cache"
+    data_sha = registry.manifest("big@1.0.0").file("m.onnx.data").sha256
+    warmed = cache / "files" / data_sha[:2] / data_sha
+    assert warmed.read_bytes() == (tmp_path / "v1" / "m.onnx.data").read_bytes()
+    inode = warmed.stat().st_ino
+    predict(registry, "big@1.0.0")  # the first load links the warmed file: nothing copied
+    [crate_dir] = list((cache / "crates").iterdir())
+    assert (crate_dir / "m.onnx.data").stat().st_ino == inode
+    registry.delete("big@1.0.0")
+    registry.gc(grace_seconds=0)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -150,6 +151,10 @@ def test_a_truncated_or_missing_pack_is_detected(registry: mc.Registry, tmp_path
     pack.unlink()
     assert {c.path: c.problem for c in registry.verify("tiny@1.0.0")}["model.onnx"] == "missing"
     assert registry.verify_store()[0].versions == ["tiny@1.0.0"]
+    # The copy publish left in the file cache still matches the manifest: it is served...
+    mc.load("tiny@1.0.0", registry=registry).predict(np.zeros((1, 4), np.float32))
+    # ...but once it is gone, the version cannot be loaded from the damaged store.
+    shutil.rmtree(registry.root / "cache" if registry.root else tmp_path)
     with pytest.raises(NotFound, match="missing from the store"):
         mc.load("tiny@1.0.0", registry=registry)
 

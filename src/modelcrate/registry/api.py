@@ -8,6 +8,7 @@ in one transaction; a reader never sees a half-published version.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import time
 import weakref
@@ -86,7 +87,7 @@ class Registry(TrustMixin):
     ) -> None:
         """``Registry(root)``: the embedded registry in directory ``root``; or give an
         ``engine`` and a ``blobs`` store (see ``open`` for URLs). Loaded files are cached
-        in ``root/cache`` (shared registries: ``$MODELCRATE_HOME/cache``), at most
+        in ``root/cache`` (shared registries: ``$MODELCRATE_HOME/caches/<id>``), at most
         ``cache_bytes`` (default ``$MODELCRATE_CACHE_SIZE``, else 32 GiB)."""
         self.actor = actor or os_user()
         self.root = root
@@ -100,7 +101,10 @@ class Registry(TrustMixin):
         else:
             self.engine, self.blobs = engine, blobs
             self.location = location or str(engine.url)
-        cache_root = (root or default_location()) / "cache"
+        # A shared registry's cache is per machine and per registry (gc prunes it).
+        cache_root = root / "cache" if root is not None else (
+            default_location() / "caches" / hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        )  # fmt: skip
         self.files = FileStore(self.engine, self.blobs, FileCache(cache_root, cache_bytes))
         # Pooled connections are closed when the registry goes away, not left to the GC.
         weakref.finalize(self, self.engine.dispose)
@@ -170,16 +174,22 @@ class Registry(TrustMixin):
                 store_signatures(session, self.actor, crate, signatures)
             return result
         recipes = {}
+        # A registry on local disk is usually loaded where it is published: its file cache
+        # is filled in the same pass, so the first load copies nothing.
+        warm = isinstance(self.blobs, FileBlobStore)
         with self.files.writer() as writer:  # new chunks go to packs, sealed before commit
             for entry in manifest.files:
                 recipe = self.files.reuse(entry.sha256)
                 if recipe is None:
                     with crate.open_unhashed(entry.path) as stream:
                         recipe = self.files.stage(stream, entry.sha256, entry.size,
-                                                  writer=writer, label=entry.path)  # fmt: skip
+                                                  writer=writer, label=entry.path,
+                                                  cache=warm)  # fmt: skip
                 recipes[entry.sha256] = recipe
                 if progress is not None:
                     progress(entry.size)
+        if warm and self.files.cache is not None:
+            self.files.cache.evict()
         with write_session(self.engine) as session, session.begin():
             lock_writes(session)  # serializes with gc (and other publishers) on PostgreSQL
             row = session.scalars(

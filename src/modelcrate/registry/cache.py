@@ -17,11 +17,12 @@ nothing is served from it without a hash check in the same load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -93,6 +94,23 @@ class FileCache:
         self.evict(keep=target)
         return target
 
+    @contextlib.contextmanager
+    def incoming(self, sha256: str) -> Iterator[BinaryIO]:
+        """A file to write ``sha256``'s bytes into while they are verified elsewhere (publish);
+        it joins the cache only if the block ends without an error."""
+        for folder in (self.files, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        blob = self.files / sha256[:2] / sha256
+        blob.parent.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="file-", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+            os.chmod(name, 0o444)
+            os.replace(name, blob)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
     def _materialize(
         self, blob: Path, path: str, sha256: str, size: int,
         write: Callable[[str, BinaryIO, str], None],
@@ -122,6 +140,19 @@ class FileCache:
                 blob.unlink(missing_ok=True)
         shutil.rmtree(target, ignore_errors=True)
 
+    def retain(self, digests: set[str], files: set[str]) -> int:
+        """Drop cached crates and files no live version has (gc); returns bytes freed."""
+        freed = 0
+        if self.crates.is_dir():
+            for crate in self.crates.iterdir():
+                if f"sha256:{crate.name}" not in digests:
+                    shutil.rmtree(crate, ignore_errors=True)
+        for blob in self.files.glob("*/*") if self.files.is_dir() else []:
+            if blob.name not in files:
+                freed += blob.stat().st_size
+                blob.unlink(missing_ok=True)
+        return freed
+
     def size(self) -> int:
         """Bytes the cached files take (each file once, however many crates link it)."""
         if not self.files.is_dir():
@@ -134,14 +165,16 @@ class FileCache:
         if total <= self.limit:
             return 0
         freed, now = 0, time.time()
-        crates = sorted((p for p in self.crates.iterdir() if p.is_dir()),
-                        key=lambda p: p.stat().st_mtime)  # fmt: skip
+        listed = self.crates.iterdir() if self.crates.is_dir() else iter(())
+        crates = sorted((p for p in listed if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for crate in crates:
             if total - freed <= self.limit:
                 break
             if crate == keep or now - crate.stat().st_mtime < IN_USE_SECONDS:
                 continue
             shutil.rmtree(crate, ignore_errors=True)
+            freed += self._drop_unlinked()
+        if total - freed > self.limit:  # files no cached crate uses yet (warmed by publish)
             freed += self._drop_unlinked()
         return freed
 

@@ -53,14 +53,18 @@ class FileStore:
 
     def stage(
         self, stream: IO[bytes], sha256: str, size: int, *,
-        writer: PackWriter | None = None, label: str = "",
+        writer: PackWriter | None = None, label: str = "", cache: bool = False,
     ) -> Recipe:  # fmt: skip
         """Verify ``stream`` against ``sha256``/``size`` while storing its new chunks; returns
-        the recipe to ``record`` in the publishing transaction."""
+        the recipe to ``record`` in the publishing transaction. ``cache``: also write the
+        bytes into the local file cache in the same pass (the first load then copies nothing)."""
         if writer is None:
             with self.writer() as own:
-                return stage_stream(own, stream, sha256, size, label)
-        return stage_stream(writer, stream, sha256, size, label)
+                return self.stage(stream, sha256, size, writer=own, label=label, cache=cache)
+        if not cache or self.cache is None:
+            return stage_stream(writer, stream, sha256, size, label)
+        with self.cache.incoming(sha256) as copy:
+            return stage_stream(writer, stream, sha256, size, label, copy_to=copy)
 
     def record(self, session: Session, sha256: str, recipe: Recipe) -> None:
         """Write a file's recipe inside the caller's transaction (no-op when it is there).

@@ -118,6 +118,11 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
             blobs.delete_pack(pack_id)
             freed += size
     blobs.sweep_tmp(grace_seconds)
+    if files.cache is not None:  # deleted versions leave no copies behind
+        with read_session(engine) as session:
+            digests = set(session.scalars(select(VersionRow.digest)))
+            present = set(session.scalars(select(FileRow.sha256)))
+        files.cache.retain(digests, present)
     return GcReport(removed, freed, packs_rewritten=len(retired), packs_removed=len(dead))
 
 

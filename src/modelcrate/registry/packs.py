@@ -165,11 +165,17 @@ def _upsert(dialect: str, move: bool) -> Any:
 
 
 def stage_stream(
-    writer: PackWriter, stream: IO[bytes], sha256: str, size: int, label: str = ""
+    writer: PackWriter,
+    stream: IO[bytes],
+    sha256: str,
+    size: int,
+    label: str = "",
+    copy_to: IO[bytes] | None = None,
 ) -> Recipe:
     """Read ``stream`` once: hash it whole (on a second core), cut it into content-defined
-    chunks, hash each, and append the new ones to ``writer``'s packs. Raises IntegrityError
-    unless the stream is exactly ``size`` bytes with ``sha256``; memory stays at one block."""
+    chunks, hash each, and append the new ones to ``writer``'s packs (and every byte to
+    ``copy_to``, when given). Raises IntegrityError unless the stream is exactly ``size``
+    bytes with ``sha256``; memory stays at one block."""
     label = label or f"file {sha256[:12]}…"
     whole, seen, recipe = hashlib.sha256(), 0, []
     buffer = bytearray(BLOCK + MAX_CHUNK)
@@ -185,6 +191,8 @@ def stage_stream(
                 raise IntegrityError(f"{label} is longer than the {size} bytes listed")
             # hashlib releases the GIL: the whole-file hash runs beside the chunk hashes.
             hashed: Future[None] = hasher.submit(whole.update, view[carry : carry + got])
+            if copy_to is not None:
+                copy_to.write(view[carry : carry + got])
             end = carry + got
             cuts = _cuts(view[:end], final=eof)
             start = 0
