@@ -151,6 +151,7 @@ def measure(gib: float, scratch: Path) -> dict[str, list[tuple[float, float]]]:
     if shutil.which("docker-registry"):
         for run in range(repeat):
             oci_round(registry, scratch / f"oci-{run}", add)
+    http_round(registry, scratch / "http", add)
     swap_round(gib, registry, scratch / "swap", add)
     files = sum(1 for p in (registry / "blobs").rglob("*") if p.is_file())
     stored = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
@@ -272,6 +273,52 @@ def oci_server(root: Path) -> Iterator[str]:
 
 
 SWAPS = 4
+
+
+def http_round(registry: Path, scratch: Path, add: Any) -> None:
+    """push to another modelcrate server over HTTP, then pull from it: client peak RSS
+    (`/usr/bin/time`) and the receiving server's peak RSS (VmHWM)."""
+    import time
+
+    (scratch / "target").mkdir(parents=True)
+    (scratch / "tokens.toml").write_text(
+        '[[tokens]]\nname = "bench"\ntoken = "bench-writer-token"\nscopes = ["read", "write"]\n'
+    )
+    tool = modelcrate()[0]
+    with socket_port() as port:
+        server = subprocess.Popen([tool, "serve", "--port", str(port), "--registry",
+                                   str(scratch / "target"), "--token-file",
+                                   str(scratch / "tokens.toml")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        token = {"MODELCRATE_TOKEN": "bench-writer-token"}
+        add("push https:// (client)", timed([tool, "push", "big@1.0.0", url, "--registry",
+                                             str(registry)], token))  # fmt: skip
+        add("push https:// (receiving server, peak)", (0.0, peak_mib(server.pid)))
+        add("pull https:// (client)", timed([tool, "pull", f"{url}/big@1.0.0", "--to",
+                                             str(scratch / "pulled")], token))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def peak_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
@@ -406,7 +453,7 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
                 lines.append(f"| {gib} GiB | {step} | | peak {seconds:.2f}x the model, "
                              f"{rss:.2f}x after the drain | peak target <= 2.3x |")  # fmt: skip
                 continue
-            if step.endswith("stored MiB"):
+            if step.endswith("stored MiB") or step.endswith("(receiving server, peak)"):
                 lines.append(f"| {gib} GiB | {step.replace(' MiB', '')} | | {rss:.0f} MiB | |")
                 continue
             if step == "files in the store":
