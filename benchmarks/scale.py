@@ -458,7 +458,7 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
                 continue
             if step == "files in the store":
                 lines.append(f"| {gib} GiB | files in the store | {int(seconds)} files, "
-                             f"{rss:.0f} MiB | | {gib * 1024 / max(seconds, 1):.0f} MiB "
+                             f"{rss:.0f} MiB | | {rss / max(seconds, 1):.0f} MiB "
                              "stored per file |")  # fmt: skip
                 continue
             ratio = ""
