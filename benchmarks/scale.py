@@ -243,9 +243,6 @@ def oci_round(registry: Path, scratch: Path, add: Any) -> None:
 def oci_server(root: Path) -> Iterator[str]:
     """A docker-registry on a loopback port, storing under ``root``."""
     import socket
-    import time
-
-    import httpx
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -259,13 +256,7 @@ def oci_server(root: Path) -> Iterator[str]:
     process = subprocess.Popen(["docker-registry", "serve", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_http(f"http://127.0.0.1:{port}/v2/", 20)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -275,10 +266,24 @@ def oci_server(root: Path) -> Iterator[str]:
 SWAPS = 4
 
 
+def wait_http(url: str, timeout: float) -> None:
+    """Wait until ``url`` answers 200 (a server starting up)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
 def http_round(registry: Path, scratch: Path, add: Any) -> None:
     """push to another modelcrate server over HTTP, then pull from it: client peak RSS
     (`/usr/bin/time`) and the receiving server's peak RSS (VmHWM)."""
-    import time
 
     (scratch / "target").mkdir(parents=True)
     (scratch / "tokens.toml").write_text(
@@ -292,15 +297,7 @@ def http_round(registry: Path, scratch: Path, add: Any) -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_http(f"{url}/v2/health/live", 60)
         token = {"MODELCRATE_TOKEN": "bench-writer-token"}
         add("push https:// (client)", timed([tool, "push", "big@1.0.0", url, "--registry",
                                              str(registry)], token))  # fmt: skip
