@@ -20,6 +20,8 @@ def test_all_names_exist_and_every_public_name_is_exported() -> None:
             "TYPE_CHECKING",
             "Any",
             "importlib",
+            "sys",
+            "types",
         }
     }
     assert public <= set(mc.__all__), public - set(mc.__all__)
@@ -51,3 +53,17 @@ def test_import_is_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout.split("\n")  # fmt: skip
     assert out[0] == "[]" and out[1] == "True"
+
+
+def test_names_shared_with_subpackages_stay_functions() -> None:
+    """`pack` and `optimize` are functions even when their subpackages were imported first."""
+    import subprocess
+    import sys
+
+    script = (
+        "import modelcrate.pack.tflite, modelcrate.optimize.parity, modelcrate as mc; "
+        "print(callable(mc.pack), mc.pack.__module__, mc.optimize.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    assert out == ["True", "modelcrate.pack", "modelcrate.optimize"]

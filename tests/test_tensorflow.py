@@ -150,6 +150,16 @@ def test_tflite_packs_and_runs_on_litert(
     scores = edge.predict(x_test[:5])
     np.testing.assert_allclose(next(iter(scores.values())), model.predict(x_test[:5], verbose=0),
                                atol=1e-4)  # fmt: skip
+    # Concurrent calls with different batch sizes (the server's batcher runs batches on
+    # several threads): each gets its own rows, as if it ran alone.
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [1, 7, 3, 12, 5, 9, 2, 11] * 4
+    alone = {n: next(iter(edge.predict(x_test[:n]).values())) for n in set(sizes)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda n: next(iter(edge.predict(x_test[:n]).values())), sizes))
+    for n, got in zip(sizes, together, strict=True):
+        np.testing.assert_array_equal(got, alone[n])
 
 
 def test_export_to_the_tf_serving_layout(

@@ -13,6 +13,8 @@ start fast and ``mc.load`` pulls in only what loading needs.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from modelcrate.errors import (
@@ -90,6 +92,20 @@ def _version() -> str:
         return version("modelcrate")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0.0.0"
+
+
+class _Package(types.ModuleType):
+    """``modelcrate`` itself. ``pack`` and ``optimize`` name both public functions and
+    subpackages; importing a subpackage would set the package attribute to the module, so
+    that assignment is ignored and the name keeps resolving to the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _LAZY:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
 
 
 class LiteRTRuntime:
+    """One LiteRT interpreter; calls are serialized (an interpreter is resized, filled and
+    read per call, and the server runs batches on several threads)."""
+
     name = "litert"
 
     def __init__(self, crate: Crate, artifact: Artifact) -> None:
@@ -23,8 +27,13 @@ class LiteRTRuntime:
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
         self.output_names = [o.name for o in crate.manifest.signature.outputs]
+        self.lock = threading.Lock()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self._run(inputs)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             for detail, array in zip(self.inputs, inputs.values(), strict=True):
                 if list(detail["shape"]) != list(array.shape):
