@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from modelcrate.errors import IntegrityError, NotFound, RegistryError
 from modelcrate.registry.blobs import BlobStore
-from modelcrate.registry.db import ChunkRow, FileChunkRow, read_session
+from modelcrate.registry.db import ChunkRow, FileChunkRow, read_session, values_in
 from modelcrate.registry.packs import Located, PackWriter, Recipe, stage_stream
 
 if TYPE_CHECKING:
@@ -88,13 +88,9 @@ class FileStore:
                 session.execute(insert(FileChunkRow), rows[start : start + 5000])
 
     def _missing(self, session: Session, recipe: Recipe) -> bool:
-        shas = list({chunk for chunk, _ in recipe})
-        indexed: set[str] = set()
-        for start in range(0, len(shas), 500):
-            batch = shas[start : start + 500]
-            indexed.update(session.scalars(select(ChunkRow.sha256).where(
-                ChunkRow.sha256.in_(batch))))  # fmt: skip
-        return any(not self.blobs.exists(sha) for sha in shas if sha not in indexed)
+        shas = {chunk for chunk, _ in recipe}
+        indexed = values_in(session, ChunkRow.sha256, ChunkRow.sha256, shas)
+        return any(not self.blobs.exists(sha) for sha in shas - indexed)
 
     # -- reading -------------------------------------------------------------
 

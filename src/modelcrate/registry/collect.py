@@ -32,6 +32,7 @@ from modelcrate.registry.db import (
     VersionRow,
     lock_writes,
     read_session,
+    values_in,
     write_session,
 )
 from modelcrate.registry.packs import PackWriter, read_footer
@@ -79,7 +80,7 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         for pack_id in dead:
             session.delete(packs[pack_id])
         indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
-        loose = [sha for sha in live - indexed]
+        loose = list(live - indexed)
         whole = referenced - recipes
     moves = [(c.sha256, c.pack, c.offset, c.size)
              for pack_id in rewrite for c in by_pack[pack_id] if c.sha256 in live]  # fmt: skip
@@ -191,11 +192,7 @@ def _versions_using(files: FileStore, chunks: set[str]) -> list[str]:
     if not chunks:
         return []
     with read_session(files.engine) as session:
-        shas: set[str] = set()
-        ordered = sorted(chunks)
-        for start in range(0, len(ordered), 500):
-            shas.update(session.scalars(select(FileChunkRow.file_sha).where(
-                FileChunkRow.chunk_sha.in_(ordered[start : start + 500]))))  # fmt: skip
+        shas = values_in(session, FileChunkRow.file_sha, FileChunkRow.chunk_sha, chunks)
         rows = session.execute(
             select(VersionRow.name, VersionRow.version)
             .join(FileRow, FileRow.version_id == VersionRow.id)

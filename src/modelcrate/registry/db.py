@@ -8,6 +8,7 @@ on a lock upgrade (the classic "database is locked" mid-transaction).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    select,
     text,
 )
 from sqlalchemy.exc import OperationalError
@@ -259,3 +261,12 @@ def write_session(engine: Engine) -> Session:
 
 def read_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+def values_in(session: Session, column: Any, key: Any, keys: Iterable[str]) -> set[Any]:
+    """``column`` of the rows whose ``key`` is one of ``keys``, asked in batches of 500 so a
+    big file's thousands of chunks stay under every database's parameter limit."""
+    wanted, found = sorted(set(keys)), set[Any]()
+    for start in range(0, len(wanted), 500):
+        found.update(session.scalars(select(column).where(key.in_(wanted[start : start + 500]))))
+    return found

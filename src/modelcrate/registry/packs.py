@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from modelcrate.errors import IntegrityError
 from modelcrate.registry.blobs import BlobStore, FileBlobStore
-from modelcrate.registry.db import ChunkRow, PackRow, read_session, write_session
+from modelcrate.registry.db import ChunkRow, PackRow, read_session, values_in, write_session
 
 MAGIC, END = b"MCPACK1\n", b"MCPACKND"
 _ENTRY = struct.Struct("<32sQI")
@@ -81,13 +81,8 @@ class PackWriter:
         """Which of ``shas`` are stored already (indexed, or written by this writer)."""
         wanted = set(shas)
         found = wanted & (self.pending | self.sealed)
-        rest = list(wanted - found)
         with read_session(self.engine) as session:
-            for start in range(0, len(rest), 500):  # stay under SQL parameter limits
-                batch = rest[start : start + 500]
-                found.update(session.scalars(select(ChunkRow.sha256).where(
-                    ChunkRow.sha256.in_(batch))))  # fmt: skip
-        return found
+            return found | values_in(session, ChunkRow.sha256, ChunkRow.sha256, wanted - found)
 
     def add(self, sha256: str, data: bytes | memoryview) -> None:
         """Append one chunk (the caller hashed it and checked it is not stored yet)."""
