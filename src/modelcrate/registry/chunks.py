@@ -122,9 +122,12 @@ class FileStore:
 
     def reuse(self, sha256: str) -> Recipe | None:
         """The recipe of a stored file, or None when it must be stored (again)."""
-        if not self.stored(sha256):
+        located = self.locate(sha256)
+        if located is None:  # stored whole by the first release, or not at all
+            return [] if self.blobs.exists(sha256) else None
+        if not all(c.pack is not None or self.blobs.exists(c.sha256) for c in located):
             return None
-        return self.recipe(sha256) or []
+        return [(c.sha256, c.size) for c in located]
 
     def open(self, sha256: str, label: str | None = None) -> BinaryIO:
         """The file's bytes as a stream; ``label`` (its path) names it in errors."""
@@ -139,15 +142,13 @@ class FileStore:
         where the store is a local directory. Sizes are checked; content is the reader's
         to check (the file cache hashes every file it serves)."""
         located = self.locate(sha256)
+        if located is None:  # stored whole by the first release
+            located = [Located(sha256, 0, None, 0)]
         copy = getattr(self.blobs, "copy_range", None)
-        if located is None or copy is None:
-            with self.open(sha256, label) as stream:
-                shutil.copyfileobj(stream, out, READ_BLOCK)
-            return
         for run in runs(located):
             first = run[0]
-            if first.pack is None:
-                with self.blobs.open(first.sha256) as stream:
+            if first.pack is None or copy is None:
+                with self._open_run(run) as stream:
                     shutil.copyfileobj(stream, out, READ_BLOCK)
             else:
                 copy(first.pack, first.offset, sum(c.size for c in run), out)
@@ -164,19 +165,25 @@ class FileStore:
             return f"size {total}, expected {size}"
         whole = hashlib.sha256()
         try:
-            for run in runs(located):
-                with self._open_run(run) as stream:
-                    for chunk in run:
-                        data = stream.read(chunk.size + (chunk.pack is None))
-                        if len(data) != chunk.size:
-                            return f"chunk {chunk.sha256[:12]}… is truncated in its pack"
-                        if hashlib.sha256(data).hexdigest() != chunk.sha256:
-                            where = f"pack {chunk.pack}" if chunk.pack else "its blob"
-                            return f"chunk {chunk.sha256[:12]}… is corrupted in {where}"
-                        whole.update(data)
+            for chunk, data in self.read_chunks(located):
+                if len(data) != chunk.size:
+                    return f"chunk {chunk.sha256[:12]}… is truncated in its pack"
+                if hashlib.sha256(data).hexdigest() != chunk.sha256:
+                    where = f"pack {chunk.pack}" if chunk.pack else "its blob"
+                    return f"chunk {chunk.sha256[:12]}… is corrupted in {where}"
+                whole.update(data)
         except NotFound:
             return "missing"
         return None if whole.hexdigest() == sha256 else "content does not match its sha256"
+
+    def read_chunks(self, located: list[Located]) -> Iterator[tuple[Located, bytes]]:
+        """Each chunk with its bytes, read run by run (one request per contiguous range of a
+        pack). A short read yields fewer bytes (a loose blob's read goes one byte past its
+        size, to see one that is too long); the caller judges them. NotFound: gone."""
+        for run in runs(located):
+            with self._open_run(run) as stream:
+                for chunk in run:
+                    yield chunk, stream.read(chunk.size + (chunk.pack is None))
 
     def _open_run(self, run: list[Located]) -> BinaryIO:
         first = run[0]
@@ -210,8 +217,8 @@ def runs(located: list[Located]) -> Iterator[list[Located]]:
 
 
 class StoredFiles:
-    """A crate's files (by path -> sha256) read from a FileStore; ``local_path`` gives a
-    verified copy in the registry's file cache."""
+    """A crate's files (by path -> sha256) read from a FileStore; ``local_directory`` gives
+    them as files in the registry's file cache."""
 
     def __init__(self, files: FileStore, manifest: Manifest) -> None:
         self.files, self.manifest = files, manifest

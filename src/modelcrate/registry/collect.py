@@ -35,7 +35,7 @@ from modelcrate.registry.db import (
     values_in,
     write_session,
 )
-from modelcrate.registry.packs import PackWriter, read_footer
+from modelcrate.registry.packs import Located, PackWriter, read_footer
 from modelcrate.registry.records import GcReport, PackCheck
 
 REWRITE_BELOW = 0.5  # a pack with less than this share of live bytes is rewritten
@@ -82,14 +82,13 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
         loose = list(live - indexed)
         whole = referenced - recipes
-    moves = [(c.sha256, c.pack, c.offset, c.size)
-             for pack_id in rewrite for c in by_pack[pack_id] if c.sha256 in live]  # fmt: skip
+    moves = sorted((Located(c.sha256, c.size, c.pack, c.offset)
+                    for pack_id in rewrite for c in by_pack[pack_id] if c.sha256 in live),
+                   key=lambda c: (c.pack or "", c.offset))  # fmt: skip
     with PackWriter(engine, blobs, move=True) as writer:
-        for sha, pack_id, offset, size in sorted(moves, key=lambda m: (m[1], m[2])):
-            with blobs.open_range(pack_id, offset, size) as stream:
-                data = stream.read(size)
-            if len(data) == size and hashlib.sha256(data).hexdigest() == sha:
-                writer.add(sha, data)  # a damaged chunk stays where `verify` can name it
+        for moved, data in files.read_chunks(moves):
+            if len(data) == moved.size and hashlib.sha256(data).hexdigest() == moved.sha256:
+                writer.add(moved.sha256, data)  # a damaged chunk stays for `verify` to name
         moved_loose = []
         for sha in loose:
             if blobs.exists(sha):
@@ -179,10 +178,13 @@ def _check_pack(
     except IntegrityError as exc:
         return str(exc), set(chunks)
     bad = {sha for sha, place in chunks.items() if listed.get(sha) != place}
-    for sha, (offset, size) in sorted(chunks.items(), key=lambda item: item[1]):
-        with files.blobs.open_range(pack.id, offset, size) as stream:
-            if hashlib.sha256(stream.read(size)).hexdigest() != sha:
-                bad.add(sha)
+    located = sorted(
+        (Located(sha, size, pack.id, offset) for sha, (offset, size) in chunks.items()),
+        key=lambda c: c.offset,
+    )
+    for chunk, data in files.read_chunks(located):
+        if hashlib.sha256(data).hexdigest() != chunk.sha256:
+            bad.add(chunk.sha256)
     if not bad:
         return None, bad
     return f"{len(bad)} damaged chunk(s)", bad
