@@ -142,7 +142,9 @@ class _Slice(io.RawIOBase):
 class LocalCopy:
     """A crate's files as paths in one local directory. Files not verified when it was made
     are hashed on a background thread (hashlib releases the GIL), so a runtime can build
-    its session meanwhile; ``wait`` raises IntegrityError if any of them is not intact."""
+    its session meanwhile; ``wait`` raises IntegrityError if any of them is not intact.
+    As a context manager it waits on the way out, whether the block worked or failed (a
+    damaged file explains a failure better than the runtime's own error)."""
 
     def __init__(self, crate: Crate, directory: Path, unverified: list[str]) -> None:
         self.crate, self.directory = crate, directory
@@ -160,6 +162,12 @@ class LocalCopy:
                     self.crate.check_stream(self.crate.manifest.file(path), stream)
         except (OSError, IntegrityError, UnsafeContentError) as exc:
             self.problem = exc
+
+    def __enter__(self) -> LocalCopy:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wait()
 
     def wait(self) -> None:
         """Block until every file is checked; raise what was wrong (the copy is discarded)."""

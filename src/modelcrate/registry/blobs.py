@@ -83,23 +83,22 @@ class FileBlobStore:
         os.replace(staged, target)
         _fsync_dir(target.parent)
 
-    def open_range(self, pack: str, offset: int, length: int) -> BinaryIO:
-        """A stream of ``length`` bytes of ``pack`` from ``offset``."""
+    def _open_pack(self, pack: str) -> BinaryIO:
         try:
-            handle = self.pack_path(pack).open("rb")
+            return self.pack_path(pack).open("rb")
         except FileNotFoundError:
             raise NotFound(f"pack {pack} is missing from the store") from None
+
+    def open_range(self, pack: str, offset: int, length: int) -> BinaryIO:
+        """A stream of ``length`` bytes of ``pack`` from ``offset``."""
+        handle = self._open_pack(pack)
         handle.seek(offset)
         return _Window(handle, length)  # type: ignore[return-value]
 
     def copy_range(self, pack: str, offset: int, length: int, out: IO[bytes]) -> None:
         """Append ``length`` bytes of ``pack`` from ``offset`` to ``out`` inside the kernel
         (``copy_file_range``: no copy through Python, a reflink where the filesystem can)."""
-        try:
-            source = self.pack_path(pack).open("rb")
-        except FileNotFoundError:
-            raise NotFound(f"pack {pack} is missing from the store") from None
-        with source:
+        with self._open_pack(pack) as source:
             out.flush()
             position, left = offset, length
             while left:

@@ -64,7 +64,7 @@ class FileCache:
         """The crate's files as one local directory, materialized now where missing with
         ``write(sha256, out, path)``. Nothing here is hashed: every file the cache serves
         is hashed by the load that uses it (``Crate.localize``), beside session creation."""
-        target = self.crates / manifest.digest.removeprefix("sha256:")
+        target = self._crate_dir(manifest)
         complete = all(
             (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
             for f in manifest.files
@@ -77,9 +77,9 @@ class FileCache:
         staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
         try:
             for entry in manifest.files:
-                blob = self.files / entry.sha256[:2] / entry.sha256
+                blob = self._blob(entry.sha256)
                 if not (blob.is_file() and blob.stat().st_size == entry.size):
-                    self._materialize(blob, entry.path, entry.sha256, entry.size, write)
+                    self._materialize(entry.path, entry.sha256, entry.size, write)
                 link = staging / entry.path
                 link.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(blob, link)
@@ -98,10 +98,9 @@ class FileCache:
     def incoming(self, sha256: str) -> Iterator[BinaryIO]:
         """A file to write ``sha256``'s bytes into while they are verified elsewhere (publish);
         it joins the cache only if the block ends without an error."""
-        for folder in (self.files, self.tmp):
+        blob = self._blob(sha256)
+        for folder in (blob.parent, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        blob = self.files / sha256[:2] / sha256
-        blob.parent.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="file-", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -112,30 +111,27 @@ class FileCache:
             Path(name).unlink(missing_ok=True)
 
     def _materialize(
-        self, blob: Path, path: str, sha256: str, size: int,
-        write: Callable[[str, BinaryIO, str], None],
-    ) -> None:  # fmt: skip
-        """Write one file from the store; renamed into place when its size is right."""
-        blob.parent.mkdir(exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="file-", dir=self.tmp)
-        try:
-            with os.fdopen(fd, "w+b") as out:
-                write(sha256, out, path)
-                written = out.tell()
-            if written != size:
+        self, path: str, sha256: str, size: int, write: Callable[[str, BinaryIO, str], None]
+    ) -> None:
+        """Write one file from the store; it joins the cache when its size is right."""
+        with self.incoming(sha256) as out:
+            write(sha256, out, path)
+            if out.tell() != size:
                 raise IntegrityError(
-                    f"{path} is corrupted in the registry ({written} bytes, expected {size})"
+                    f"{path} is corrupted in the registry ({out.tell()} bytes, expected {size})"
                 )
-            os.chmod(name, 0o444)
-            os.replace(name, blob)
-        finally:
-            Path(name).unlink(missing_ok=True)
+
+    def _blob(self, sha256: str) -> Path:
+        return self.files / sha256[:2] / sha256
+
+    def _crate_dir(self, manifest: Manifest) -> Path:
+        return self.crates / manifest.digest.removeprefix("sha256:")
 
     def discard(self, manifest: Manifest) -> None:
         """Drop a cached crate whose files failed their check at load (and those files)."""
-        target = self.crates / manifest.digest.removeprefix("sha256:")
+        target = self._crate_dir(manifest)
         for entry in manifest.files:
-            blob, link = self.files / entry.sha256[:2] / entry.sha256, target / entry.path
+            blob, link = self._blob(entry.sha256), target / entry.path
             if blob.exists() and link.exists() and os.path.samefile(blob, link):
                 blob.unlink(missing_ok=True)
         shutil.rmtree(target, ignore_errors=True)

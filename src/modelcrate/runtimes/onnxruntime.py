@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,18 +48,14 @@ class OnnxRuntime:
             model = str(path)
             if artifact.kind != "ort":
                 _check_declared(crate, artifact, external_data_files(path))
-        try:
-            self.session = ort.InferenceSession(
-                model, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-            if local is not None:
-                local.wait()  # a damaged file explains the failure better
-            raise CrateFormatError(
-                f"{crate.manifest.ref}: ONNX Runtime cannot load {artifact.path}: {first_line(exc)}"
-            ) from None
-        if local is not None:
-            local.wait()  # the session is dropped if any file failed its hash
+        with local or contextlib.nullcontext():  # the session is dropped if a hash fails
+            try:
+                self.session = ort.InferenceSession(
+                    model, sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
+                raise CrateFormatError(f"{crate.manifest.ref}: ONNX Runtime cannot load "
+                                       f"{artifact.path}: {first_line(exc)}") from None  # fmt: skip
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _in_memory(self, crate: Crate, artifact: Artifact, options: Any) -> bytes:

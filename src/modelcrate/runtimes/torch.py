@@ -82,14 +82,10 @@ def load_module(crate: Crate, artifact: Artifact) -> Any:
         data = crate.read_bytes(artifact.path)
         check_pt2(data, artifact.path)
         return torch.export.load(io.BytesIO(data)).module()
-    path = local.path(artifact.path)
-    try:
+    with local:  # the module is dropped if a hash fails
+        path = local.path(artifact.path)
         check_pt2(path, artifact.path)
         program = torch.export.load(str(path))
-    except BaseException:
-        local.wait()  # a damaged file explains a failure better
-        raise
-    local.wait()
     return program.module()
 
 
