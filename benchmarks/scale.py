@@ -242,11 +242,7 @@ def oci_round(registry: Path, scratch: Path, add: Any) -> None:
 @contextlib.contextmanager
 def oci_server(root: Path) -> Iterator[str]:
     """A docker-registry on a loopback port, storing under ``root``."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     root.mkdir(parents=True)
     config = root / "config.yml"
     config.write_text(
@@ -290,11 +286,11 @@ def http_round(registry: Path, scratch: Path, add: Any) -> None:
         '[[tokens]]\nname = "bench"\ntoken = "bench-writer-token"\nscopes = ["read", "write"]\n'
     )
     tool = modelcrate()[0]
-    with socket_port() as port:
-        server = subprocess.Popen([tool, "serve", "--port", str(port), "--registry",
-                                   str(scratch / "target"), "--token-file",
-                                   str(scratch / "tokens.toml")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen([tool, "serve", "--port", str(port), "--registry",
+                               str(scratch / "target"), "--token-file",
+                               str(scratch / "tokens.toml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/v2/health/live", 60)
@@ -311,11 +307,7 @@ def http_round(registry: Path, scratch: Path, add: Any) -> None:
 
 
 def peak_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return status_mib(pid, "VmHWM")
 
 
 def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
@@ -339,10 +331,10 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
                        check=True, capture_output=True)  # fmt: skip
 
     alias("1.0.0")
-    with socket_port() as port:
-        server = subprocess.Popen([tool, "serve", "big@prod", "--port", str(port), "--registry",
-                                   str(registry)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen([tool, "serve", "big@prod", "--port", str(port), "--registry",
+                               str(registry)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         version = wait_for(url, "1.0.0", 300)
@@ -392,14 +384,13 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def socket_port() -> Iterator[int]:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    yield port
+        return int(probe.getsockname()[1])
 
 
 def wait_for(url: str, version: str, timeout: float) -> str:
@@ -421,9 +412,14 @@ def wait_for(url: str, version: str, timeout: float) -> str:
 
 
 def rss_mib(pid: int) -> float:
+    return status_mib(pid, "VmRSS")
+
+
+def status_mib(pid: int, field: str) -> float:
+    """A memory figure of process ``pid`` from /proc/PID/status, in MiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
