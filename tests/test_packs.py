@@ -273,3 +273,21 @@ def test_publish_warms_the_cache_and_gc_forgets_deleted_versions(
     registry.delete("big@1.0.0")
     registry.gc(grace_seconds=0)
     assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_sixteen_first_loads_at_once_share_one_cache_entry(
+    registry: mc.Registry, tmp_path: Path
+) -> None:
+    sources = [big_onnx(tmp_path / f"v{n}", seed=n + 1, rows_changed=N) for n in range(2)]
+    for number, source in enumerate(sources):
+        registry.publish(mc.pack(source, name="big", version=f"1.{number}.0"))
+    assert registry.root is not None
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(3):  # a cold cache each round: every load races to fill it
+        shutil.rmtree(registry.root / "cache", ignore_errors=True)
+        refs = [f"big@1.{n % 2}.0" for n in range(16)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda ref: predict(registry, ref), refs))
+        for ref, answer in zip(refs, answers, strict=True):
+            np.testing.assert_allclose(answer, expected(sources[int(ref[-3])]), rtol=1e-5)

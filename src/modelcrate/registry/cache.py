@@ -65,11 +65,7 @@ class FileCache:
         ``write(sha256, out, path)``. Nothing here is hashed: every file the cache serves
         is hashed by the load that uses it (``Crate.localize``), beside session creation."""
         target = self._crate_dir(manifest)
-        complete = all(
-            (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
-            for f in manifest.files
-        )
-        if complete:
+        if _complete(target, manifest):
             os.utime(target)
             return target
         for folder in (self.files, self.crates, self.tmp):
@@ -83,11 +79,14 @@ class FileCache:
                 link = staging / entry.path
                 link.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(blob, link)
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(staging, target)
-            except OSError:  # another process put it there first: use theirs
-                shutil.rmtree(staging, ignore_errors=True)
+            # Loaders race to fill the same entry (threads and processes): under one lock, a
+            # complete entry is never replaced (someone may be opening it), only a leftover.
+            with _locked(self.tmp / f"{target.name}.lock"):
+                if _complete(target, manifest):
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:
+                    shutil.rmtree(target, ignore_errors=True)
+                    os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -143,6 +142,7 @@ class FileCache:
             for crate in self.crates.iterdir():
                 if f"sha256:{crate.name}" not in digests:
                     shutil.rmtree(crate, ignore_errors=True)
+                    (self.tmp / f"{crate.name}.lock").unlink(missing_ok=True)
         for blob in self.files.glob("*/*") if self.files.is_dir() else []:
             if blob.name not in files:
                 freed += blob.stat().st_size
@@ -182,6 +182,27 @@ class FileCache:
                 blob.unlink(missing_ok=True)
                 freed += info.st_size
         return freed
+
+
+def _complete(target: Path, manifest: Manifest) -> bool:
+    return all(
+        (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
+        for f in manifest.files
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock: between processes, and between threads, each of
+    which opens the file itself)."""
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _link_or_copy(source: Path, link: Path) -> None:
