@@ -22,6 +22,7 @@ from modelcrate.refs import DIGEST_PATTERN, NAME_PATTERN, VERSION_PATTERN
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "crate.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_PARENTS = 64  # a version derives from at most this many others (lineage stays renderable)
 # A path inside a crate: up to 4 segments, each starting with a letter or digit,
 # so '.', '..', absolute paths, backslashes and NUL can never match.
 FILE_PATH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,3}"
@@ -95,7 +96,7 @@ class Parent(_Strict):
 
 
 class Lineage(_Strict):
-    parents: list[Parent] = Field(default_factory=list)
+    parents: list[Parent] = Field(default_factory=list, max_length=MAX_PARENTS)
     operation: str | None = None
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -222,6 +223,7 @@ class Manifest(_Strict):
     def _runnable(self) -> Manifest:
         if not self.artifacts and self.composition is None:
             raise ValueError("a crate needs at least one artifact, or a composition")
+        check_paths([f.path for f in self.files])
         return self
 
     @property
@@ -289,6 +291,31 @@ def shipped_schema() -> dict[str, Any]:
     text = resources.files("modelcrate.schemas").joinpath("crate-v1.schema.json").read_text()
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+def check_paths(paths: list[str]) -> None:
+    """Refuse file lists that cannot be written out as one directory on every filesystem:
+    a path that is also another's directory (``a`` and ``a/b``) or two paths that differ
+    only in case (``Model.onnx`` and ``model.onnx`` are one file on macOS and Windows).
+    Raised as CrateFormatError (not a pydantic error) so pack and publish say it in one line.
+    """
+    seen: dict[str, str] = {}
+    for path in paths:
+        folded = path.casefold()
+        if folded in seen:
+            raise CrateFormatError(
+                f"crate files {seen[folded]!r} and {path!r} collide: names must differ in more "
+                "than case"
+            )
+        seen[folded] = path
+    for path in paths:
+        parts = path.casefold().split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory in seen:
+                raise CrateFormatError(
+                    f"crate file {seen[directory]!r} is also the directory of {path!r}"
+                )
 
 
 def parse_manifest(data: bytes, *, stored: bool = False) -> Manifest:

@@ -57,6 +57,18 @@ def serve_command(
     header_timeout: Annotated[
         float, typer.Option("--header-timeout", help="Seconds a client has to send headers.")
     ] = 10.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Also answer this Host name (repeatable; '*' for any). Without it a "
+            "loopback server with no tokens answers loopback names only (DNS rebinding).",
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option("--max-connections", help="Open connections before new requests get 503."),
+    ] = 4096,
     allow_nonfinite: Annotated[
         bool, typer.Option("--allow-nonfinite", help="Accept NaN/Inf in inputs.")
     ] = False,
@@ -87,8 +99,8 @@ def serve_command(
     from modelcrate.server.oip import Limits
     from modelcrate.server.runner import ServeSettings, serve
 
-    if workers < 1 or (max_batch_size is not None and max_batch_size < 1):
-        raise UsageError("--workers and --max-batch-size must be at least 1")
+    if workers < 1 or max_connections < 1 or (max_batch_size is not None and max_batch_size < 1):
+        raise UsageError("--workers, --max-connections and --max-batch-size must be at least 1")
     settings = ServeSettings(
         refs=refs or [], registry=registry, host=host, port=port, workers=workers,
         token_file=token_file, insecure=insecure,
@@ -99,7 +111,8 @@ def serve_command(
             request_timeout=request_timeout, access_log=access_log,
         ),
         poll_interval=poll_interval, trust=trust or [], identity=identity,
-        header_timeout=header_timeout,
+        header_timeout=header_timeout, allowed_hosts=allowed_host or [],
+        max_connections=max_connections,
     )  # fmt: skip
     served = ", ".join(refs or []) or "the registry API"
     if ray:

@@ -39,7 +39,13 @@ from modelcrate.registry.db import (
     sqlite_engine,
     write_session,
 )
-from modelcrate.registry.lineage import LineageGraph, dependents, lineage_of
+from modelcrate.registry.lineage import (
+    MAX_NODES,
+    LineageGraph,
+    dependents,
+    index_rows,
+    lineage_of,
+)
 from modelcrate.registry.records import (
     AliasEvent,
     FileCheck,
@@ -213,6 +219,7 @@ class Registry(TrustMixin):
                         FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files
                     ],
                     tags=[TagRow(tag=t) for t in manifest.tags],
+                    parents=index_rows(manifest),
                 )
             )
             record(
@@ -259,9 +266,10 @@ class Registry(TrustMixin):
 
         return disk_usage(self, name)
 
-    def lineage(self, ref: str) -> LineageGraph:
-        """Ancestors (by the parent digests each manifest records) and descendants of ``ref``."""
-        return lineage_of(self.engine, self.manifest(ref))
+    def lineage(self, ref: str, *, limit: int = MAX_NODES) -> LineageGraph:
+        """Ancestors (by the parent digests each manifest records) and descendants of ``ref``,
+        at most ``limit`` of each (``truncated`` says when there were more)."""
+        return lineage_of(self.engine, self.manifest(ref), limit)
 
     def _same_or_conflict(self, existing: VersionRow | str, manifest: Manifest) -> PublishResult:
         digest = existing if isinstance(existing, str) else existing.digest

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from modelcrate.errors import RegistryError, UsageError
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0004"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0005"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -56,6 +56,7 @@ class VersionRow(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     files: Mapped[list[FileRow]] = relationship(cascade="all, delete-orphan")
     tags: Mapped[list[TagRow]] = relationship(cascade="all, delete-orphan")
+    parents: Mapped[list[ParentRow]] = relationship(cascade="all, delete-orphan")
 
 
 class FileRow(Base):
@@ -76,6 +77,20 @@ class TagRow(Base):
         ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class ParentRow(Base):
+    """One parent a version records in its lineage (the lineage index)."""
+
+    __tablename__ = "version_parents"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    parent_digest: Mapped[str] = mapped_column(String(71), primary_key=True, index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # the manifest's order of parents
+    parent_ref: Mapped[str | None] = mapped_column(Text, nullable=True)
+    operation: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AliasRow(Base):

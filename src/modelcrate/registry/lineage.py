@@ -1,20 +1,27 @@
 """Lineage: which versions a version came from, and which came from it.
 
 Every derived crate (optimized, fine-tuned, distilled, encrypted, composed)
-names its parents by digest in its manifest. Ancestors are found by following
-those digests; descendants by finding the manifests that name a digest. A
-parent that is not (or no longer) in this registry still appears, by the
-reference its child recorded.
+names its parents by digest in its manifest; publishing also writes them to the
+lineage index (``version_parents``), so ancestors and descendants are found by
+indexed lookups, level by level, never by reading every manifest. A walk stops
+after ``limit`` nodes in each direction (``truncated`` says so). A parent that is
+not (or no longer) in this registry still appears, by the reference its child
+recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Row, select
+from sqlalchemy.orm import Session
 
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.registry.db import VersionRow, read_session
+from modelcrate.registry.db import ParentRow, VersionRow, read_session
+
+MAX_NODES = 1000  # per direction
+BATCH = 500  # keys per IN (every database's parameter limit)
 
 
 @dataclass(frozen=True)
@@ -34,18 +41,29 @@ class LineageGraph:
     operation: str | None
     ancestors: list[LineageNode]
     descendants: list[LineageNode]
+    truncated: bool = False  # a direction had more than the walk's limit of nodes
 
 
-def lineage_of(engine: Engine, manifest: Manifest) -> LineageGraph:
+def index_rows(manifest: Manifest) -> list[ParentRow]:
+    """The lineage index rows a version adds when it is published."""
+    if manifest.lineage is None:
+        return []
+    rows: dict[str, ParentRow] = {}
+    for parent in manifest.lineage.parents:
+        rows.setdefault(parent.digest, ParentRow(
+            parent_digest=parent.digest, seq=len(rows) + 1, parent_ref=parent.ref,
+            operation=manifest.lineage.operation))  # fmt: skip
+    return list(rows.values())
+
+
+def lineage_of(engine: Engine, manifest: Manifest, limit: int = MAX_NODES) -> LineageGraph:
+    start = [(row.parent_digest, row.parent_ref) for row in index_rows(manifest)]
     with read_session(engine) as session:
-        rows = {row.digest: row for row in session.scalars(select(VersionRow)).all()}
-    manifests = {
-        digest: parse_manifest(row.manifest.encode(), stored=True) for digest, row in rows.items()
-    }
-    ancestors = _walk_up(manifest, manifests)
-    descendants = _walk_down(manifest.digest, manifests)
+        ancestors, cut_up = _walk_up(session, manifest.digest, start, limit)
+        descendants, cut_down = _walk_down(session, manifest.digest, limit)
     operation = manifest.lineage.operation if manifest.lineage else None
-    return LineageGraph(manifest.ref, manifest.digest, operation, ancestors, descendants)
+    return LineageGraph(manifest.ref, manifest.digest, operation, ancestors, descendants,
+                        truncated=cut_up or cut_down)  # fmt: skip
 
 
 def dependents(engine: Engine, digest: str) -> list[str]:
@@ -61,46 +79,92 @@ def dependents(engine: Engine, digest: str) -> list[str]:
         return found
 
 
-def _parents(manifest: Manifest) -> list[tuple[str, str | None]]:
-    if manifest.lineage is None:
-        return []
-    return [(p.digest, p.ref) for p in manifest.lineage.parents]
+def _walk_up(
+    session: Session, start: str, parents: list[tuple[str, str | None]], limit: int
+) -> tuple[list[LineageNode], bool]:
+    nodes: list[LineageNode] = []
+    seen, level, depth = {start}, parents, 1
+    while level:
+        fresh = [(d, r) for d, r in dict(level).items() if d not in seen]
+        seen.update(d for d, _ in fresh)
+        known = {row.digest: row for row in _versions(session, [d for d, _ in fresh])}
+        edges = _parents_of(session, [d for d, _ in fresh if d in known])
+        level = []
+        for digest, ref in fresh:
+            if len(nodes) == limit:
+                return nodes, True
+            row = known.get(digest)
+            if row is None:
+                missing = LineageNode(ref or digest[:19], digest, None, depth, in_registry=False)
+                nodes.append(missing)
+                continue
+            own = edges.get(digest, [])
+            nodes.append(LineageNode(f"{row.name}@{row.version}", digest,
+                                     own[0].operation if own else None, depth,
+                                     parents=[e.parent_digest for e in own]))  # fmt: skip
+            level.extend((e.parent_digest, e.parent_ref) for e in own)
+        depth += 1
+    return nodes, False
 
 
-def _walk_up(start: Manifest, manifests: dict[str, Manifest]) -> list[LineageNode]:
-    nodes, seen = [], {start.digest}
-    frontier = [(digest, ref, 1) for digest, ref in _parents(start)]
-    while frontier:
-        digest, ref, depth = frontier.pop(0)
-        if digest in seen:
-            continue
-        seen.add(digest)
-        known = manifests.get(digest)
-        if known is None:
-            nodes.append(LineageNode(ref or digest[:19], digest, None, depth, in_registry=False))
-            continue
-        parents = _parents(known)
-        operation = known.lineage.operation if known.lineage else None
-        nodes.append(LineageNode(known.ref, digest, operation, depth,
-                                 parents=[d for d, _ in parents]))  # fmt: skip
-        frontier.extend((d, r, depth + 1) for d, r in parents)
-    return nodes
+def _walk_down(session: Session, start: str, limit: int) -> tuple[list[LineageNode], bool]:
+    nodes: list[LineageNode] = []
+    seen, level, depth = {start}, [start], 1
+    while level:
+        children = {row.digest: row for row in _children(session, level) if row.digest not in seen}
+        seen.update(children)
+        edges = _parents_of(session, list(children))
+        level = []
+        for digest, row in children.items():
+            if len(nodes) == limit:
+                return nodes, True
+            own = edges.get(digest, [])
+            nodes.append(LineageNode(f"{row.name}@{row.version}", digest,
+                                     own[0].operation if own else None, depth,
+                                     parents=[e.parent_digest for e in own]))  # fmt: skip
+            level.append(digest)
+        depth += 1
+    return nodes, False
 
 
-def _walk_down(start: str, manifests: dict[str, Manifest]) -> list[LineageNode]:
-    children: dict[str, list[Manifest]] = {}
-    for manifest in manifests.values():
-        for digest, _ in _parents(manifest):
-            children.setdefault(digest, []).append(manifest)
-    nodes, seen = [], {start}
-    frontier = [(child, 1) for child in children.get(start, [])]
-    while frontier:
-        manifest, depth = frontier.pop(0)
-        if manifest.digest in seen:
-            continue
-        seen.add(manifest.digest)
-        operation = manifest.lineage.operation if manifest.lineage else None
-        parents = [d for d, _ in _parents(manifest)]
-        nodes.append(LineageNode(manifest.ref, manifest.digest, operation, depth, parents=parents))
-        frontier.extend((child, depth + 1) for child in children.get(manifest.digest, []))
-    return nodes
+def _batches(keys: Iterable[str]) -> Iterator[list[str]]:
+    wanted = list(dict.fromkeys(keys))
+    for start in range(0, len(wanted), BATCH):
+        yield wanted[start : start + BATCH]
+
+
+def _versions(session: Session, digests: list[str]) -> list[Row[str, str, str]]:
+    found: list[Row[str, str, str]] = []
+    for batch in _batches(digests):
+        query = select(VersionRow.digest, VersionRow.name, VersionRow.version)
+        found.extend(session.execute(query.where(VersionRow.digest.in_(batch))).all())
+    return found
+
+
+def _parents_of(session: Session, digests: list[str]) -> dict[str, list[ParentRow]]:
+    """Each version's parent rows, in its manifest's order."""
+    found: dict[str, list[ParentRow]] = {}
+    for batch in _batches(digests):
+        query = (
+            select(VersionRow.digest, ParentRow)
+            .join(ParentRow, ParentRow.version_id == VersionRow.id)
+            .where(VersionRow.digest.in_(batch))
+            .order_by(VersionRow.digest, ParentRow.seq)
+        )
+        for digest, edge in session.execute(query):
+            found.setdefault(digest, []).append(edge)
+    return found
+
+
+def _children(session: Session, digests: list[str]) -> list[Row[str, str, str]]:
+    """Versions that name one of ``digests`` as a parent, oldest first."""
+    found: list[Row[str, str, str]] = []
+    for batch in _batches(digests):
+        query = (
+            select(VersionRow.digest, VersionRow.name, VersionRow.version)
+            .join(ParentRow, ParentRow.version_id == VersionRow.id)
+            .where(ParentRow.parent_digest.in_(batch))
+            .order_by(VersionRow.id)
+        )
+        found.extend(session.execute(query).all())
+    return found

@@ -29,16 +29,18 @@ from modelcrate.manifest import TensorSpec
 from modelcrate.registry.api import Registry
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
-from modelcrate.server.infer import (
-    HTTPError,
-    InferApp,
-    authorize,
-    check_name,
-    status_of,
-)
-from modelcrate.server.infer import read_body as read_asgi_body
+from modelcrate.server.browser import AllowedHosts, BrowserDefences
+from modelcrate.server.infer import InferApp
 from modelcrate.server.models import ModelManager, ServedModel
 from modelcrate.server.registry_api import registry_routes
+from modelcrate.server.requests import (
+    SMALL_BODY,
+    HTTPError,
+    authorize,
+    check_name,
+    read_body,
+    status_of,
+)
 from modelcrate.server.ui import ui_routes
 
 access_log = logging.getLogger("modelcrate.access")
@@ -50,6 +52,7 @@ class AppSettings:
     limits: oip.Limits = field(default_factory=oip.Limits)
     request_timeout: float = 30.0
     access_log: bool = False
+    hosts: AllowedHosts = field(default_factory=lambda: AllowedHosts(None))
 
 
 def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> ASGIApp:
@@ -117,7 +120,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
 
     async def repository_load(request: Request) -> Response:
         name = request.path_params["name"]
-        body = await read_body(request, 64 * 1024)
+        body = await read_body(request.receive, request.headers.get("content-length"), SMALL_BODY)
         ref = None
         if body.strip():
             try:
@@ -175,7 +178,7 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     # A server reading models from another server offers no registry API or UI itself.
     if isinstance(manager.registry, Registry):
         routes += registry_routes(manager.registry, tokens, guard)
-        routes += ui_routes(manager.registry, tokens)
+        routes += ui_routes(manager, tokens)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -185,15 +188,17 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         finally:
             await manager.stop()
 
-    app: ASGIApp = InferApp(Starlette(routes=routes, lifespan=lifespan), manager, tokens,
-                            limits, settings.request_timeout)  # fmt: skip
+    app: ASGIApp = InferApp(
+        Starlette(routes=routes, lifespan=lifespan),
+        manager,
+        tokens,
+        limits,
+        settings.request_timeout,
+    )
+    app = BrowserDefences(app, settings.hosts)
     if settings.access_log:
         app = AccessLog(app)
     return app
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
 
 
 def name_version(request: Request) -> tuple[str, str | None]:

@@ -9,37 +9,23 @@ app. It decodes with ``oip``, runs through the ``ModelManager`` and encodes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelcrate import refs
-from modelcrate.errors import (
-    BadReference,
-    CrateFormatError,
-    InputError,
-    IntegrityError,
-    ModelcrateError,
-    NotFound,
-    TrustError,
-    UsageError,
-    VersionConflict,
-)
+from modelcrate.errors import ModelcrateError
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
+from modelcrate.server.requests import HTTPError, authorize, check_name, read_body, status_of
 
+ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
 ACCEPTED_TYPES = frozenset(
     {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
 )
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def infer_target(path: str) -> tuple[str, str | None] | None:
@@ -55,48 +41,6 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     ):
         return parts[3], parts[5]
     return None
-
-
-def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> None:
-    """Raise HTTPError 401/403 unless the bearer token grants ``scope``."""
-    if scope is None:
-        return
-    if not tokens.enabled:
-        if scope in ("admin", "write"):
-            raise HTTPError(
-                403, f"{scope} endpoints need a token: start the server with --token-file"
-            )
-        return
-    scopes = tokens.scopes_for(authorization)
-    if scopes is None:
-        raise HTTPError(401, "missing or unknown bearer token")
-    if scope not in scopes and not (scope == "write" and "admin" in scopes):
-        raise HTTPError(403, f"this token lacks the {scope!r} scope")
-
-
-def check_name(name: str) -> str:
-    """A model name from a URL path; one that cannot exist is a 404, not a 400."""
-    try:
-        return refs.check_name(name)
-    except BadReference:
-        raise NotFound(f"no model named {name[:64]!r}") from None
-
-
-def status_of(exc: Exception) -> int:
-    """The HTTP status for an error raised while answering a request."""
-    if isinstance(exc, HTTPError):
-        return exc.status
-    if isinstance(exc, (InputError, UsageError)):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, VersionConflict):
-        return 409
-    if isinstance(exc, (IntegrityError, CrateFormatError)):
-        return 400
-    if isinstance(exc, TrustError):
-        return 403
-    return 500
 
 
 class InferApp:
@@ -146,10 +90,14 @@ class InferApp:
                 except TimeoutError:
                     raise HTTPError(504, f"inference took longer than {self.request_timeout} s"
                                     ) from None  # fmt: skip
-                payload, header_length = oip.encode_response(
-                    model_name=name, model_version=loaded.version, outputs=outputs,
-                    request=request, labels=loaded.manifest.labels,
+                encode = functools.partial(
+                    oip.encode_response, model_name=name, model_version=loaded.version,
+                    outputs=outputs, request=request, labels=loaded.manifest.labels,
                 )  # fmt: skip
+                if sum(v.nbytes for v in outputs.values()) > ENCODE_OFF_LOOP_BYTES:
+                    payload, header_length = await asyncio.to_thread(encode)
+                else:  # small answers: a thread hop would cost more than encoding
+                    payload, header_length = encode()
                 status = 200
                 extra = {"model-version": loaded.version}
         except Exception as exc:
@@ -160,25 +108,3 @@ class InferApp:
         if header_length is not None:
             extra[oip.HEADER_LENGTH] = str(header_length)
         return 200, extra, payload
-
-
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, refused with 413 before reading when it is declared too large."""
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPError(400, "Content-Length is not a number")
-        if int(declared) > limit:
-            raise HTTPError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HTTPError(400, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -103,12 +103,17 @@ def decode_request(body: bytes, header_length: str | None, limits: Limits) -> In
         parameters=parameters,
         binary_default=bool(parameters.get("binary_data_output", False)),
     )
+    requested: set[str] = set()
     for raw in document.get("outputs") or []:
         raw = _object(raw, "outputs[]")
         params = _object(raw.get("parameters", {}), "output parameters")
+        output_name = _required_str(raw.get("name"), "output name")
+        if output_name in requested:
+            raise InputError(f"output {output_name!r} is requested twice")
+        requested.add(output_name)
         request.outputs.append(
             RequestedOutput(
-                name=_required_str(raw.get("name"), "output name"),
+                name=output_name,
                 binary=params.get("binary_data"),
                 classification=_classification(params.get("classification", 0)),
             )

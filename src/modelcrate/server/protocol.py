@@ -1,59 +1,136 @@
-"""uvicorn's HTTP protocol with an absolute deadline on each request head (slowloris).
+"""uvicorn's HTTP protocol with deadlines and byte caps on what a client sends.
 
-uvicorn cancels its keep-alive timer whenever a byte arrives and starts no timer
-at all on a new connection, so a client that trickles a header one byte at a
-time holds its connection forever. Here every connection must finish sending
-each request's line and headers within ``header_timeout`` seconds of
-connecting (or of its previous response); trickling does not extend that.
-Body reads are bounded by the app's request timeout.
+uvicorn cancels its keep-alive timer whenever a byte arrives, starts no timer on a
+new connection, never times out a body and buffers headers without limit. Here:
+
+- **head deadline**: a connection must finish each request's line and headers
+  within ``header_timeout`` seconds of connecting (or of its previous response);
+  trickling bytes does not extend it, and a connection that sends nothing is closed
+  at the same deadline (slowloris, idle floods);
+- **head size**: more than ``MAX_HEAD_BYTES`` of request line and headers gets
+  431 and the connection is closed, before the rest is buffered;
+- **body deadline**: a body must arrive within ``body_timeout`` seconds (the
+  server's request timeout) of its headers, plus one second per ``MIN_BODY_RATE``
+  bytes received, so a large upload at a reasonable rate finishes and a body
+  trickled a byte at a time is cut off with 408;
+- **health in reserve**: ``/v2/health/*`` is answered even when the connection
+  limit is reached (the limit counts idle connections too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+MAX_HEAD_BYTES = 64 * 1024
+MIN_BODY_RATE = 1024 * 1024  # bytes per second that extend a body's deadline
+HEALTH_PATHS = (b"/v2/health/live", b"/v2/health/ready")
 
 
 class DeadlineHttpProtocol(HttpToolsProtocol):
     header_timeout = DEFAULT_HEADER_TIMEOUT
+    body_timeout = DEFAULT_BODY_TIMEOUT
     _deadline: asyncio.TimerHandle | None = None
+    _in_head = True  # reading a request line and headers (not a body)
+    _head_bytes = 0
+    _body_due = 0.0  # loop time by which the body must be complete
+    _body_bytes = 0
 
     @classmethod
-    def with_timeout(cls, seconds: float) -> type[DeadlineHttpProtocol]:
-        return type(cls.__name__, (cls,), {"header_timeout": seconds})
+    def with_timeouts(cls, header: float, body: float) -> type[DeadlineHttpProtocol]:
+        return type(cls.__name__, (cls,), {"header_timeout": header, "body_timeout": body})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self.header_timeout, self._close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Only a head still incomplete after this read is too long: a read that holds a
+        # whole head and the start of a large body is fine.
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes, self._body_bytes = False, 0, 0
+        self._body_due = self.loop.time() + self.body_timeout
+        self._arm(self.body_timeout, self._body_expired)
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) >= limit and self._is_health():
+            self.limit_concurrency = None  # capacity kept in reserve for health checks
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)  # each MIN_BODY_RATE bytes earn one more second
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        self._in_head = True  # whatever follows is the next request's head
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # uvicorn arms its keep-alive timer only when no pipelined request is starting;
         # then the next request's head is due within the deadline too.
         if self.timeout_keep_alive_task is not None:
-            self._arm()
+            self._arm(self.header_timeout, self._close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    # -- deadlines -------------------------------------------------------------
+
+    def _arm(self, seconds: float, expire: Callable[[], None]) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(self.header_timeout, self._expire)
+        self._deadline = self.loop.call_later(seconds, expire)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _expire(self) -> None:
+    def _close(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _body_expired(self) -> None:
+        due = self._body_due + self._body_bytes / MIN_BODY_RATE
+        remaining = due - self.loop.time()
+        if remaining > 0:  # the body has been arriving fast enough: give it the time it earned
+            self._arm(remaining, self._body_expired)
+            return
+        self._deadline = None
+        self._refuse(408, f"the request body did not arrive within {self.body_timeout:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` (unless a response has started) and close the connection."""
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            body = json.dumps({"error": message}).encode()
+            head = (
+                b"content-type: application/json\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+            )
+            self.transport.write(STATUS_LINE[status] + head + body)
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
+
+    def _is_health(self) -> bool:
+        return self.url.split(b"?", 1)[0] in HEALTH_PATHS

@@ -20,7 +20,6 @@ registry already has is a no-op, so an interrupted push is simply run again.
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -37,6 +36,7 @@ from modelcrate.registry.api import Registry
 from modelcrate.registry.blobs import CHUNK, check_digest
 from modelcrate.registry.db import write_session
 from modelcrate.server.auth import Tokens
+from modelcrate.server.requests import SMALL_BODY, read_json
 
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[str | None, Handler], Handler]
@@ -124,13 +124,7 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         return JSONResponse({"sha256": sha, "stored": True}, status_code=201)
 
     async def publish(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_PUBLISH_BODY:
-            raise InputError("publish body too large")
-        try:
-            document: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise InputError("publish body must be JSON {manifest, signatures}") from None
+        document = await read_json(request, MAX_PUBLISH_BODY, "{manifest, signatures}")
         if not isinstance(document, dict) or not isinstance(document.get("manifest"), str):
             raise InputError("publish body must be JSON {manifest: <crate.json text>, ...}")
         parsed = parse_manifest(document["manifest"].encode())
@@ -148,11 +142,10 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         return JSONResponse(vars(result), status_code=201 if result.created else 200)
 
     async def alias(request: Request) -> Response:
-        try:
-            document = json.loads(await request.body())
-            version = document["version"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            raise InputError("alias body must be JSON {version: ...}") from None
+        document = await read_json(request, SMALL_BODY, "{version: ...}")
+        if not isinstance(document, dict) or "version" not in document:
+            raise InputError("alias body must be JSON {version: ...}")
+        version = document["version"]
         event = await run_in_threadpool(acting(request).set_alias, request.path_params["name"],
                                         request.path_params["alias"], str(version))  # fmt: skip
         return JSONResponse(vars(event))

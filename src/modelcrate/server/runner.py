@@ -12,13 +12,14 @@ import logging
 import multiprocessing
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelcrate.errors import UsageError
 from modelcrate.registry.remote import open_source
 from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
+from modelcrate.server.browser import AllowedHosts
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.models import BatchConfig, ModelManager
 from modelcrate.server.protocol import DEFAULT_HEADER_TIMEOUT, DeadlineHttpProtocol
@@ -44,6 +45,8 @@ class ServeSettings:
     trust: list[str] = field(default_factory=list)  # public keys / directories
     identity: str | None = None  # private key for encrypted crates
     header_timeout: float = DEFAULT_HEADER_TIMEOUT  # seconds to send a request's head
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names beyond loopback ones
+    max_connections: int = 4096  # beyond it new requests get 503 (health checks excepted)
 
 
 def check_exposure(settings: ServeSettings, tokens: Tokens) -> None:
@@ -73,7 +76,8 @@ def build_app(settings: ServeSettings) -> object:
         trust=as_policy(settings.trust) if settings.trust else None,
         identity=settings.identity,
     )
-    return create_app(manager, tokens, settings.app)
+    hosts = AllowedHosts.for_server(settings.host, settings.allowed_hosts, tokens.enabled)
+    return create_app(manager, tokens, replace(settings.app, hosts=hosts))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -141,10 +145,11 @@ def _worker(settings: ServeSettings, sock: socket.socket) -> None:
         app,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
-        http=DeadlineHttpProtocol.with_timeout(settings.header_timeout),
+        http=DeadlineHttpProtocol.with_timeouts(
+            settings.header_timeout, settings.app.request_timeout
+        ),
         timeout_keep_alive=5,
-        limit_concurrency=4096,
-        h11_max_incomplete_event_size=64 * 1024,
+        limit_concurrency=settings.max_connections,
     )
     # Server.run sets up uvicorn's event loop (uvloop when installed), which turns on
     # TCP_NODELAY for accepted connections; plain asyncio with a passed-in socket does

@@ -4,18 +4,18 @@ roll back aliases.
 
 Server-rendered with Jinja2 (autoescaped); the model card is Markdown rendered with
 raw HTML disabled; a small script of our own runs the try-it form and the admin
-buttons. Nothing is fetched from a CDN. Pages need the ``read`` scope when the server
-has tokens (``?token=`` once sets a cookie); admin actions need ``admin`` in the
-request itself.
+buttons. Nothing is fetched from elsewhere (the CSP forbids it). Pages need the ``read``
+scope when the server has tokens (``?token=`` sets a cookie, only for a token that
+authenticates); try-it needs ``infer`` and runs only versions this server serves,
+through its model manager; admin actions need ``admin`` in the request itself.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import tempfile
-from collections import OrderedDict
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,27 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from modelcrate.display import human_size, when
-from modelcrate.errors import InputError, ModelcrateError
-from modelcrate.model import Model, read_safetensors
-from modelcrate.refs import Ref
+from modelcrate.errors import InputError, ModelcrateError, NotFound
+from modelcrate.manifest import Manifest
+from modelcrate.model import read_safetensors
 from modelcrate.registry.api import Registry
+from modelcrate.registry.lineage import LineageNode
 from modelcrate.server.auth import Tokens
-from modelcrate.server.infer import HTTPError, authorize, status_of
+from modelcrate.server.models import ModelManager
+from modelcrate.server.requests import (
+    SMALL_BODY,
+    HTTPError,
+    authorize,
+    check_name,
+    read_json,
+    status_of,
+)
 
 BASE = "/ui"
 COOKIE = "modelcrate_token"
 MAX_TRY_BODY = 4 * 1024 * 1024
-CACHED_MODELS = 4
+LINEAGE_NODES = 200  # relatives read for a version page, each way
+LINEAGE_COLUMN = 8  # boxes drawn per lineage column; the rest are counted in one box
 
 _templates = Environment(
     loader=PackageLoader("modelcrate.server.ui", "templates"),
@@ -47,23 +57,24 @@ _templates = Environment(
 )
 
 
-def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
-    models: OrderedDict[str, Model] = OrderedDict()  # try-it models by digest (LRU)
+def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
+    registry = manager.registry
+    assert isinstance(registry, Registry)
 
     def page(template: str, request: Request, status: int = 200, **values: Any) -> Response:
         body = _templates.get_template(template).render(base=BASE, **values)
         response = HTMLResponse(body, status_code=status)
         token = request.query_params.get("token")
-        if token:
+        if token and tokens.token_for(f"Bearer {token}") is not None:  # never a bogus one
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
 
-    def viewer(handler: Any) -> Any:
+    def viewer(handler: Any, scope: str = "read") -> Any:
         async def endpoint(request: Request) -> Any:
             token = request.query_params.get("token") or request.cookies.get(COOKIE)
             header = request.headers.get("authorization") or (f"Bearer {token}" if token else None)
             try:
-                authorize(tokens, header, "read")
+                authorize(tokens, header, scope)
                 return await handler(request)
             except (HTTPError, ModelcrateError) as exc:
                 status = status_of(exc)
@@ -88,7 +99,7 @@ def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
     async def version(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
         values = await run_in_threadpool(_version_view, registry, f"{name}@{version}")
-        return page("version.html", request, **values)
+        return page("version.html", request, served=_serves(manager, values["m"]), **values)
 
     async def compare(request: Request) -> Response:
         name = request.path_params["name"]
@@ -108,32 +119,28 @@ def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
                             background=cleanup)  # fmt: skip
 
     async def predict(request: Request) -> Response:
-        ref = f"{request.path_params['name']}@{request.path_params['version']}"
-        body = await request.body()
-        if len(body) > MAX_TRY_BODY:
-            raise InputError(f"try-it inputs are limited to {MAX_TRY_BODY} bytes")
+        """Try-it runs through the model manager, like ``/v2/models/…/infer``: only versions
+        this server serves (trust policy, decryption and memory checks already passed)."""
+        name, version = check_name(request.path_params["name"]), request.path_params["version"]
+        document = await read_json(request, MAX_TRY_BODY, '{"inputs": [...]}')
+        if not isinstance(document, dict) or "inputs" not in document:
+            raise InputError('send JSON {"inputs": [...]}')
+        inputs = document["inputs"]
+        feeds = (
+            {k: np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
+        )
+        started, status = time.perf_counter(), 500
         try:
-            inputs = json.loads(body)["inputs"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            raise InputError('send JSON {"inputs": [...]}') from None
-
-        def run() -> dict[str, Any]:
-            info = registry.resolve(ref)
-            loaded = models.pop(info.digest, None) or Model(
-                registry.get(Ref(info.name, digest=info.digest)), threads=1, registry=registry
-            )
-            models[info.digest] = loaded
-            while len(models) > CACHED_MODELS:
-                models.popitem(last=False)
-            feeds = (
-                inputs
-                if not isinstance(inputs, dict)
-                else {k: np.asarray(v) for k, v in inputs.items()}
-            )
-            outputs = loaded.predict(feeds)
-            return {"outputs": {n: _describe(v, loaded.labels) for n, v in outputs.items()}}
-
-        return JSONResponse(await run_in_threadpool(run))
+            async with manager.using(name, version) as loaded:
+                outputs = await manager.infer(loaded, feeds)
+                labels = loaded.manifest.labels
+            status = 200
+        except Exception as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            manager.record(name, version, status, time.perf_counter() - started)
+        return JSONResponse({"outputs": {n: _describe(v, labels) for n, v in outputs.items()}})
 
     async def alias_action(request: Request) -> Response:
         try:
@@ -145,10 +152,10 @@ def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
             name, alias = request.path_params["name"], request.path_params["alias"]
             action = request.path_params["action"]
             if action == "set":
-                try:
-                    version = json.loads(await request.body())["version"]
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                    raise InputError('send JSON {"version": "..."}') from None
+                document = await read_json(request, SMALL_BODY, '{"version": "..."}')
+                if not isinstance(document, dict) or "version" not in document:
+                    raise InputError('send JSON {"version": "..."}')
+                version = document["version"]
                 event = await run_in_threadpool(acting.set_alias, name, alias, str(version))
             elif action == "rollback":
                 event = await run_in_threadpool(acting.rollback, name, alias)
@@ -170,13 +177,26 @@ def ui_routes(registry: Registry, tokens: Tokens) -> list[Route | Mount]:
         Route(f"{BASE}/models/{{name}}/compare", viewer(compare)),
         Route(f"{BASE}/models/{{name}}/{{version}}", viewer(version)),
         Route(f"{BASE}/models/{{name}}/{{version}}/download", viewer(download)),
-        Route(f"{BASE}/api/models/{{name}}/{{version}}/predict", viewer(predict), methods=["POST"]),
+        Route(
+            f"{BASE}/api/models/{{name}}/{{version}}/predict",
+            viewer(predict, "infer"),
+            methods=["POST"],
+        ),
         Route(
             f"{BASE}/api/models/{{name}}/aliases/{{alias}}/{{action}}",
             alias_action,
             methods=["POST"],
         ),
     ]
+
+
+def _serves(manager: ModelManager, manifest: Manifest) -> bool:
+    """Whether this server runs exactly this version now (try-it runs nothing else)."""
+    try:
+        _, loaded = manager.lookup(manifest.name, manifest.digest)
+    except NotFound:
+        return False
+    return loaded.digest == manifest.digest
 
 
 def _model_view(registry: Registry, name: str) -> dict[str, Any]:
@@ -234,35 +254,55 @@ def _example(crate: Any, manifest: Any) -> str:
 
 
 def _lineage_svg(registry: Registry, ref: str) -> str:
+    """The lineage as columns by depth, at most LINEAGE_COLUMN boxes per column (a last box
+    says how many more), with a line for each parent-child pair both of whose boxes show."""
     from html import escape
 
-    graph = registry.lineage(ref)
-    columns: dict[int, list[tuple[str, str | None]]] = {0: [(graph.ref, graph.operation)]}
+    graph = registry.lineage(ref, limit=LINEAGE_NODES)
+    columns: dict[int, list[LineageNode]] = {0: []}
     for node in graph.ancestors:
-        columns.setdefault(-node.depth, []).append((node.ref, node.operation))
+        columns.setdefault(-node.depth, []).append(node)
     for node in graph.descendants:
-        columns.setdefault(node.depth, []).append((node.ref, node.operation))
+        columns.setdefault(node.depth, []).append(node)
     order = sorted(columns)
     width, height = 190, 44
-    rows = max(len(v) for v in columns.values())
+    rows = min(max(1, *(len(v) for v in columns.values())), LINEAGE_COLUMN + 1)
     parts = [f'<svg class="lineage" role="img" aria-label="lineage" width="{len(order) * 230}" '
              f'height="{rows * 60 + 10}" xmlns="http://www.w3.org/2000/svg">']  # fmt: skip
-    centers: dict[int, list[tuple[int, int]]] = {}
+    centers: dict[str, tuple[int, int]] = {}
+    parents: dict[str, list[str]] = {graph.digest: []}
+
+    def box(col: int, row: int, depth: int, name: str, operation: str | None) -> None:
+        x, y = 10 + col * 230, 10 + row * 60
+        klass = ' class="self"' if depth == 0 else ""
+        parts.append(f'<rect{klass} x="{x}" y="{y}" width="{width}" height="{height}" rx="4"/>')
+        parts.append(f'<text x="{x + 8}" y="{y + 18}">{escape(name)}</text>')
+        if operation:
+            parts.append(
+                f'<text x="{x + 8}" y="{y + 35}" fill="#5b6577">{escape(operation)}</text>'
+            )
+
     for col, depth in enumerate(order):
-        for row, (name, operation) in enumerate(columns[depth]):
-            x, y = 10 + col * 230, 10 + row * 60
-            centers.setdefault(depth, []).append((x, y + height // 2))
-            klass = ' class="self"' if depth == 0 else ""
-            parts.append(f'<rect{klass} x="{x}" y="{y}" width="{width}" height="{height}" rx="4"/>')
-            parts.append(f'<text x="{x + 8}" y="{y + 18}">{escape(name)}</text>')
-            if operation:
-                parts.append(
-                    f'<text x="{x + 8}" y="{y + 35}" fill="#5b6577">{escape(operation)}</text>'
-                )
-    for left, right in itertools.pairwise(order):
-        for x1, y1 in centers[left]:
-            for x2, y2 in centers[right]:
+        if depth == 0:
+            box(col, 0, 0, graph.ref, graph.operation)
+            centers[graph.digest] = (10 + col * 230, 10 + height // 2)
+            continue
+        nodes = columns[depth]
+        for row, node in enumerate(nodes[:LINEAGE_COLUMN]):
+            box(col, row, depth, node.ref, node.operation)
+            centers[node.digest] = (10 + col * 230, 10 + row * 60 + height // 2)
+            parents[node.digest] = node.parents
+        if len(nodes) > LINEAGE_COLUMN:
+            box(col, LINEAGE_COLUMN, depth, f"… {len(nodes) - LINEAGE_COLUMN} more", None)
+    parents[graph.digest] = [n.digest for n in graph.ancestors if n.depth == 1]
+    for child, found in parents.items():
+        for parent in found:
+            if child in centers and parent in centers:
+                (x1, y1), (x2, y2) = centers[parent], centers[child]
                 parts.append(f'<line x1="{x1 + width}" y1="{y1}" x2="{x2}" y2="{y2}"/>')
+    if graph.truncated:
+        parts.append(f'<text x="10" y="{rows * 60 + 8}">(more than {LINEAGE_NODES} '
+                     "relatives; the graph shows the nearest)</text>")  # fmt: skip
     parts.append("</svg>")
     return "".join(parts)
 

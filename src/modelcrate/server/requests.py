@@ -1,0 +1,114 @@
+"""What every route does with a request: check its scope, read its body with a byte count,
+and map an error to an HTTP status.
+
+Bodies are read through one counted reader: a declared ``Content-Length`` over the
+route's limit is refused with 413 before anything is read, and a chunked body is
+refused as soon as it passes the limit, so no route holds more than its limit in
+memory. JSON bodies must say ``Content-Type: application/json``, which a web page on
+another origin cannot send without a preflight this server never grants.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+from modelcrate import refs
+from modelcrate.errors import (
+    BadReference,
+    CrateFormatError,
+    InputError,
+    IntegrityError,
+    NotFound,
+    TrustError,
+    UsageError,
+    VersionConflict,
+)
+from modelcrate.server.auth import Tokens
+
+SMALL_BODY = 64 * 1024  # alias moves, load requests
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> None:
+    """Raise HTTPError 401/403 unless the bearer token grants ``scope``."""
+    if scope is None:
+        return
+    if not tokens.enabled:
+        if scope in ("admin", "write"):
+            raise HTTPError(
+                403, f"{scope} endpoints need a token: start the server with --token-file"
+            )
+        return
+    scopes = tokens.scopes_for(authorization)
+    if scopes is None:
+        raise HTTPError(401, "missing or unknown bearer token")
+    if scope not in scopes and not (scope == "write" and "admin" in scopes):
+        raise HTTPError(403, f"this token lacks the {scope!r} scope")
+
+
+def check_name(name: str) -> str:
+    """A model name from a URL path; one that cannot exist is a 404, not a 400."""
+    try:
+        return refs.check_name(name)
+    except BadReference:
+        raise NotFound(f"no model named {name[:64]!r}") from None
+
+
+def status_of(exc: Exception) -> int:
+    """The HTTP status for an error raised while answering a request."""
+    if isinstance(exc, HTTPError):
+        return exc.status
+    if isinstance(exc, (InputError, UsageError)):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, VersionConflict):
+        return 409
+    if isinstance(exc, (IntegrityError, CrateFormatError)):
+        return 400
+    if isinstance(exc, TrustError):
+        return 403
+    return 500
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request body, refused with 413 before reading when it is declared too large."""
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HTTPError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int, shape: str) -> Any:
+    """A JSON request body of at most ``limit`` bytes; ``shape`` describes it in errors."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPError(415, f"send {shape} with Content-Type: application/json")
+    body = await read_body(request.receive, request.headers.get("content-length"), limit)
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"the body must be JSON {shape}") from None
