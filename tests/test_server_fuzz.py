@@ -55,7 +55,7 @@ def test_every_documented_operation_exists(served_digits: Server) -> None:
     assert document == openapi_document()
     for path, operations in document["paths"].items():
         url = served_digits.url + path.format(
-            name="digits", version="1.0.0", alias="prod", sha256="0" * 64,
+            name="digits", version="1.0.0", alias="prod", action="set", sha256="0" * 64,
             digest="sha256:" + "0" * 64,
         )  # fmt: skip
         for method in operations:

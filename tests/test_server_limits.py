@@ -95,7 +95,7 @@ def test_declared_body_size_is_refused_before_reading(served_digits: Server) -> 
     """A Content-Length of 1 TB gets 413 at once; the server never waits for the bytes."""
     with socket.create_connection(("127.0.0.1", served_digits.port), timeout=10) as sock:
         sock.sendall(
-            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1099511627776\r\n\r\n{"
         )
         reply = sock.recv(4096)
@@ -210,7 +210,7 @@ def test_slow_header_clients_are_cut_off_and_do_not_starve_others(
     sockets = []
     for _ in range(200):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         sock.setblocking(False)
         sockets.append(sock)
     started, latencies, closed = time.monotonic(), [], set()

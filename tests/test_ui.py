@@ -4,6 +4,7 @@ comparison, download, and admin alias moves that need an admin token."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
 import modelcrate as mc
 from conftest import Digits, Server
@@ -47,7 +49,7 @@ def ui(
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(
         f'[[tokens]]\nname = "ops"\ntoken = "{ADMIN}"\nscopes = ["read", "admin"]\n'
-        f'[[tokens]]\nname = "viewer"\ntoken = "{VIEWER}"\nscopes = ["read"]\n'
+        f'[[tokens]]\nname = "viewer"\ntoken = "{VIEWER}"\nscopes = ["read", "infer"]\n'
     )
     yield start_server(registry.root, "digits@prod", "--token-file", str(tokens)), registry
 
@@ -141,13 +143,10 @@ def test_try_it_with_json_and_with_an_image(
     image = tmp_path / "digit.png"
     image.write_bytes(png(pixels))
     tab.set_input_files("#try-image", str(image))
-    tab.wait_for_function("document.getElementById('try-input').value.startsWith('[[[[')")
+    expect(tab.locator("#try-input")).to_have_value(re.compile(r"^\[\[\[\["))
     tab.click("#try-form button")
-    done = (
-        "document.querySelector('#try-result h3') !== null && "
-        "!document.getElementById('try-result').textContent.includes('running')"
-    )
-    tab.wait_for_function(done)
+    tab.wait_for_selector("#try-result h3")
+    expect(tab.locator("#try-result")).not_to_contain_text("running")
     x = (pixels / 255).round(4).astype(np.float32)[None, None]
     expected = str(int(np.argmax(model.predict(x)["output"])))
     assert tab.inner_text("#try-result table.top tr:first-child td:first-child") == expected
@@ -168,20 +167,20 @@ def test_admin_alias_moves_need_an_admin_token(
     tab.select_option("#admin select[name=version]", "1.0.0-int8")
     tab.fill("#admin input[name=token]", VIEWER)
     tab.click("#admin button[data-action=set]")
-    tab.wait_for_function("document.getElementById('admin-result').textContent !== ''")
+    expect(tab.locator("#admin-result")).not_to_be_empty()
     assert "lacks the 'admin' scope" in tab.inner_text("#admin-result")
     assert registry.resolve("digits@prod").version == "1.0.0"
 
     tab.fill("#admin input[name=token]", ADMIN)
     tab.click("#admin button[data-action=set]")
-    tab.wait_for_function("document.getElementById('admin-result').textContent.includes('→')")
+    expect(tab.locator("#admin-result")).to_contain_text("→")
     assert registry.resolve("digits@prod").version == "1.0.0-int8"
     tab.wait_for_load_state("load")
     tab.goto(f"{server.url}/ui/models/digits")
     tab.fill("#admin input[name=alias]", "prod")
     tab.fill("#admin input[name=token]", ADMIN)
     tab.click("#admin button[data-action=rollback]")
-    tab.wait_for_function("document.getElementById('admin-result').textContent.includes('→')")
+    expect(tab.locator("#admin-result")).to_contain_text("→")
     assert registry.resolve("digits@prod").version == "1.0.0"
     moves = [e for e in registry.audit() if e.action.startswith("alias")]
     assert [(e.action, e.actor) for e in moves[-2:]] == [

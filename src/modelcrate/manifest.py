@@ -358,6 +358,8 @@ def _check_schema(raw: dict[str, Any]) -> None:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         message = error.message
+        if error.validator in ("maxItems", "maxLength"):  # the message would repeat the value
+            message = f"at most {error.validator_value} allowed, {len(error.instance)} given"
         if error.validator == "anyOf" and not error.absolute_path:
             message = "a crate needs at least one artifact, or a composition"
         raise CrateFormatError(f"crate.json is invalid at {where}: {message}")

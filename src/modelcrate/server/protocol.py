@@ -119,7 +119,8 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         """Answer ``status`` (unless a response has started) and close the connection."""
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        cycle = self.cycle  # the current request's, or the previous one's while in a head
+        if cycle is None or cycle.response_complete or not cycle.response_started:
             body = json.dumps({"error": message}).encode()
             head = (
                 b"content-type: application/json\r\ncontent-length: "
@@ -127,9 +128,9 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
                 + b"\r\nconnection: close\r\n\r\n"
             )
             self.transport.write(STATUS_LINE[status] + head + body)
-        if self.cycle is not None:
-            self.cycle.disconnected = True
-            self.cycle.message_event.set()
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.close()
 
     def _is_health(self) -> bool:
