@@ -114,9 +114,9 @@ def test_json_routes_refuse_bodies_a_web_page_could_send(
 ) -> None:
     """A cross-origin page can POST text/plain without a preflight; JSON routes refuse it."""
     server, _ = guarded
-    response = httpx.post(server.url + "/ui/api/models/digits/1.0.0/predict",
-                          content=json.dumps(X), headers={**auth(RUNNER),
-                                                          "Content-Type": "text/plain"})  # fmt: skip
+    headers = {**auth(RUNNER), "Content-Type": "text/plain"}
+    url = server.url + "/ui/api/models/digits/1.0.0/predict"
+    response = httpx.post(url, content=json.dumps(X), headers=headers)
     assert response.status_code == 415 and "application/json" in response.json()["error"]
 
 
@@ -345,8 +345,10 @@ def test_colliding_file_paths_are_refused_at_publish(
     empty = hashlib.sha256(b"").hexdigest()
     raw["files"] += [{"path": p, "size": 0, "sha256": empty} for p in paths]
     (root / "crate.json").write_text(json.dumps(raw))
-    run = subprocess.run([sys.executable, "-m", "modelcrate", "publish", str(root),
-                          "--registry", str(registry.root)], capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "modelcrate", "publish", str(root)]
+    run = subprocess.run(
+        [*command, "--registry", str(registry.root)], capture_output=True, text=True
+    )
     assert run.returncode != 0 and message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     over_http = httpx.post(server.url + "/v2/registry/versions", headers=auth(ADMIN),
