@@ -225,6 +225,7 @@ def to_earlier_layout(registry: mc.Registry, ref: str) -> None:
                 start += chunk.size
         db.execute("DROP TABLE chunks")
         db.execute("DROP TABLE packs")
+        db.execute("DROP TABLE version_parents")  # migration 0005
         db.execute("UPDATE alembic_version SET version_num = '0003'")
     shutil.rmtree(registry.root / "blobs" / "packs")
     shutil.rmtree(registry.root / "cache", ignore_errors=True)

@@ -65,7 +65,7 @@ async def main():
                                        inbox.get, outbox.put))
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         body = {{"inputs": [{{"name": "x", "shape": [1, 4], "datatype": "FP32",
                              "data": [1, 2, 3, 4]}}]}}
         response = await client.post("/v2/models/tiny/infer", json=body)
