@@ -15,15 +15,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from modelcrate.errors import InputError, ModelcrateError, NotFound, UsageError
+from modelcrate.errors import InputError, ServerError, first_line, from_http
 from modelcrate.refs import parse_ref
 from modelcrate.server.oip import DATATYPES, HEADER_LENGTH, datatype_of
 
 _NUMPY_TO_OIP = {dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"}
-
-
-class ServerError(ModelcrateError):
-    """The server answered with an error status."""
 
 
 class Client:
@@ -44,7 +40,7 @@ class Client:
         self.close()
 
     def ready(self) -> bool:
-        return self.http.get("/v2/health/ready").status_code == 200
+        return self._send("GET", "/v2/health/ready", check=False).status_code == 200
 
     def metadata(self, ref: str) -> dict[str, Any]:
         name, version = _split(ref)
@@ -75,19 +71,28 @@ class Client:
             })  # fmt: skip
             chunks.append(data)
         head = json.dumps(header).encode()
-        response = self.http.post(
+        response = self._send(
+            "POST",
             _model_path(name, version) + "/infer",
             content=head + b"".join(chunks),
             headers={HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"},
         )
-        _raise_for(response)
         return decode_outputs(response)
 
     def _json(self, method: str, path: str) -> dict[str, Any]:
-        response = self.http.request(method, path)
-        _raise_for(response)
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = self._send(method, path).json()
         return result
+
+    def _send(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> httpx.Response:
+        """One request; a connection failure or an error answer becomes a modelcrate error."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach {self.http.base_url}: {first_line(exc)}",
+                              code="unreachable") from None  # fmt: skip
+        if check and response.status_code >= 400:
+            raise from_http(response.status_code, _json_or_none(response), str(self.http.base_url))
+        return response
 
 
 def decode_outputs(response: httpx.Response) -> dict[str, np.ndarray]:
@@ -119,20 +124,11 @@ def _model_path(name: str, version: str | None) -> str:
     return f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
+def _json_or_none(response: httpx.Response) -> object:
     try:
-        message = response.json().get("error", response.text)
-    except (json.JSONDecodeError, AttributeError):
-        message = response.text
-    if response.status_code == 404:
-        raise NotFound(message)
-    if response.status_code in (400, 413, 415):
-        raise InputError(message)
-    if response.status_code in (401, 403):
-        raise UsageError(f"not authorized: {message}")
-    raise ServerError(f"server answered {response.status_code}: {message}")
+        return response.json()
+    except ValueError:
+        return None
 
 
 __all__ = ["Client", "ServerError", "datatype_of"]

@@ -19,14 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 
 from modelcrate.crate import Crate
-from modelcrate.errors import (
-    IntegrityError,
-    NotFound,
-    RegistryError,
-    SignatureError,
-    UsageError,
-    VersionConflict,
-)
+from modelcrate.errors import IntegrityError, NotAuthorized, RegistryError, from_http
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, is_remote
 from modelcrate.registry.records import AliasEvent, PublishResult, VersionInfo
@@ -166,26 +159,13 @@ class RemoteRegistry:
         if status < 400 or status in allow:
             return
         try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text[:300]
-        if not message:  # HEAD answers carry no body
-            fallback = {401: "missing or unknown bearer token", 403: "the token lacks a scope"}
-            message = fallback.get(status, response.reason_phrase)
-        where = f"{self.url}: {message}"
-        if status == 404:
-            raise NotFound(where)
-        if status == 409:
-            raise VersionConflict(where)
-        if status in (401, 403):
-            raise (
-                SignatureError(where)
-                if "signature" in message
-                else UsageError(f"{where} (pass a token with --token or ${TOKEN_ENV})")
-            )
-        if status == 400:
-            raise UsageError(where)
-        raise RegistryError(f"{where} (HTTP {status})")
+            body = response.json()
+        except ValueError:  # HEAD answers and foreign proxies carry no JSON
+            body = None
+        error = from_http(status, body, self.url)
+        if isinstance(error, NotAuthorized):
+            raise type(error)(f"{error} (pass a token with --token or ${TOKEN_ENV})")
+        raise error
 
 
 def _blocks(stream: BinaryIO) -> Iterator[bytes]:

@@ -35,11 +35,10 @@ from modelcrate.server.models import ModelManager, ServedModel
 from modelcrate.server.registry_api import registry_routes
 from modelcrate.server.requests import (
     SMALL_BODY,
-    HTTPError,
     authorize,
     check_name,
+    error_response,
     read_body,
-    status_of,
 )
 from modelcrate.server.ui import ui_routes
 
@@ -66,8 +65,8 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
             try:
                 authorize(tokens, request.headers.get("authorization"), scope)
                 return await handler(request)
-            except (HTTPError, ModelcrateError) as exc:
-                return error(status_of(exc), str(exc))
+            except ModelcrateError as exc:
+                return error_response(exc)
 
         return endpoint
 
@@ -104,7 +103,10 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         try:
             served, loaded = manager.lookup(name, version)
         except NotFound as exc:
-            return error(400 if name in manager.models else 404, str(exc))
+            if name not in manager.models:
+                return error_response(exc)
+            # OIP: a served model that is not ready answers 400 (Triton does too).
+            return JSONResponse({"error": str(exc), "code": "not_ready"}, status_code=400)
         body = {"name": served.name, "version": loaded.version, "ready": True}
         if served.error:
             body["error"] = served.error
@@ -241,10 +243,6 @@ def openapi_document() -> dict[str, Any]:
     text = resources.files("modelcrate.schemas").joinpath("openapi.json").read_text()
     document: dict[str, Any] = json.loads(text)
     return document
-
-
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 class AccessLog:

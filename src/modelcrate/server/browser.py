@@ -15,6 +15,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelcrate.errors import REFUSALS
+
 LOOPBACK_NAMES = frozenset({"localhost"})
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -96,7 +98,7 @@ class BrowserDefences:
 
 async def _misdirected(send: Send) -> None:
     message = "this server does not answer to that Host name (allow it with --allowed-host)"
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message, "code": REFUSALS[421]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {"type": "http.response.start", "status": 421, "headers": headers + SECURITY_HEADERS}

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelcrate.errors import ModelcrateError
+from modelcrate.errors import ModelcrateError, RequestRefused, ServerError
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
-from modelcrate.server.requests import HTTPError, authorize, check_name, read_body, status_of
+from modelcrate.server.requests import authorize, check_name, error_json, read_body, status_of
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
@@ -59,9 +58,8 @@ class InferApp:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             status, extra, payload = await self.handle(target, headers, receive)
-        except (HTTPError, ModelcrateError) as exc:
-            status, extra = status_of(exc), {}
-            payload = json.dumps({"error": str(exc)}).encode()
+        except ModelcrateError as exc:
+            status, extra, payload = exc.http_status, {}, error_json(exc)
         media = "application/octet-stream" if oip.HEADER_LENGTH in extra else "application/json"
         response_headers = [
             (b"content-type", media.encode()),
@@ -77,8 +75,11 @@ class InferApp:
         name, version = check_name(target[0]), target[1]
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ACCEPTED_TYPES:
-            raise HTTPError(415, f"content type {content_type!r} is not accepted; send JSON "
-                                 "or the binary tensor extension")  # fmt: skip
+            raise RequestRefused(
+                f"content type {content_type!r} is not accepted; send JSON or the binary "
+                "tensor extension",
+                status=415,
+            )
         body = await read_body(receive, headers.get("content-length"), self.limits.max_body_bytes)
         request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
         manager, started, status = self.manager, time.perf_counter(), 500
@@ -88,8 +89,8 @@ class InferApp:
                     async with asyncio.timeout(self.request_timeout):
                         outputs = await manager.infer(loaded, request.inputs)
                 except TimeoutError:
-                    raise HTTPError(504, f"inference took longer than {self.request_timeout} s"
-                                    ) from None  # fmt: skip
+                    message = f"inference took longer than {self.request_timeout} s"
+                    raise ServerError(message, status=504) from None
                 encode = functools.partial(
                     oip.encode_response, model_name=name, model_version=loaded.version,
                     outputs=outputs, request=request, labels=loaded.manifest.labels,

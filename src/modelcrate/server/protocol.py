@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from modelcrate.errors import REFUSALS
+
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 MAX_HEAD_BYTES = 64 * 1024
@@ -121,7 +123,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle  # the current request's, or the previous one's while in a head
         if cycle is None or cycle.response_complete or not cycle.response_started:
-            body = json.dumps({"error": message}).encode()
+            body = json.dumps({"error": message, "code": REFUSALS[status]}).encode()
             head = (
                 b"content-type: application/json\r\ncontent-length: "
                 + str(len(body)).encode()

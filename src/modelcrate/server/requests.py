@@ -1,5 +1,5 @@
 """What every route does with a request: check its scope, read its body with a byte count,
-and map an error to an HTTP status.
+and answer an error with its status and ``{"error", "code"}`` body (errors.py's mapping).
 
 Bodies are read through one counted reader: a declared ``Content-Length`` over the
 route's limit is refused with 413 before anything is read, and a chunked body is
@@ -14,45 +14,38 @@ import json
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import Receive
 
 from modelcrate import refs
 from modelcrate.errors import (
     BadReference,
-    CrateFormatError,
+    Forbidden,
     InputError,
-    IntegrityError,
+    ModelcrateError,
+    NotAuthorized,
     NotFound,
-    TrustError,
-    UsageError,
-    VersionConflict,
+    RequestRefused,
+    error_body,
 )
 from modelcrate.server.auth import Tokens
 
 SMALL_BODY = 64 * 1024  # alias moves, load requests
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> None:
-    """Raise HTTPError 401/403 unless the bearer token grants ``scope``."""
+    """Raise NotAuthorized (401) or Forbidden (403) unless the bearer token grants ``scope``."""
     if scope is None:
         return
     if not tokens.enabled:
         if scope in ("admin", "write"):
-            raise HTTPError(
-                403, f"{scope} endpoints need a token: start the server with --token-file"
-            )
+            raise Forbidden(f"{scope} endpoints need a token: start the server with --token-file")
         return
     scopes = tokens.scopes_for(authorization)
     if scopes is None:
-        raise HTTPError(401, "missing or unknown bearer token")
+        raise NotAuthorized("missing or unknown bearer token")
     if scope not in scopes and not (scope == "write" and "admin" in scopes):
-        raise HTTPError(403, f"this token lacks the {scope!r} scope")
+        raise Forbidden(f"this token lacks the {scope!r} scope")
 
 
 def check_name(name: str) -> str:
@@ -64,39 +57,37 @@ def check_name(name: str) -> str:
 
 
 def status_of(exc: Exception) -> int:
-    """The HTTP status for an error raised while answering a request."""
-    if isinstance(exc, HTTPError):
-        return exc.status
-    if isinstance(exc, (InputError, UsageError)):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, VersionConflict):
-        return 409
-    if isinstance(exc, (IntegrityError, CrateFormatError)):
-        return 400
-    if isinstance(exc, TrustError):
-        return 403
-    return 500
+    """The HTTP status for an error raised while answering a request (errors.py's mapping)."""
+    return exc.http_status if isinstance(exc, ModelcrateError) else 500
+
+
+def error_json(exc: ModelcrateError) -> bytes:
+    return json.dumps(error_body(exc)).encode()
+
+
+def error_response(exc: ModelcrateError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.http_status)
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The request body, refused with 413 before reading when it is declared too large."""
     if declared is not None:
         if not declared.isdigit():
-            raise HTTPError(400, "Content-Length is not a number")
+            raise RequestRefused("Content-Length is not a number")
         if int(declared) > limit:
-            raise HTTPError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+            raise RequestRefused(
+                f"request body of {declared} bytes exceeds the {limit}-byte limit", status=413
+            )
     chunks: list[bytes] = []
     size, more = 0, True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise HTTPError(400, "client disconnected")
+            raise RequestRefused("client disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"request body exceeds the {limit}-byte limit")
+            raise RequestRefused(f"request body exceeds the {limit}-byte limit", status=413)
         chunks.append(chunk)
         more = message.get("more_body", False)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -106,7 +97,7 @@ async def read_json(request: Request, limit: int, shape: str) -> Any:
     """A JSON request body of at most ``limit`` bytes; ``shape`` describes it in errors."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise HTTPError(415, f"send {shape} with Content-Type: application/json")
+        raise RequestRefused(f"send {shape} with Content-Type: application/json", status=415)
     body = await read_body(request.receive, request.headers.get("content-length"), limit)
     try:
         return json.loads(body)

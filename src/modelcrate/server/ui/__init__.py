@@ -38,9 +38,9 @@ from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
 from modelcrate.server.requests import (
     SMALL_BODY,
-    HTTPError,
     authorize,
     check_name,
+    error_response,
     read_json,
     status_of,
 )
@@ -76,10 +76,10 @@ def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
             try:
                 authorize(tokens, header, scope)
                 return await handler(request)
-            except (HTTPError, ModelcrateError) as exc:
+            except ModelcrateError as exc:
                 status = status_of(exc)
                 if request.url.path.startswith(f"{BASE}/api/"):
-                    return JSONResponse({"error": str(exc)}, status_code=status)
+                    return error_response(exc)
                 return page("error.html", request, status=status, status_text=status,
                             message=str(exc))  # fmt: skip
 
@@ -160,9 +160,9 @@ def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
             elif action == "rollback":
                 event = await run_in_threadpool(acting.rollback, name, alias)
             else:
-                raise HTTPError(404, f"no alias action {action!r}")
-        except (HTTPError, ModelcrateError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
+                raise NotFound(f"no alias action {action!r}")
+        except ModelcrateError as exc:
+            return error_response(exc)
         return JSONResponse(vars(event))
 
     async def home(_: Request) -> Response:
