@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from modelcrate.errors import (
     CrateFormatError,
@@ -39,8 +39,12 @@ from modelcrate.manifest import (
     parse_manifest,
 )
 
-if TYPE_CHECKING:
-    from modelcrate.trust.crypto import Decryptor
+
+class Decryptor(Protocol):
+    """Turns a file's sealed bytes into plaintext (``trust.crypto.unlock`` makes one)."""
+
+    def decrypt(self, path: str, sealed: bytes) -> bytes: ...
+
 
 CHUNK = 1024 * 1024
 MAX_MEMBERS = 10_000
@@ -254,24 +258,13 @@ class Crate:
     def encrypted(self) -> bool:
         return self.manifest.encryption is not None
 
-    def unlock(
-        self,
-        identity: str | os.PathLike[str] | None = None,
-        *,
-        passphrase: str | None = None,
-    ) -> Crate:
-        """This crate with its data key unwrapped (by a private key file or a passphrase), so
-        ``read_bytes`` returns plaintext, in memory. A clear crate is returned as it is."""
-        if not self.encrypted:
-            return self
-        from modelcrate.trust.crypto import Decryptor
-
-        decryptor = Decryptor.unlock(self.manifest, identity=identity, passphrase=passphrase)
+    def with_decryptor(self, decryptor: Decryptor) -> Crate:
+        """This crate reading its sealed files through ``decryptor`` (see ``trust.crypto``)."""
         return Crate(self.manifest, self.source, decryptor)
 
     def read_bytes(self, path: str) -> bytes:
         """One file's bytes after checking size and sha256, decrypted when the crate is
-        encrypted (which needs ``unlock``); never a pickle."""
+        encrypted (which needs ``trust.crypto.unlock``); never a pickle."""
         entry = self.manifest.file(path)
         with self.source.open(path) as stream:
             data = stream.read(entry.size + 1)

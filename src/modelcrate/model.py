@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,16 +12,13 @@ from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate, is_remote, split_remote
-from modelcrate.runtimes import Runtime
+from modelcrate.runtimes import RuntimeName, make_runtime
+from modelcrate.trust.crypto import unlock
 
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
     from modelcrate.registry.remote import RemoteRegistry
-    from modelcrate.trust.signing import TrustArg
-
-PASSPHRASE_ENV = "MODELCRATE_PASSPHRASE"
-
-RuntimeName = Literal["auto", "onnxruntime", "torch", "litert"]
+    from modelcrate.trust.signing import Policy, TrustArg
 
 
 class Model:
@@ -35,13 +32,19 @@ class Model:
         threads: int = 0,
         registry: Registry | RemoteRegistry | str | None = None,
         prepack: bool = True,
+        trust: Policy | None = None,
+        identity: str | None = None,
     ) -> None:
         """``threads``: intra-op threads for ONNX Runtime (0 = one per core). ``registry``:
         where a pipeline or ensemble finds its members (default: the default registry).
         ``prepack=False``: ONNX Runtime keeps no prepacked weight copies (about half the
         memory for big models, faster loads, slower large batches)."""
         self.crate = crate
-        self.runtime = _make_runtime(crate, runtime, threads, registry, prepack)
+        source = None
+        if crate.manifest.composition is not None:
+            source = _open_source(registry)
+        self.runtime = make_runtime(crate, runtime, threads=threads, prepack=prepack,
+                                    source=source, trust=trust, identity=identity)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.ref}, runtime={self.runtime.name})"
@@ -73,7 +76,7 @@ class Model:
 
         Parameters keep their original names. ``trainable=False`` freezes everything;
         ``freeze`` freezes by name prefix, or ``"backbone"`` (all but the head)."""
-        from modelcrate.runtimes.torch import load_module
+        from modelcrate.runtimes.torch import freeze_parameters, load_module
 
         artifact = self.manifest.artifact("torch-export")
         if artifact is None:
@@ -85,8 +88,6 @@ class Model:
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
         if trainable and freeze is not None:
-            from modelcrate.reuse.finetune import freeze_parameters
-
             freeze_parameters(module, freeze)
         return module
 
@@ -137,9 +138,9 @@ def load(
         reg = registry if isinstance(registry, Registry) else Registry.open(registry)
         crate = reg.get(str(ref), trust=policy)  # every file is verified as it is read
         registry = reg
-    if crate.encrypted:
-        crate = crate.unlock(identity, passphrase=passphrase or os.environ.get(PASSPHRASE_ENV))
-    return Model(crate, runtime, registry=registry)
+    crate = unlock(crate, identity, passphrase=passphrase)
+    ident = None if identity is None else os.fspath(identity)
+    return Model(crate, runtime, registry=registry, trust=policy, identity=ident)
 
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -166,35 +167,13 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
         raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
 
 
-def _make_runtime(
-    crate: Crate,
-    runtime: RuntimeName,
-    threads: int,
-    registry: Registry | RemoteRegistry | str | None,
-    prepack: bool = True,
-) -> Runtime:
-    manifest = crate.manifest
-    if manifest.composition is not None:
-        from modelcrate.reuse.compose import CompositionRuntime
+def _open_source(registry: Registry | RemoteRegistry | str | None) -> Registry | RemoteRegistry:
+    from modelcrate.registry.api import Registry
+    from modelcrate.registry.remote import RemoteRegistry
 
-        return CompositionRuntime(manifest, registry, threads=threads)
-    onnx = manifest.artifact("onnx") or manifest.artifact("ort")
-    if runtime in ("auto", "onnxruntime") and onnx is not None:
-        from modelcrate.runtimes.onnxruntime import OnnxRuntime
-
-        return OnnxRuntime(crate, onnx, threads=threads, prepack=prepack)
-    tflite = manifest.artifact("tflite")
-    if runtime in ("auto", "litert") and tflite is not None:
-        from modelcrate.runtimes.tflite import LiteRTRuntime
-
-        return LiteRTRuntime(crate, tflite)
-    exported = manifest.artifact("torch-export")
-    if runtime in ("auto", "torch") and exported is not None:
-        from modelcrate.runtimes.torch import TorchRuntime
-
-        return TorchRuntime(crate, exported)
-    kinds = ", ".join(a.kind for a in manifest.artifacts)
-    raise UsageError(f"{manifest.ref}: no artifact runs on runtime {runtime!r} (has: {kinds})")
+    if isinstance(registry, (Registry, RemoteRegistry)):
+        return registry
+    return Registry.open(registry)
 
 
 def prepare_inputs(specs: Sequence[TensorSpec], inputs: Any) -> dict[str, np.ndarray]:

@@ -116,8 +116,8 @@ def serve_command(
     )  # fmt: skip
     served = ", ".join(refs or []) or "the registry API"
     if ray:
-        from modelcrate.deploy.ray import Scaling, serve_with_ray
         from modelcrate.server.auth import Tokens
+        from modelcrate.server.ray import Scaling, serve_with_ray
         from modelcrate.server.runner import check_exposure
 
         scaling = Scaling.parse(replicas, autoscale)

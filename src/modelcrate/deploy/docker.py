@@ -73,7 +73,7 @@ except OSError:
 DOCKERIGNORE = "*\n!model.crate\n!entrypoint.sh\n!healthcheck.py\n"
 
 
-def write_context(crate: Crate, target: Path) -> list[Path]:
+def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:
     from modelcrate import __version__
 
     manifest = crate.manifest
@@ -94,3 +94,9 @@ def write_context(crate: Crate, target: Path) -> list[Path]:
         written.append(target / name)
     written.append(crate.save(target / "model.crate"))
     return written
+
+
+def image_name(name: str, version: str) -> str:
+    """The default image tag for a crate (tags allow [A-Za-z0-9_.-], 128 chars)."""
+    tag = "".join(c if c.isalnum() or c in "_.-" else "-" for c in version)[:128]
+    return f"modelcrate-{name}:{tag}"

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from modelcrate.crate import Crate
-from modelcrate.deploy.docker import PORT
+from modelcrate.deploy.docker import PORT, image_name
 
 API_VERSION = "serving.kserve.io/v1beta1"
 
@@ -72,8 +72,7 @@ def inference_service(crate: Crate, image: str) -> dict[str, Any]:
     }
 
 
-def write_manifest(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:
-    from modelcrate.deploy import image_name
+def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:
 
     target.mkdir(parents=True, exist_ok=True)
     document = inference_service(crate, image or image_name(crate.name, crate.version))

@@ -13,7 +13,7 @@ from modelcrate.crate import Crate
 from modelcrate.pack.keras import write_saved_model
 
 
-def write_model_dir(crate: Crate, target: Path) -> list[Path]:
+def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:
     model_dir = target / crate.name
     model_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]

@@ -52,7 +52,7 @@ def _dims(spec: TensorSpec, batched: bool) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]" if dims else "[ 1 ]"
 
 
-def write_repository(crate: Crate, target: Path) -> list[Path]:
+def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:
     manifest = crate.manifest
     artifact = manifest.artifact("onnx")
     if artifact is None:

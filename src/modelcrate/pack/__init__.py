@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -21,29 +20,16 @@ from modelcrate.crate import Crate, DirectorySource, check_path, file_entry, tem
 from modelcrate.errors import PackError, UsageError
 from modelcrate.manifest import (
     MANIFEST_NAME,
-    Artifact,
-    Framework,
     Lineage,
     Manifest,
     Report,
     Serving,
-    Signature,
 )
+from modelcrate.pack.build import Build
 from modelcrate.refs import check_name, check_version
 
 MODEL_CARD = "README.md"
 SAMPLES_FILE = "samples.safetensors"
-
-
-@dataclass
-class Build:
-    """What a builder produced in the work directory."""
-
-    artifacts: list[Artifact]
-    signature: Signature
-    framework: Framework | None = None
-    dependencies: dict[str, str] = field(default_factory=dict)
-    samples: dict[str, np.ndarray] | None = None  # example inputs by input name
 
 
 def pack(

@@ -30,7 +30,7 @@ import numpy as np
 
 from modelcrate.errors import PackError, RuntimeUnavailable, UnsafeContentError, first_line
 from modelcrate.manifest import Artifact, Framework, Parity, Signature, TensorSpec
-from modelcrate.pack import Build
+from modelcrate.pack.build import Build
 from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -8,7 +8,7 @@ from typing import Any, cast, get_args
 
 from modelcrate.errors import PackError, UnsafeContentError
 from modelcrate.manifest import Artifact, DType, Framework, Precision, Signature, TensorSpec
-from modelcrate.pack import Build
+from modelcrate.pack.build import Build
 from modelcrate.runtimes.onnxruntime import external_data_files
 
 ONNX_FILE = "model.onnx"

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelcrate.errors import PackError
 from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
-from modelcrate.pack import Build
+from modelcrate.pack.build import Build
 
 ORT_FILE = "model.ort"
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

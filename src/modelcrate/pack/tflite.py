@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from modelcrate.errors import PackError, RuntimeUnavailable, first_line
 from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
-from modelcrate.pack import Build
+from modelcrate.pack.build import Build
+from modelcrate.runtimes.tflite import interpreter
 
 TFLITE_FILE = "model.tflite"
 
@@ -20,21 +20,6 @@ TFLITE_FILE = "model.tflite"
 def is_tflite(head: bytes) -> bool:
     """TFLite flatbuffers carry the file identifier ``TFL3`` at bytes 4..8."""
     return len(head) >= 8 and head[4:8] == b"TFL3"
-
-
-def interpreter(content: bytes) -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise RuntimeUnavailable(
-            "TFLite models need LiteRT: pip install 'modelcrate[tensorflow]'"
-        ) from None
-    try:
-        runner = Interpreter(model_content=content)
-        runner.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise PackError(f"LiteRT cannot load the model: {first_line(exc)}") from None
-    return runner
 
 
 def tensor_spec(detail: dict[str, Any], fallback: str) -> TensorSpec:

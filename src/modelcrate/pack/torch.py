@@ -23,7 +23,7 @@ import numpy as np
 
 from modelcrate.errors import PackError, UsageError, first_line
 from modelcrate.manifest import Artifact, Framework, Parity, Precision, Signature, TensorSpec
-from modelcrate.pack import Build
+from modelcrate.pack.build import Build
 from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
 from modelcrate.runtimes.torch import check_pt2, import_torch
 

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from sqlalchemy import Engine, delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -294,6 +294,21 @@ class Registry(TrustMixin):
         with read_session(self.engine) as session:
             row = self._resolve_row(session, parsed)
             return self._info(session, row)
+
+    def by_digest(self, digest: str) -> VersionInfo:
+        """The version with this digest, whatever its name (digests are unique here)."""
+        with read_session(self.engine) as session:
+            row = session.scalars(select(VersionRow).where(VersionRow.digest == digest)).first()
+            if row is None:
+                raise NotFound(f"no version with digest {digest[:19]}…")
+            return self._info(session, row)
+
+    def receive(self, stream: IO[bytes], sha256: str, size: int) -> None:
+        """Store one uploaded file (checked against ``sha256``) ahead of the publish that
+        lists it; it is kept for gc's grace period until then."""
+        recipe = self.files.stage(stream, sha256, size)
+        with write_session(self.engine) as session, session.begin():
+            self.files.record(session, sha256, recipe)
 
     def _resolve_row(self, session: Session, ref: Ref) -> VersionRow:
         query = select(VersionRow).where(VersionRow.name == ref.name)

@@ -12,12 +12,9 @@ server alike.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-
-import numpy as np
 
 from modelcrate.crate import Crate, DirectorySource, temporary_directory
 from modelcrate.errors import UsageError
@@ -30,12 +27,10 @@ from modelcrate.manifest import (
     Signature,
     TensorSpec,
 )
-from modelcrate.refs import Ref, check_name, check_version, parse_ref
+from modelcrate.refs import check_name, check_version
 
 if TYPE_CHECKING:
-    from modelcrate.model import Model
     from modelcrate.registry.api import Registry
-    from modelcrate.registry.remote import RemoteRegistry
 
 Combine = Literal["mean", "vote"]
 
@@ -144,57 +139,3 @@ def _build(
     source = DirectorySource(Path())
     source.root = temporary_directory(source, "modelcrate-compose-")
     return Crate(manifest, source)
-
-
-class CompositionRuntime:
-    """Runs a composition's members in-process (each with its own runtime)."""
-
-    name = "composition"
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        registry: Registry | RemoteRegistry | str | os.PathLike[str] | None,
-        *,
-        threads: int = 0,
-    ) -> None:
-        from modelcrate.model import PASSPHRASE_ENV, Model
-        from modelcrate.registry.api import Registry
-        from modelcrate.registry.remote import RemoteRegistry
-
-        assert manifest.composition is not None
-        self.composition = manifest.composition
-        self.output_names = [s.name for s in manifest.signature.outputs]
-        reg = (
-            registry
-            if isinstance(registry, (Registry, RemoteRegistry))
-            else Registry.open(registry)
-        )
-        self.members: list[Model] = []
-        for member in self.composition.members:
-            crate = reg.get(Ref(parse_ref(member.ref).name, digest=member.digest))
-            if crate.encrypted:
-                crate = crate.unlock(passphrase=os.environ.get(PASSPHRASE_ENV))
-            self.members.append(Model(crate, threads=threads, registry=reg))
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.composition.kind == "pipeline":
-            values = list(inputs.values())
-            for model in self.members:
-                names = [s.name for s in model.manifest.signature.inputs]
-                values = list(model.runtime.run(dict(zip(names, values, strict=True))).values())
-            return dict(zip(self.output_names, values, strict=True))
-        outputs = []
-        for model in self.members:
-            names = [s.name for s in model.manifest.signature.inputs]
-            fed = dict(zip(names, inputs.values(), strict=True))
-            outputs.append(list(model.runtime.run(fed).values()))
-        combined = []
-        for position in range(len(self.output_names)):
-            stack = np.stack([out[position] for out in outputs])
-            if self.composition.combine == "vote":
-                votes = np.argmax(stack, axis=-1)  # [members, batch]
-                classes = stack.shape[-1]
-                stack = (votes[..., None] == np.arange(classes)).astype(np.float32)
-            combined.append(stack.mean(axis=0).astype(stack.dtype, copy=False))
-        return dict(zip(self.output_names, combined, strict=True))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,44 +21,11 @@ import numpy as np
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
 from modelcrate.reuse.training import Settings, accuracy, fingerprint, fit, split
+from modelcrate.runtimes.torch import FreezeSpec, freeze_parameters, head_prefix
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
     from modelcrate.registry.api import Registry
-
-FreezeSpec = str | Sequence[str] | None
-
-
-def head_prefix(module: Any) -> str:
-    """The name of the module owning the last parameters (the classifier head, usually)."""
-    names = [name for name, _ in module.named_parameters()]
-    if not names:
-        raise UsageError("the model has no parameters to fine-tune")
-    return names[-1].rsplit(".", 1)[0] if "." in names[-1] else ""
-
-
-def freeze_parameters(module: Any, spec: FreezeSpec) -> list[str]:
-    """Freeze parameters by name prefix (or ``"backbone"``: all but the head); returns the
-    frozen names. ``None`` or ``"none"`` leaves everything trainable."""
-    if spec is None or spec == "none":
-        return []
-    if spec == "backbone":
-        head = head_prefix(module)
-        keep = (head + ".") if head else ""
-        chosen = [n for n, _ in module.named_parameters() if not n.startswith(keep)]
-    else:
-        prefixes = [spec] if isinstance(spec, str) else list(spec)
-        chosen = [
-            n
-            for n, _ in module.named_parameters()
-            if any(n == p or n.startswith(p.rstrip(".") + ".") for p in prefixes)
-        ]
-        if not chosen:
-            names = sorted({n.rsplit(".", 1)[0] for n, _ in module.named_parameters()})
-            raise UsageError(f"freeze {spec!r} matches no parameter; modules: {', '.join(names)}")
-    for name, parameter in module.named_parameters():
-        parameter.requires_grad_(name not in chosen)
-    return chosen
 
 
 def replace_head(module: Any, outputs: int, seed: int) -> bool:

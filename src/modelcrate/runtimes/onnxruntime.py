@@ -23,6 +23,7 @@ class OnnxRuntime:
     external data can only come from files the manifest lists for the artifact."""
 
     name = "onnxruntime"
+    thread_safe = True
 
     def __init__(
         self, crate: Crate, artifact: Artifact, *, threads: int = 0, prepack: bool = True

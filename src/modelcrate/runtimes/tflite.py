@@ -2,38 +2,46 @@
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelcrate.errors import InputError, first_line
+from modelcrate.errors import InputError, PackError, RuntimeUnavailable, first_line
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
     from modelcrate.manifest import Artifact
 
 
+def interpreter(content: bytes) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise RuntimeUnavailable(
+            "TFLite models need LiteRT: pip install 'modelcrate[tensorflow]'"
+        ) from None
+    try:
+        runner = Interpreter(model_content=content)
+        runner.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise PackError(f"LiteRT cannot load the model: {first_line(exc)}") from None
+    return runner
+
+
 class LiteRTRuntime:
-    """One LiteRT interpreter; calls are serialized (an interpreter is resized, filled and
-    read per call, and the server runs batches on several threads)."""
+    """One LiteRT interpreter. It is resized, filled and read per call, so it is not
+    thread-safe: ``make_runtime`` serializes it (the server runs batches on several threads)."""
 
     name = "litert"
+    thread_safe = False
 
     def __init__(self, crate: Crate, artifact: Artifact) -> None:
-        from modelcrate.pack.tflite import interpreter
-
         self.runner = interpreter(crate.read_bytes(artifact.path))
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
         self.output_names = [o.name for o in crate.manifest.signature.outputs]
-        self.lock = threading.Lock()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self.lock:
-            return self._run(inputs)
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             for detail, array in zip(self.inputs, inputs.values(), strict=True):
                 if list(detail["shape"]) != list(array.shape):

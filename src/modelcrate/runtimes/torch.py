@@ -12,12 +12,13 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelcrate.errors import RuntimeUnavailable, UnsafeContentError
+from modelcrate.errors import RuntimeUnavailable, UnsafeContentError, UsageError
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
@@ -93,6 +94,7 @@ class TorchRuntime:
     """Runs the .pt2 artifact with PyTorch (for parity checks and torch-only ops)."""
 
     name = "torch"
+    thread_safe = True
 
     def __init__(self, crate: Crate, artifact: Artifact) -> None:
         self.torch = import_torch()
@@ -105,3 +107,38 @@ class TorchRuntime:
             result = self.module(*tensors)
         flat = list(result) if isinstance(result, (tuple, list)) else [result]
         return {n: t.detach().numpy() for n, t in zip(self.output_names, flat, strict=True)}
+
+
+FreezeSpec = str | Sequence[str] | None
+
+
+def head_prefix(module: Any) -> str:
+    """The name of the module owning the last parameters (the classifier head, usually)."""
+    names = [name for name, _ in module.named_parameters()]
+    if not names:
+        raise UsageError("the model has no parameters to fine-tune")
+    return names[-1].rsplit(".", 1)[0] if "." in names[-1] else ""
+
+
+def freeze_parameters(module: Any, spec: FreezeSpec) -> list[str]:
+    """Freeze parameters by name prefix (or ``"backbone"``: all but the head); returns the
+    frozen names. ``None`` or ``"none"`` leaves everything trainable."""
+    if spec is None or spec == "none":
+        return []
+    if spec == "backbone":
+        head = head_prefix(module)
+        keep = (head + ".") if head else ""
+        chosen = [n for n, _ in module.named_parameters() if not n.startswith(keep)]
+    else:
+        prefixes = [spec] if isinstance(spec, str) else list(spec)
+        chosen = [
+            n
+            for n, _ in module.named_parameters()
+            if any(n == p or n.startswith(p.rstrip(".") + ".") for p in prefixes)
+        ]
+        if not chosen:
+            names = sorted({n.rsplit(".", 1)[0] for n, _ in module.named_parameters()})
+            raise UsageError(f"freeze {spec!r} matches no parameter; modules: {', '.join(names)}")
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(name not in chosen)
+    return chosen

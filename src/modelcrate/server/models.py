@@ -16,7 +16,6 @@ import asyncio
 import gc
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,13 @@ import numpy as np
 
 from modelcrate.errors import ModelcrateError, NotFound, RegistryError
 from modelcrate.manifest import Manifest, Serving, TensorSpec
-from modelcrate.model import PASSPHRASE_ENV, Model, prepare_inputs
+from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry.api import Registry
 from modelcrate.registry.remote import RemoteRegistry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
+from modelcrate.trust.crypto import unlock
 from modelcrate.trust.signing import Policy
 
 log = logging.getLogger("modelcrate.server")
@@ -201,14 +201,12 @@ class ModelManager:
     def _load(self, name: str, digest: str) -> LoadedVersion:
         """Load, warm up and check one version (runs in the loader thread)."""
         # Exactly what refresh resolved; signatures checked first when policy asks for them.
-        crate = self.registry.get(Ref(name, digest=digest), trust=self.trust)
-        if crate.encrypted:
-            crate = crate.unlock(self.identity, passphrase=os.environ.get(PASSPHRASE_ENV))
+        crate = unlock(self.registry.get(Ref(name, digest=digest), trust=self.trust), self.identity)
         manifest = crate.manifest
         _check_memory(manifest, self.registry)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
-        model = Model(crate, threads=1, registry=self.registry,
-                      prepack=self.batch.prepack_for(manifest))  # fmt: skip
+        model = Model(crate, threads=1, registry=self.registry, trust=self.trust,
+                      identity=self.identity, prepack=self.batch.prepack_for(manifest))  # fmt: skip
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():

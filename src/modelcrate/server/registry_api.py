@@ -34,7 +34,6 @@ from modelcrate.errors import InputError, NotFound
 from modelcrate.manifest import parse_manifest
 from modelcrate.registry.api import Registry
 from modelcrate.registry.blobs import CHUNK, check_digest
-from modelcrate.registry.db import write_session
 from modelcrate.server.auth import Tokens
 from modelcrate.server.requests import SMALL_BODY, read_json
 
@@ -66,15 +65,13 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         return JSONResponse(vars(info))
 
     async def manifest(request: Request) -> Response:
-        digest = request.path_params["digest"]
-        ref = await run_in_threadpool(_digest_ref, registry, digest)
-        info = await run_in_threadpool(registry.resolve, ref)
+        info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
         data = await run_in_threadpool(registry.manifest, f"{info.name}@{info.digest}")
         return Response(data.file_bytes(), media_type="application/json")
 
     async def signatures(request: Request) -> Response:
-        ref = await run_in_threadpool(_digest_ref, registry, request.path_params["digest"])
-        bundles = await run_in_threadpool(registry.signatures, ref)
+        info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
+        bundles = await run_in_threadpool(registry.signatures, f"{info.name}@{info.digest}")
         return JSONResponse({"bundles": [b.decode() for b in bundles]})
 
     async def file_head(request: Request) -> Response:
@@ -114,13 +111,7 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
                     raise InputError("the upload is longer than its Content-Length")
                 staged.write(block)
             staged.seek(0)
-            recipe = await run_in_threadpool(registry.files.stage, staged, sha, size)
-
-        def keep() -> None:  # the recipe is kept (gc's grace period) until a publish uses it
-            with write_session(registry.engine) as session, session.begin():
-                registry.files.record(session, sha, recipe)
-
-        await run_in_threadpool(keep)
+            await run_in_threadpool(registry.receive, staged, sha, size)
         return JSONResponse({"sha256": sha, "stored": True}, status_code=201)
 
     async def publish(request: Request) -> Response:
@@ -162,16 +153,3 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         Route(f"{base}/versions", guard("write", publish), methods=["POST"]),
         Route(f"{base}/models/{{name}}/aliases/{{alias}}", guard("write", alias), methods=["PUT"]),
     ]
-
-
-def _digest_ref(registry: Registry, digest: str) -> str:
-    """``name@sha256:…`` for a bare digest (digests are unique across the registry)."""
-    from sqlalchemy import select
-
-    from modelcrate.registry.db import VersionRow, read_session
-
-    with read_session(registry.engine) as session:
-        name = session.scalar(select(VersionRow.name).where(VersionRow.digest == digest))
-    if name is None:
-        raise NotFound(f"no version with digest {digest[:19]}…")
-    return f"{name}@{digest}"

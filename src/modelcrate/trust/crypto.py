@@ -113,6 +113,25 @@ def encrypt(
     return Crate(manifest, target)
 
 
+PASSPHRASE_ENV = "MODELCRATE_PASSPHRASE"
+
+
+def unlock(
+    crate: Crate,
+    identity: str | os.PathLike[str] | None = None,
+    *,
+    passphrase: str | None = None,
+) -> Crate:
+    """``crate`` with its data key unwrapped (by a private key file, else ``passphrase``, else
+    ``$MODELCRATE_PASSPHRASE``), so ``read_bytes`` returns plaintext, in memory. A clear crate
+    is returned as it is."""
+    if not crate.encrypted:
+        return crate
+    secret = passphrase or os.environ.get(PASSPHRASE_ENV)
+    decryptor = Decryptor.unlock(crate.manifest, identity=identity, passphrase=secret)
+    return crate.with_decryptor(decryptor)
+
+
 class Decryptor:
     """Opens the encrypted files of one crate with its unwrapped data key."""
 
