@@ -37,8 +37,9 @@ class MiniLMSized(nn.Module):
     """A MiniLM-sized text classifier (6 layers, 384 wide, 12 heads, 30,522-token vocabulary),
     random weights: token ids [batch, seq] -> logits [batch, classes]."""
 
-    def __init__(self, vocab: int = 30522, width: int = 384, layers: int = 6, classes: int = 4
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self, vocab: int = 30522, width: int = 384, layers: int = 6, classes: int = 4
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.position = nn.Embedding(512, width)

@@ -46,8 +46,13 @@ def alternate_latency(a: mc.Model, b: mc.Model, batch: dict[str, np.ndarray]) ->
     return statistics.median(ratios)
 
 
-def bench(label: str, model: nn.Module, example: torch.Tensor, data: dict[str, np.ndarray],
-          registry: mc.Registry) -> str:  # fmt: skip
+def bench(
+    label: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    data: dict[str, np.ndarray],
+    registry: mc.Registry,
+) -> str:
     name = label.split()[0].lower()
     crate = mc.pack(model, example_inputs=(example,), name=name, version="1.0.0")
     registry.publish(crate)
@@ -59,11 +64,16 @@ def bench(label: str, model: nn.Module, example: torch.Tensor, data: dict[str, n
     batch = {input_name: np.concatenate([rows] * (BATCH // len(rows) + 1))[:BATCH]}
     latency = alternate_latency(fp32, int8, batch)
     report = result.report
-    accuracy = ("" if report.accuracy is None else
-                f" (accuracy {report.parent_accuracy:.4f} → {report.accuracy:.4f})")  # fmt: skip
+    accuracy = (
+        ""
+        if report.accuracy is None
+        else f" (accuracy {report.parent_accuracy:.4f} → {report.accuracy:.4f})"
+    )
     size_mb = sum(f.size for f in fp32.manifest.files if f.path == "model.onnx") / 2**20
-    return (f"| {label} | {size_mb:.1f} MB | {report.size_ratio:.2f} | {latency:.2f} | "
-            f"{report.top1_agreement:.4f}{accuracy} | {report.samples} |")  # fmt: skip
+    return (
+        f"| {label} | {size_mb:.1f} MB | {report.size_ratio:.2f} | {latency:.2f} | "
+        f"{report.top1_agreement:.4f}{accuracy} | {report.samples} |"
+    )
 
 
 def main() -> list[str]:
@@ -74,14 +84,28 @@ def main() -> list[str]:
         digits_model, _, x_test, y_test = train()
         rng = np.random.default_rng(0)
         rows = [
-            bench("digits CNN", digits_model, torch.from_numpy(x_test[:32]),
-                  {"x": x_test, "y": y_test}, registry),
-            bench("MLP (~26 MB)", mlp_25mb().eval(), torch.randn(32, 1024),
-                  {"x": rng.standard_normal((512, 1024)).astype(np.float32)}, registry),
-            bench("MiniLM-sized transformer (seq 128)", MiniLMSized().eval(),
-                  torch.randint(0, 30522, (2, 128)),
-                  {"ids": rng.integers(0, 30522, (64, 128))}, registry),
-        ]  # fmt: skip
+            bench(
+                "digits CNN",
+                digits_model,
+                torch.from_numpy(x_test[:32]),
+                {"x": x_test, "y": y_test},
+                registry,
+            ),
+            bench(
+                "MLP (~26 MB)",
+                mlp_25mb().eval(),
+                torch.randn(32, 1024),
+                {"x": rng.standard_normal((512, 1024)).astype(np.float32)},
+                registry,
+            ),
+            bench(
+                "MiniLM-sized transformer (seq 128)",
+                MiniLMSized().eval(),
+                torch.randint(0, 30522, (2, 128)),
+                {"ids": rng.integers(0, 30522, (64, 128))},
+                registry,
+            ),
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return [

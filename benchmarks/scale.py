@@ -74,11 +74,12 @@ def make_model(directory: Path, gib: float, seed: int = 0) -> Path:
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "scale",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "scale",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
         [weight],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (directory / "model.onnx").write_bytes(model.SerializeToString())
@@ -90,8 +91,10 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     subprocess.run(["sync"], check=True)
     result = subprocess.run(
         ["/usr/bin/time", "-f", "TIME %e %M", *command],
-        capture_output=True, text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
     line = next(li for li in result.stderr.splitlines()[::-1] if li.startswith("TIME "))
@@ -115,35 +118,48 @@ def measure(gib: float, scratch: Path) -> dict[str, list[tuple[float, float]]]:
     def add(step: str, figure: tuple[float, float]) -> None:
         results.setdefault(step, []).append(figure)
 
-    add("pack", timed(modelcrate("pack", str(source), "--name", "big", "--version", "1.0.0",
-                                 "-o", str(crate))))  # fmt: skip
+    add(
+        "pack",
+        timed(
+            modelcrate("pack", str(source), "--name", "big", "--version", "1.0.0", "-o", str(crate))
+        ),
+    )
     data = source.parent / "model.onnx.data"
     repeat = REPEAT if gib < 4 else 1
     for run in range(repeat):
         copy = scratch / "copy.bin"
-        add("baseline: durable copy + openssl sha256", timed(shell(
-            f"cp {data} {copy} && sync {copy} && openssl sha256 {data} >/dev/null")))  # fmt: skip
+        add(
+            "baseline: durable copy + openssl sha256",
+            timed(shell(f"cp {data} {copy} && sync {copy} && openssl sha256 {data} >/dev/null")),
+        )
         copy.unlink()
         registry = scratch / f"registry-{run}"
         add("publish", timed(modelcrate("publish", str(crate), "--registry", str(registry))))
-        add("baseline: raw ORT session + run", timed([sys.executable, "-c", LOAD_RAW,
-                                                      str(source)]))  # fmt: skip
-        add("load + predict, first (fills the cache)",
-            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]))  # fmt: skip
-        add("load + predict, cached (re-hashed beside session creation)",
-            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]))  # fmt: skip
+        add("baseline: raw ORT session + run", timed([sys.executable, "-c", LOAD_RAW, str(source)]))
+        add(
+            "load + predict, first (fills the cache)",
+            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]),
+        )
+        add(
+            "load + predict, cached (re-hashed beside session creation)",
+            timed([sys.executable, "-c", LOAD_OURS, "big@1.0.0", str(registry)]),
+        )
         if run < repeat - 1:
             shutil.rmtree(registry)
     registry = scratch / f"registry-{repeat - 1}"
     pulled = scratch / "pulled"
-    add("pull", timed(modelcrate("pull", "big@1.0.0", "--to", str(pulled),
-                                 "--registry", str(registry))))  # fmt: skip
+    add(
+        "pull",
+        timed(modelcrate("pull", "big@1.0.0", "--to", str(pulled), "--registry", str(registry))),
+    )
     shutil.rmtree(pulled)
     add("verify", timed(modelcrate("verify", "big@1.0.0", "--registry", str(registry))))
     backup = scratch / "backup.tar"
     add("backup", timed(modelcrate("backup", "--to", str(backup), "--registry", str(registry))))
-    add("restore", timed(modelcrate("restore", str(backup), "--registry",
-                                    str(scratch / "restored"))))  # fmt: skip
+    add(
+        "restore",
+        timed(modelcrate("restore", str(backup), "--registry", str(scratch / "restored"))),
+    )
     backup.unlink()
     if MLFLOW_PYTHON:
         for run in range(repeat):
@@ -186,20 +202,32 @@ def mlflow_round(source: Path, scratch: Path, add: Any) -> None:
     against modelcrate's pack + publish + alias and load by alias, alternated."""
     scratch.mkdir(parents=True)
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_TRACKING_INSECURE_TLS": "1"}
-    add("MLflow: log_model + register + alias", timed([MLFLOW_PYTHON, "-c", MLFLOW_PUBLISH,
-                                                        str(source), str(scratch)], quiet))  # fmt: skip
+    add(
+        "MLflow: log_model + register + alias",
+        timed([MLFLOW_PYTHON, "-c", MLFLOW_PUBLISH, str(source), str(scratch)], quiet),
+    )
     registry = scratch / "registry"
     crate_file = scratch / "big.crate"
     tool = modelcrate()[0]
-    add("ours: pack + publish + alias", timed(shell(
-        f"{tool} pack {source} --name big --version 1.0.0 -o {crate_file} >/dev/null && "
-        f"{tool} publish {crate_file} --registry {registry} >/dev/null && "
-        f"{tool} alias set big prod 1.0.0 --registry {registry} >/dev/null")))  # fmt: skip
+    add(
+        "ours: pack + publish + alias",
+        timed(
+            shell(
+                f"{tool} pack {source} --name big --version 1.0.0 -o {crate_file} >/dev/null && "
+                f"{tool} publish {crate_file} --registry {registry} >/dev/null && "
+                f"{tool} alias set big prod 1.0.0 --registry {registry} >/dev/null"
+            )
+        ),
+    )
     n = int((source.parent / "model.onnx.data").stat().st_size // 4) ** 0.5
-    add("MLflow: load by alias + predict", timed([MLFLOW_PYTHON, "-c", MLFLOW_LOAD,
-                                                   str(scratch), str(round(n))], quiet))  # fmt: skip
-    add("ours: load by alias + predict (first)",
-        timed([sys.executable, "-c", LOAD_OURS, "big@prod", str(registry)]))  # fmt: skip
+    add(
+        "MLflow: load by alias + predict",
+        timed([MLFLOW_PYTHON, "-c", MLFLOW_LOAD, str(scratch), str(round(n))], quiet),
+    )
+    add(
+        "ours: load by alias + predict (first)",
+        timed([sys.executable, "-c", LOAD_OURS, "big@prod", str(registry)]),
+    )
     mlflow_bytes = sum(p.stat().st_size for p in (scratch / "artifacts").rglob("*") if p.is_file())
     ours = sum(p.stat().st_size for p in (registry / "blobs").rglob("*") if p.is_file())
     add("MLflow: stored MiB", (0.0, mlflow_bytes / 2**20))
@@ -223,19 +251,43 @@ def oci_round(registry: Path, scratch: Path, add: Any) -> None:
     """Push and pull the crate with modelcrate and the same files with the oras SDK, each
     against a fresh docker-registry (so neither finds blobs already there)."""
     files = scratch / "files"
-    subprocess.run(modelcrate("pull", "big@1.0.0", "--to", str(files), "--registry",
-                              str(registry)), check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        modelcrate("pull", "big@1.0.0", "--to", str(files), "--registry", str(registry)),
+        check=True,
+        capture_output=True,
+    )
     paths = [str(p) for p in sorted(files.iterdir()) if p.name != "crate.json"]
     with oci_server(scratch / "a") as host:
-        add("baseline: oras push (same files)",
-            timed([sys.executable, "-c", ORAS_PUSH, host, f"{host}/ml/big:1", *paths]))  # fmt: skip
-        add("baseline: oras pull", timed([sys.executable, "-c", ORAS_PULL, host,
-                                          f"{host}/ml/big:1", str(scratch / "oras-out")]))  # fmt: skip
+        add(
+            "baseline: oras push (same files)",
+            timed([sys.executable, "-c", ORAS_PUSH, host, f"{host}/ml/big:1", *paths]),
+        )
+        add(
+            "baseline: oras pull",
+            timed(
+                [
+                    sys.executable,
+                    "-c",
+                    ORAS_PULL,
+                    host,
+                    f"{host}/ml/big:1",
+                    str(scratch / "oras-out"),
+                ]
+            ),
+        )
     with oci_server(scratch / "b") as host:
-        add("push oci://", timed(modelcrate("push", "big@1.0.0", f"oci://{host}/ml/big:1",
-                                            "--registry", str(registry))))  # fmt: skip
-        add("pull oci:// --to DIR", timed(modelcrate("pull", f"oci://{host}/ml/big:1", "--to",
-                                                      str(scratch / "ours-out"))))  # fmt: skip
+        add(
+            "push oci://",
+            timed(
+                modelcrate(
+                    "push", "big@1.0.0", f"oci://{host}/ml/big:1", "--registry", str(registry)
+                )
+            ),
+        )
+        add(
+            "pull oci:// --to DIR",
+            timed(modelcrate("pull", f"oci://{host}/ml/big:1", "--to", str(scratch / "ours-out"))),
+        )
     shutil.rmtree(scratch)
 
 
@@ -249,8 +301,11 @@ def oci_server(root: Path) -> Iterator[str]:
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
         f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
     )
-    process = subprocess.Popen(["docker-registry", "serve", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/", 20)
         yield f"127.0.0.1:{port}"
@@ -287,19 +342,33 @@ def http_round(registry: Path, scratch: Path, add: Any) -> None:
     )
     tool = modelcrate()[0]
     port = free_port()
-    server = subprocess.Popen([tool, "serve", "--port", str(port), "--registry",
-                               str(scratch / "target"), "--token-file",
-                               str(scratch / "tokens.toml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            tool,
+            "serve",
+            "--port",
+            str(port),
+            "--registry",
+            str(scratch / "target"),
+            "--token-file",
+            str(scratch / "tokens.toml"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/v2/health/live", 60)
         token = {"MODELCRATE_TOKEN": "bench-writer-token"}
-        add("push https:// (client)", timed([tool, "push", "big@1.0.0", url, "--registry",
-                                             str(registry)], token))  # fmt: skip
+        add(
+            "push https:// (client)",
+            timed([tool, "push", "big@1.0.0", url, "--registry", str(registry)], token),
+        )
         add("push https:// (receiving server, peak)", (0.0, peak_mib(server.pid)))
-        add("pull https:// (client)", timed([tool, "pull", f"{url}/big@1.0.0", "--to",
-                                             str(scratch / "pulled")], token))  # fmt: skip
+        add(
+            "pull https:// (client)",
+            timed([tool, "pull", f"{url}/big@1.0.0", "--to", str(scratch / "pulled")], token),
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -319,22 +388,31 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
     second = make_model(scratch / "v2", gib, seed=1)
     crate = scratch / "v2.crate"
     tool = modelcrate()[0]
-    subprocess.run([tool, "pack", str(second), "--name", "big", "--version", "2.0.0", "-o",
-                    str(crate)], check=True, capture_output=True)  # fmt: skip
-    subprocess.run([tool, "publish", str(crate), "--registry", str(registry)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [tool, "pack", str(second), "--name", "big", "--version", "2.0.0", "-o", str(crate)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [tool, "publish", str(crate), "--registry", str(registry)], check=True, capture_output=True
+    )
     shutil.rmtree(second.parent)
     crate.unlink()
 
     def alias(version: str) -> None:
-        subprocess.run([tool, "alias", "set", "big", "prod", version, "--registry", str(registry)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [tool, "alias", "set", "big", "prod", version, "--registry", str(registry)],
+            check=True,
+            capture_output=True,
+        )
 
     alias("1.0.0")
     port = free_port()
-    server = subprocess.Popen([tool, "serve", "big@prod", "--port", str(port), "--registry",
-                               str(registry)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [tool, "serve", "big@prod", "--port", str(port), "--registry", str(registry)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         version = wait_for(url, "1.0.0", 300)
@@ -342,8 +420,10 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
         ones = ",".join(["1"] * n)
         body = f'{{"inputs":[{{"name":"x","shape":[1,{n}],"datatype":"FP32","data":[{ones}]}}]}}'
         script = scratch / "post.lua"
-        script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                          f"wrk.body = [[{body}]]\n")  # fmt: skip
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{body}]]\n"
+        )
         peak = [0.0]
         done = threading.Event()
 
@@ -354,9 +434,11 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
         watcher = threading.Thread(target=watch)
         watcher.start()
         seconds = int(20 + 8 * SWAPS * max(gib, 0.5))
-        load = subprocess.Popen(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script),
-                                 f"{url}/v2/models/big/infer"], stdout=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        load = subprocess.Popen(
+            ["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script), f"{url}/v2/models/big/infer"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         swap_times = []
         for number in range(SWAPS):
             target = "2.0.0" if number % 2 == 0 else "1.0.0"
@@ -373,11 +455,13 @@ def swap_round(gib: float, registry: Path, scratch: Path, add: Any) -> None:
         requests = re.search(r"(\d+) requests in", out)
         socket_errors = re.search(r"Socket errors: (.*)", out)
         model_mib = gib * 1024
-        add(f"hot swap x{SWAPS} under load ({requests[1] if requests else '?'} requests, "
+        add(
+            f"hot swap x{SWAPS} under load ({requests[1] if requests else '?'} requests, "
             f"{failed[1] if failed else 0} non-2xx, socket errors: "
             f"{socket_errors[1] if socket_errors else 'none'}; median swap "
             f"{statistics.median(swap_times):.1f} s; serving {version})",
-            (peak[0] / model_mib, after / model_mib))  # fmt: skip
+            (peak[0] / model_mib, after / model_mib),
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -437,22 +521,28 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
         "| --- | --- | --- | --- | --- |",
     ]
     for gib, results in all_results.items():
-        med = {k: (statistics.median(s for s, _ in v), max(r for _, r in v))
-               for k, v in results.items()}  # fmt: skip
+        med = {
+            k: (statistics.median(s for s, _ in v), max(r for _, r in v))
+            for k, v in results.items()
+        }
         store_base = med["baseline: durable copy + openssl sha256"]
         load_base = med["baseline: raw ORT session + run"]
         for step, (seconds, rss) in med.items():
             if step.startswith("hot swap"):
-                lines.append(f"| {gib} GiB | {step} | | peak {seconds:.2f}x the model, "
-                             f"{rss:.2f}x after the drain | peak target <= 2.3x |")  # fmt: skip
+                lines.append(
+                    f"| {gib} GiB | {step} | | peak {seconds:.2f}x the model, "
+                    f"{rss:.2f}x after the drain | peak target <= 2.3x |"
+                )
                 continue
             if step.endswith("stored MiB") or step.endswith("(receiving server, peak)"):
                 lines.append(f"| {gib} GiB | {step.replace(' MiB', '')} | | {rss:.0f} MiB | |")
                 continue
             if step == "files in the store":
-                lines.append(f"| {gib} GiB | files in the store | {int(seconds)} files, "
-                             f"{rss:.0f} MiB | | {rss / max(seconds, 1):.0f} MiB "
-                             "stored per file |")  # fmt: skip
+                lines.append(
+                    f"| {gib} GiB | files in the store | {int(seconds)} files, "
+                    f"{rss:.0f} MiB | | {rss / max(seconds, 1):.0f} MiB "
+                    "stored per file |"
+                )
                 continue
             ratio = ""
             if step == "publish":
@@ -468,8 +558,10 @@ def table(all_results: dict[float, dict[str, list[tuple[float, float]]]]) -> lis
             elif step.startswith("pull oci://"):
                 ratio = f"**{seconds / med['baseline: oras pull'][0]:.2f}x** oras (target <= 1.3x)"
             elif step.startswith("load +"):
-                ratio = (f"**{seconds / load_base[0]:.2f}x** time (target <= 1.5x), "
-                         f"{rss / load_base[1]:.2f}x RSS (target <= 1.2x)")  # fmt: skip
+                ratio = (
+                    f"**{seconds / load_base[0]:.2f}x** time (target <= 1.5x), "
+                    f"{rss / load_base[1]:.2f}x RSS (target <= 1.2x)"
+                )
             lines.append(f"| {gib} GiB | {step} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |")
     return lines
 

@@ -79,11 +79,14 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path) -> 
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                              out)  # fmt: skip
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
         "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1]),  # type: ignore[index]
@@ -114,32 +117,63 @@ def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
     return result
 
 
-def bench_model(label: str, model: nn.Module, shape: tuple[int, ...], kind: str,
-                work: Path) -> list[str]:  # fmt: skip
+def bench_model(
+    label: str, model: nn.Module, shape: tuple[int, ...], kind: str, work: Path
+) -> list[str]:
     registry = mc.Registry.open(work / f"registry-{kind}")
     torch.manual_seed(0)
     crate = mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind, version="1.0.0")
     registry.publish(crate)
-    registry.publish(mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind,
-                             version="1.0.1"))  # fmt: skip
+    registry.publish(
+        mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind, version="1.0.1")
+    )
     registry.set_alias(kind, "prod", "1.0.0")
     weights = work / f"{kind}.safetensors"
     weights.write_bytes(crate.read_bytes("model.safetensors"))
     sample = np.random.default_rng(0).random(shape, dtype=np.float32)
-    body = json.dumps({"inputs": [{"name": crate.manifest.signature.inputs[0].name,
-                                   "shape": list(shape), "datatype": "FP32",
-                                   "data": sample.ravel().tolist()}]}).encode()  # fmt: skip
-    serve = [sys.executable, "-m", "modelcrate", "serve", f"{kind}@prod", "--port", "{port}",
-             "--registry", str(registry.root)]  # fmt: skip
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": crate.manifest.signature.inputs[0].name,
+                    "shape": list(shape),
+                    "datatype": "FP32",
+                    "data": sample.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    serve = [
+        sys.executable,
+        "-m",
+        "modelcrate",
+        "serve",
+        f"{kind}@prod",
+        "--port",
+        "{port}",
+        "--registry",
+        str(registry.root),
+    ]
     contenders: dict[str, tuple[list[str], str, str]] = {
         "ours, batching on": (serve, "/v2/health/ready", "GET"),
         "ours, batching off": ([*serve, "--max-batch-size", "1"], "/v2/health/ready", "GET"),
         "bare Starlette (reads body only)": (
-            [sys.executable, str(HERE / "baselines" / "starlette_echo.py"), "{port}"], "/x", "POST"),
+            [sys.executable, str(HERE / "baselines" / "starlette_echo.py"), "{port}"],
+            "/x",
+            "POST",
+        ),
         "Flask + torch (tutorial server)": (
-            [sys.executable, str(HERE / "baselines" / "flask_torch.py"), "{port}", str(weights),
-             kind], "/x", "POST"),
-    }  # fmt: skip
+            [
+                sys.executable,
+                str(HERE / "baselines" / "flask_torch.py"),
+                "{port}",
+                str(weights),
+                kind,
+            ],
+            "/x",
+            "POST",
+        ),
+    }
     infer = f"/v2/models/{kind}/versions/prod/infer"
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(REPEATS):
@@ -157,8 +191,9 @@ def bench_model(label: str, model: nn.Module, shape: tuple[int, ...], kind: str,
     return render(label, results, swaps, limit)
 
 
-def bench_swaps(serve: list[str], registry: mc.Registry, kind: str, body: bytes, infer: str,
-                work: Path) -> dict[str, float]:  # fmt: skip
+def bench_swaps(
+    serve: list[str], registry: mc.Registry, kind: str, body: bytes, infer: str, work: Path
+) -> dict[str, float]:
     """p99 at concurrency 32 while prod moves 20 times, vs the same run without moves."""
     server = Process([*serve, "--poll-interval", "0.05"], "/v2/health/ready")
     try:
@@ -173,8 +208,11 @@ def bench_swaps(serve: list[str], registry: mc.Registry, kind: str, body: bytes,
             errors += run["errors"] + run["socket_errors"]
     finally:
         server.stop()
-    return {"quiet": statistics.median(quiet), "swapping": statistics.median(swapping),
-            "errors": errors}  # fmt: skip
+    return {
+        "quiet": statistics.median(quiet),
+        "swapping": statistics.median(swapping),
+        "errors": errors,
+    }
 
 
 def _move_alias(registry: mc.Registry, kind: str, moves: int, every: float) -> None:
@@ -183,8 +221,12 @@ def _move_alias(registry: mc.Registry, kind: str, moves: int, every: float) -> N
         registry.set_alias(kind, "prod", "1.0.1" if i % 2 == 0 else "1.0.0")
 
 
-def render(label: str, results: dict[tuple[str, int], list[dict[str, float]]],
-           swaps: dict[str, float], limit: dict[str, float]) -> list[str]:  # fmt: skip
+def render(
+    label: str,
+    results: dict[tuple[str, int], list[dict[str, float]]],
+    swaps: dict[str, float],
+    limit: dict[str, float],
+) -> list[str]:
     def med(name: str, c: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, c)])
 
@@ -196,8 +238,10 @@ def render(label: str, results: dict[tuple[str, int], list[dict[str, float]]],
     ]
     for (name, c), runs in results.items():
         errors = sum(r["errors"] + r["socket_errors"] for r in runs)
-        lines.append(f"| {name} | {c} | {med(name, c, 'rps'):.0f} | {med(name, c, 'p99_ms'):.2f} | "
-                     f"{errors:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {c} | {med(name, c, 'rps'):.0f} | {med(name, c, 'p99_ms'):.2f} | "
+            f"{errors:.0f} |"
+        )
     ours = med("ours, batching on", 32, "rps")
     lines += [
         "",
@@ -211,7 +255,7 @@ def render(label: str, results: dict[tuple[str, int], list[dict[str, float]]],
         f"| p99 during 20 alias swaps ÷ p99 without ({swaps['swapping']:.2f} / {swaps['quiet']:.2f} ms), "
         f"non-2xx {swaps['errors']:.0f} | {swaps['swapping'] / swaps['quiet']:.2f} | ≤ 1.5 |",
         "",
-    ]  # fmt: skip
+    ]
     return lines
 
 
@@ -220,13 +264,23 @@ def main() -> list[str]:
         raise SystemExit("wrk is needed for the serving benchmarks: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="modelcrate-serving-"))
     try:
-        lines = ["## Serving: Open Inference Protocol v2 over HTTP", "",
-                 f"wrk -t1 -d{SECONDS}s, JSON body of one sample, medians of {REPEATS} runs, "
-                 "servers alternated within each run.", ""]  # fmt: skip
-        lines += bench_model("digits CNN (Conv 1→16, Linear 1024→64→10)", DigitsCNN().eval(),
-                             (1, 1, 8, 8), "digits", work)  # fmt: skip
-        lines += bench_model("MLP, ~26 MB (1024→2048→1536→1024→10)", mlp_25mb().eval(),
-                             (1, 1024), "mlp", work)  # fmt: skip
+        lines = [
+            "## Serving: Open Inference Protocol v2 over HTTP",
+            "",
+            f"wrk -t1 -d{SECONDS}s, JSON body of one sample, medians of {REPEATS} runs, "
+            "servers alternated within each run.",
+            "",
+        ]
+        lines += bench_model(
+            "digits CNN (Conv 1→16, Linear 1024→64→10)",
+            DigitsCNN().eval(),
+            (1, 1, 8, 8),
+            "digits",
+            work,
+        )
+        lines += bench_model(
+            "MLP, ~26 MB (1024→2048→1536→1024→10)", mlp_25mb().eval(), (1, 1024), "mlp", work
+        )
         return lines
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -203,10 +203,20 @@ class Server:
         self, registry: Path | str, args: tuple[str, ...], log: object
     ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "modelcrate", "serve", *args, "--port", str(self.port),
-             "--registry", str(registry)],
-            stdout=log, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "modelcrate",
+                "serve",
+                *args,
+                "--port",
+                str(self.port),
+                "--registry",
+                str(registry),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+        )
 
     def _wait(self, wait_ready: bool) -> None:
         import httpx

@@ -52,8 +52,12 @@ def test_no_module_imports_itself_through_others() -> None:
 
 
 def test_the_layer_contracts_hold() -> None:
-    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "0 broken" in result.stdout
 
@@ -61,8 +65,11 @@ def test_the_layer_contracts_hold() -> None:
 def test_metadata_commands_import_no_framework(tmp_path: Path) -> None:
     """`--help` and `list` answer without torch, ONNX, ONNX Runtime, numpy or the server."""
     registry = tmp_path / "registry"
-    subprocess.run([sys.executable, "-m", "modelcrate", "list", "--registry", str(registry)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "modelcrate", "list", "--registry", str(registry)],
+        check=True,
+        capture_output=True,
+    )
     probe = (
         "import json, sys\n"
         "from modelcrate.cli import main\n"

@@ -24,8 +24,17 @@ def published(registry: mc.Registry, digits_crate_path: Path) -> mc.Registry:
 
 
 def export(registry: mc.Registry, fmt: str, to: Path, *extra: str) -> None:
-    result = run_cli("export", "digits@1.0.0", "--format", fmt, "--to", str(to),
-                     "--registry", str(registry.root), *extra)  # fmt: skip
+    result = run_cli(
+        "export",
+        "digits@1.0.0",
+        "--format",
+        fmt,
+        "--to",
+        str(to),
+        "--registry",
+        str(registry.root),
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -46,8 +55,18 @@ def test_docker_context_is_lint_clean_and_complete(published: mc.Registry, tmp_p
     context = tmp_path / "ctx"
     steps = instructions((context / "Dockerfile").read_text())
     names = [name for name, _ in steps]
-    known = {"FROM", "ARG", "ENV", "RUN", "COPY", "USER", "EXPOSE", "HEALTHCHECK",
-             "ENTRYPOINT", "CMD"}  # fmt: skip
+    known = {
+        "FROM",
+        "ARG",
+        "ENV",
+        "RUN",
+        "COPY",
+        "USER",
+        "EXPOSE",
+        "HEALTHCHECK",
+        "ENTRYPOINT",
+        "CMD",
+    }
     assert set(names) <= known and names[0] == "FROM" and names.count("FROM") == 1
     base = steps[0][1]
     assert re.fullmatch(r"python:3\.\d+-slim-\w+", base), base  # slim, pinned, never :latest
@@ -60,8 +79,13 @@ def test_docker_context_is_lint_clean_and_complete(published: mc.Registry, tmp_p
         and "/v2/health/ready" in (context / "healthcheck.py").read_text()
     )
     assert not any(name == "ADD" for name in names)  # no remote fetches at build time
-    sources = [arg for name, args in steps if name == "COPY" for arg in args.split()[:-1]
-               if not arg.startswith("--")]  # fmt: skip
+    sources = [
+        arg
+        for name, args in steps
+        if name == "COPY"
+        for arg in args.split()[:-1]
+        if not arg.startswith("--")
+    ]
     assert sorted(sources) == ["entrypoint.sh", "healthcheck.py", "model.crate"]
     for source in sources:
         assert (context / source).is_file(), f"COPY source {source} is missing from the context"
@@ -121,28 +145,55 @@ CONTAINER = {
     },
 }
 INFERENCE_SERVICE = {
-    "$defs": {"probe": {"type": "object", "additionalProperties": False, "properties": {
-        "httpGet": {"type": "object", "required": ["port"], "additionalProperties": False,
-                    "properties": {"path": {"type": "string"}, "port": {"type": "integer"}}},
-        "initialDelaySeconds": {"type": "integer"}, "periodSeconds": {"type": "integer"}}}},
-    "type": "object", "additionalProperties": False,
+    "$defs": {
+        "probe": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "httpGet": {
+                    "type": "object",
+                    "required": ["port"],
+                    "additionalProperties": False,
+                    "properties": {"path": {"type": "string"}, "port": {"type": "integer"}},
+                },
+                "initialDelaySeconds": {"type": "integer"},
+                "periodSeconds": {"type": "integer"},
+            },
+        }
+    },
+    "type": "object",
+    "additionalProperties": False,
     "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
         "apiVersion": {"const": "serving.kserve.io/v1beta1"},
         "kind": {"const": "InferenceService"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}},
-        "spec": {"type": "object", "additionalProperties": False, "required": ["predictor"],
-                 "properties": {"predictor": {
-                     "type": "object", "additionalProperties": False,
-                     "required": ["containers"],
-                     "properties": {"minReplicas": {"type": "integer", "minimum": 0},
-                                    "maxReplicas": {"type": "integer", "minimum": 0},
-                                    "containers": {"type": "array", "minItems": 1,
-                                                   "items": CONTAINER}}}}},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["predictor"],
+            "properties": {
+                "predictor": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["containers"],
+                    "properties": {
+                        "minReplicas": {"type": "integer", "minimum": 0},
+                        "maxReplicas": {"type": "integer", "minimum": 0},
+                        "containers": {"type": "array", "minItems": 1, "items": CONTAINER},
+                    },
+                }
+            },
+        },
     },
-}  # fmt: skip
+}
 
 
 def test_kserve_manifest_matches_the_crd_fields(published: mc.Registry, tmp_path: Path) -> None:
@@ -164,8 +215,9 @@ def test_triton_repository_parses_and_runs(
 ) -> None:
     export(published, "triton", tmp_path / "repo")
     model_dir = tmp_path / "repo" / "digits"
-    config = text_format.Parse((model_dir / "config.pbtxt").read_text(),
-                               model_config_pb2.ModelConfig())  # fmt: skip
+    config = text_format.Parse(
+        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.name == "digits" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 32 and config.HasField("dynamic_batching")
     assert [(i.name, list(i.dims)) for i in config.input] == [("x", [1, 8, 8])]
@@ -180,6 +232,14 @@ def test_triton_repository_parses_and_runs(
 
 
 def test_export_refuses_what_a_target_cannot_run(published: mc.Registry, tmp_path: Path) -> None:
-    bad = run_cli("export", "digits@1.0.0", "--format", "helm", "--to", str(tmp_path / "x"),
-                  "--registry", str(published.root))  # fmt: skip
+    bad = run_cli(
+        "export",
+        "digits@1.0.0",
+        "--format",
+        "helm",
+        "--to",
+        str(tmp_path / "x"),
+        "--registry",
+        str(published.root),
+    )
     assert bad.returncode == 2 and "expected one of docker, kserve, triton, tfserving" in bad.stderr

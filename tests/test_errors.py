@@ -57,8 +57,11 @@ def test_server_errors_carry_codes_and_clients_raise_the_same_classes(
     assert answer.status_code == 404 and answer.json()["code"] == "not_found"
     bad = httpx.post(url + "/v2/models/digits/infer", json={"inputs": []})
     assert bad.status_code == 400 and bad.json()["code"] == "bad_input"
-    typed = httpx.post(url + "/ui/api/models/digits/1.0.0/predict", content=b"{}",
-                       headers={"Content-Type": "text/plain"})  # fmt: skip
+    typed = httpx.post(
+        url + "/ui/api/models/digits/1.0.0/predict",
+        content=b"{}",
+        headers={"Content-Type": "text/plain"},
+    )
     assert typed.status_code == 415 and typed.json()["code"] == "unsupported_media_type"
     with mc.Client(url) as client:
         with pytest.raises(mc.NotFound, match="not served here"):

@@ -25,8 +25,12 @@ from modelcrate.errors import CrateFormatError, InputError, ModelcrateError
 from modelcrate.model import read_safetensors
 from modelcrate.server.oip import Limits, decode_request
 
-FUZZ = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def _with_header(header: dict[str, object], payload: bytes) -> bytes:
@@ -53,8 +57,9 @@ def test_samples_with_a_lying_header_fail_clearly_from_a_crate(tmp_path: Path) -
     bad = (2**63 - 1).to_bytes(8, "little") + b"{}"
     (root / "samples.safetensors").write_bytes(bad)
     raw["samples"] = "samples.safetensors"
-    raw["files"].append({"path": "samples.safetensors", "size": len(bad),
-                         "sha256": hashlib.sha256(bad).hexdigest()})  # fmt: skip
+    raw["files"].append(
+        {"path": "samples.safetensors", "size": len(bad), "sha256": hashlib.sha256(bad).hexdigest()}
+    )
     (root / "crate.json").write_text(json.dumps(raw))
     with pytest.raises(CrateFormatError, match="safetensors header claims"):
         mc.load(root).samples()
@@ -121,9 +126,11 @@ def test_compressed_archives_are_refused_never_inflated(tiny_crate: Path, tmp_pa
     cut=st.one_of(st.none(), st.integers(0, 2**31)),
 )
 def test_fuzzed_archives_fail_cleanly_or_read_back_exactly(
-    tiny_crate: Path, tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, int]],
+    tiny_crate: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    edits: list[tuple[int, int]],
     cut: int | None,
-) -> None:  # fmt: skip
+) -> None:
     original = tiny_crate.read_bytes()
     data = bytearray(original)
     for position, flip in edits:
@@ -150,10 +157,11 @@ def test_fuzzed_archives_fail_cleanly_or_read_back_exactly(
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 _datatypes = st.sampled_from(
     ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "FP8", ""]
 )
@@ -164,9 +172,15 @@ _tensor = st.fixed_dictionaries(
         "datatype": st.one_of(_datatypes, _json),
         "data": _json,
     },
-    optional={"parameters": st.one_of(st.dictionaries(st.sampled_from(
-        ["binary_data_size", "classification"]), st.integers(-5, 2**40)), _json)},
-)  # fmt: skip
+    optional={
+        "parameters": st.one_of(
+            st.dictionaries(
+                st.sampled_from(["binary_data_size", "classification"]), st.integers(-5, 2**40)
+            ),
+            _json,
+        )
+    },
+)
 _request = st.one_of(
     _json,
     st.fixed_dictionaries(
@@ -265,18 +279,21 @@ def bad_crates(tiny_crate: Path) -> dict[str, bytes]:
         "a/../../ member": _retar(tiny_crate, extra=[_member("a/../../escape.txt")]),
         "absolute member": _retar(tiny_crate, extra=[_member("/tmp/escape.txt")]),
         "backslash member": _retar(tiny_crate, extra=[_member("a\\..\\escape.txt")]),
-        "symlink member": _retar(tiny_crate, extra=[
-            _member("link", type=tarfile.SYMTYPE, linkname="/etc/passwd")]),
-        "hardlink member": _retar(tiny_crate, extra=[
-            _member("hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")]),
-        "device member": _retar(tiny_crate, extra=[
-            _member("dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)]),
+        "symlink member": _retar(
+            tiny_crate, extra=[_member("link", type=tarfile.SYMTYPE, linkname="/etc/passwd")]
+        ),
+        "hardlink member": _retar(
+            tiny_crate, extra=[_member("hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")]
+        ),
+        "device member": _retar(
+            tiny_crate, extra=[_member("dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)]
+        ),
         "setuid member": _retar(tiny_crate, extra=[_member("run.sh", mode=0o4755)]),
         "duplicate member": _retar(tiny_crate, extra=[_member("model.onnx", b"second")]),
         "unlisted member": _retar(tiny_crate, extra=[_member("extra.bin")]),
         "listed pickle": _retar(tiny_crate, listed={"w.bin": pickle.dumps({"a": 1}, 4)}),
         "10,001 members": _retar(tiny_crate, extra=[_member(f"m{i}") for i in range(10_001)]),
-    }  # fmt: skip
+    }
 
 
 def test_bad_inputs_leave_the_registry_intact(tmp_path: Path, tiny_crate: Path) -> None:

@@ -29,13 +29,16 @@ def test_push_then_pull_through_a_real_oci_registry(
     assert pushed.returncode == 0, pushed.stderr
 
     accept = {"accept": "application/vnd.oci.image.manifest.v1+json"}
-    manifest = httpx.get(f"http://{oci_registry.host}/v2/ml/tiny/manifests/1.0.0",
-                         headers=accept).json()  # fmt: skip
+    manifest = httpx.get(
+        f"http://{oci_registry.host}/v2/ml/tiny/manifests/1.0.0", headers=accept
+    ).json()
     crate = published.manifest("tiny@1.0.0")
     assert manifest["config"]["mediaType"] == "application/vnd.modelcrate.crate.v1+json"
     assert manifest["annotations"]["dev.modelcrate.digest"] == crate.digest
-    layers = {layer["annotations"]["org.opencontainers.image.title"]: layer
-              for layer in manifest["layers"]}  # fmt: skip
+    layers = {
+        layer["annotations"]["org.opencontainers.image.title"]: layer
+        for layer in manifest["layers"]
+    }
     assert set(layers) == {f.path for f in crate.files}
     for entry in crate.files:  # one layer per file; the layer digest is the file's sha256
         assert layers[entry.path]["digest"] == f"sha256:{entry.sha256}"
@@ -48,8 +51,9 @@ def test_push_then_pull_through_a_real_oci_registry(
     assert mc.Registry.open(other).resolve("tiny@1.0.0").digest == crate.digest
     directory = mc.pull(target, tmp_path / "dir")
     x = np.ones((1, 4), np.float32)
-    np.testing.assert_array_equal(mc.load(directory).predict(x)["y"],
-                                  mc.load("tiny@1.0.0").predict(x)["y"])  # fmt: skip
+    np.testing.assert_array_equal(
+        mc.load(directory).predict(x)["y"], mc.load("tiny@1.0.0").predict(x)["y"]
+    )
 
 
 def test_a_foreign_or_tampered_artifact_is_refused(
@@ -60,13 +64,18 @@ def test_a_foreign_or_tampered_artifact_is_refused(
     client = oras.client.OrasClient(hostname=oci_registry.host, insecure=True)
     evil = tmp_path / "evil.txt"
     evil.write_text("not a model")
-    client.push(target=f"{oci_registry.host}/ml/evil:1", files=[f"{evil}:text/plain"],
-                disable_path_validation=True, quiet=True)  # fmt: skip
+    client.push(
+        target=f"{oci_registry.host}/ml/evil:1",
+        files=[f"{evil}:text/plain"],
+        disable_path_validation=True,
+        quiet=True,
+    )
     foreign = run_cli("pull", f"oci://{oci_registry.host}/ml/evil:1", "--to", str(tmp_path / "x"))
     assert foreign.returncode == 1 and "not a modelcrate artifact" in foreign.stderr
     assert not (tmp_path / "x").exists()
 
-    missing = run_cli("pull", f"oci://{oci_registry.host}/ml/nothing:1", "--to",
-                      str(tmp_path / "y"))  # fmt: skip
+    missing = run_cli(
+        "pull", f"oci://{oci_registry.host}/ml/nothing:1", "--to", str(tmp_path / "y")
+    )
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert all(check.problem is None for check in published.verify("tiny@1.0.0"))

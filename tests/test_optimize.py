@@ -24,8 +24,7 @@ def eval_set(digits: Digits) -> dict[str, np.ndarray]:
 
 
 def test_dynamic_int8_is_a_new_traceable_version(published: mc.Registry, digits: Digits) -> None:
-    result = mc.optimize("digits@1.0.0", quantize="int8", data=eval_set(digits),
-                         registry=published)  # fmt: skip
+    result = mc.optimize("digits@1.0.0", quantize="int8", data=eval_set(digits), registry=published)
     manifest = mc.load("digits@1.0.0-int8", registry=published).manifest
     assert manifest.digest == result.crate.digest
     parent = published.resolve("digits@1.0.0")
@@ -48,8 +47,9 @@ def test_dynamic_int8_is_a_new_traceable_version(published: mc.Registry, digits:
 def test_static_int8_with_calibration_uses_qdq(published: mc.Registry, digits: Digits) -> None:
     import onnx
 
-    result = mc.optimize("digits@1.0.0", quantize="int8", calibrate={"x": digits.x_test[:64]},
-                         registry=published)  # fmt: skip
+    result = mc.optimize(
+        "digits@1.0.0", quantize="int8", calibrate={"x": digits.x_test[:64]}, registry=published
+    )
     assert result.crate.manifest.version == "1.0.0-int8-static"
     graph = onnx.load_from_string(result.crate.read_bytes("model.onnx")).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
@@ -80,8 +80,13 @@ def test_accuracy_floor_refuses_and_publishes_nothing(
 ) -> None:
     before = [v.version for v in published.versions("digits")]
     with pytest.raises(PackError, match="nothing published"):
-        mc.optimize("digits@1.0.0", prune=0.95, data=eval_set(digits), max_accuracy_drop=0.001,
-                    registry=published)  # fmt: skip
+        mc.optimize(
+            "digits@1.0.0",
+            prune=0.95,
+            data=eval_set(digits),
+            max_accuracy_drop=0.001,
+            registry=published,
+        )
     with pytest.raises(PackError, match="agreement"):
         mc.optimize("digits@1.0.0", prune=0.95, min_agreement=0.9999, registry=published)
     assert [v.version for v in published.versions("digits")] == before
@@ -95,44 +100,76 @@ def test_clear_errors(published: mc.Registry, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="only int8"):
         mc.optimize("digits@1.0.0", quantize="int4", registry=published)
     with pytest.raises(UsageError, match="--calibrate only applies"):
-        mc.optimize("digits@1.0.0", fp16=True, calibrate={"x": np.zeros((1, 1, 8, 8))},
-                    registry=published)  # fmt: skip
+        mc.optimize(
+            "digits@1.0.0", fp16=True, calibrate={"x": np.zeros((1, 1, 8, 8))}, registry=published
+        )
     with pytest.raises(UsageError, match="between 0 and 1"):
         mc.optimize("digits@1.0.0", prune=1.5, registry=published)
     published.publish(mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0"))
     with pytest.raises(CrateFormatError, match="needs one"):
         mc.optimize("tiny@1.0.0", prune=0.5, registry=published)
     with pytest.raises(UsageError, match="no arrays for inputs"):
-        mc.optimize("digits@1.0.0", quantize="int8", data={"a": np.zeros(2), "b": np.zeros(2)},
-                    registry=published)  # fmt: skip
+        mc.optimize(
+            "digits@1.0.0",
+            quantize="int8",
+            data={"a": np.zeros(2), "b": np.zeros(2)},
+            registry=published,
+        )
 
 
 def test_compare_two_versions(published: mc.Registry, digits: Digits) -> None:
     mc.optimize("digits@1.0.0", quantize="int8", registry=published)
-    report = mc.compare("digits@1.0.0", "digits@1.0.0-int8", data=eval_set(digits),
-                        registry=published)  # fmt: skip
+    report = mc.compare(
+        "digits@1.0.0", "digits@1.0.0-int8", data=eval_set(digits), registry=published
+    )
     assert report.samples == 200 and report.size_ratio < 0.5
     assert report.accuracy is not None and report.top1_agreement is not None
 
 
-def test_cli_optimize_and_compare(home: Path, tmp_path: Path, digits_crate_path: Path,
-                                  digits: Digits) -> None:  # fmt: skip
+def test_cli_optimize_and_compare(
+    home: Path, tmp_path: Path, digits_crate_path: Path, digits: Digits
+) -> None:
     run_cli("publish", str(digits_crate_path), check=True)
     np.savez(tmp_path / "eval.npz", x=digits.x_test[:100], y=digits.y_test[:100])
-    out = json.loads(run_cli("optimize", "digits@1.0.0", "--quantize", "int8", "--data",
-                             str(tmp_path / "eval.npz"), "--json", check=True).stdout)  # fmt: skip
+    out = json.loads(
+        run_cli(
+            "optimize",
+            "digits@1.0.0",
+            "--quantize",
+            "int8",
+            "--data",
+            str(tmp_path / "eval.npz"),
+            "--json",
+            check=True,
+        ).stdout
+    )
     assert out["ref"] == "digits@1.0.0-int8" and out["report"]["data"] == "user data"
-    table = run_cli("compare", "digits@1.0.0", "digits@1.0.0-int8", "--data",
-                    str(tmp_path / "eval.npz"), check=True).stdout  # fmt: skip
+    table = run_cli(
+        "compare",
+        "digits@1.0.0",
+        "digits@1.0.0-int8",
+        "--data",
+        str(tmp_path / "eval.npz"),
+        check=True,
+    ).stdout
     assert "size ratio" in table and "top-1 agreement" in table
-    refused = run_cli("optimize", "digits@1.0.0", "--prune", "0.97", "--data",
-                      str(tmp_path / "eval.npz"), "--max-accuracy-drop", "0.001")  # fmt: skip
+    refused = run_cli(
+        "optimize",
+        "digits@1.0.0",
+        "--prune",
+        "0.97",
+        "--data",
+        str(tmp_path / "eval.npz"),
+        "--max-accuracy-drop",
+        "0.001",
+    )
     assert refused.returncode == 1 and "nothing published" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
-def test_convert_to_ort_format_loads_back_and_matches(published: mc.Registry,
-                                                      digits: Digits) -> None:  # fmt: skip
+def test_convert_to_ort_format_loads_back_and_matches(
+    published: mc.Registry, digits: Digits
+) -> None:
     result = mc.convert("digits@1.0.0", to="ort", registry=published)
     manifest = result.crate.manifest
     assert manifest.version == "1.0.0-ort"

@@ -30,16 +30,22 @@ def big_onnx(directory: Path, *, seed: int = 0, rows_changed: int | None = None)
     if rows_changed is not None:
         weight[:rows_changed] = np.random.default_rng(seed).standard_normal((rows_changed, N))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "big",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "big",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", N])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
         [numpy_helper.from_array(weight, "W")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     directory.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(directory / "m.onnx"), save_as_external_data=True,
-                    location="m.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(directory / "m.onnx"),
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     return directory / "m.onnx"
 
 
@@ -132,8 +138,9 @@ def test_a_torn_pack_is_reported_with_the_versions_it_affects(
     registry: mc.Registry, tmp_path: Path
 ) -> None:
     registry.publish(mc.pack(big_onnx(tmp_path / "v1"), name="big", version="1.0.0"))
-    registry.publish(mc.pack(big_onnx(tmp_path / "v2", seed=3, rows_changed=4), name="big",
-                             version="1.1.0"))  # fmt: skip
+    registry.publish(
+        mc.pack(big_onnx(tmp_path / "v2", seed=3, rows_changed=4), name="big", version="1.1.0")
+    )
     first_pack = next(iter(packs_of(registry, "big@1.0.0", "m.onnx.data")))
     assert isinstance(registry.blobs, FileBlobStore)
     path = registry.blobs.pack_path(first_pack or "")
@@ -245,8 +252,9 @@ def test_a_registry_from_before_packs_is_adopted_and_repacked(
     np.testing.assert_allclose(predict(old, "big@1.0.0"), expected(source), rtol=1e-5)
     assert list((root / "blobs" / "sha256").rglob("*")) != []
     # A new version sharing the loose chunks is stored without copying them.
-    old.publish(mc.pack(big_onnx(tmp_path / "v2", seed=2, rows_changed=4), name="big",
-                        version="1.1.0"))  # fmt: skip
+    old.publish(
+        mc.pack(big_onnx(tmp_path / "v2", seed=2, rows_changed=4), name="big", version="1.1.0")
+    )
     report = old.gc(grace_seconds=0)  # loose chunks and whole files move into packs
     assert [p for p in (root / "blobs" / "sha256").rglob("*") if p.is_file()] == []
     assert report.bytes_freed >= 0

@@ -50,8 +50,9 @@ def test_import_is_lazy() -> None:
         "'pydantic', 'httpx']; print([m for m in heavy if m in sys.modules]); mc.Registry; "
         "print('sqlalchemy' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout.split("\n")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True"
 
 
@@ -64,6 +65,7 @@ def test_names_shared_with_subpackages_stay_functions() -> None:
         "import modelcrate.pack.tflite, modelcrate.optimize.parity, modelcrate as mc; "
         "print(callable(mc.pack), mc.pack.__module__, mc.optimize.__module__)"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["True", "modelcrate.pack", "modelcrate.optimize"]

@@ -35,16 +35,18 @@ def test_serve_with_ray_runs_replicas_that_follow_aliases(
         source = make_onnx(tmp_path / version / "tiny.onnx", seed=seed)
         registry.publish(mc.pack(source, name="tiny", version=version))
     registry.set_alias("tiny", "prod", "1.0.0")
-    server = start_server(registry.root, "tiny@prod", "--ray", "--replicas", "2",
-                          "--poll-interval", "0.2")  # fmt: skip
+    server = start_server(
+        registry.root, "tiny@prod", "--ray", "--replicas", "2", "--poll-interval", "0.2"
+    )
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     answer = httpx.post(f"{server.url}/v2/models/tiny/infer", json=body, timeout=10)
     assert answer.status_code == 200 and answer.json()["model_version"] == "1.0.0"
     expected = mc.load("tiny@1.0.0", registry=registry).predict(np.array([[1, 2, 3, 4]], "f"))
     assert np.allclose(answer.json()["outputs"][0]["data"], expected["y"].ravel())
 
-    running = subprocess.run([sys.executable, "-c", STATUS], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+    running = subprocess.run(
+        [sys.executable, "-c", STATUS], capture_output=True, text=True, timeout=120
+    )
     assert running.stdout.strip().splitlines()[-1] == "2", running.stderr[-2000:]
 
     registry.set_alias("tiny", "prod", "2.0.0")  # every replica follows the move
@@ -59,6 +61,10 @@ def test_serve_with_ray_runs_replicas_that_follow_aliases(
 
 
 def _all_new(server: Server, body: dict[str, object]) -> bool:
-    versions = {httpx.post(f"{server.url}/v2/models/tiny/infer", json=body, timeout=10)
-                .json()["model_version"] for _ in range(10)}  # fmt: skip
+    versions = {
+        httpx.post(f"{server.url}/v2/models/tiny/infer", json=body, timeout=10).json()[
+            "model_version"
+        ]
+        for _ in range(10)
+    }
     return versions == {"2.0.0"}

@@ -287,12 +287,16 @@ def test_versions_that_share_tensors_share_storage(registry: mc.Registry, tmp_pa
     for number in range(4):
         head = rng.standard_normal((4096, 10)).astype(np.float32)
         graph = helper.make_graph(
-            [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"])],
-            "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
+            [
+                helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                helper.make_node("Relu", ["h"], ["r"]),
+                helper.make_node("MatMul", ["r", "w2"], ["y"]),
+            ],
+            "mlp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
             [numpy_helper.from_array(backbone, "w1"), numpy_helper.from_array(head, "w2")],
-        )  # fmt: skip
+        )
         path = tmp_path / f"mlp{number}.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
         registry.publish(mc.pack(path, name="mlp", version=f"1.{number}.0"))
@@ -308,16 +312,21 @@ def test_versions_that_share_tensors_share_storage(registry: mc.Registry, tmp_pa
     assert all(c.problem is None for c in registry.verify("mlp@1.3.0"))
     registry.delete("mlp@1.0.0")
     registry.gc(grace_seconds=0)  # chunks 1.1-1.3 still use are kept
-    assert all(c.problem is None for v in ("1.1.0", "1.2.0", "1.3.0")
-               for c in registry.verify(f"mlp@{v}"))  # fmt: skip
+    assert all(
+        c.problem is None for v in ("1.1.0", "1.2.0", "1.3.0") for c in registry.verify(f"mlp@{v}")
+    )
 
 
 def test_an_empty_file_round_trips(registry: mc.Registry, tmp_path: Path) -> None:
     """An empty file is stored as no chunks at all; it must still read back, verify, pull and
     be reused by a republish."""
     (tmp_path / "card.md").write_text("")
-    crate = mc.pack(make_onnx(tmp_path / "src" / "m.onnx"), name="tiny", version="1.0.0",
-                    model_card=tmp_path / "card.md")  # fmt: skip
+    crate = mc.pack(
+        make_onnx(tmp_path / "src" / "m.onnx"),
+        name="tiny",
+        version="1.0.0",
+        model_card=tmp_path / "card.md",
+    )
     registry.publish(crate)
     assert registry.publish(crate).created is False
     assert all(check.problem is None for check in registry.verify("tiny@1.0.0"))

@@ -35,15 +35,23 @@ def remote(tmp_path: Path, start_server: Callable[..., Server]) -> Server:
 def local(tmp_path: Path) -> mc.Registry:
     registry = mc.Registry.open(tmp_path / "local")
     for version, seed in (("1.0.0", 0), ("1.1.0", 0), ("2.0.0", 1)):
-        source = make_onnx(tmp_path / f"src-{version}" / "tiny.onnx", seed=seed,
-                           external="tiny.onnx.data")  # fmt: skip
+        source = make_onnx(
+            tmp_path / f"src-{version}" / "tiny.onnx", seed=seed, external="tiny.onnx.data"
+        )
         registry.publish(mc.pack(source, name="tiny", version=version))
     return registry
 
 
 def push(local: mc.Registry, ref: str, url: str, *token: str) -> dict[str, object]:
-    result = run_cli("push", ref, url, "--registry", str(local.root), "--json",
-                     *(["--token", token[0]] if token else []))  # fmt: skip
+    result = run_cli(
+        "push",
+        ref,
+        url,
+        "--registry",
+        str(local.root),
+        "--json",
+        *(["--token", token[0]] if token else []),
+    )
     assert result.returncode == 0, result.stderr
     pushed: dict[str, object] = json.loads(result.stdout)
     return pushed
@@ -70,8 +78,14 @@ def test_push_sends_only_missing_files_and_is_idempotent(
     assert {e.actor for e in served.audit() if e.action == "publish"} == {"token:ci"}
 
     monkeypatch.setenv("MODELCRATE_TOKEN", READER)  # reads need the read scope here
-    pulled = run_cli("pull", f"{remote.url}/tiny@1.0.0", "--to", str(tmp_path / "pulled"),
-                     "--trust", str(tmp_path / "me.pub"))  # fmt: skip
+    pulled = run_cli(
+        "pull",
+        f"{remote.url}/tiny@1.0.0",
+        "--to",
+        str(tmp_path / "pulled"),
+        "--trust",
+        str(tmp_path / "me.pub"),
+    )
     assert pulled.returncode == 0, pulled.stderr
     assert (tmp_path / "pulled.sig").is_file()
     x = np.ones((2, 4), np.float32)
@@ -83,16 +97,18 @@ def test_push_sends_only_missing_files_and_is_idempotent(
 def test_writes_need_a_write_token(local: mc.Registry, remote: Server) -> None:
     anonymous = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(local.root))
     assert anonymous.returncode == 2 and "missing or unknown bearer token" in anonymous.stderr
-    viewer = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(local.root),
-                     "--token", READER)  # fmt: skip
+    viewer = run_cli(
+        "push", "tiny@1.0.0", remote.url, "--registry", str(local.root), "--token", READER
+    )
     assert viewer.returncode == 2 and "lacks the 'write' scope" in viewer.stderr
     conflict_source = mc.Registry.open(local.root.parent / "other")
     push(local, "tiny@1.0.0", remote.url, WRITER)
     # Same name and version, different content: the server refuses it as a conflict.
     source = make_onnx(local.root.parent / "conflict" / "tiny.onnx", seed=7)
     conflict_source.publish(mc.pack(source, name="tiny", version="1.0.0"))
-    clash = run_cli("push", "tiny@1.0.0", remote.url, "--registry", str(conflict_source.root),
-                    "--token", WRITER)  # fmt: skip
+    clash = run_cli(
+        "push", "tiny@1.0.0", remote.url, "--registry", str(conflict_source.root), "--token", WRITER
+    )
     assert clash.returncode == 1 and "already exists" in clash.stderr
 
 
@@ -104,22 +120,32 @@ def test_uploads_are_checked_against_their_digest(remote: Server) -> None:
     assert put.status_code == 400 and "does not match its digest" in put.json()["error"]
     assert httpx.head(f"{remote.url}/v2/registry/files/{wrong}", headers=auth).status_code == 404
     right = hashlib.sha256(data).hexdigest()
-    assert httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data,
-                     headers=auth).status_code == 201  # fmt: skip
-    assert httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data,
-                     headers=auth).json()["stored"] is False  # idempotent  # fmt: skip
+    assert (
+        httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data, headers=auth).status_code
+        == 201
+    )
+    assert (
+        httpx.put(f"{remote.url}/v2/registry/files/{right}", content=data, headers=auth).json()[
+            "stored"
+        ]
+        is False
+    )  # idempotent
     for path in ("../../etc/passwd", "%2e%2e%2fetc%2fpasswd", "0" * 63):
         response = httpx.get(f"{remote.url}/v2/registry/files/{path}", headers=auth)
         assert response.status_code == 404, path
-    missing = httpx.post(f"{remote.url}/v2/registry/versions", headers=auth,
-                         json={"manifest": "{}"})  # fmt: skip
+    missing = httpx.post(
+        f"{remote.url}/v2/registry/versions", headers=auth, json={"manifest": "{}"}
+    )
     assert missing.status_code == 400
 
 
 def test_a_server_can_serve_models_from_another_servers_registry(
-    local: mc.Registry, remote: Server, start_server: Callable[..., Server],
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-) -> None:  # fmt: skip
+    local: mc.Registry,
+    remote: Server,
+    start_server: Callable[..., Server],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     push(local, "tiny@1.0.0", remote.url, WRITER)
     push(local, "tiny@2.0.0", remote.url, WRITER)
     source = mc.Registry.open(tmp_path / "remote")

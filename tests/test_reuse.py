@@ -42,8 +42,13 @@ def half_trained() -> DigitsCNN:
 def base(half_trained: DigitsCNN, registry: mc.Registry) -> mc.Registry:
     """digits@1.0.0 (classes 0-4 only) published, with prod pointing at it."""
     _, x_test, _, _ = digits_data()
-    crate = mc.pack(half_trained, example_inputs=(torch.from_numpy(x_test[:32]),),
-                    name="digits", version="1.0.0", labels=[str(i) for i in range(10)])  # fmt: skip
+    crate = mc.pack(
+        half_trained,
+        example_inputs=(torch.from_numpy(x_test[:32]),),
+        name="digits",
+        version="1.0.0",
+        labels=[str(i) for i in range(10)],
+    )
     registry.publish(crate)
     registry.set_alias("digits", "prod", "1.0.0")
     return registry
@@ -59,8 +64,16 @@ def test_finetuning_a_frozen_backbone_learns_held_out_classes_and_changes_only_t
     x_train, x_test, y_train, y_test = digits_data()
     held_out = y_test >= 5
     before = accuracy(mc.load("digits@prod", registry=base), x_test[held_out], y_test[held_out])
-    child = mc.finetune("digits@prod", data=(x_train, y_train), head=10, epochs=10, lr=1e-2,
-                        freeze="backbone", version="2.0.0", registry=base)  # fmt: skip
+    child = mc.finetune(
+        "digits@prod",
+        data=(x_train, y_train),
+        head=10,
+        epochs=10,
+        lr=1e-2,
+        freeze="backbone",
+        version="2.0.0",
+        registry=base,
+    )
     mc.publish(child, registry=base)
     after = accuracy(mc.load("digits@2.0.0", registry=base), x_test[held_out], y_test[held_out])
     assert before < 0.05 and after > before + 0.4, (before, after)
@@ -99,27 +112,48 @@ def test_finetune_and_lineage_from_the_cli(base: mc.Registry, tmp_path: Path) ->
     data = tmp_path / "train.npz"
     np.savez(data, x=x_train[:400], y=y_train[:400])
     result = run_cli(
-        "finetune", "digits@prod", "--data", str(data), "--epochs", "3",
-        "--name", "digits", "--version", "2.0.0", "--registry", str(base.root),
-    )  # fmt: skip
+        "finetune",
+        "digits@prod",
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--name",
+        "digits",
+        "--version",
+        "2.0.0",
+        "--registry",
+        str(base.root),
+    )
     assert result.returncode == 0, result.stderr
     assert "published digits@2.0.0" in result.stdout
-    run_cli("optimize", "digits@2.0.0", "--quantize", "int8", "--registry", str(base.root),
-            check=True)  # fmt: skip
+    run_cli(
+        "optimize", "digits@2.0.0", "--quantize", "int8", "--registry", str(base.root), check=True
+    )
 
-    up = json.loads(run_cli("lineage", "digits@2.0.0-int8", "--json", "--registry",
-                            str(base.root), check=True).stdout)  # fmt: skip
+    up = json.loads(
+        run_cli(
+            "lineage", "digits@2.0.0-int8", "--json", "--registry", str(base.root), check=True
+        ).stdout
+    )
     assert [a["ref"] for a in up["ancestors"]] == ["digits@2.0.0", "digits@1.0.0"]
     assert up["operation"] == "quantize"
     down = run_cli("lineage", "digits@1.0.0", "--registry", str(base.root), check=True).stdout
     assert "digits@2.0.0" in down and "finetune" in down and "digits@2.0.0-int8" in down
-    missing = run_cli("finetune", "digits@prod", "--data", str(tmp_path / "none.npz"),
-                      "--registry", str(base.root))  # fmt: skip
+    missing = run_cli(
+        "finetune",
+        "digits@prod",
+        "--data",
+        str(tmp_path / "none.npz"),
+        "--registry",
+        str(base.root),
+    )
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
 
 
-def test_feature_extractor_returns_the_named_layer(digits: Digits, registry: mc.Registry,
-                                                   digits_crate_path: Path) -> None:  # fmt: skip
+def test_feature_extractor_returns_the_named_layer(
+    digits: Digits, registry: mc.Registry, digits_crate_path: Path
+) -> None:
     registry.publish(digits_crate_path)
     features = mc.feature_extractor("digits@1.0.0", layer="fc1", registry=registry)
     got = next(iter(features.predict(digits.x_test[:5]).values()))
@@ -151,8 +185,15 @@ def composed(registry: mc.Registry, digits_crate_path: Path, digits_v2_path: Pat
     registry.publish(digits_v2_path)
     registry.set_alias("digits", "prod", "1.0.0")
     raw = np.zeros((4, 64), np.float32)
-    registry.publish(mc.pack(Prep(), example_inputs=(torch.from_numpy(raw),), name="prep",
-                             version="1", input_names=["pixels"]))  # fmt: skip
+    registry.publish(
+        mc.pack(
+            Prep(),
+            example_inputs=(torch.from_numpy(raw),),
+            name="prep",
+            version="1",
+            input_names=["pixels"],
+        )
+    )
     return registry
 
 
@@ -160,8 +201,9 @@ def test_a_pipeline_equals_its_members_in_sequence_and_pins_them(
     composed: mc.Registry, digits: Digits
 ) -> None:
     raw = (digits.x_test[:16].reshape(16, 64) * 16.0).astype(np.float32)
-    pipe = mc.pipeline("prep@1", "digits@prod", name="digits-e2e", version="1.0.0",
-                       registry=composed)  # fmt: skip
+    pipe = mc.pipeline(
+        "prep@1", "digits@prod", name="digits-e2e", version="1.0.0", registry=composed
+    )
     mc.publish(pipe, registry=composed)
     composed.set_alias("digits", "prod", "1.1.0")  # pinned by digest: the pipeline is unmoved
     model = mc.load("digits-e2e@1.0.0", registry=composed)
@@ -181,16 +223,25 @@ def test_an_ensemble_equals_the_mean_of_its_members(composed: mc.Registry, digit
     for seed in (1, 2):
         torch.manual_seed(seed)
         other = DigitsCNN().eval()
-        composed.publish(mc.pack(other, example_inputs=(torch.from_numpy(digits.x_test[:8]),),
-                                 name="digits", version=f"0.{seed}.0",
-                                 labels=[str(i) for i in range(10)]))  # fmt: skip
+        composed.publish(
+            mc.pack(
+                other,
+                example_inputs=(torch.from_numpy(digits.x_test[:8]),),
+                name="digits",
+                version=f"0.{seed}.0",
+                labels=[str(i) for i in range(10)],
+            )
+        )
     members = ["digits@1.0.0", "digits@0.1.0", "digits@0.2.0"]
     x = digits.x_test[:20]
     outputs = [mc.load(m, registry=composed).predict(x)["output"] for m in members]
     mean = mc.ensemble(members, combine="mean", name="vote", version="1.0.0", registry=composed)
     mc.publish(mean, registry=composed)
-    np.testing.assert_allclose(mc.load("vote@1.0.0", registry=composed).predict(x)["output"],
-                               np.mean(outputs, axis=0), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        mc.load("vote@1.0.0", registry=composed).predict(x)["output"],
+        np.mean(outputs, axis=0),
+        rtol=1e-6,
+    )
     votes = mc.ensemble(members, combine="vote", name="vote", version="2.0.0", registry=composed)
     shares = mc.Model(votes, registry=composed).predict(x)["output"]
     expected = np.mean([np.eye(10)[o.argmax(axis=1)] for o in outputs], axis=0)
@@ -213,13 +264,20 @@ def test_a_composition_needs_its_members_in_the_registry(
 def test_a_pipeline_serves_as_one_oip_model(
     composed: mc.Registry, digits: Digits, start_server: Callable[..., Server]
 ) -> None:
-    mc.publish(mc.pipeline("prep@1", "digits@1.0.0", name="digits-e2e", version="1.0.0",
-                           registry=composed), registry=composed)  # fmt: skip
+    mc.publish(
+        mc.pipeline(
+            "prep@1", "digits@1.0.0", name="digits-e2e", version="1.0.0", registry=composed
+        ),
+        registry=composed,
+    )
     raw = (digits.x_test[:3].reshape(3, 64) * 16.0).astype(np.float32)
     expected = mc.load("digits-e2e@1.0.0", registry=composed).predict(raw)["output"]
     server = start_server(composed.root, "digits-e2e@1.0.0")
-    body = {"inputs": [{"name": "pixels", "shape": [3, 64], "datatype": "FP32",
-                        "data": raw.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {"name": "pixels", "shape": [3, 64], "datatype": "FP32", "data": raw.ravel().tolist()}
+        ]
+    }
     answer = httpx.post(f"{server.url}/v2/models/digits-e2e/infer", json=body, timeout=10)
     assert answer.status_code == 200, answer.text
     got = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(3, 10)
@@ -241,8 +299,7 @@ def test_distilling_a_smaller_student_agrees_with_the_teacher(
     registry.publish(digits_crate_path)
     x_train, _, _, _ = digits_data()  # used without labels
     torch.manual_seed(0)
-    student = mc.distill("digits@1.0.0", Student(), x_train, epochs=30, lr=5e-3,
-                         registry=registry)  # fmt: skip
+    student = mc.distill("digits@1.0.0", Student(), x_train, epochs=30, lr=5e-3, registry=registry)
     metrics = student.manifest.metrics
     assert metrics["agreement"] > 0.85 and metrics["parameter_ratio"] < 0.1, metrics
     mc.publish(student, registry=registry)

@@ -92,10 +92,23 @@ def test_admin_routes_are_closed_without_a_token_file(served_digits: Server) -> 
 
 def test_refuses_a_public_interface_without_tokens(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "modelcrate", "serve", "digits@prod", "--host", "0.0.0.0",
-         "--port", str(free_port()), "--registry", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcrate",
+            "serve",
+            "digits@prod",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--registry",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without --token-file" in result.stderr
 
@@ -104,8 +117,21 @@ def test_bad_token_file_is_a_clear_error(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text('[[tokens]]\ntoken = "short"\nscopes = ["infer"]\n')
     result = subprocess.run(
-        [sys.executable, "-m", "modelcrate", "serve", "digits@prod", "--token-file", str(tokens),
-         "--port", str(free_port()), "--registry", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelcrate",
+            "serve",
+            "digits@prod",
+            "--token-file",
+            str(tokens),
+            "--port",
+            str(free_port()),
+            "--registry",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "at least 16 characters" in result.stderr

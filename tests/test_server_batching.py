@@ -21,8 +21,16 @@ async def fire(url: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
 
         async def one(x: np.ndarray) -> np.ndarray:
-            body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                "data": x.ravel().tolist()}]}  # fmt: skip
+            body = {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
             response = await http.post(url, json=body)
             assert response.status_code == 200, response.text
             output = response.json()["outputs"][0]
@@ -43,13 +51,17 @@ def batch_sizes(metrics: str) -> tuple[float, float]:
 
 @pytest.mark.parametrize("delay", ["0", "5"], ids=["greedy", "delay-5ms"])
 def test_concurrent_requests_are_batched_and_split_exactly(
-    tmp_path: Path, digits: Digits, digits_crate_path: Path,
-    start_server: Callable[..., Server], delay: str,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    digits: Digits,
+    digits_crate_path: Path,
+    start_server: Callable[..., Server],
+    delay: str,
+) -> None:
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
-    server = start_server(registry.root, "digits", "--max-batch-size", "16",
-                          "--max-delay-ms", delay)  # fmt: skip
+    server = start_server(
+        registry.root, "digits", "--max-batch-size", "16", "--max-delay-ms", delay
+    )
     rng = np.random.default_rng(0)
     # Mixed batch sizes (1..3 rows): rows must come back to the request that sent them.
     inputs = [digits.x_test[rng.integers(0, 400, size=rng.integers(1, 4))] for _ in range(96)]
@@ -77,15 +89,16 @@ def test_batching_off_runs_one_request_per_call(
 
 @pytest.mark.slow
 def test_workers_share_the_port_and_all_follow_alias_moves(
-    tmp_path: Path, digits_crate_path: Path, digits_v2_path: Path,
+    tmp_path: Path,
+    digits_crate_path: Path,
+    digits_v2_path: Path,
     start_server: Callable[..., Server],
-) -> None:  # fmt: skip
+) -> None:
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
     registry.publish(digits_v2_path)
     registry.set_alias("digits", "prod", "1.0.0")
-    server = start_server(registry.root, "digits@prod", "--workers", "2",
-                          "--poll-interval", "0.05")  # fmt: skip
+    server = start_server(registry.root, "digits@prod", "--workers", "2", "--poll-interval", "0.05")
     registry.set_alias("digits", "prod", "1.1.0")
     time.sleep(1.5)
     versions = set()
@@ -102,9 +115,13 @@ def test_the_crate_sets_batching_and_the_command_line_overrides_it(
 
     crate = pack_digits(digits.model, digits.accuracy)
     unbatched = mc.pack(
-        torch.nn.Sequential(digits.model), example_inputs=(torch.from_numpy(digits.x_test[:4]),),
-        name="digits", version="2.0.0", serving={"max_batch_size": 1}, input_names=["x"],
-    )  # fmt: skip
+        torch.nn.Sequential(digits.model),
+        example_inputs=(torch.from_numpy(digits.x_test[:4]),),
+        name="digits",
+        version="2.0.0",
+        serving={"max_batch_size": 1},
+        input_names=["x"],
+    )
     assert unbatched.manifest.serving is not None
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(crate)

@@ -36,8 +36,9 @@ def test_no_request_makes_the_server_fail(served_digits: Server) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)  # fmt: skip
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def call(case: schemathesis.Case) -> None:
             response = case.call_and_validate(checks=CHECKS)
             if response.status_code >= 400:
@@ -55,9 +56,13 @@ def test_every_documented_operation_exists(served_digits: Server) -> None:
     assert document == openapi_document()
     for path, operations in document["paths"].items():
         url = served_digits.url + path.format(
-            name="digits", version="1.0.0", alias="prod", action="set", sha256="0" * 64,
+            name="digits",
+            version="1.0.0",
+            alias="prod",
+            action="set",
+            sha256="0" * 64,
             digest="sha256:" + "0" * 64,
-        )  # fmt: skip
+        )
         for method in operations:
             body = {} if method in ("post", "put") else None
             response = httpx.request(method, url, timeout=10, json=body)

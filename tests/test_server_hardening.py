@@ -44,9 +44,11 @@ def rss(server: Server) -> int:
 
 @pytest.fixture
 def guarded(
-    tmp_path: Path, digits_crate_path: Path, digits_v2_path: Path,
+    tmp_path: Path,
+    digits_crate_path: Path,
+    digits_v2_path: Path,
     start_server: Callable[..., Server],
-) -> tuple[Server, mc.Registry]:  # fmt: skip
+) -> tuple[Server, mc.Registry]:
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
     registry.publish(digits_v2_path)
@@ -58,8 +60,9 @@ def guarded(
         f'[[tokens]]\nname = "reader"\ntoken = "{READER}"\nscopes = ["read"]\n'
         f'[[tokens]]\nname = "runner"\ntoken = "{RUNNER}"\nscopes = ["read", "infer"]\n'
     )
-    server = start_server(registry.root, "digits@prod", "--token-file", str(tokens),
-                          "--max-body-mb", "8")  # fmt: skip
+    server = start_server(
+        registry.root, "digits@prod", "--token-file", str(tokens), "--max-body-mb", "8"
+    )
     return server, registry
 
 
@@ -71,9 +74,11 @@ def status_of(answer: bytes) -> int:
 def flood_body(server: Server, method: str, path: str, total: int) -> int:
     """Send a chunked JSON body of ``total`` bytes until the server answers; its status."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Authorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
     sock.sendall(head.encode())
     block = b"%x\r\n" % MiB + b" " * MiB + b"\r\n"
     sent = 0
@@ -126,8 +131,12 @@ def test_try_it_needs_the_infer_scope(guarded: tuple[Server, mc.Registry]) -> No
     url = server.url + "/ui/api/models/digits/1.0.0/predict"
     refused = httpx.post(url, json=X, headers=auth(READER))
     assert refused.status_code == 403 and "'infer'" in refused.json()["error"]
-    assert httpx.post(server.url + "/v2/models/digits/infer", headers=auth(READER),
-                      json={"inputs": []}).status_code == 403  # fmt: skip
+    assert (
+        httpx.post(
+            server.url + "/v2/models/digits/infer", headers=auth(READER), json={"inputs": []}
+        ).status_code
+        == 403
+    )
     ran = httpx.post(url, json=X, headers=auth(RUNNER))
     assert ran.status_code == 200 and ran.json()["outputs"]["output"]["shape"] == [1, 10]
     page = httpx.get(server.url + "/ui/models/digits/1.0.0", headers=auth(READER))
@@ -135,9 +144,11 @@ def test_try_it_needs_the_infer_scope(guarded: tuple[Server, mc.Registry]) -> No
 
 
 def test_try_it_runs_only_served_versions_under_the_trust_policy(
-    tmp_path: Path, digits_crate_path: Path, digits_v2_path: Path,
+    tmp_path: Path,
+    digits_crate_path: Path,
+    digits_v2_path: Path,
     start_server: Callable[..., Server],
-) -> None:  # fmt: skip
+) -> None:
     """The UI used to load any version itself, skipping `serve --trust`; now it asks the
     model manager, which serves only the signed 1.0.0."""
     registry = mc.Registry.open(tmp_path / "registry")
@@ -165,8 +176,10 @@ def test_a_trickled_body_is_cut_at_the_request_timeout(
     registry.publish(digits_crate_path)
     server = start_server(registry.root, "digits", "--request-timeout", "2")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")  # fmt: skip
+    sock.sendall(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
     started, answer = time.monotonic(), b""
     with sock:
         while time.monotonic() - started < 8:
@@ -189,8 +202,9 @@ def test_idle_connections_are_closed_and_health_stays_answerable(
     still answered, and the idle ones are closed at the header deadline."""
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
-    server = start_server(registry.root, "digits", "--max-connections", "32",
-                          "--header-timeout", "3")  # fmt: skip
+    server = start_server(
+        registry.root, "digits", "--max-connections", "32", "--header-timeout", "3"
+    )
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(200)]
     opened = time.monotonic()
     time.sleep(0.3)
@@ -211,8 +225,7 @@ def test_idle_connections_are_closed_and_health_stays_answerable(
 def test_duplicate_requested_outputs_are_refused(served_digits: Server) -> None:
     """Finding 4: one output listed 20,000 times does not make a 20,000-fold response."""
     body = {**X, "outputs": [{"name": "output"}] * 20_000}
-    body["inputs"] = [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                       "data": [0.0] * 64}]  # fmt: skip
+    body["inputs"] = [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]
     response = httpx.post(served_digits.url + "/v2/models/digits/infer", json=body, timeout=10)
     assert response.status_code == 400 and "requested twice" in response.json()["error"]
     assert len(response.content) < 1000
@@ -242,14 +255,14 @@ def test_lineage_is_capped_indexed_and_rendered_bounded(
     base = mc.pack(make_onnx(tmp_path / "m.onnx"), name="fam", version="1.0.0")
     root = base.unpack(tmp_path / "base")
     registry = mc.Registry.open(tmp_path / "registry")
-    too_many = _variant(root, tmp_path / "many", "9.0.0",
-                        [_fake_digest(str(i)) for i in range(65)])  # fmt: skip
+    too_many = _variant(root, tmp_path / "many", "9.0.0", [_fake_digest(str(i)) for i in range(65)])
     with pytest.raises(CrateFormatError, match="at most 64 allowed, 65 given"):
         registry.publish(too_many)
     parents = []
     for i in range(64):
-        crate = _variant(root, tmp_path / f"p{i}", f"1.0.{i}",
-                         [_fake_digest(f"{i}-{j}") for j in range(64)])  # fmt: skip
+        crate = _variant(
+            root, tmp_path / f"p{i}", f"1.0.{i}", [_fake_digest(f"{i}-{j}") for j in range(64)]
+        )
         parents.append(registry.publish(crate).digest)
     registry.publish(_variant(root, tmp_path / "child", "2.0.0", parents))
     graph = registry.lineage("fam@2.0.0")
@@ -287,17 +300,22 @@ def test_the_lineage_index_is_filled_for_registries_made_before_it(tmp_path: Pat
 
 
 def test_host_names_are_checked_and_security_headers_sent(
-    served_digits: Server, tmp_path: Path, digits_crate_path: Path,
+    served_digits: Server,
+    tmp_path: Path,
+    digits_crate_path: Path,
     start_server: Callable[..., Server],
-) -> None:  # fmt: skip
+) -> None:
     """Finding 6: a loopback server without tokens answers only loopback Host names (DNS
     rebinding), and every response carries the browser-facing headers."""
     url = served_digits.url
     for path in ("/ui/", "/v2/models/digits", "/v2/registry/models"):
         rebound = httpx.get(url + path, headers={"Host": "attacker.example"})
         assert rebound.status_code == 421 and "--allowed-host" in rebound.json()["error"]
-    infer = httpx.post(url + "/v2/models/digits/infer", json={"inputs": []},
-                       headers={"Host": "attacker.example:80"})  # fmt: skip
+    infer = httpx.post(
+        url + "/v2/models/digits/infer",
+        json={"inputs": []},
+        headers={"Host": "attacker.example:80"},
+    )
     assert infer.status_code == 421
     for host in (f"localhost:{served_digits.port}", "127.0.0.1", "[::1]:1", "app.localhost"):
         assert httpx.get(url + "/ui/", headers={"Host": host}).status_code == 200, host
@@ -351,8 +369,11 @@ def test_colliding_file_paths_are_refused_at_publish(
     )
     assert run.returncode != 0 and message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
-    over_http = httpx.post(server.url + "/v2/registry/versions", headers=auth(ADMIN),
-                           json={"manifest": json.dumps(raw)})  # fmt: skip
+    over_http = httpx.post(
+        server.url + "/v2/registry/versions",
+        headers=auth(ADMIN),
+        json={"manifest": json.dumps(raw)},
+    )
     assert over_http.status_code == 400 and message in over_http.json()["error"]
     assert [m.name for m in registry.list_models()] == ["digits"]
 

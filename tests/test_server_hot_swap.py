@@ -35,8 +35,9 @@ def test_twenty_swaps_under_concurrent_load(
     registry.set_alias("tiny", "prod", "1.0.0")
     server = start_server(registry.root, "tiny@prod", "--poll-interval", "0.05")
     url = server.url + "/v2/models/tiny/versions/prod/infer"
-    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                        "data": X.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X.ravel().tolist()}]
+    }
     stop = threading.Event()
     failures: list[str] = []
     counts = [0] * 4

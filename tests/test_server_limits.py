@@ -134,10 +134,13 @@ def test_binary_extension_length_errors(served_digits: Server) -> None:
     del del_data["inputs"][0]["data"]
     header = json.dumps(del_data).encode()
     response = httpx.post(
-        served_digits.url + "/v2/models/digits/infer", content=header + x.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
-    )  # fmt: skip
+        served_digits.url + "/v2/models/digits/infer",
+        content=header + x.tobytes(),
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert response.status_code == 400
     assert "needs 256 bytes" in response.json()["error"]
     lying = httpx.post(
@@ -164,10 +167,13 @@ def test_nan_in_binary_data_is_refused(served_digits: Server) -> None:
         }
     ).encode()
     response = httpx.post(
-        served_digits.url + "/v2/models/digits/infer", content=header + x.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
-    )  # fmt: skip
+        served_digits.url + "/v2/models/digits/infer",
+        content=header + x.tobytes(),
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert response.status_code == 400 and "NaN or Inf" in response.json()["error"]
 
 
@@ -191,9 +197,11 @@ def test_request_timeout_gives_504_and_the_server_recovers(
         }
     ).encode()
     response = httpx.post(
-        server.url + "/v2/models/digits/infer", content=header + x.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header))}, timeout=30,
-    )  # fmt: skip
+        server.url + "/v2/models/digits/infer",
+        content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=30,
+    )
     assert response.status_code == 504 and "longer than" in response.json()["error"]
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
 

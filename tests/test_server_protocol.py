@@ -14,10 +14,11 @@ from conftest import Digits, Server
 
 def infer_body(x: np.ndarray, **extra: object) -> dict[str, object]:
     return {
-        "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                    "data": x.ravel().tolist()}],
+        "inputs": [
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ],
         **extra,
-    }  # fmt: skip
+    }
 
 
 def expected(digits: Digits, x: np.ndarray) -> np.ndarray:
@@ -61,25 +62,36 @@ def test_json_infer_matches_torch(served_digits: Server, digits: Digits) -> None
 
 def test_nested_json_data_is_accepted(served_digits: Server, digits: Digits) -> None:
     x = digits.x_test[:2]
-    body = {"inputs": [{"name": "x", "shape": [2, 1, 8, 8], "datatype": "FP32",
-                        "data": x.tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "x", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": x.tolist()}]
+    }
     response = httpx.post(served_digits.url + "/v2/models/digits/infer", json=body)
     assert response.status_code == 200, response.text
 
 
 def test_binary_tensor_extension_both_ways(served_digits: Server, digits: Digits) -> None:
     x = np.ascontiguousarray(digits.x_test[:3])
-    header = json.dumps({
-        "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-    }).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [3, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     response = httpx.post(
         served_digits.url + "/v2/models/digits/infer",
         content=header + x.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
-    )  # fmt: skip
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert response.status_code == 200, response.text
     split = int(response.headers["inference-header-content-length"])
     document = json.loads(response.content[:split])
@@ -147,6 +159,8 @@ def test_the_issue_curl_example(served_digits: Server) -> None:
     body = json.dumps(infer_body(np.zeros((1, 1, 8, 8), np.float32)))
     result = subprocess.run(
         ["curl", "-s", "-d", body, served_digits.url + "/v2/models/digits/versions/prod/infer"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(result.stdout)["outputs"][0]["shape"] == [1, 10]

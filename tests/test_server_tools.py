@@ -16,8 +16,17 @@ from conftest import Server, make_onnx, run_cli
 
 
 def test_bench_command_reports_throughput_and_errors(served_digits: Server) -> None:
-    result = run_cli("bench", served_digits.url, "digits@prod", "--concurrency", "4",
-                     "--duration", "1s", "--json", check=True)  # fmt: skip
+    result = run_cli(
+        "bench",
+        served_digits.url,
+        "digits@prod",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+        check=True,
+    )
     report = json.loads(result.stdout)
     assert report["requests"] > 0 and report["errors"] == 0
     assert report["rps"] > 0 and report["p50_ms"] <= report["p99_ms"]
@@ -43,8 +52,9 @@ def test_access_log_is_one_json_line_per_request(
     entries = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
     infer = [e for e in entries if e["path"].endswith("/infer")]
     assert [(e["method"], e["path"], e["status"]) for e in infer] == [
-        ("POST", "/v2/models/tiny/infer", 200), ("POST", "/v2/models/nope/infer", 404),
-    ]  # fmt: skip
+        ("POST", "/v2/models/tiny/infer", 200),
+        ("POST", "/v2/models/nope/infer", 404),
+    ]
     assert all(e["ms"] >= 0 and e["client"] == "127.0.0.1" for e in infer)
 
 
@@ -76,7 +86,8 @@ async def main():
 asyncio.run(main())
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

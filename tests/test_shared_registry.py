@@ -123,8 +123,9 @@ def test_three_servers_on_one_postgresql_registry_follow_alias_moves(
             time.sleep(0.05)
         assert not pending, f"servers {sorted(pending)} still not on {target} after 2 s"
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
-    answers = [httpx.post(f"{s.url}/v2/models/tiny/infer", json=body, timeout=5).json()
-               for s in servers]  # fmt: skip
+    answers = [
+        httpx.post(f"{s.url}/v2/models/tiny/infer", json=body, timeout=5).json() for s in servers
+    ]
     assert {a["model_version"] for a in answers} == {"3.0.0"}
     assert len({tuple(np.round(a["outputs"][0]["data"], 5)) for a in answers}) == 1
 
@@ -167,8 +168,13 @@ def test_a_registry_from_before_migrations_is_adopted_with_its_data(
 
     root = tmp_path / "old"
     root.mkdir()
-    legacy = [VersionRow.__table__, FileRow.__table__, TagRow.__table__, AliasRow.__table__,
-              AliasEventRow.__table__]  # fmt: skip
+    legacy = [
+        VersionRow.__table__,
+        FileRow.__table__,
+        TagRow.__table__,
+        AliasRow.__table__,
+        AliasEventRow.__table__,
+    ]
     engine = create_engine(f"sqlite:///{root / 'registry.db'}")
     Base.metadata.create_all(engine, tables=legacy)  # what the first release made
     engine.dispose()
@@ -226,8 +232,7 @@ def test_du_counts_shared_blobs_once(tmp_path: Path, registry: mc.Registry) -> N
     crate = mc.Crate.open(tiny(tmp_path, "1.0.0"))
     registry.publish(crate)
     # Same files, new version: the logical size doubles, the stored size does not.
-    registry.publish(mc.Crate(crate.manifest.model_copy(update={"version": "1.0.1"}),
-                              crate.source))  # fmt: skip
+    registry.publish(mc.Crate(crate.manifest.model_copy(update={"version": "1.0.1"}), crate.source))
     usage = registry.du("tiny")
     assert usage.logical_bytes == 2 * usage.stored_bytes
     assert [v.new_bytes for v in usage.versions] == [usage.stored_bytes, 0]

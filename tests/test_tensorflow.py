@@ -5,6 +5,7 @@ runs on LiteRT; crates export to the TF Serving layout. Models are built here, o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import run_cli
+from conftest import Server, run_cli
 
 pytestmark = pytest.mark.tensorflow  # `make test` runs these in a process of their own
 
@@ -41,17 +42,21 @@ def digits_keras(tfk: TF) -> tuple[Any, np.ndarray, np.ndarray, float]:
     keras = tfk.keras
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[..., None]
-    x_train, x_test, y_train, y_test = train_test_split(images, data.target, test_size=0.25,
-                                                        random_state=0)  # fmt: skip
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, data.target, test_size=0.25, random_state=0
+    )
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])  # fmt: skip
-    model.compile(optimizer="adam",
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="image"),
+            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
     accuracy = float((np.argmax(model.predict(x_test, verbose=0), 1) == y_test).mean())
     return model, x_test, y_test, accuracy
@@ -64,8 +69,16 @@ def test_pack_keras_file_and_serve_it_without_tensorflow(
     assert accuracy > 0.85
     path = tmp_path / "mnist_cnn.keras"
     model.save(path)
-    packed = run_cli("pack", str(path), "--name", "mnist", "--version", "1.0.0",
-                     "--output", str(tmp_path / "mnist.crate"))  # fmt: skip
+    packed = run_cli(
+        "pack",
+        str(path),
+        "--name",
+        "mnist",
+        "--version",
+        "1.0.0",
+        "--output",
+        str(tmp_path / "mnist.crate"),
+    )
     assert packed.returncode == 0, packed.stderr
     crate = mc.Crate.open(tmp_path / "mnist.crate")
     kinds = {a.kind: a for a in crate.manifest.artifacts}
@@ -87,25 +100,31 @@ def test_pack_h5_and_saved_model_and_an_lstm(
     model.save(tmp_path / "legacy.h5")
     h5 = mc.pack(tmp_path / "legacy.h5", name="legacy", version="1.0.0")
     assert {a.kind for a in h5.manifest.artifacts} == {"onnx", "keras"}
-    np.testing.assert_allclose(mc.Model(h5).predict(x_test[:8])["output"],
-                               model.predict(x_test[:8], verbose=0), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        mc.Model(h5).predict(x_test[:8])["output"], model.predict(x_test[:8], verbose=0), atol=1e-4
+    )
 
     model.export(str(tmp_path / "saved"), verbose=False)
     saved = mc.pack(tmp_path / "saved", name="saved", version="1.0.0")
     savedmodel = saved.manifest.artifact("savedmodel")
     assert savedmodel is not None and savedmodel.path == "saved_model/saved_model.pb"
     assert any(f.startswith("saved_model/variables/") for f in savedmodel.data_files)
-    np.testing.assert_allclose(mc.Model(saved).predict(x_test[:8])["output"],
-                               model.predict(x_test[:8], verbose=0), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        mc.Model(saved).predict(x_test[:8])["output"],
+        model.predict(x_test[:8], verbose=0),
+        atol=1e-4,
+    )
 
     keras.utils.set_random_seed(1)
-    lstm = keras.Sequential([keras.Input((5, 3), name="series"), keras.layers.LSTM(8),
-                             keras.layers.Dense(2)])  # fmt: skip
+    lstm = keras.Sequential(
+        [keras.Input((5, 3), name="series"), keras.layers.LSTM(8), keras.layers.Dense(2)]
+    )
     lstm.save(tmp_path / "lstm.keras")
     crate = mc.pack(tmp_path / "lstm.keras", name="lstm", version="1.0.0")
     series = np.random.default_rng(0).standard_normal((6, 5, 3)).astype(np.float32)
-    np.testing.assert_allclose(mc.Model(crate).predict(series)["output"],
-                               lstm.predict(series, verbose=0), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        mc.Model(crate).predict(series)["output"], lstm.predict(series, verbose=0), atol=1e-4
+    )
 
 
 def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path, tfk: TF) -> None:
@@ -116,22 +135,33 @@ def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path, tfk: TF) -> No
     double = eval(
         f"lambda v: (__import__('pathlib').Path({str(canary)!r}).write_text('ran'), v * 2.0)[1]"
     )
-    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Lambda(double),
-                              keras.layers.Dense(2)])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((4,), name="x"), keras.layers.Lambda(double), keras.layers.Dense(2)]
+    )
     for suffix in (".keras", ".h5"):  # .h5 ignores Keras's safe_mode (CVE-2025-9905)
         path = tmp_path / f"lambda{suffix}"
         model.save(path)
         canary.unlink(missing_ok=True)
-        refused = run_cli("pack", str(path), "--name", "lam", "--version", "1.0.0",
-                          "--output", str(tmp_path / "lam.crate"))  # fmt: skip
+        refused = run_cli(
+            "pack",
+            str(path),
+            "--name",
+            "lam",
+            "--version",
+            "1.0.0",
+            "--output",
+            str(tmp_path / "lam.crate"),
+        )
         assert refused.returncode == 1 and "Lambda layer" in refused.stderr, refused.stderr
         assert not (tmp_path / "lam.crate").exists() and not canary.exists()
-    allowed = mc.pack(tmp_path / "lambda.keras", name="lam", version="1.0.0",
-                      keras_allow=["Lambda"])  # fmt: skip
+    allowed = mc.pack(
+        tmp_path / "lambda.keras", name="lam", version="1.0.0", keras_allow=["Lambda"]
+    )
     assert canary.exists()  # allowed: Keras ran the layer's code, as the user chose
     x = np.ones((2, 4), np.float32)
-    np.testing.assert_allclose(mc.Model(allowed).predict(x)["output"],
-                               model.predict(x, verbose=0), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        mc.Model(allowed).predict(x)["output"], model.predict(x, verbose=0), atol=1e-5
+    )
 
 
 def test_tflite_packs_and_runs_on_litert(
@@ -141,15 +171,24 @@ def test_tflite_packs_and_runs_on_litert(
     model, x_test, _, _ = digits_keras
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     (tmp_path / "model.tflite").write_bytes(converter.convert())
-    packed = run_cli("pack", str(tmp_path / "model.tflite"), "--name", "mnist-edge",
-                     "--version", "1.0.0", "--output", str(tmp_path / "edge.crate"))  # fmt: skip
+    packed = run_cli(
+        "pack",
+        str(tmp_path / "model.tflite"),
+        "--name",
+        "mnist-edge",
+        "--version",
+        "1.0.0",
+        "--output",
+        str(tmp_path / "edge.crate"),
+    )
     assert packed.returncode == 0, packed.stderr
     edge = mc.load(tmp_path / "edge.crate")
     assert edge.runtime.name == "litert"
     assert [a.kind for a in edge.manifest.artifacts] == ["tflite"]
     scores = edge.predict(x_test[:5])
-    np.testing.assert_allclose(next(iter(scores.values())), model.predict(x_test[:5], verbose=0),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        next(iter(scores.values())), model.predict(x_test[:5], verbose=0), atol=1e-4
+    )
     # Concurrent calls with different batch sizes (the server's batcher runs batches on
     # several threads): each gets its own rows, as if it ran alone.
     from concurrent.futures import ThreadPoolExecutor
@@ -162,33 +201,86 @@ def test_tflite_packs_and_runs_on_litert(
         np.testing.assert_array_equal(got, alone[n])
 
 
+def test_a_served_tflite_crate_answers_16_concurrent_requests_each_correctly(
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float],
+    tmp_path: Path,
+    tfk: TF,
+    start_server: Callable[..., Server],
+) -> None:
+    """LiteRT is not thread-safe; the server runs batches on several threads, so the runtime
+    is serialized: 16 requests at once, each with its own input, each get their own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, x_test, _, _ = digits_keras
+    converter = tfk.tf.lite.TFLiteConverter.from_keras_model(model)
+    (tmp_path / "model.tflite").write_bytes(converter.convert())
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(mc.pack(tmp_path / "model.tflite", name="edge", version="1.0.0"))
+    alone = mc.load("edge@1.0.0", registry=registry)
+    assert alone.runtime.name == "litert"  # serialized by make_runtime
+    server = start_server(registry.root, "edge", "--max-batch-size", "1")
+    inputs = [x_test[i : i + 1 + i % 3] for i in range(16)]
+    expected = [next(iter(alone.predict(x).values())) for x in inputs]
+
+    def ask(x: np.ndarray) -> np.ndarray:
+        with mc.Client(server.url) as client:
+            return next(iter(client.predict("edge", x).values()))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(ask, inputs))
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_export_to_the_tf_serving_layout(
-    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path,
-    registry: mc.Registry, tfk: TF,
-) -> None:  # fmt: skip
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float],
+    tmp_path: Path,
+    registry: mc.Registry,
+    tfk: TF,
+) -> None:
     tf = tfk.tf
     model, x_test, _, _ = digits_keras
     model.save(tmp_path / "mnist.keras")
     registry.publish(mc.pack(tmp_path / "mnist.keras", name="mnist", version="1.0.0"))
-    exported = run_cli("export", "mnist@1.0.0", "--format", "tfserving", "--to",
-                       str(tmp_path / "models"), "--registry", str(registry.root))  # fmt: skip
+    exported = run_cli(
+        "export",
+        "mnist@1.0.0",
+        "--format",
+        "tfserving",
+        "--to",
+        str(tmp_path / "models"),
+        "--registry",
+        str(registry.root),
+    )
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "models" / "mnist" / "1" / "saved_model.pb").is_file()
     served = tf.saved_model.load(str(tmp_path / "models" / "mnist" / "1"))
     function = served.signatures["serving_default"]
-    outputs = function(**{name: tf.constant(x_test[:4])
-                          for name in function.structured_input_signature[1]})  # fmt: skip
-    np.testing.assert_allclose(next(iter(outputs.values())).numpy(),
-                               model.predict(x_test[:4], verbose=0), atol=1e-4)  # fmt: skip
-    again = run_cli("export", "mnist@1.0.0", "--format", "tfserving", "--to",
-                    str(tmp_path / "models"), "--registry", str(registry.root))  # fmt: skip
+    outputs = function(
+        **{name: tf.constant(x_test[:4]) for name in function.structured_input_signature[1]}
+    )
+    np.testing.assert_allclose(
+        next(iter(outputs.values())).numpy(), model.predict(x_test[:4], verbose=0), atol=1e-4
+    )
+    again = run_cli(
+        "export",
+        "mnist@1.0.0",
+        "--format",
+        "tfserving",
+        "--to",
+        str(tmp_path / "models"),
+        "--registry",
+        str(registry.root),
+    )
     assert again.returncode == 0 and (tmp_path / "models" / "mnist" / "2").is_dir()
 
 
 def test_convert_a_keras_crate_to_tflite_with_parity(
-    digits_keras: tuple[Any, np.ndarray, np.ndarray, float], tmp_path: Path,
-    registry: mc.Registry, tfk: TF,
-) -> None:  # fmt: skip
+    digits_keras: tuple[Any, np.ndarray, np.ndarray, float],
+    tmp_path: Path,
+    registry: mc.Registry,
+    tfk: TF,
+) -> None:
     model, x_test, _, _ = digits_keras
     model.save(tmp_path / "mnist.keras")
     registry.publish(mc.pack(tmp_path / "mnist.keras", name="mnist", version="1.0.0"))
@@ -197,5 +289,8 @@ def test_convert_a_keras_crate_to_tflite_with_parity(
     assert [a.kind for a in result.crate.manifest.artifacts] == ["tflite"]
     assert result.report.max_abs_diff < 1e-4 and result.report.top1_agreement == 1.0
     edge = mc.load("mnist@1.0.0-tflite", registry=registry)
-    np.testing.assert_allclose(next(iter(edge.predict(x_test[:4]).values())),
-                               model.predict(x_test[:4], verbose=0), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        next(iter(edge.predict(x_test[:4]).values())),
+        model.predict(x_test[:4], verbose=0),
+        atol=1e-4,
+    )

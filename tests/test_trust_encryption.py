@@ -51,8 +51,7 @@ def big_crate(tmp_path: Path) -> Crate:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "src" / "big.onnx"
     path.parent.mkdir()
-    onnx.save(model, path, save_as_external_data=True, location="big.onnx.data",
-              size_threshold=0)  # fmt: skip
+    onnx.save(model, path, save_as_external_data=True, location="big.onnx.data", size_threshold=0)
     return mc.pack(path, name="big", version="1.0.0")
 
 
@@ -106,9 +105,14 @@ def test_ciphertext_is_at_rest_and_plaintext_never_reaches_the_disk(
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
     predicted = run_cli(
-        "predict", "big@1.0.0-enc", "--identity", str(keys / "x.key"), "--json",
-        "--data", json.dumps(X.tolist()),
-    )  # fmt: skip
+        "predict",
+        "big@1.0.0-enc",
+        "--identity",
+        str(keys / "x.key"),
+        "--json",
+        "--data",
+        json.dumps(X.tolist()),
+    )
     assert predicted.returncode == 0, predicted.stderr
     assert np.asarray(json.loads(predicted.stdout)["y"]).shape == (3, 4096)
 
@@ -187,8 +191,9 @@ def test_encryption_section_is_covered_by_the_signature(
 ) -> None:
     generate(tmp_path / "signer")
     registry.publish(mc.pack(make_onnx(tmp_path / "tiny.onnx"), name="tiny", version="1.0.0"))
-    mc.encrypt("tiny@1.0.0", recipients=[keys / "x.pub"], key=tmp_path / "signer.key",
-               registry=registry)  # fmt: skip
+    mc.encrypt(
+        "tiny@1.0.0", recipients=[keys / "x.pub"], key=tmp_path / "signer.key", registry=registry
+    )
     trust = mc.Policy(True, TrustedKeys.from_paths([tmp_path / "signer.pub"]))
     assert registry.check_signature("tiny@1.0.0-enc", trust)
     manifest = parse_manifest(registry.manifest("tiny@1.0.0-enc").file_bytes())
@@ -203,8 +208,9 @@ def test_serve_with_identity_decrypts_in_memory(
     mc.encrypt("tiny@1.0.0", recipients=[keys / "ec.pub"], registry=registry)
     expected = mc.load("tiny@1.0.0", registry=registry).predict(X)["y"]
     server = start_server(registry.root, "tiny@1.0.0-enc", "--identity", str(keys / "ec.key"))
-    body = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
-                        "data": X.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": X.ravel().tolist()}]
+    }
     answer = httpx.post(f"{server.url}/v2/models/tiny/infer", json=body, timeout=10)
     assert answer.status_code == 200, answer.text
     got = np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(3, 2)

@@ -73,27 +73,54 @@ def test_our_signatures_pass_model_signing_verify_and_theirs_pass_ours(
     registry.sign("tiny@1.0.0", keys / "alice.key")
     pulled = registry.pull("tiny@1.0.0", tmp_path / "pulled")
     theirs = subprocess.run(
-        [*MODEL_SIGNING, "verify", "key", str(pulled), "--signature", f"{pulled}.sig",
-         "--public_key", str(keys / "alice.pub")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            *MODEL_SIGNING,
+            "verify",
+            "key",
+            str(pulled),
+            "--signature",
+            f"{pulled}.sig",
+            "--public_key",
+            str(keys / "alice.pub"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
     # A byte changed in the pulled copy: model_signing itself refuses it.
     (pulled / "model.onnx").write_bytes((pulled / "model.onnx").read_bytes() + b"\0")
     tampered = subprocess.run(
-        [*MODEL_SIGNING, "verify", "key", str(pulled), "--signature", f"{pulled}.sig",
-         "--public_key", str(keys / "alice.pub")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            *MODEL_SIGNING,
+            "verify",
+            "key",
+            str(pulled),
+            "--signature",
+            f"{pulled}.sig",
+            "--public_key",
+            str(keys / "alice.pub"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert tampered.returncode != 0
 
     # Signed by the model_signing CLI over a pulled crate: we accept it as bob's signature.
     fresh = registry.pull("tiny@1.0.0", tmp_path / "fresh")
     made = subprocess.run(
-        [*MODEL_SIGNING, "sign", "key", str(fresh), "--signature", str(tmp_path / "bob.sig"),
-         "--private_key", str(keys / "bob.key")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            *MODEL_SIGNING,
+            "sign",
+            "key",
+            str(fresh),
+            "--signature",
+            str(tmp_path / "bob.sig"),
+            "--private_key",
+            str(keys / "bob.key"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     registry.add_signature("tiny@1.0.0", (tmp_path / "bob.sig").read_bytes())
     bob_only = mc.Policy(True, TrustedKeys.from_paths([keys / "bob.pub"]))
@@ -174,9 +201,14 @@ def test_serve_with_trust_refuses_unsigned_versions_and_keeps_the_signed_one(
     registry.sign("tiny@1.0.0", keys / "alice.key")
     registry.set_alias("tiny", "prod", "2.0.0")
     server = start_server(
-        registry.root, "tiny@prod", "--trust", str(keys), "--poll-interval", "0.05",
+        registry.root,
+        "tiny@prod",
+        "--trust",
+        str(keys),
+        "--poll-interval",
+        "0.05",
         wait_ready=False,
-    )  # fmt: skip
+    )
     ready = httpx.get(f"{server.url}/v2/models/tiny/ready", timeout=5)
     assert ready.status_code != 200
     meta = httpx.get(f"{server.url}/v2/models/tiny", timeout=5)
@@ -219,9 +251,15 @@ def test_audit_records_who_did_what(tmp_path: Path, home: Path, keys: Path) -> N
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
     assert [e["action"] for e in entries] == [
-        "publish", "publish", "alias-set", "alias-set", "alias-rollback", "sign", "delete",
+        "publish",
+        "publish",
+        "alias-set",
+        "alias-set",
+        "alias-rollback",
+        "sign",
+        "delete",
         "trust-key",
-    ]  # fmt: skip
+    ]
     assert {e["actor"] for e in entries} == {getpass.getuser()}
     assert entries[0]["digest"].startswith("sha256:") and entries[0]["version"] == "1.0.0"
     only_tiny = json.loads(run_cli("audit", "tiny", "--json", check=True).stdout)

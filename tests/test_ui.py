@@ -36,9 +36,11 @@ def chromium() -> str:
 
 @pytest.fixture
 def ui(
-    tmp_path: Path, digits_crate_path: Path, digits: Digits,
+    tmp_path: Path,
+    digits_crate_path: Path,
+    digits: Digits,
     start_server: Callable[..., Server],
-) -> Iterator[tuple[Server, mc.Registry]]:  # fmt: skip
+) -> Iterator[tuple[Server, mc.Registry]]:
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
     registry.set_alias("digits", "prod", "1.0.0")
@@ -73,12 +75,20 @@ def png(pixels: np.ndarray) -> bytes:
     raw = b"".join(b"\x00" + bytes(row) for row in pixels.astype(np.uint8))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)  # fmt: skip
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_browse_search_and_read_a_version(

@@ -17,5 +17,4 @@ async def echo(request: Request) -> Response:
 app = Starlette(routes=[Route("/{path:path}", echo, methods=["POST"])])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                access_log=False)  # fmt: skip
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

@@ -24,8 +24,12 @@ from train import pack_digits, train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--serve-seconds", type=float, default=None,
-                        help="stop serving after this long (default: until Ctrl-C)")  # fmt: skip
+    parser.add_argument(
+        "--serve-seconds",
+        type=float,
+        default=None,
+        help="stop serving after this long (default: until Ctrl-C)",
+    )
     args = parser.parse_args()
 
     model, accuracy, x_test, y_test = train()
@@ -41,16 +45,28 @@ def main() -> None:
     loaded = mc.load("digits@prod", registry=registry)
     labels = loaded.labels or []
     predicted = [labels[i] for i in np.argmax(loaded.predict(x_test[:5])["output"], axis=1)]
-    print(f"5. mc.load('digits@prod').predict(x_test[:5]) -> {predicted} "
-          f"(true: {[str(v) for v in y_test[:5]]})")  # fmt: skip
+    print(
+        f"5. mc.load('digits@prod').predict(x_test[:5]) -> {predicted} "
+        f"(true: {[str(v) for v in y_test[:5]]})"
+    )
     serve(registry, args.port, x_test, y_test, args.serve_seconds)
 
 
-def serve(registry: mc.Registry, port: int, x_test: np.ndarray, y_test: np.ndarray,
-          seconds: float | None) -> None:  # fmt: skip
+def serve(
+    registry: mc.Registry, port: int, x_test: np.ndarray, y_test: np.ndarray, seconds: float | None
+) -> None:
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "modelcrate", "serve", "digits@prod", "--port", str(port),
-               "--registry", str(registry.root)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "modelcrate",
+        "serve",
+        "digits@prod",
+        "--port",
+        str(port),
+        "--registry",
+        str(registry.root),
+    ]
     server = subprocess.Popen(command)
     try:
         client = mc.Client(url)
@@ -65,7 +81,7 @@ def serve(registry: mc.Registry, port: int, x_test: np.ndarray, y_test: np.ndarr
             f"   POST {url}/v2/models/digits/versions/prod/infer -> "
             f"{[int(i) for i in np.argmax(logits, axis=1)]} (true: {[int(v) for v in y_test[:5]]})"
         )
-        print(f"   try: curl {url}/v2/models/digits")  # fmt: skip
+        print(f"   try: curl {url}/v2/models/digits")
         if seconds is None:
             print("   (Ctrl-C to stop)")
             server.wait()

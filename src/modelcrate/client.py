@@ -65,10 +65,14 @@ class Client:
             wanted = DATATYPES[spec["datatype"]]
             array = np.ascontiguousarray(np.asarray(inputs[spec["name"]]), dtype=wanted)
             data = array.astype(wanted.newbyteorder("<"), copy=False).tobytes()
-            header["inputs"].append({
-                "name": spec["name"], "shape": list(array.shape), "datatype": spec["datatype"],
-                "parameters": {"binary_data_size": len(data)},
-            })  # fmt: skip
+            header["inputs"].append(
+                {
+                    "name": spec["name"],
+                    "shape": list(array.shape),
+                    "datatype": spec["datatype"],
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            )
             chunks.append(data)
         head = json.dumps(header).encode()
         response = self._send(
@@ -88,8 +92,9 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ServerError(f"cannot reach {self.http.base_url}: {first_line(exc)}",
-                              code="unreachable") from None  # fmt: skip
+            raise ServerError(
+                f"cannot reach {self.http.base_url}: {first_line(exc)}", code="unreachable"
+            ) from None
         if check and response.status_code >= 400:
             raise from_http(response.status_code, _json_or_none(response), str(self.http.base_url))
         return response

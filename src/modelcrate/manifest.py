@@ -29,9 +29,18 @@ FILE_PATH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-
 SHA256_PATTERN = r"[0-9a-f]{64}"
 
 DType = Literal[
-    "bool", "uint8", "int8", "uint16", "int16", "int32", "int64",
-    "float16", "float32", "float64", "string",
-]  # fmt: skip
+    "bool",
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "string",
+]
 ArtifactKind = Literal[
     "onnx", "ort", "torch-export", "safetensors", "tflite", "keras", "savedmodel"
 ]

@@ -43,8 +43,15 @@ class Model:
         source = None
         if crate.manifest.composition is not None:
             source = _open_source(registry)
-        self.runtime = make_runtime(crate, runtime, threads=threads, prepack=prepack,
-                                    source=source, trust=trust, identity=identity)  # fmt: skip
+        self.runtime = make_runtime(
+            crate,
+            runtime,
+            threads=threads,
+            prepack=prepack,
+            source=source,
+            trust=trust,
+            identity=identity,
+        )
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.ref}, runtime={self.runtime.name})"

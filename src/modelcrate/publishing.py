@@ -148,8 +148,9 @@ def push(
     from modelcrate.registry.remote import PushResult
 
     files = len(crate.manifest.files)
-    return PushResult(result.name, result.version, result.digest, result.created,
-                      files - have, have)  # fmt: skip
+    return PushResult(
+        result.name, result.version, result.digest, result.created, files - have, have
+    )
 
 
 def lineage(ref: str, *, registry: Registry | str | None = None) -> LineageGraph:

@@ -42,25 +42,31 @@ class Ref:
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise BadReference."""
     return _check(
-        _NAME, name, f"model name {name!r}: expected lowercase letters, digits, '.', '_' or '-', "
+        _NAME,
+        name,
+        f"model name {name!r}: expected lowercase letters, digits, '.', '_' or '-', "
         "starting with a letter or digit, at most 64 characters",
-    )  # fmt: skip
+    )
 
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is a valid version string, else raise BadReference."""
     return _check(
-        _VERSION, version, f"version {version!r}: expected to start with a digit (like 1.0.0 or "
+        _VERSION,
+        version,
+        f"version {version!r}: expected to start with a digit (like 1.0.0 or "
         "1.0.0-int8), then letters, digits, '.', '_', '+' or '-'",
-    )  # fmt: skip
+    )
 
 
 def check_alias(alias: str) -> str:
     """Return ``alias`` if it is a valid alias name, else raise BadReference."""
     return _check(
-        _ALIAS, alias, f"alias {alias!r}: expected to start with a lowercase letter (like prod or "
+        _ALIAS,
+        alias,
+        f"alias {alias!r}: expected to start with a lowercase letter (like prod or "
         "staging), then lowercase letters, digits, '_' or '-'",
-    )  # fmt: skip
+    )
 
 
 def _check(pattern: re.Pattern[str], value: str, message: str) -> str:

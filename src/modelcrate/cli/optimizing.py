@@ -49,10 +49,17 @@ def optimize_command(
 
     with errors.status(f"optimizing {ref}…"):
         result = optimize(
-            ref, quantize=quantize, calibrate=read_npz(calibrate), fp16=fp16, prune=prune,
-            data=read_npz(data), version=version, max_accuracy_drop=max_accuracy_drop,
-            min_agreement=min_agreement, registry=open_registry(registry),
-        )  # fmt: skip
+            ref,
+            quantize=quantize,
+            calibrate=read_npz(calibrate),
+            fp16=fp16,
+            prune=prune,
+            data=read_npz(data),
+            version=version,
+            max_accuracy_drop=max_accuracy_drop,
+            min_agreement=min_agreement,
+            registry=open_registry(registry),
+        )
     render_result(result, as_json)
 
 
@@ -90,8 +97,13 @@ def compare_command(
 
 def render_result(result: Optimized, as_json: bool) -> None:
     if as_json:
-        print_json({"ref": result.crate.manifest.ref, "digest": result.crate.digest,
-                    "report": result.report.model_dump(mode="json")})  # fmt: skip
+        print_json(
+            {
+                "ref": result.crate.manifest.ref,
+                "digest": result.crate.digest,
+                "report": result.report.model_dump(mode="json"),
+            }
+        )
         return
     console.print(f"published [bold]{result.crate.manifest.ref}[/bold] {result.crate.digest}")
     render_report(result.report)

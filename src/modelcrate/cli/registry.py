@@ -221,8 +221,10 @@ def verify_store(reg: Registry, as_json: bool) -> None:
     if as_json:
         print_json({"ok": not damaged, "damaged_packs": [vars(d) for d in damaged]})
     for pack in damaged if not as_json else []:
-        console.print(f"[red]{pack.problem}[/red]  pack {pack.pack}: "
-                      f"{', '.join(pack.versions) or 'no version'}")  # fmt: skip
+        console.print(
+            f"[red]{pack.problem}[/red]  pack {pack.pack}: "
+            f"{', '.join(pack.versions) or 'no version'}"
+        )
     if damaged:
         versions = sorted({v for d in damaged for v in d.versions})
         raise IntegrityError(
@@ -298,9 +300,14 @@ def du_command(
     """Logical bytes (what the versions hold) vs stored bytes (shared blobs counted once)."""
     usage = open_registry(registry).du(name)
     if as_json:
-        print_json({"logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
-                    "cache_bytes": usage.cache_bytes,
-                    "versions": [vars(v) for v in usage.versions]})  # fmt: skip
+        print_json(
+            {
+                "logical_bytes": usage.logical_bytes,
+                "stored_bytes": usage.stored_bytes,
+                "cache_bytes": usage.cache_bytes,
+                "versions": [vars(v) for v in usage.versions],
+            }
+        )
         return
     table = Table()
     for column in ("version", "logical", "new stored"):

@@ -59,10 +59,21 @@ def finetune_command(
     x = next(iter(arrays.values()))
     spec = freeze if freeze in ("backbone", "none") else [p for p in freeze.split(",") if p]
     child = finetune(
-        ref, (x, y), head=head, freeze=spec, epochs=epochs, lr=lr, batch_size=batch_size,
-        val_split=val_split, patience=patience, seed=seed, name=name, version=version,
-        registry=reg, progress=None,
-    )  # fmt: skip
+        ref,
+        (x, y),
+        head=head,
+        freeze=spec,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        val_split=val_split,
+        patience=patience,
+        seed=seed,
+        name=name,
+        version=version,
+        registry=reg,
+        progress=None,
+    )
     result = reg.publish(child)
     metrics = child.manifest.metrics
     if as_json:
@@ -156,22 +167,32 @@ def lineage_command(
     """Show where a version came from and what was made from it."""
     graph = open_registry(registry).lineage(ref)
     if as_json:
-        print_json({"ref": graph.ref, "digest": graph.digest, "operation": graph.operation,
-                    "ancestors": [vars(n) for n in graph.ancestors],
-                    "descendants": [vars(n) for n in graph.descendants]})  # fmt: skip
+        print_json(
+            {
+                "ref": graph.ref,
+                "digest": graph.digest,
+                "operation": graph.operation,
+                "ancestors": [vars(n) for n in graph.ancestors],
+                "descendants": [vars(n) for n in graph.descendants],
+            }
+        )
         return
     console.print(render_lineage(graph))
 
 
 def render_lineage(graph: LineageGraph) -> Tree:
-    root = Tree(f"[bold]{graph.ref}[/bold] {graph.digest[:19]}…"
-                + (f" ({graph.operation})" if graph.operation else ""))  # fmt: skip
+    root = Tree(
+        f"[bold]{graph.ref}[/bold] {graph.digest[:19]}…"
+        + (f" ({graph.operation})" if graph.operation else "")
+    )
     if graph.ancestors:
         up = root.add("came from")
         for node in graph.ancestors:
             note = "" if node.in_registry else " [dim](not in this registry)[/dim]"
-            up.add(f"{'  ' * (node.depth - 1)}{node.ref} {node.digest[:19]}…{note}"
-                   + (f" ({node.operation})" if node.operation else ""))  # fmt: skip
+            up.add(
+                f"{'  ' * (node.depth - 1)}{node.ref} {node.digest[:19]}…{note}"
+                + (f" ({node.operation})" if node.operation else "")
+            )
     if graph.descendants:
         down = root.add("made from it")
         for node in graph.descendants:

@@ -102,18 +102,28 @@ def serve_command(
     if workers < 1 or max_connections < 1 or (max_batch_size is not None and max_batch_size < 1):
         raise UsageError("--workers, --max-connections and --max-batch-size must be at least 1")
     settings = ServeSettings(
-        refs=refs or [], registry=registry, host=host, port=port, workers=workers,
-        token_file=token_file, insecure=insecure,
-        batch=BatchConfig(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
-                          prepack=prepack),
+        refs=refs or [],
+        registry=registry,
+        host=host,
+        port=port,
+        workers=workers,
+        token_file=token_file,
+        insecure=insecure,
+        batch=BatchConfig(
+            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, prepack=prepack
+        ),
         app=AppSettings(
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),
-            request_timeout=request_timeout, access_log=access_log,
+            request_timeout=request_timeout,
+            access_log=access_log,
         ),
-        poll_interval=poll_interval, trust=trust or [], identity=identity,
-        header_timeout=header_timeout, allowed_hosts=allowed_host or [],
+        poll_interval=poll_interval,
+        trust=trust or [],
+        identity=identity,
+        header_timeout=header_timeout,
+        allowed_hosts=allowed_host or [],
         max_connections=max_connections,
-    )  # fmt: skip
+    )
     served = ", ".join(refs or []) or "the registry API"
     if ray:
         from modelcrate.server.auth import Tokens

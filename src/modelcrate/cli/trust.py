@@ -90,9 +90,13 @@ def encrypt_command(
         if not passphrase:
             raise UsageError(f"--passphrase-env {passphrase_env}: that variable is empty or unset")
     result = encrypt(
-        ref, recipients=list(recipient or []), passphrase=passphrase, version=version,
-        key=key, registry=registry,
-    )  # fmt: skip
+        ref,
+        recipients=list(recipient or []),
+        passphrase=passphrase,
+        version=version,
+        key=key,
+        registry=registry,
+    )
     if as_json:
         print_json(vars(result))
         return

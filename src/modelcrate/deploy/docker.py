@@ -81,13 +81,17 @@ def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path
     target.mkdir(parents=True, exist_ok=True)
     files = {
         "Dockerfile": DOCKERFILE.format(
-            ref=manifest.ref, digest=manifest.digest, python=PYTHON_IMAGE, port=PORT,
-            version=__version__, extras="[torch]" if needs_torch else "",
+            ref=manifest.ref,
+            digest=manifest.digest,
+            python=PYTHON_IMAGE,
+            port=PORT,
+            version=__version__,
+            extras="[torch]" if needs_torch else "",
         ),
         "entrypoint.sh": ENTRYPOINT.format(port=PORT),
         "healthcheck.py": HEALTHCHECK.format(port=PORT),
         ".dockerignore": DOCKERIGNORE,
-    }  # fmt: skip
+    }
     written = []
     for name, text in files.items():
         (target / name).write_text(text)

@@ -33,8 +33,11 @@ def inference_service(crate: Crate, image: str) -> dict[str, Any]:
     manifest = crate.manifest
     model_bytes = sum(f.size for f in manifest.files)
     memory_mib = 256 + math.ceil(2 * model_bytes / 2**20)
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": PORT},
-             "initialDelaySeconds": 5, "periodSeconds": 5}  # fmt: skip
+    probe = {
+        "httpGet": {"path": "/v2/health/ready", "port": PORT},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 5,
+    }
     return {
         "apiVersion": API_VERSION,
         "kind": "InferenceService",

@@ -17,6 +17,7 @@ def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path
     model_dir = target / crate.name
     model_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-    version_dir = write_saved_model(crate, model_dir / str(max(numbers, default=0) + 1),
-                                    "a TF Serving export")  # fmt: skip
+    version_dir = write_saved_model(
+        crate, model_dir / str(max(numbers, default=0) + 1), "a TF Serving export"
+    )
     return sorted(p for p in version_dir.rglob("*") if p.is_file())

@@ -16,11 +16,18 @@ from modelcrate.errors import UsageError
 from modelcrate.manifest import TensorSpec
 
 DATA_TYPES = {
-    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "uint16": "TYPE_UINT16",
-    "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "uint16": "TYPE_UINT16",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
     "string": "TYPE_STRING",
-}  # fmt: skip
+}
 
 
 def config_pbtxt(crate: Crate) -> str:
@@ -29,16 +36,26 @@ def config_pbtxt(crate: Crate) -> str:
     batched = all(s.shape[:1] == [-1] for s in specs)
     serving = manifest.serving
     max_batch = (serving.max_batch_size if serving else 32) if batched else 0
-    lines = [f'name: "{manifest.name}"', 'platform: "onnxruntime_onnx"',
-             f"max_batch_size: {max_batch}"]  # fmt: skip
-    for section, tensors in (("input", manifest.signature.inputs),
-                             ("output", manifest.signature.outputs)):  # fmt: skip
+    lines = [
+        f'name: "{manifest.name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch}",
+    ]
+    for section, tensors in (
+        ("input", manifest.signature.inputs),
+        ("output", manifest.signature.outputs),
+    ):
         entries = []
         for number, spec in enumerate(tensors):
-            extra = ' label_filename: "labels.txt"' if (
-                section == "output" and number == 0 and manifest.labels) else ""  # fmt: skip
-            entries.append(f'  {{ name: "{spec.name}" data_type: {DATA_TYPES[spec.dtype]} '
-                           f"dims: {_dims(spec, batched)}{extra} }}")  # fmt: skip
+            extra = (
+                ' label_filename: "labels.txt"'
+                if (section == "output" and number == 0 and manifest.labels)
+                else ""
+            )
+            entries.append(
+                f'  {{ name: "{spec.name}" data_type: {DATA_TYPES[spec.dtype]} '
+                f"dims: {_dims(spec, batched)}{extra} }}"
+            )
         lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
     if batched:
         delay = int((serving.max_delay_ms if serving else 0.0) * 1000)

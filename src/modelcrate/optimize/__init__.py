@@ -57,8 +57,11 @@ def optimize(
     publish: bool = True,
 ) -> Optimized:
     """Make one optimized child of ``ref``, check it against the limits, publish it."""
-    operations = [op for op, on in (("quantize", quantize), ("fp16", fp16),
-                                    ("prune", prune is not None)) if on]  # fmt: skip
+    operations = [
+        op
+        for op, on in (("quantize", quantize), ("fp16", fp16), ("prune", prune is not None))
+        if on
+    ]
     if len(operations) != 1:
         raise UsageError("choose exactly one of --quantize int8, --fp16 or --prune FRACTION")
     if quantize is not None and quantize != "int8":
@@ -70,8 +73,15 @@ def optimize(
     evaluation = eval_data(parent, data)
 
     def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
-        return _apply(parent, workdir, quantize=quantize, calibrate=calibrate, fp16=fp16,
-                      prune=prune, evaluation=evaluation)  # fmt: skip
+        return _apply(
+            parent,
+            workdir,
+            quantize=quantize,
+            calibrate=calibrate,
+            fp16=fp16,
+            prune=prune,
+            evaluation=evaluation,
+        )
 
     def check(report: Report) -> None:
         _check_limits(report, max_accuracy_drop, min_agreement)
@@ -98,8 +108,9 @@ def _derive(
         child_version = version or f"{parent.manifest.version}-{suffix}"
         lineage = Lineage(
             parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
-            operation=operation, parameters=parameters,
-        )  # fmt: skip
+            operation=operation,
+            parameters=parameters,
+        )
         draft = _pack_child(parent, source, child_version, lineage, None)
         report = measure(parent, Model(draft), evaluation, sparsity=sparsity)
         check(report)
@@ -133,8 +144,10 @@ def convert(
 
     def check(report: Report) -> None:
         if not report.max_abs_diff <= CONVERT_TOLERANCE:
-            raise PackError(f"the {to} conversion differs from the original by "
-                            f"{report.max_abs_diff:.3g}; refused, nothing published")  # fmt: skip
+            raise PackError(
+                f"the {to} conversion differs from the original by "
+                f"{report.max_abs_diff:.3g}; refused, nothing published"
+            )
 
     result = _derive(parent, "convert", operate, eval_data(parent), version, check)
     if publish:
@@ -142,8 +155,13 @@ def convert(
     return Optimized(result.crate, result.report, publish)
 
 
-def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
-            registry: Registry | str | None = None) -> Report:  # fmt: skip
+def compare(
+    a: str | Crate,
+    b: str | Crate,
+    *,
+    data: Data | None = None,
+    registry: Registry | str | None = None,
+) -> Report:
     """Measure ``b`` against ``a`` on ``data`` (or ``a``'s samples), as optimize does."""
     reg = registry if isinstance(registry, Registry) else Registry.open(registry)
     first = load(a) if isinstance(a, Crate) else load(a, registry=reg)
@@ -151,9 +169,16 @@ def compare(a: str | Crate, b: str | Crate, *, data: Data | None = None,
     return measure(first, second, eval_data(first, data))
 
 
-def _apply(parent: Model, workdir: Path, *, quantize: str | None, calibrate: Data | None,
-           fp16: bool, prune: float | None, evaluation: EvalData
-           ) -> tuple[Path | object, str, Parameters, float | None]:  # fmt: skip
+def _apply(
+    parent: Model,
+    workdir: Path,
+    *,
+    quantize: str | None,
+    calibrate: Data | None,
+    fp16: bool,
+    prune: float | None,
+    evaluation: EvalData,
+) -> tuple[Path | object, str, Parameters, float | None]:
     """Run the operation: (ONNX path or torch module, version suffix, parameters, sparsity)."""
     onnx = parent.manifest.artifact("onnx")
     if prune is not None:
@@ -178,12 +203,17 @@ def _apply(parent: Model, workdir: Path, *, quantize: str | None, calibrate: Dat
     calibration = eval_data(parent, calibrate).inputs
     path = quantize_int8(model_bytes, workdir, calibration)
     rows = int(next(iter(calibration.values())).shape[0])
-    return path, "int8-static", {"mode": "static", "format": "QDQ", "per_channel": True,
-                                 "calibration_samples": rows}, None  # fmt: skip
+    return (
+        path,
+        "int8-static",
+        {"mode": "static", "format": "QDQ", "per_channel": True, "calibration_samples": rows},
+        None,
+    )
 
 
-def _pack_child(parent: Model, source: Path | object, version: str, lineage: Lineage,
-                report: Report | None) -> Crate:  # fmt: skip
+def _pack_child(
+    parent: Model, source: Path | object, version: str, lineage: Lineage, report: Report | None
+) -> Crate:
     from modelcrate.pack import pack
 
     manifest = parent.manifest
@@ -196,13 +226,20 @@ def _pack_child(parent: Model, source: Path | object, version: str, lineage: Lin
             raise PackError("pruning needs the crate's samples to export the pruned module")
         example = tuple(torch.from_numpy(samples[s.name]) for s in manifest.signature.inputs)
     return pack(
-        source, name=manifest.name, version=version, example_inputs=example,
-        labels=manifest.labels, description=manifest.description, license=manifest.license,
-        tags=manifest.tags, lineage=lineage, report=report,
+        source,
+        name=manifest.name,
+        version=version,
+        example_inputs=example,
+        labels=manifest.labels,
+        description=manifest.description,
+        license=manifest.license,
+        tags=manifest.tags,
+        lineage=lineage,
+        report=report,
         samples=samples if isinstance(source, Path) else None,
         input_names=[s.name for s in manifest.signature.inputs],
         output_names=[s.name for s in manifest.signature.outputs],
-    )  # fmt: skip
+    )
 
 
 def _check_limits(report: Report, max_drop: float | None, min_agreement: float | None) -> None:
@@ -222,5 +259,7 @@ def _check_limits(report: Report, max_drop: float | None, min_agreement: float |
         if report.top1_agreement is None:
             raise UsageError("--min-agreement needs a classifier output")
         if report.top1_agreement < min_agreement:
-            raise PackError(f"refused: top-1 agreement {report.top1_agreement:.4f} is below "
-                            f"{min_agreement}; nothing published")  # fmt: skip
+            raise PackError(
+                f"refused: top-1 agreement {report.top1_agreement:.4f} is below "
+                f"{min_agreement}; nothing published"
+            )

@@ -40,8 +40,9 @@ def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, st
         path, suffix = workdir / "model.onnx", "ortopt"
     options.optimized_model_filepath = str(path)
     try:
-        ort.InferenceSession(model.crate.read_bytes(artifact.path), options,
-                             providers=["CPUExecutionProvider"])  # fmt: skip
+        ort.InferenceSession(
+            model.crate.read_bytes(artifact.path), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # ORT reports unsupported ops as untyped errors
         raise PackError(
             f"conversion to {target} failed: {str(exc).splitlines()[0][:300]}"

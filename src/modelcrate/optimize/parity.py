@@ -47,8 +47,9 @@ def eval_data(model: Model, data: dict[str, np.ndarray] | None = None) -> EvalDa
     return EvalData(random, None, "random")
 
 
-def measure(parent: Model, child: Model, data: EvalData, *, sparsity: float | None = None
-            ) -> Report:  # fmt: skip
+def measure(
+    parent: Model, child: Model, data: EvalData, *, sparsity: float | None = None
+) -> Report:
     """The parity report of ``child`` against ``parent`` on ``data``."""
     ours = parent.predict(data.inputs)
     theirs = child.predict(data.inputs)

@@ -10,8 +10,9 @@ import numpy as np
 from modelcrate.errors import PackError
 
 
-def quantize_int8(model_bytes: bytes, workdir: Path,
-                  calibration: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+def quantize_int8(
+    model_bytes: bytes, workdir: Path, calibration: dict[str, np.ndarray] | None = None
+) -> Path:
     """Write ``workdir/model.onnx``: int8 weights (dynamic), or int8 weights and activations
     in QDQ format, per channel, calibrated on ``calibration`` (static)."""
     from onnxruntime.quantization import (
@@ -49,14 +50,22 @@ def quantize_int8(model_bytes: bytes, workdir: Path,
             # ConvInteger has no int8-weight kernel on CPU; MatMul/Gemm (and Gather for
             # embeddings) carry the weights.
             quantize_dynamic(
-                str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                str(prepared),
+                str(target),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
                 op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-            )  # fmt: skip
+            )
         else:
             quantize_static(
-                str(prepared), str(target), Reader(calibration), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            )  # fmt: skip
+                str(prepared),
+                str(target),
+                Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     except Exception as exc:  # onnxruntime raises untyped errors for unsupported graphs
         raise PackError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
     finally:

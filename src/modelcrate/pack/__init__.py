@@ -174,8 +174,9 @@ def _write_samples(build: Build, samples: Any, workdir: Path) -> str | None:
         return None
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in build.samples.items()},
-              str(workdir / SAMPLES_FILE))  # fmt: skip
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in build.samples.items()}, str(workdir / SAMPLES_FILE)
+    )
     return SAMPLES_FILE
 
 

@@ -35,8 +35,15 @@ from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SAVED_MODEL_DIR = "saved_model"
-FILE_OPS = {"ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "EagerPyFunc",
-            "PyFuncStateless", "DeleteFile"}  # fmt: skip
+FILE_OPS = {
+    "ReadFile",
+    "WriteFile",
+    "MatchingFiles",
+    "PyFunc",
+    "EagerPyFunc",
+    "PyFuncStateless",
+    "DeleteFile",
+}
 OPSET = 17
 
 
@@ -76,17 +83,19 @@ def build(
     else:
         _check_config(_keras_config(source), allow, source.name)
         try:
-            model = keras.models.load_model(source, safe_mode="Lambda" not in allow,
-                                            compile=False)  # fmt: skip
+            model = keras.models.load_model(source, safe_mode="Lambda" not in allow, compile=False)
         except Exception as exc:  # Keras raises ValueError/TypeError for what it refuses
             raise PackError(f"Keras cannot load {source.name}: {first_line(exc)}") from None
         suffix = ".h5" if source.suffix.lower() in (".h5", ".hdf5") else ".keras"
         shutil.copyfile(source, workdir / f"model{suffix}")
         original = Artifact(kind="keras", path=f"model{suffix}")
-        spec = [tf.TensorSpec([None, *m.shape[1:]], m.dtype, name=_input_name(m, i))
-                for i, m in enumerate(model.inputs)]  # fmt: skip
-        function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]),
-                               input_signature=spec)  # fmt: skip
+        spec = [
+            tf.TensorSpec([None, *m.shape[1:]], m.dtype, name=_input_name(m, i))
+            for i, m in enumerate(model.inputs)
+        ]
+        function = tf.function(
+            lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]), input_signature=spec
+        )
     onnx_model = _to_onnx(function, workdir / ONNX_FILE)
     signature = signature_of(onnx_model)
     parity = _parity(function, workdir / ONNX_FILE, signature, parity_tolerance)
@@ -163,8 +172,9 @@ def _saved_model(tf: Any, source: Path, workdir: Path) -> tuple[Any, Artifact]:
         loaded = tf.saved_model.load(str(source))
         function = loaded.signatures["serving_default"]
     except (KeyError, Exception) as exc:
-        raise PackError(f"{source.name}: no loadable serving_default signature "
-                        f"({first_line(exc)})") from None  # fmt: skip
+        raise PackError(
+            f"{source.name}: no loadable serving_default signature ({first_line(exc)})"
+        ) from None
     used = {op.type for op in function.graph.get_operations()} & FILE_OPS
     if used:
         raise UnsafeContentError(f"{source.name}: the serving graph uses {sorted(used)}; refused")
@@ -181,8 +191,10 @@ def _saved_model(tf: Any, source: Path, workdir: Path) -> tuple[Any, Artifact]:
         outputs = serving(**dict(zip(names, xs, strict=True)))
         return [outputs[k] for k in sorted(outputs)]
 
-    specs = [tf.TensorSpec(s.shape, s.dtype, name=name)
-             for name, s in function.structured_input_signature[1].items()]  # fmt: skip
+    specs = [
+        tf.TensorSpec(s.shape, s.dtype, name=name)
+        for name, s in function.structured_input_signature[1].items()
+    ]
     return tf.function(call, input_signature=specs), original
 
 
@@ -266,8 +278,9 @@ def write_saved_model(crate: Any, directory: Path, purpose: str) -> Path:
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(crate.read_bytes(member))
     elif keras_artifact is not None:
-        model = read_keras_bytes(crate.read_bytes(keras_artifact.path),
-                                 Path(keras_artifact.path).suffix)  # fmt: skip
+        model = read_keras_bytes(
+            crate.read_bytes(keras_artifact.path), Path(keras_artifact.path).suffix
+        )
         model.export(str(directory), verbose=False)
     else:
         raise UsageError(

@@ -11,9 +11,17 @@ from modelcrate.manifest import Artifact, Framework, Signature, TensorSpec
 from modelcrate.pack.build import Build
 
 ORT_FILE = "model.ort"
-_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-          "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-          "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(string)": "string"}  # fmt: skip
+_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
 
 
 def is_ort_file(head: bytes) -> bool:
@@ -28,8 +36,9 @@ def build(source: Path, workdir: Path, **_: Any) -> Build:
     options = ort.SessionOptions()
     options.add_session_config_entry("session.load_model_format", "ORT")
     try:
-        session = ort.InferenceSession(source.read_bytes(), options,
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        session = ort.InferenceSession(
+            source.read_bytes(), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
         raise PackError(f"{source.name} is not a loadable ORT-format model: {exc}") from None
     shutil.copyfile(source, workdir / ORT_FILE)

@@ -26,8 +26,11 @@ def tensor_spec(detail: dict[str, Any], fallback: str) -> TensorSpec:
     shape = [int(d) for d in detail.get("shape_signature", detail["shape"])]
     if shape and shape[0] in (1, -1):
         shape[0] = -1
-    return TensorSpec(name=clean_name(str(detail["name"])) or fallback,
-                      dtype=np.dtype(detail["dtype"]).name, shape=shape)  # fmt: skip
+    return TensorSpec(
+        name=clean_name(str(detail["name"])) or fallback,
+        dtype=np.dtype(detail["dtype"]).name,
+        shape=shape,
+    )
 
 
 def clean_name(name: str) -> str:

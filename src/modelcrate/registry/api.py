@@ -108,9 +108,15 @@ class Registry(TrustMixin):
             self.engine, self.blobs = engine, blobs
             self.location = location or str(engine.url)
         # A shared registry's cache is per machine and per registry (gc prunes it).
-        cache_root = root / "cache" if root is not None else (
-            default_location() / "caches" / hashlib.sha256(self.location.encode()).hexdigest()[:16]
-        )  # fmt: skip
+        cache_root = (
+            root / "cache"
+            if root is not None
+            else (
+                default_location()
+                / "caches"
+                / hashlib.sha256(self.location.encode()).hexdigest()[:16]
+            )
+        )
         self.files = FileStore(self.engine, self.blobs, FileCache(cache_root, cache_bytes))
         # Pooled connections are closed when the registry goes away, not left to the GC.
         weakref.finalize(self, self.engine.dispose)
@@ -127,8 +133,9 @@ class Registry(TrustMixin):
         text = os.fspath(location)
         if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
             engine, blob_location = postgres_engine(text)
-            return cls(engine=engine, blobs=open_blob_store(blob_location), location=text,
-                       actor=actor)  # fmt: skip
+            return cls(
+                engine=engine, blobs=open_blob_store(blob_location), location=text, actor=actor
+            )
         if "://" in text and not text.startswith("file://"):
             scheme = text.split("://", 1)[0]
             raise UsageError(
@@ -188,9 +195,14 @@ class Registry(TrustMixin):
                 recipe = self.files.reuse(entry.sha256)
                 if recipe is None:
                     with crate.open_unhashed(entry.path) as stream:
-                        recipe = self.files.stage(stream, entry.sha256, entry.size,
-                                                  writer=writer, label=entry.path,
-                                                  cache=warm)  # fmt: skip
+                        recipe = self.files.stage(
+                            stream,
+                            entry.sha256,
+                            entry.size,
+                            writer=writer,
+                            label=entry.path,
+                            cache=warm,
+                        )
                 recipes[entry.sha256] = recipe
                 if progress is not None:
                     progress(entry.size)

@@ -142,8 +142,7 @@ def disk_usage(registry: Registry, name: str | None = None) -> DiskUsage:
                 recipe = registry.files.recipe(file.sha256) or [(file.sha256, file.size)]
                 fresh.update({sha: size for sha, size in recipe if sha not in seen})
             seen.update(fresh)
-            usage.append(VersionUsage(f"{row.name}@{row.version}", row.size,
-                                      sum(fresh.values())))  # fmt: skip
+            usage.append(VersionUsage(f"{row.name}@{row.version}", row.size, sum(fresh.values())))
             stored += sum(fresh.values())
             logical += row.size
     cache = registry.files.cache.size() if registry.files.cache is not None else 0

@@ -228,9 +228,10 @@ class S3BlobStore:
             return io.BytesIO(b"")
         try:
             body = self.client.get_object(
-                Bucket=self.bucket, Key=self.pack_key(pack),
+                Bucket=self.bucket,
+                Key=self.pack_key(pack),
                 Range=f"bytes={offset}-{offset + length - 1}",
-            )["Body"]  # fmt: skip
+            )["Body"]
         except ClientError as exc:
             if _missing(exc):
                 raise NotFound(f"pack {pack} is missing from the store") from None

@@ -52,9 +52,15 @@ class FileStore:
             yield writer
 
     def stage(
-        self, stream: IO[bytes], sha256: str, size: int, *,
-        writer: PackWriter | None = None, label: str = "", cache: bool = False,
-    ) -> Recipe:  # fmt: skip
+        self,
+        stream: IO[bytes],
+        sha256: str,
+        size: int,
+        *,
+        writer: PackWriter | None = None,
+        label: str = "",
+        cache: bool = False,
+    ) -> Recipe:
         """Verify ``stream`` against ``sha256``/``size`` while storing its new chunks; returns
         the recipe to ``record`` in the publishing transaction. ``cache``: also write the
         bytes into the local file cache in the same pass (the first load then copies nothing)."""
@@ -82,8 +88,10 @@ class FileStore:
             select(FileChunkRow.seq).where(FileChunkRow.file_sha == sha256).limit(1)
         )
         if exists is None:
-            rows = [{"file_sha": sha256, "seq": n, "chunk_sha": chunk, "size": length}
-                    for n, (chunk, length) in enumerate(recipe)]  # fmt: skip
+            rows = [
+                {"file_sha": sha256, "seq": n, "chunk_sha": chunk, "size": length}
+                for n, (chunk, length) in enumerate(recipe)
+            ]
             for start in range(0, len(rows), 5000):
                 session.execute(insert(FileChunkRow), rows[start : start + 5000])
 

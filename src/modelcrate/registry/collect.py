@@ -82,9 +82,15 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
         loose = list(live - indexed)
         whole = referenced - recipes
-    moves = sorted((Located(c.sha256, c.size, c.pack, c.offset)
-                    for pack_id in rewrite for c in by_pack[pack_id] if c.sha256 in live),
-                   key=lambda c: (c.pack or "", c.offset))  # fmt: skip
+    moves = sorted(
+        (
+            Located(c.sha256, c.size, c.pack, c.offset)
+            for pack_id in rewrite
+            for c in by_pack[pack_id]
+            if c.sha256 in live
+        ),
+        key=lambda c: (c.pack or "", c.offset),
+    )
     with PackWriter(engine, blobs, move=True) as writer:
         for moved, data in files.read_chunks(moves):
             if len(data) == moved.size and hashlib.sha256(data).hexdigest() == moved.sha256:
@@ -171,8 +177,10 @@ def _check_pack(
     files: FileStore, pack: PackRow, chunks: dict[str, tuple[int, int]]
 ) -> tuple[str | None, set[str]]:
     try:
-        listed = {sha: (offset, size) for sha, offset, size in
-                  read_footer(files.blobs, pack.id, pack.size)}  # fmt: skip
+        listed = {
+            sha: (offset, size)
+            for sha, offset, size in read_footer(files.blobs, pack.id, pack.size)
+        }
     except NotFound:
         return "missing", set(chunks)
     except IntegrityError as exc:

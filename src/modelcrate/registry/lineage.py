@@ -50,9 +50,15 @@ def index_rows(manifest: Manifest) -> list[ParentRow]:
         return []
     rows: dict[str, ParentRow] = {}
     for parent in manifest.lineage.parents:
-        rows.setdefault(parent.digest, ParentRow(
-            parent_digest=parent.digest, seq=len(rows) + 1, parent_ref=parent.ref,
-            operation=manifest.lineage.operation))  # fmt: skip
+        rows.setdefault(
+            parent.digest,
+            ParentRow(
+                parent_digest=parent.digest,
+                seq=len(rows) + 1,
+                parent_ref=parent.ref,
+                operation=manifest.lineage.operation,
+            ),
+        )
     return list(rows.values())
 
 
@@ -62,8 +68,14 @@ def lineage_of(engine: Engine, manifest: Manifest, limit: int = MAX_NODES) -> Li
         ancestors, cut_up = _walk_up(session, manifest.digest, start, limit)
         descendants, cut_down = _walk_down(session, manifest.digest, limit)
     operation = manifest.lineage.operation if manifest.lineage else None
-    return LineageGraph(manifest.ref, manifest.digest, operation, ancestors, descendants,
-                        truncated=cut_up or cut_down)  # fmt: skip
+    return LineageGraph(
+        manifest.ref,
+        manifest.digest,
+        operation,
+        ancestors,
+        descendants,
+        truncated=cut_up or cut_down,
+    )
 
 
 def dependents(engine: Engine, digest: str) -> list[str]:
@@ -99,9 +111,15 @@ def _walk_up(
                 nodes.append(missing)
                 continue
             own = edges.get(digest, [])
-            nodes.append(LineageNode(f"{row.name}@{row.version}", digest,
-                                     own[0].operation if own else None, depth,
-                                     parents=[e.parent_digest for e in own]))  # fmt: skip
+            nodes.append(
+                LineageNode(
+                    f"{row.name}@{row.version}",
+                    digest,
+                    own[0].operation if own else None,
+                    depth,
+                    parents=[e.parent_digest for e in own],
+                )
+            )
             level.extend((e.parent_digest, e.parent_ref) for e in own)
         depth += 1
     return nodes, False
@@ -119,9 +137,15 @@ def _walk_down(session: Session, start: str, limit: int) -> tuple[list[LineageNo
             if len(nodes) == limit:
                 return nodes, True
             own = edges.get(digest, [])
-            nodes.append(LineageNode(f"{row.name}@{row.version}", digest,
-                                     own[0].operation if own else None, depth,
-                                     parents=[e.parent_digest for e in own]))  # fmt: skip
+            nodes.append(
+                LineageNode(
+                    f"{row.name}@{row.version}",
+                    digest,
+                    own[0].operation if own else None,
+                    depth,
+                    parents=[e.parent_digest for e in own],
+                )
+            )
             level.append(digest)
         depth += 1
     return nodes, False

@@ -55,17 +55,22 @@ def push(crate: Crate, target: str) -> str:
     """Push ``crate`` to ``oci://host[:port]/repository:tag``; returns the target."""
     client, reference = _client(target)
     manifest = crate.manifest
-    weights = {a.path for a in manifest.artifacts} | {d for a in manifest.artifacts
-                                                      for d in a.data_files}  # fmt: skip
+    weights = {a.path for a in manifest.artifacts} | {
+        d for a in manifest.artifacts for d in a.data_files
+    }
     with tempfile.TemporaryDirectory(prefix="modelcrate-oci-") as scratch:
         root = Path(scratch)
         files_dir = _local_files(crate, root)
         (root / MANIFEST_NAME).write_bytes(manifest.file_bytes())
         files, annotations = [], {}
         for entry in manifest.files:
-            kind = (WEIGHT_MEDIA_TYPE if entry.path in weights
-                    else DOC_MEDIA_TYPE if entry.path == manifest.model_card
-                    else FILE_MEDIA_TYPE)  # fmt: skip
+            kind = (
+                WEIGHT_MEDIA_TYPE
+                if entry.path in weights
+                else DOC_MEDIA_TYPE
+                if entry.path == manifest.model_card
+                else FILE_MEDIA_TYPE
+            )
             local = files_dir / entry.path
             files.append(f"{local}:{kind}")
             annotations[str(local)] = {TITLE: entry.path}

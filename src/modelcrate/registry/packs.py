@@ -116,13 +116,15 @@ class PackWriter:
             handle.close()
             self.staged.unlink(missing_ok=True)
             raise
-        rows = [{"sha256": s, "pack": self.pack, "offset": o, "size": n}
-                for s, o, n in self.entries]  # fmt: skip
+        rows = [
+            {"sha256": s, "pack": self.pack, "offset": o, "size": n} for s, o, n in self.entries
+        ]
         with write_session(self.engine) as session, session.begin():
             session.add(PackRow(id=self.pack, size=size, created_at=time.time()))
             for start in range(0, len(rows), 5000):
-                session.execute(_upsert(session.get_bind().dialect.name, self.move),
-                                rows[start : start + 5000])  # fmt: skip
+                session.execute(
+                    _upsert(session.get_bind().dialect.name, self.move), rows[start : start + 5000]
+                )
         self.sealed |= self.pending
         self.pending, self.entries = set(), []
 

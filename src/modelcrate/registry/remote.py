@@ -48,8 +48,9 @@ class RemoteRegistry:
         self.url = url.rstrip("/")
         token = token or os.environ.get(TOKEN_ENV)
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url + "/v2/registry", headers=headers,
-                                 timeout=timeout)  # fmt: skip
+        self.http = httpx.Client(
+            base_url=self.url + "/v2/registry", headers=headers, timeout=timeout
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -105,8 +106,9 @@ class RemoteRegistry:
     def open_file(self, sha256: str) -> BinaryIO:
         """A stream of one stored file, read from the server as it is consumed."""
         try:
-            response = self.http.send(self.http.build_request("GET", f"/files/{sha256}"),
-                                      stream=True)  # fmt: skip
+            response = self.http.send(
+                self.http.build_request("GET", f"/files/{sha256}"), stream=True
+            )
         except httpx.HTTPError as exc:
             raise RegistryError(f"cannot reach the registry at {self.url}: {exc}") from None
         if response.status_code >= 400:
@@ -127,15 +129,24 @@ class RemoteRegistry:
                 continue
             self._check(head, allow=(404,))
             with crate.open_verified(entry.path) as stream:  # streamed, one block at a time
-                self._request("PUT", f"/files/{entry.sha256}", content=_blocks(stream),
-                              headers={"content-type": "application/octet-stream",
-                                       "content-length": str(entry.size)})  # fmt: skip
+                self._request(
+                    "PUT",
+                    f"/files/{entry.sha256}",
+                    content=_blocks(stream),
+                    headers={
+                        "content-type": "application/octet-stream",
+                        "content-length": str(entry.size),
+                    },
+                )
             uploaded += 1
-        body = {"manifest": crate.manifest.file_bytes().decode(),
-                "signatures": [b.decode() for b in signatures]}  # fmt: skip
+        body = {
+            "manifest": crate.manifest.file_bytes().decode(),
+            "signatures": [b.decode() for b in signatures],
+        }
         result = PublishResult(**self._json("POST", "/versions", json=body))
-        return PushResult(result.name, result.version, result.digest, result.created,
-                          uploaded, skipped)  # fmt: skip
+        return PushResult(
+            result.name, result.version, result.digest, result.created, uploaded, skipped
+        )
 
     def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
         data = self._json("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})

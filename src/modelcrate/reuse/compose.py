@@ -73,8 +73,12 @@ def ensemble(
     first_ref, first = members[0]
     for ref, manifest in members[1:]:
         _check_fit(first.signature.inputs, manifest.signature.inputs, first_ref, f"{ref} inputs")
-        _check_fit(manifest.signature.outputs, first.signature.outputs, f"{ref} outputs",
-                   f"{first_ref} outputs")  # fmt: skip
+        _check_fit(
+            manifest.signature.outputs,
+            first.signature.outputs,
+            f"{ref} outputs",
+            f"{first_ref} outputs",
+        )
         if manifest.labels != first.labels:
             raise UsageError(f"{ref} has different labels from {first_ref}; votes would not match")
     if combine == "vote" and any(len(s.shape) != 2 for s in first.signature.outputs):

@@ -98,9 +98,15 @@ def distill(
             parents=[Parent(digest=manifest.digest, ref=manifest.ref)],
             operation="distill",
             parameters={
-                "data": fingerprint(x), "examples": len(x), "temperature": temperature,
-                "epochs": epochs, "epochs_run": len(history.val_loss), "lr": lr,
-                "batch_size": batch_size, "seed": seed, "student_parameters": student_params,
+                "data": fingerprint(x),
+                "examples": len(x),
+                "temperature": temperature,
+                "epochs": epochs,
+                "epochs_run": len(history.val_loss),
+                "lr": lr,
+                "batch_size": batch_size,
+                "seed": seed,
+                "student_parameters": student_params,
             },
         ),
-    )  # fmt: skip
+    )

@@ -38,8 +38,12 @@ class Layer:
 def layers(model: Model) -> list[Layer]:
     """Every node output of the model's ONNX graph, with the torch module it belongs to."""
     graph = _onnx_model(model.crate).graph
-    return [Layer(_module_path(node), output, node.op_type) for node in graph.node
-            for output in node.output if output]  # fmt: skip
+    return [
+        Layer(_module_path(node), output, node.op_type)
+        for node in graph.node
+        for output in node.output
+        if output
+    ]
 
 
 def feature_extractor(

@@ -122,14 +122,22 @@ def finetune(
             parents=[Parent(digest=manifest.digest, ref=manifest.ref)],
             operation="finetune",
             parameters={
-                "data": data_id, "examples": len(x), "epochs": epochs,
-                "epochs_run": len(history.val_loss), "best_epoch": history.best_epoch,
-                "lr": lr, "batch_size": batch_size, "val_split": val_split,
-                "patience": patience, "seed": seed, "freeze": _describe(freeze),
-                "frozen_tensors": len(frozen), "head": head or 0,
+                "data": data_id,
+                "examples": len(x),
+                "epochs": epochs,
+                "epochs_run": len(history.val_loss),
+                "best_epoch": history.best_epoch,
+                "lr": lr,
+                "batch_size": batch_size,
+                "val_split": val_split,
+                "patience": patience,
+                "seed": seed,
+                "freeze": _describe(freeze),
+                "frozen_tensors": len(frozen),
+                "head": head or 0,
             },
         ),
-    )  # fmt: skip
+    )
 
 
 def _check_data(data: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -139,9 +139,12 @@ class _progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.bar = Progress(
-                TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[losses]}"), console=Console(stderr=True),
-            )  # fmt: skip
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"),
+                console=Console(stderr=True),
+            )
 
     def __enter__(self) -> Callable[[int, float, float], None]:
         if self.bar is None:

@@ -80,10 +80,14 @@ def _make(
         if source is None:
             raise UsageError(f"{manifest.ref} is a composition: load it from its registry")
         members = [
-            (inputs, make_runtime(member, threads=threads, source=source, trust=trust,
-                                  identity=identity))
+            (
+                inputs,
+                make_runtime(
+                    member, threads=threads, source=source, trust=trust, identity=identity
+                ),
+            )
             for inputs, member in member_crates(manifest, source, trust, identity)
-        ]  # fmt: skip
+        ]
         return CompositionRuntime(manifest, members)
     onnx = manifest.artifact("onnx") or manifest.artifact("ort")
     if runtime in ("auto", "onnxruntime") and onnx is not None:

@@ -55,8 +55,10 @@ class OnnxRuntime:
                     model, sess_options=options, providers=["CPUExecutionProvider"]
                 )
             except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-                raise CrateFormatError(f"{crate.manifest.ref}: ONNX Runtime cannot load "
-                                       f"{artifact.path}: {first_line(exc)}") from None  # fmt: skip
+                raise CrateFormatError(
+                    f"{crate.manifest.ref}: ONNX Runtime cannot load "
+                    f"{artifact.path}: {first_line(exc)}"
+                ) from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _in_memory(self, crate: Crate, artifact: Artifact, options: Any) -> bytes:

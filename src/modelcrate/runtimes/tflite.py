@@ -53,5 +53,7 @@ class LiteRTRuntime:
             self.runner.invoke()
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"LiteRT rejected the inputs: {first_line(exc)}") from None
-        return {name: np.array(self.runner.get_tensor(detail["index"]))
-                for name, detail in zip(self.output_names, self.outputs, strict=True)}  # fmt: skip
+        return {
+            name: np.array(self.runner.get_tensor(detail["index"]))
+            for name, detail in zip(self.output_names, self.outputs, strict=True)
+        }

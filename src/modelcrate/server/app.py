@@ -266,8 +266,14 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            access_log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 3),
-                "client": (scope.get("client") or ["", 0])[0],
-            }))  # fmt: skip
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 3),
+                        "client": (scope.get("client") or ["", 0])[0],
+                    }
+                )
+            )

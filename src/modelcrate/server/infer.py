@@ -45,8 +45,14 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
 class InferApp:
     """Serves infer requests directly and passes everything else to ``app``."""
 
-    def __init__(self, app: ASGIApp, manager: ModelManager, tokens: Tokens,
-                 limits: oip.Limits, request_timeout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        app: ASGIApp,
+        manager: ModelManager,
+        tokens: Tokens,
+        limits: oip.Limits,
+        request_timeout: float,
+    ) -> None:
         self.app, self.manager, self.tokens = app, manager, tokens
         self.limits, self.request_timeout = limits, request_timeout
 
@@ -69,8 +75,9 @@ class InferApp:
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def handle(self, target: tuple[str, str | None], headers: dict[str, str],
-                     receive: Receive) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    async def handle(
+        self, target: tuple[str, str | None], headers: dict[str, str], receive: Receive
+    ) -> tuple[int, dict[str, str], bytes]:
         authorize(self.tokens, headers.get("authorization"), "infer")
         name, version = check_name(target[0]), target[1]
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -92,9 +99,13 @@ class InferApp:
                     message = f"inference took longer than {self.request_timeout} s"
                     raise ServerError(message, status=504) from None
                 encode = functools.partial(
-                    oip.encode_response, model_name=name, model_version=loaded.version,
-                    outputs=outputs, request=request, labels=loaded.manifest.labels,
-                )  # fmt: skip
+                    oip.encode_response,
+                    model_name=name,
+                    model_version=loaded.version,
+                    outputs=outputs,
+                    request=request,
+                    labels=loaded.manifest.labels,
+                )
                 if sum(v.nbytes for v in outputs.values()) > ENCODE_OFF_LOOP_BYTES:
                     payload, header_length = await asyncio.to_thread(encode)
                 else:  # small answers: a thread hop would cost more than encoding

@@ -12,25 +12,37 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "modelcrate_requests", "Inference requests by model, version and HTTP status.",
-            ["model", "version", "code"], registry=self.registry,
-        )  # fmt: skip
+            "modelcrate_requests",
+            "Inference requests by model, version and HTTP status.",
+            ["model", "version", "code"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "modelcrate_request_latency_seconds", "Inference request latency.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "modelcrate_request_latency_seconds",
+            "Inference request latency.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
-            "modelcrate_batch_size", "Rows per model call after batching.",
-            ["model"], buckets=BATCH_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "modelcrate_batch_size",
+            "Rows per model call after batching.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
-            "modelcrate_queue_depth", "Requests waiting for a batch.",
-            ["model"], registry=self.registry,
-        )  # fmt: skip
+            "modelcrate_queue_depth",
+            "Requests waiting for a batch.",
+            ["model"],
+            registry=self.registry,
+        )
         self.swaps = Counter(
-            "modelcrate_model_swaps", "Model version loads/swaps by outcome.",
-            ["model", "outcome"], registry=self.registry,
-        )  # fmt: skip
+            "modelcrate_model_swaps",
+            "Model version loads/swaps by outcome.",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -205,8 +205,14 @@ class ModelManager:
         manifest = crate.manifest
         _check_memory(manifest, self.registry)
         # One intra-op thread per session: batches run side by side instead (see Batcher).
-        model = Model(crate, threads=1, registry=self.registry, trust=self.trust,
-                      identity=self.identity, prepack=self.batch.prepack_for(manifest))  # fmt: skip
+        model = Model(
+            crate,
+            threads=1,
+            registry=self.registry,
+            trust=self.trust,
+            identity=self.identity,
+            prepack=self.batch.prepack_for(manifest),
+        )
         outputs = model.predict(golden_input(manifest.signature.inputs))
         for output_name, value in outputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():

@@ -42,9 +42,13 @@ class Scaling:
     def options(self) -> dict[str, Any]:
         if self.min_replicas is None:
             return {"num_replicas": self.replicas}
-        return {"autoscaling_config": {"min_replicas": self.min_replicas,
-                                       "max_replicas": self.max_replicas,
-                                       "target_ongoing_requests": 8}}  # fmt: skip
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": 8,
+            }
+        }
 
 
 def serve_with_ray(settings: ServeSettings, scaling: Scaling) -> None:
@@ -59,8 +63,12 @@ def serve_with_ray(settings: ServeSettings, scaling: Scaling) -> None:
         raise KeyboardInterrupt  # SIGTERM shuts Ray down as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, stop)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)  # fmt: skip
+    ray.init(
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
 

@@ -90,8 +90,9 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
                 while block := stream.read(CHUNK):
                     yield block
 
-        return StreamingResponse(iterate_in_threadpool(chunks()),
-                                 media_type="application/octet-stream")  # fmt: skip
+        return StreamingResponse(
+            iterate_in_threadpool(chunks()), media_type="application/octet-stream"
+        )
 
     async def file_put(request: Request) -> Response:
         sha = check_digest(request.path_params["sha256"])
@@ -137,8 +138,12 @@ def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Ro
         if not isinstance(document, dict) or "version" not in document:
             raise InputError("alias body must be JSON {version: ...}")
         version = document["version"]
-        event = await run_in_threadpool(acting(request).set_alias, request.path_params["name"],
-                                        request.path_params["alias"], str(version))  # fmt: skip
+        event = await run_in_threadpool(
+            acting(request).set_alias,
+            request.path_params["name"],
+            request.path_params["alias"],
+            str(version),
+        )
         return JSONResponse(vars(event))
 
     base = "/v2/registry"

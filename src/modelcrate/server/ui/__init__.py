@@ -80,8 +80,9 @@ def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
                 status = status_of(exc)
                 if request.url.path.startswith(f"{BASE}/api/"):
                     return error_response(exc)
-                return page("error.html", request, status=status, status_text=status,
-                            message=str(exc))  # fmt: skip
+                return page(
+                    "error.html", request, status=status, status_text=status, message=str(exc)
+                )
 
         return endpoint
 
@@ -115,8 +116,9 @@ def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
         scratch = Path(tempfile.mkdtemp(prefix="modelcrate-download-"))
         path = await run_in_threadpool(crate.save, scratch / f"{crate.name}-{crate.version}.crate")
         cleanup = BackgroundTask(_remove, scratch)
-        return FileResponse(path, filename=path.name, media_type="application/x-tar",
-                            background=cleanup)  # fmt: skip
+        return FileResponse(
+            path, filename=path.name, media_type="application/x-tar", background=cleanup
+        )
 
     async def predict(request: Request) -> Response:
         """Try-it runs through the model manager, like ``/v2/models/…/infer``: only versions
@@ -204,13 +206,20 @@ def _model_view(registry: Registry, name: str) -> dict[str, Any]:
     for info in registry.versions(name):
         manifest = registry.manifest(f"{name}@{info.version}")
         signed = bool(registry.signatures(f"{name}@{info.version}"))
-        rows.append({**vars(info), "size_text": human_size(info.size),
-                     "when": when(info.created_at), "signed": signed,
-                     "encrypted": manifest.encryption is not None})  # fmt: skip
+        rows.append(
+            {
+                **vars(info),
+                "size_text": human_size(info.size),
+                "when": when(info.created_at),
+                "signed": signed,
+                "encrypted": manifest.encryption is not None,
+            }
+        )
     aliases = {}
     for alias in sorted({a for row in rows for a in row["aliases"]}):
-        aliases[alias] = [{**vars(e), "when": when(e.at)}
-                          for e in registry.alias_history(name, alias)]  # fmt: skip
+        aliases[alias] = [
+            {**vars(e), "when": when(e.at)} for e in registry.alias_history(name, alias)
+        ]
     return {"name": name, "versions": rows, "aliases": aliases}
 
 
@@ -237,9 +246,16 @@ def _version_view(registry: Registry, ref: str) -> dict[str, Any]:
     image_input = len(first.shape) == 4 and first.shape[1] in (1, 3)
     example = _example(crate, manifest)
     report = manifest.report.model_dump(exclude_none=True) if manifest.report else {}
-    return {"m": manifest, "aliases": info.aliases, "signers": signers, "card_html": card_html,
-            "image_input": image_input, "example": example, "report": report,
-            "lineage_svg": _lineage_svg(registry, ref)}  # fmt: skip
+    return {
+        "m": manifest,
+        "aliases": info.aliases,
+        "signers": signers,
+        "card_html": card_html,
+        "image_input": image_input,
+        "example": example,
+        "report": report,
+        "lineage_svg": _lineage_svg(registry, ref),
+    }
 
 
 def _example(crate: Any, manifest: Any) -> str:
@@ -267,8 +283,10 @@ def _lineage_svg(registry: Registry, ref: str) -> str:
     order = sorted(columns)
     width, height = 190, 44
     rows = min(max(1, *(len(v) for v in columns.values())), LINEAGE_COLUMN + 1)
-    parts = [f'<svg class="lineage" role="img" aria-label="lineage" width="{len(order) * 230}" '
-             f'height="{rows * 60 + 10}" xmlns="http://www.w3.org/2000/svg">']  # fmt: skip
+    parts = [
+        f'<svg class="lineage" role="img" aria-label="lineage" width="{len(order) * 230}" '
+        f'height="{rows * 60 + 10}" xmlns="http://www.w3.org/2000/svg">'
+    ]
     centers: dict[str, tuple[int, int]] = {}
     parents: dict[str, list[str]] = {graph.digest: []}
 
@@ -301,8 +319,10 @@ def _lineage_svg(registry: Registry, ref: str) -> str:
                 (x1, y1), (x2, y2) = centers[parent], centers[child]
                 parts.append(f'<line x1="{x1 + width}" y1="{y1}" x2="{x2}" y2="{y2}"/>')
     if graph.truncated:
-        parts.append(f'<text x="10" y="{rows * 60 + 8}">(more than {LINEAGE_NODES} '
-                     "relatives; the graph shows the nearest)</text>")  # fmt: skip
+        parts.append(
+            f'<text x="10" y="{rows * 60 + 8}">(more than {LINEAGE_NODES} '
+            "relatives; the graph shows the nearest)</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -315,9 +335,9 @@ def _compare_view(registry: Registry, name: str, a: str, b: str) -> dict[str, An
             "digest": manifest.digest[:19] + "…",
             "size": human_size(sum(f.size for f in manifest.files)),
             "artifacts": ", ".join(f"{x.kind} ({x.precision})" for x in manifest.artifacts)
-                         or "composition",
+            or "composition",
             "operation": manifest.lineage.operation if manifest.lineage else "",
-        }  # fmt: skip
+        }
         values.update({f"metric: {k}": f"{v:.4g}" for k, v in manifest.metrics.items()})
         if manifest.report:
             report = manifest.report.model_dump(exclude_none=True)
@@ -337,9 +357,14 @@ def _describe(value: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
         shifted = np.exp(scores - scores.max())
         shares = shifted / shifted.sum()
         top = np.argsort(scores)[::-1][:5]
-        out["top"] = [{"label": labels[i] if labels and i < len(labels) else str(i),
-                       "score": float(scores[i]), "share": float(shares[i])}
-                      for i in top]  # fmt: skip
+        out["top"] = [
+            {
+                "label": labels[i] if labels and i < len(labels) else str(i),
+                "score": float(scores[i]),
+                "share": float(shares[i]),
+            }
+            for i in top
+        ]
     out["data"] = value.ravel()[:1000].tolist()
     return out
 
