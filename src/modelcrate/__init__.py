@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from modelcrate.optimize import compare, convert, optimize
     from modelcrate.pack import pack
     from modelcrate.publishing import encrypt, lineage, publish, pull, push, sign
+    from modelcrate.registry import ModelRegistry, open_registry
     from modelcrate.registry.api import Registry
     from modelcrate.registry.lineage import LineageGraph
     from modelcrate.registry.records import PublishResult
@@ -69,6 +70,8 @@ _LAZY = {
     "optimize": "modelcrate.optimize",
     "pack": "modelcrate.pack",
     "Registry": "modelcrate.registry.api",
+    "ModelRegistry": "modelcrate.registry",
+    "open_registry": "modelcrate.registry",
     "LineageGraph": "modelcrate.registry.lineage",
     "PublishResult": "modelcrate.registry.records",
     "PushResult": "modelcrate.registry.remote",
@@ -140,6 +143,7 @@ __all__ = [
     "LineageGraph",
     "Manifest",
     "Model",
+    "ModelRegistry",
     "ModelcrateError",
     "NotAuthorized",
     "NotFound",
@@ -170,6 +174,7 @@ __all__ = [
     "layers",
     "lineage",
     "load",
+    "open_registry",
     "optimize",
     "pack",
     "pipeline",

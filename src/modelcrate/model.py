@@ -12,12 +12,12 @@ from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate, is_remote, split_remote
+from modelcrate.registry import as_registry, open_registry
 from modelcrate.runtimes import RuntimeName, make_runtime
 from modelcrate.trust.crypto import unlock
 
 if TYPE_CHECKING:
-    from modelcrate.registry.api import Registry
-    from modelcrate.registry.remote import RemoteRegistry
+    from modelcrate.registry import ModelRegistry
     from modelcrate.trust.signing import Policy, TrustArg
 
 
@@ -30,7 +30,7 @@ class Model:
         runtime: RuntimeName = "auto",
         *,
         threads: int = 0,
-        registry: Registry | RemoteRegistry | str | None = None,
+        registry: ModelRegistry | str | None = None,
         prepack: bool = True,
         trust: Policy | None = None,
         identity: str | None = None,
@@ -42,7 +42,7 @@ class Model:
         self.crate = crate
         source = None
         if crate.manifest.composition is not None:
-            source = _open_source(registry)
+            source = as_registry(registry)
         self.runtime = make_runtime(
             crate,
             runtime,
@@ -102,7 +102,7 @@ class Model:
 def load(
     ref: str | os.PathLike[str] | Crate,
     *,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     runtime: RuntimeName = "auto",
     trust: TrustArg = None,
     identity: str | os.PathLike[str] | None = None,
@@ -121,30 +121,29 @@ def load(
         crate = ref
         crate.verify()
     elif not isinstance(ref, os.PathLike) and is_remote(str(ref)):
-        from modelcrate.registry.remote import RemoteRegistry
-
         remote = split_remote(str(ref))
         if remote is None:
             raise UsageError(f"{ref}: expected https://host/name@version")
-        with RemoteRegistry(remote[0]) as server:
-            crate = server.get(remote[1])
-            signatures = server.signatures(remote[1]) if policy is not None else []
-            crate = crate.detached()  # files fetched (and verified) while the server is open
-        if policy is not None:
-            from modelcrate.trust.signing import enforce
-
-            enforce(crate, signatures, policy)
+        server = open_registry(remote[0])
+        try:  # files fetched (and verified) while the server is open
+            crate = server.get(remote[1], trust=policy).detached()
+        finally:
+            server.close()
     elif isinstance(ref, os.PathLike) or is_local_crate(str(ref)):
         crate = Crate.open(ref)
         crate.verify()
         if policy is not None:
             verify_local(crate, ref, policy)
     else:
-        from modelcrate.registry.api import Registry
+        opened = as_registry(registry)
+        crate = opened.get(str(ref), trust=policy)  # every file is verified as it is read
+        if opened is not registry and crate.manifest.composition is None:
+            from modelcrate.registry.api import Registry
 
-        reg = registry if isinstance(registry, Registry) else Registry.open(registry)
-        crate = reg.get(str(ref), trust=policy)  # every file is verified as it is read
-        registry = reg
+            if not isinstance(opened, Registry):  # a connection this call opened: copy, close
+                crate = crate.detached()
+                opened.close()
+        registry = opened
     crate = unlock(crate, identity, passphrase=passphrase)
     ident = None if identity is None else os.fspath(identity)
     return Model(crate, runtime, registry=registry, trust=policy, identity=ident)
@@ -172,15 +171,6 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
         return load(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise CrateFormatError(f"{name} is not a valid safetensors file: {exc}") from None
-
-
-def _open_source(registry: Registry | RemoteRegistry | str | None) -> Registry | RemoteRegistry:
-    from modelcrate.registry.api import Registry
-    from modelcrate.registry.remote import RemoteRegistry
-
-    if isinstance(registry, (Registry, RemoteRegistry)):
-        return registry
-    return Registry.open(registry)
 
 
 def prepare_inputs(specs: Sequence[TensorSpec], inputs: Any) -> dict[str, np.ndarray]:

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelcrate.crate import Crate
+from modelcrate.errors import UsageError
 from modelcrate.model import Model
+from modelcrate.refs import split_remote
+from modelcrate.registry import ModelRegistry, as_registry, open_registry
 from modelcrate.registry.api import Registry
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 def publish(
     crate: Crate | Model | str | os.PathLike[str],
     *,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     trust: TrustArg = None,
 ) -> PublishResult:
     """Publish a crate (object, ``.crate`` file or directory) to a registry (default: embedded).
@@ -36,46 +39,51 @@ def publish(
     if isinstance(crate, Model):
         crate = crate.crate
     signatures = [] if isinstance(crate, Crate) else local_signatures(crate)
-    return _registry(registry).publish(crate, signatures=signatures, trust=as_policy(trust))
+    target, policy = as_registry(registry), as_policy(trust)
+    if isinstance(target, Registry):
+        return target.publish(crate, signatures=signatures, trust=policy)
+    crate = crate if isinstance(crate, Crate) else Crate.open(crate)
+    if policy is not None:  # a server or OCI registry: the caller's policy is checked here
+        from modelcrate.trust.signing import enforce
+
+        enforce(crate, signatures, policy)
+    return target.publish(crate, signatures=signatures)
 
 
 def pull(
     ref: str,
     to: str | os.PathLike[str],
     *,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     trust: TrustArg = None,
 ) -> Path:
     """Write the verified files of ``ref`` into the directory ``to`` (signature: ``<to>.sig``).
-    ``ref`` may name a server: ``https://host/digits@prod``."""
-    from modelcrate.refs import split_remote
-    from modelcrate.registry.remote import RemoteRegistry
+    ``ref`` may say where it is: ``https://host/digits@prod``, ``oci://host/repo:tag``; else
+    it is read from ``registry`` (any backend: a directory, PostgreSQL, https://, oci://)."""
     from modelcrate.trust.signing import as_policy, verify_local
 
-    if ref.startswith("oci://"):
+    policy = as_policy(trust)
+    if ref.startswith("oci://"):  # one artifact by its full address
         from modelcrate.registry import oci
 
-        oci.pull(ref, to)
-        policy = as_policy(trust)
+        crate = oci.pull(ref, to)
         if policy is not None:
-            verify_local(Crate.open(to), to, policy)
+            verify_local(crate, to, policy)
         return Path(to)
     remote = split_remote(ref)
-    if remote is not None:
-        with RemoteRegistry(remote[0]) as server:
-            path = server.pull(remote[1], to)
-        policy = as_policy(trust)
-        if policy is not None:
-            verify_local(Crate.open(path), path, policy)
-        return path
-    return _registry(registry).pull(ref, to, trust=as_policy(trust))
+    source = open_registry(remote[0]) if remote is not None else as_registry(registry)
+    try:
+        return source.pull(remote[1] if remote is not None else ref, to, trust=policy)
+    finally:
+        if source is not registry:
+            source.close()
 
 
 def sign(
     target: str | os.PathLike[str],
     key: str | os.PathLike[str],
     *,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> SignatureInfo:
     """Sign a registry version (``name@version``), or a local crate (writes ``<path>.sig``)."""
     from modelcrate.refs import is_local_crate
@@ -99,7 +107,7 @@ def encrypt(
     passphrase: str | None = None,
     version: str | None = None,
     key: str | os.PathLike[str] | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> PublishResult:
     """Publish ``ref`` again as ``version`` (default ``<version>-enc``) with its files
     encrypted at rest for the recipients' public keys and/or a passphrase; ``key`` signs
@@ -119,44 +127,46 @@ def push(
     ref: str,
     target: str | os.PathLike[str],
     *,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     token: str | None = None,
 ) -> PushResult:
     """Copy a version (and its signatures) to another registry: a modelcrate server
-    (``https://host``), a directory or a ``postgresql://`` URL. Only files the target lacks
-    are sent."""
-    from modelcrate.refs import is_remote
-    from modelcrate.registry.remote import RemoteRegistry
+    (``https://host``), a directory, a ``postgresql://`` URL, an OCI registry
+    (``oci://host/prefix``, or ``oci://host/repo:tag`` for one tag). Only files the target
+    lacks are sent."""
+    from modelcrate.registry.remote import PushResult
 
-    source = _registry(registry)
+    source = as_registry(registry)
     crate, signatures = source.get(ref), source.signatures(ref)
     text = os.fspath(target)
-    if text.startswith("oci://"):
+    files = len(crate.manifest.files)
+    if text.startswith("oci://") and ":" in text.rpartition("/")[2]:  # oci://host/repo:tag
         from modelcrate.registry import oci
 
         oci.push(crate, text)
-        from modelcrate.registry.remote import PushResult
-
-        files = len(crate.manifest.files)
         return PushResult(crate.name, crate.version, crate.digest, True, files, 0)
-    if is_remote(text):
-        with RemoteRegistry(text, token=token) as remote:
-            return remote.publish(crate, signatures=signatures)
-    with Registry.open(text) as other:
-        have = sum(other.files.stored(f.sha256) for f in crate.manifest.files)
+    other = open_registry(text, token=token)
+    try:
+        have = 0
+        if isinstance(other, Registry):
+            have = sum(other.files.stored(f.sha256) for f in crate.manifest.files)
         result = other.publish(crate, signatures=signatures)
-    from modelcrate.registry.remote import PushResult
+    finally:
+        other.close()
+    if isinstance(result, PushResult):
+        return result
+    counts = {"uploaded": files - have, "skipped": have}
+    return PushResult(result.name, result.version, result.digest, result.created, **counts)
 
-    files = len(crate.manifest.files)
-    return PushResult(
-        result.name, result.version, result.digest, result.created, files - have, have
-    )
 
-
-def lineage(ref: str, *, registry: Registry | str | None = None) -> LineageGraph:
+def lineage(ref: str, *, registry: ModelRegistry | str | None = None) -> LineageGraph:
     """Ancestors and descendants of ``ref`` (by the parent digests manifests record)."""
     return _registry(registry).lineage(ref)
 
 
-def _registry(registry: Registry | str | None) -> Registry:
-    return registry if isinstance(registry, Registry) else Registry.open(registry)
+def _registry(registry: ModelRegistry | str | None) -> Registry:
+    """The embedded or PostgreSQL registry (signing, encryption and lineage need one)."""
+    opened = as_registry(registry)
+    if not isinstance(opened, Registry):
+        raise UsageError("this needs a local or PostgreSQL registry, not a server or OCI")
+    return opened

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from modelcrate.errors import BadReference
+from modelcrate.errors import BadReference, UsageError
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 VERSION_PATTERN = r"[0-9][0-9A-Za-z._+-]{0,63}"
@@ -114,3 +115,29 @@ def split_remote(text: str) -> tuple[str, str] | None:
     scheme, _, rest = text.partition("://")
     host, _, ref = rest.partition("/")
     return (f"{scheme}://{host}", ref) if ref else None
+
+
+RegistryKind = Literal["embedded", "postgresql", "http", "oci"]
+_SCHEMES: dict[str, RegistryKind] = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "http": "http",
+    "https": "http",
+    "oci": "oci",
+    "file": "embedded",
+}
+
+
+def registry_kind(location: str) -> RegistryKind:
+    """Which backend a registry location names: a directory (or ``file://``) is embedded;
+    ``postgresql://``, ``https://`` (a modelcrate server) and ``oci://`` name the others."""
+    if "://" not in location:
+        return "embedded"
+    scheme = location.split("://", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise UsageError(
+            f"registry {location!r}: unknown scheme {scheme!r}; use a directory, "
+            "postgresql://, https:// or oci://"
+        )
+    return _SCHEMES[scheme]

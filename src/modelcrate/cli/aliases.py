@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 @alias_app.command("set")
 def set_command(name: str, alias: str, version: str, registry: RegistryOption = None) -> None:
     """Point NAME@ALIAS at VERSION."""
-    event = open_registry(registry).set_alias(name, alias, version)
+    event = local_registry(registry).set_alias(name, alias, version)
     before = f" (was {event.previous})" if event.previous else ""
     console.print(f"{name}@{alias} → {event.version}{before}")
 
@@ -30,7 +30,7 @@ def history_command(
     name: str, alias: str, registry: RegistryOption = None, as_json: JsonOption = False
 ) -> None:
     """Every move of NAME@ALIAS, oldest first."""
-    events = open_registry(registry).alias_history(name, alias)
+    events = local_registry(registry).alias_history(name, alias)
     if as_json:
         print_json([vars(e) for e in events])
         return
@@ -45,11 +45,11 @@ def history_command(
 @alias_app.command("delete")
 def delete_command(name: str, alias: str, registry: RegistryOption = None) -> None:
     """Remove NAME@ALIAS (the move is recorded in its history)."""
-    open_registry(registry).delete_alias(name, alias)
+    local_registry(registry).delete_alias(name, alias)
     console.print(f"deleted alias {name}@{alias}")
 
 
 def rollback_command(name: str, alias: str, registry: RegistryOption = None) -> None:
     """Move NAME@ALIAS back to its previous target."""
-    event = open_registry(registry).rollback(name, alias)
+    event = local_registry(registry).rollback(name, alias)
     console.print(f"{name}@{alias} → {event.version} (was {event.previous})")

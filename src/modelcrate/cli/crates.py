@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.display import human_size
 from modelcrate.errors import UsageError
@@ -102,7 +102,7 @@ def inspect_command(
         crate = Crate.open(target)
         manifest, digest = crate.manifest, crate.digest
     else:
-        manifest = open_registry(registry).manifest(target)
+        manifest = local_registry(registry).manifest(target)
         digest = manifest.digest
     if as_json:
         print_json({"digest": digest, "manifest": manifest.to_dict()})

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, print_json
 
 
@@ -28,7 +28,7 @@ def export_command(
     """Write what another platform needs to serve a version."""
     from modelcrate.deploy import export
 
-    written = export(ref, format, to, registry=open_registry(registry), image=image)
+    written = export(ref, format, to, registry=local_registry(registry), image=image)
     if as_json:
         print_json([str(p) for p in written])
         return

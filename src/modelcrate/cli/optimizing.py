@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, errors, print_json
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def optimize_command(
             version=version,
             max_accuracy_drop=max_accuracy_drop,
             min_agreement=min_agreement,
-            registry=open_registry(registry),
+            registry=local_registry(registry),
         )
     render_result(result, as_json)
 
@@ -74,7 +74,7 @@ def convert_command(
     from modelcrate.optimize import convert
 
     with errors.status(f"converting {ref} to {to}…"):
-        result = convert(ref, to=to, version=version, registry=open_registry(registry))
+        result = convert(ref, to=to, version=version, registry=local_registry(registry))
     render_result(result, as_json)
 
 
@@ -88,7 +88,7 @@ def compare_command(
     """Size, speed, accuracy and agreement of SECOND against FIRST."""
     from modelcrate.optimize import compare
 
-    report = compare(first, second, data=read_npz(data), registry=open_registry(registry))
+    report = compare(first, second, data=read_npz(data), registry=local_registry(registry))
     if as_json:
         print_json(report.model_dump(mode="json"))
         return

@@ -23,7 +23,8 @@ RegistryOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def open_registry(location: str | None) -> Registry:
+def local_registry(location: str | None) -> Registry:
+    """The embedded or PostgreSQL registry the command works on (``--registry``)."""
     from modelcrate.registry.api import Registry
 
     return Registry.open(location)

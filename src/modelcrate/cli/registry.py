@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from modelcrate.cli.crates import render_manifest
-from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, local_registry
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
@@ -61,7 +61,7 @@ def publish_command(
     columns = (TextColumn("publishing"), BarColumn(), DownloadColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task("publish", total=total)
-        result = open_registry(registry).publish(
+        result = local_registry(registry).publish(
             crate,
             progress=lambda n: progress.advance(task, n),
             signatures=bundles,
@@ -81,7 +81,7 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List models (optionally searched by name/description and tag)."""
-    models = open_registry(registry).list_models(query, tag=tag)
+    models = local_registry(registry).list_models(query, tag=tag)
     if as_json:
         print_json([vars(m) for m in models])
         return
@@ -100,7 +100,7 @@ def show_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show a model's versions and aliases, or one version's manifest."""
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     parsed = parse_ref(ref)
     if parsed.version or parsed.alias or parsed.digest:
         info = reg.resolve(parsed)
@@ -153,7 +153,7 @@ def pull_command(
 
     from modelcrate import pull
 
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     if to is None:
         if not ref.startswith("oci://"):
             raise UsageError("give --to DIR (only oci:// pulls can go straight into the registry)")
@@ -187,7 +187,7 @@ def verify_command(
     signer = None
     policy = as_policy(trust or None)
     if target is None:
-        verify_store(open_registry(registry), as_json)
+        verify_store(local_registry(registry), as_json)
         return
     if is_local_crate(target):
         crate = Crate.open(target)
@@ -195,7 +195,7 @@ def verify_command(
         rows = [{"path": target, "size": 0, "problem": None}]
         signer = verify_local(crate, target, policy) if policy else None
     else:
-        reg = open_registry(registry)
+        reg = local_registry(registry)
         rows = [vars(c) for c in reg.verify(target)]
         intact = not any(r["problem"] for r in rows)
         signer = reg.check_signature(target, policy) if policy and intact else None
@@ -242,7 +242,7 @@ def delete_command(
     registry: RegistryOption = None,
 ) -> None:
     """Delete a version. Its blobs are freed by `modelcrate gc`."""
-    info = open_registry(registry).delete(ref, force=force)
+    info = local_registry(registry).delete(ref, force=force)
     console.print(f"deleted {info.ref}; run `modelcrate gc` to free {human_size(info.size)}")
 
 
@@ -254,7 +254,7 @@ def gc_command(
     as_json: JsonOption = False,
 ) -> None:
     """Remove blobs that no version references."""
-    report = open_registry(registry).gc(grace_seconds=grace)
+    report = local_registry(registry).gc(grace_seconds=grace)
     if as_json:
         print_json(vars(report))
         return
@@ -268,7 +268,7 @@ def backup_command(
 ) -> None:
     """Write the whole registry (metadata and blobs) to one reproducible tar file."""
     with errors.status("backing up…"):
-        report = open_registry(registry).backup(to)
+        report = local_registry(registry).backup(to)
     if as_json:
         print_json(vars(report))
         return
@@ -285,7 +285,7 @@ def restore_command(
 ) -> None:
     """Restore a backup into an empty registry (every blob and manifest is verified)."""
     with errors.status("restoring…"):
-        report = open_registry(registry).restore(source)
+        report = local_registry(registry).restore(source)
     if as_json:
         print_json(vars(report))
         return
@@ -298,7 +298,7 @@ def du_command(
     as_json: JsonOption = False,
 ) -> None:
     """Logical bytes (what the versions hold) vs stored bytes (shared blobs counted once)."""
-    usage = open_registry(registry).du(name)
+    usage = local_registry(registry).du(name)
     if as_json:
         print_json(
             {
@@ -337,7 +337,7 @@ def push_command(
     from modelcrate import push
 
     with errors.status(f"pushing {ref}…"):
-        result = push(ref, target, registry=open_registry(registry), token=token)
+        result = push(ref, target, registry=local_registry(registry), token=token)
     if as_json:
         print_json(vars(result))
         return

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import JsonOption, RegistryOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
 
@@ -51,7 +51,7 @@ def finetune_command(
     """Fine-tune a published model on new data and publish the child with its lineage."""
     from modelcrate.reuse.finetune import finetune
 
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     arrays = read_arrays(data)
     if not isinstance(arrays, dict) or "y" not in arrays or len(arrays) != 2:
         raise InputError(f"{data.name} must be an .npz holding the inputs and the targets 'y'")
@@ -93,7 +93,7 @@ def features_command(
     """Publish a feature extractor: the model up to LAYER, as its own crate."""
     from modelcrate.reuse.features import feature_extractor
 
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     model = feature_extractor(ref, layer, name=name, version=version, registry=reg)
     result = reg.publish(model.crate)
     output = model.manifest.signature.outputs[0]
@@ -130,7 +130,7 @@ def pipeline_command(
     """Publish a pipeline: each stage's outputs feed the next (members pinned by digest)."""
     from modelcrate.reuse.compose import pipeline
 
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     result = reg.publish(pipeline(*refs, name=name, version=version, registry=reg))
     console.print(f"published [bold]{result.name}@{result.version}[/bold] (pipeline)")
 
@@ -145,7 +145,7 @@ def ensemble_command(
     """Publish an ensemble: every member gets the inputs; outputs are combined."""
     from modelcrate.reuse.compose import ensemble
 
-    reg = open_registry(registry)
+    reg = local_registry(registry)
     if combine not in ("mean", "vote"):
         raise UsageError(f"--combine {combine!r}: expected mean or vote")
     crate = ensemble(
@@ -165,7 +165,7 @@ def lineage_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show where a version came from and what was made from it."""
-    graph = open_registry(registry).lineage(ref)
+    graph = local_registry(registry).lineage(ref)
     if as_json:
         print_json(
             {

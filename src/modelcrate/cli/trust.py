@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, open_registry
+from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, local_registry
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import UsageError
@@ -106,7 +106,7 @@ def encrypt_command(
 @policy_app.command("show")
 def policy_show_command(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Show whether signatures are required and which keys are trusted."""
-    render_policy(open_registry(registry).policy(), as_json)
+    render_policy(local_registry(registry).policy(), as_json)
 
 
 @policy_app.command("set")
@@ -129,7 +129,7 @@ def policy_set_command(
     """Change the registry's signing policy (every change goes to the audit log)."""
     if require_signature is None and not trust and not untrust:
         raise UsageError("nothing to change: give --require-signature, --trust or --untrust")
-    policy = open_registry(registry).set_policy(
+    policy = local_registry(registry).set_policy(
         require_signature=require_signature, trust=trust or [], untrust=untrust or []
     )
     render_policy(policy, as_json)
@@ -153,7 +153,7 @@ def audit_command(
     as_json: JsonOption = False,
 ) -> None:
     """List who published, moved, deleted, signed and changed policy, and when."""
-    entries = open_registry(registry).audit(name, limit=limit)
+    entries = local_registry(registry).audit(name, limit=limit)
     if as_json:
         print_json([vars(e) for e in entries])
         return

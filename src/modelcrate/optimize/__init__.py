@@ -29,7 +29,7 @@ from modelcrate.errors import PackError, UsageError
 from modelcrate.manifest import Lineage, Parent, Report
 from modelcrate.model import Model, load
 from modelcrate.optimize.parity import EvalData, eval_data, measure
-from modelcrate.registry.api import Registry
+from modelcrate.registry import ModelRegistry, as_registry
 
 Data = dict[str, np.ndarray]
 Parameters = dict[str, str | int | float | bool]
@@ -53,7 +53,7 @@ def optimize(
     version: str | None = None,
     max_accuracy_drop: float | None = None,
     min_agreement: float | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     publish: bool = True,
 ) -> Optimized:
     """Make one optimized child of ``ref``, check it against the limits, publish it."""
@@ -68,7 +68,7 @@ def optimize(
         raise UsageError(f"--quantize {quantize!r}: only int8 is supported")
     if calibrate is not None and quantize is None:
         raise UsageError("--calibrate only applies to --quantize int8")
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    reg = as_registry(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
     evaluation = eval_data(parent, data)
 
@@ -128,14 +128,14 @@ def convert(
     *,
     to: str,
     version: str | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     publish: bool = True,
 ) -> Optimized:
     """Convert ``ref`` to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``) as a new
     version; the converted artifact is loaded back and must match the original's outputs."""
     from modelcrate.optimize.convert import convert_artifact
 
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    reg = as_registry(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
 
     def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
@@ -160,10 +160,10 @@ def compare(
     b: str | Crate,
     *,
     data: Data | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> Report:
     """Measure ``b`` against ``a`` on ``data`` (or ``a``'s samples), as optimize does."""
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    reg = as_registry(registry)
     first = load(a) if isinstance(a, Crate) else load(a, registry=reg)
     second = load(b) if isinstance(b, Crate) else load(b, registry=reg)
     return measure(first, second, eval_data(first, data))

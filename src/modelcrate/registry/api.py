@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.refs import Ref, check_alias, check_name, parse_ref
+from modelcrate.refs import Ref, check_alias, check_name, parse_ref, registry_kind
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.cache import FileCache
 from modelcrate.registry.chunks import FileStore
@@ -131,16 +131,16 @@ class Registry(TrustMixin):
         if location is None:
             return cls(default_location(), actor=actor)
         text = os.fspath(location)
-        if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        kind = registry_kind(text)
+        if kind == "postgresql":
             engine, blob_location = postgres_engine(text)
             return cls(
                 engine=engine, blobs=open_blob_store(blob_location), location=text, actor=actor
             )
-        if "://" in text and not text.startswith("file://"):
-            scheme = text.split("://", 1)[0]
+        if kind != "embedded":
             raise UsageError(
-                f"registry {text!r}: the {scheme!r} backend is not available in this release; "
-                "use a directory (embedded) or a postgresql:// URL"
+                f"registry {text!r}: Registry is the embedded and PostgreSQL backend; open "
+                "a server or an OCI registry with modelcrate.open_registry(location)"
             )
         return cls(Path(text.removeprefix("file://")).expanduser(), actor=actor)
 

@@ -25,19 +25,27 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelcrate.crate import Crate, check_path
+from modelcrate.crate import Crate, check_path, temporary_directory
 from modelcrate.errors import (
     CrateFormatError,
     IntegrityError,
     RegistryError,
     RuntimeUnavailable,
     UnsafeContentError,
+    UsageError,
     first_line,
 )
-from modelcrate.manifest import MANIFEST_NAME
+from modelcrate.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from modelcrate.refs import Ref, parse_ref
+from modelcrate.registry.records import AliasEvent, ModelSummary, PublishResult, VersionInfo
+
+if TYPE_CHECKING:
+    from modelcrate.trust.signing import Policy
 
 CONFIG_MEDIA_TYPE = "application/vnd.modelcrate.crate.v1+json"
 WEIGHT_MEDIA_TYPE = "application/vnd.cncf.model.weight.v1.raw"
@@ -47,8 +55,87 @@ DIGEST_ANNOTATION = "dev.modelcrate.digest"
 TITLE = "org.opencontainers.image.title"
 
 
-def is_oci(location: str) -> bool:
-    return location.startswith("oci://")
+class OciRegistry:
+    """An OCI distribution registry used as a modelcrate registry: ``name@version`` is the
+    repository ``<prefix>/<name>`` tagged ``<version>``; an alias is one more tag."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location.rstrip("/")
+
+    def target(self, ref: str | Ref) -> str:
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        tag = parsed.version or parsed.alias
+        if tag is None:
+            raise UsageError(f"{ref}: name a version or alias; an OCI registry has tags only")
+        return f"{self.location}/{parsed.name}:{tag}"
+
+    def manifest(self, ref: str | Ref) -> Manifest:
+        """crate.json alone (the artifact's config blob): no layer is downloaded."""
+        source = self.target(ref)
+        client, reference = _client(source)
+        with tempfile.TemporaryDirectory(prefix="modelcrate-oci-") as scratch:
+            try:
+                container = client.get_container(reference)
+                config = _config(client.get_manifest(container), source)
+                client.download_blob(container, config["digest"], f"{scratch}/{MANIFEST_NAME}")
+            except RegistryError:
+                raise
+            except Exception as exc:
+                raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
+            return parse_manifest(Path(scratch, MANIFEST_NAME).read_bytes())
+
+    def resolve(self, ref: str | Ref) -> VersionInfo:
+        manifest = self.manifest(ref)
+        return VersionInfo(manifest.name, manifest.version, manifest.digest,
+                           sum(f.size for f in manifest.files), 0.0)  # fmt: skip
+
+    def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
+        crate = self._pull(ref)
+        if trust is not None:
+            from modelcrate.trust.signing import enforce
+
+            enforce(crate, [], trust)  # OCI artifacts carry no modelcrate signature here
+        return crate
+
+    def signatures(self, ref: str | Ref) -> list[bytes]:
+        return []
+
+    def list_models(self) -> list[ModelSummary]:
+        raise UsageError(
+            f"{self.location}: an OCI registry does not list its repositories; "
+            "name one (oci://host/repository:tag)"
+        )
+
+    def publish(self, crate: Crate, *, signatures: Sequence[bytes] = ()) -> PublishResult:
+        push(crate, self.target(crate.manifest.ref))
+        return PublishResult(crate.name, crate.version, crate.digest, created=True)
+
+    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
+        """Tag ``version`` as ``alias`` too (its layers are already there: nothing moves)."""
+        crate = self._pull(f"{name}@{version}")
+        push(crate, f"{self.location}/{name}:{alias}")
+        return AliasEvent(alias, "set", version, None, time.time())
+
+    def pull(self, ref: str, to: str | os.PathLike[str], *, trust: Policy | None = None) -> Path:
+        crate = pull(self.target(ref), to)
+        if trust is not None:
+            from modelcrate.trust.signing import verify_local
+
+            verify_local(crate, to, trust)
+        return Path(to)
+
+    def close(self) -> None:
+        pass
+
+    def _pull(self, ref: str | Ref) -> Crate:
+        holder = _Scratch()
+        crate = pull(self.target(ref), temporary_directory(holder, "modelcrate-oci-") / "crate")
+        crate._scratch = holder  # type: ignore[attr-defined]  # keeps the files while in use
+        return crate
+
+
+class _Scratch:
+    """Lifetime anchor for a pulled crate's temporary directory."""
 
 
 def push(crate: Crate, target: str) -> str:
@@ -106,11 +193,7 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
         oci_manifest = client.get_manifest(container)
     except Exception as exc:
         raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
-    config = oci_manifest.get("config") or {}
-    if config.get("mediaType") != CONFIG_MEDIA_TYPE:
-        raise RegistryError(
-            f"{source} is not a modelcrate artifact (config {config.get('mediaType')!r})"
-        )
+    config = _config(oci_manifest, source)
     target = Path(to)
     if target.exists() and any(target.iterdir()):
         raise CrateFormatError(f"{target} is not empty; refusing to write into it")
@@ -140,6 +223,15 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
             target.rmdir()
         os.replace(staging, target)
     return Crate.open(target)
+
+
+def _config(oci_manifest: dict[str, Any], source: str) -> dict[str, Any]:
+    config: dict[str, Any] = oci_manifest.get("config") or {}
+    if config.get("mediaType") != CONFIG_MEDIA_TYPE:
+        raise RegistryError(
+            f"{source} is not a modelcrate artifact (config {config.get('mediaType')!r})"
+        )
+    return config
 
 
 def _local_files(crate: Crate, scratch: Path) -> Path:

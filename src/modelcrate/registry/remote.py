@@ -21,8 +21,8 @@ import httpx
 from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotAuthorized, RegistryError, from_http
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.refs import Ref, is_remote
-from modelcrate.registry.records import AliasEvent, PublishResult, VersionInfo
+from modelcrate.refs import Ref
+from modelcrate.registry.records import AliasEvent, ModelSummary, PublishResult, VersionInfo
 
 if TYPE_CHECKING:
     from modelcrate.trust.signing import Policy
@@ -32,13 +32,9 @@ BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class PushResult:
-    name: str
-    version: str
-    digest: str
-    created: bool
-    uploaded: int  # files sent
-    skipped: int  # files the target already had
+class PushResult(PublishResult):
+    uploaded: int = 0  # files sent
+    skipped: int = 0  # files the target already had
 
 
 class RemoteRegistry:
@@ -89,14 +85,13 @@ class RemoteRegistry:
         digest = self.resolve(ref).digest
         return [b.encode() for b in self._json("GET", f"/signatures/{digest}")["bundles"]]
 
-    def list_models(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._json("GET", "/models")
-        return result
+    def list_models(self) -> list[ModelSummary]:
+        return [ModelSummary(**m) for m in self._json("GET", "/models")]
 
-    def pull(self, ref: str, to: str | os.PathLike[str]) -> Path:
+    def pull(self, ref: str, to: str | os.PathLike[str], *, trust: Policy | None = None) -> Path:
         from modelcrate.trust.signing import sidecar
 
-        crate = self.get(ref)
+        crate = self.get(ref, trust=trust)
         path = crate.unpack(to)
         bundles = self.signatures(f"{crate.name}@{crate.digest}")
         if bundles:
@@ -217,13 +212,3 @@ class _RemoteFiles:
 
     def open(self, path: str) -> BinaryIO:
         return self.registry.open_file(self.shas[path])
-
-
-def open_source(location: str | None) -> Any:
-    """The registry a server reads models from: a server URL (``https://host``), else a
-    local or PostgreSQL registry."""
-    if location is not None and is_remote(location):
-        return RemoteRegistry(location)
-    from modelcrate.registry.api import Registry
-
-    return Registry.open(location)

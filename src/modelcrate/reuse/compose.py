@@ -28,9 +28,10 @@ from modelcrate.manifest import (
     TensorSpec,
 )
 from modelcrate.refs import check_name, check_version
+from modelcrate.registry import ModelRegistry, as_registry
 
 if TYPE_CHECKING:
-    from modelcrate.registry.api import Registry
+    pass
 
 Combine = Literal["mean", "vote"]
 
@@ -40,7 +41,7 @@ def pipeline(
     name: str,
     version: str,
     description: str = "",
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> Crate:
     """A crate that runs ``refs`` in sequence: each one's outputs are the next one's inputs."""
     if len(refs) < 2:
@@ -60,7 +61,7 @@ def ensemble(
     name: str,
     version: str,
     description: str = "",
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> Crate:
     """A crate that runs every crate in ``refs`` on the same inputs and combines their
     outputs: ``mean`` (element-wise), or ``vote`` (per row, the share of members whose
@@ -88,10 +89,11 @@ def ensemble(
     )
 
 
-def _resolve(refs: Sequence[str], registry: Registry | str | None) -> list[tuple[str, Manifest]]:
-    from modelcrate.registry.api import Registry
+def _resolve(
+    refs: Sequence[str], registry: ModelRegistry | str | None
+) -> list[tuple[str, Manifest]]:
 
-    reg = registry if isinstance(registry, Registry) else Registry.open(registry)
+    reg = as_registry(registry)
     resolved = []
     for ref in refs:
         manifest = reg.manifest(ref)

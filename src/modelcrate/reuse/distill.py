@@ -16,11 +16,11 @@ import numpy as np
 
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
+from modelcrate.registry import ModelRegistry
 from modelcrate.reuse.training import Settings, fingerprint, fit, split
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
-    from modelcrate.registry.api import Registry
 
 
 def distill(
@@ -37,7 +37,7 @@ def distill(
     seed: int = 0,
     name: str | None = None,
     version: str = "1.0.0",
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     progress: bool | None = None,
 ) -> Crate:
     """Train ``student`` (a torch module) on the teacher's outputs for ``data`` (inputs

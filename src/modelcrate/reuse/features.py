@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelcrate.errors import CrateFormatError, UsageError
 from modelcrate.manifest import Lineage, Parent
+from modelcrate.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
     from modelcrate.model import Model
-    from modelcrate.registry.api import Registry
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
@@ -52,7 +52,7 @@ def feature_extractor(
     *,
     name: str | None = None,
     version: str | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
 ) -> Model:
     """A model computing ``layer`` of ``ref`` (module path or ONNX tensor name). Its crate
     (``.crate``, publishable) is named ``<name>-features`` at ``<version>-<layer>`` unless

@@ -20,12 +20,12 @@ import numpy as np
 
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
+from modelcrate.registry import ModelRegistry
 from modelcrate.reuse.training import Settings, accuracy, fingerprint, fit, split
 from modelcrate.runtimes.torch import FreezeSpec, freeze_parameters, head_prefix
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
-    from modelcrate.registry.api import Registry
 
 
 def replace_head(module: Any, outputs: int, seed: int) -> bool:
@@ -62,7 +62,7 @@ def finetune(
     seed: int = 0,
     name: str | None = None,
     version: str | None = None,
-    registry: Registry | str | None = None,
+    registry: ModelRegistry | str | None = None,
     progress: bool | None = None,
 ) -> Crate:
     """Train a copy of ``ref`` on ``data`` = (inputs, targets) and return the child crate.

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelcrate
-from modelcrate.errors import InputError, ModelcrateError, NotFound
+from modelcrate.errors import InputError, NotFound
 from modelcrate.manifest import TensorSpec
 from modelcrate.registry.api import Registry
 from modelcrate.server import oip
@@ -35,9 +36,10 @@ from modelcrate.server.models import ModelManager, ServedModel
 from modelcrate.server.registry_api import registry_routes
 from modelcrate.server.requests import (
     SMALL_BODY,
-    authorize,
     check_name,
     error_response,
+    guarded,
+    parse_body,
     read_body,
 )
 from modelcrate.server.ui import ui_routes
@@ -55,132 +57,12 @@ class AppSettings:
 
 
 def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> ASGIApp:
-    """Build the server's ASGI app around a model manager (no module globals)."""
-    limits = settings.limits
-
-    def guard(
-        scope: str | None, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                authorize(tokens, request.headers.get("authorization"), scope)
-                return await handler(request)
-            except ModelcrateError as exc:
-                return error_response(exc)
-
-        return endpoint
-
-    async def live(_: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def ready(_: Request) -> Response:
-        is_ready = all(m.current is not None for m in manager.models.values())
-        # OIP: 200 means ready, a 4xx means not ready (Triton answers 400 too).
-        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
-
-    async def server_metadata(_: Request) -> Response:
-        return JSONResponse(
-            {"name": "modelcrate", "version": modelcrate.__version__, "extensions": EXTENSIONS}
-        )
-
-    async def model_metadata(request: Request) -> Response:
-        served, loaded = manager.lookup(*name_version(request))
-        manifest = loaded.manifest
-        body: dict[str, Any] = {
-            "name": served.name,
-            "versions": [loaded.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [tensor_metadata(s) for s in manifest.signature.inputs],
-            "outputs": [tensor_metadata(s) for s in manifest.signature.outputs],
-            "parameters": {"digest": loaded.digest, "selector": str(served.selector)},
-        }
-        if served.error:
-            body["error"] = served.error
-        return JSONResponse(body)
-
-    async def model_ready(request: Request) -> Response:
-        name, version = name_version(request)
-        try:
-            served, loaded = manager.lookup(name, version)
-        except NotFound as exc:
-            if name not in manager.models:
-                return error_response(exc)
-            # OIP: a served model that is not ready answers 400 (Triton does too).
-            return JSONResponse({"error": str(exc), "code": "not_ready"}, status_code=400)
-        body = {"name": served.name, "version": loaded.version, "ready": True}
-        if served.error:
-            body["error"] = served.error
-        return JSONResponse(body)
-
-    async def stats(request: Request) -> Response:
-        name, version = name_version(request)
-        served, loaded = manager.lookup(name, version)
-        return JSONResponse({"model_stats": [model_stats(served, loaded.batcher.depth)]})
-
-    async def repository_index(_: Request) -> Response:
-        return JSONResponse([repository_entry(m) for m in manager.models.values()])
-
-    async def repository_load(request: Request) -> Response:
-        name = request.path_params["name"]
-        body = await read_body(request.receive, request.headers.get("content-length"), SMALL_BODY)
-        ref = None
-        if body.strip():
-            try:
-                document = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                document = None
-            if not isinstance(document, dict):
-                raise InputError("load body must be a JSON object")
-            ref = (document.get("parameters") or {}).get("ref")
-            if ref is not None and (not isinstance(ref, str) or "://" in ref or "/" in ref):
-                raise InputError(
-                    "parameters.ref must be a registry reference like "
-                    "name@alias; the server never loads from URLs or paths"
-                )
-        served = await manager.load(check_name(name), ref)
-        return JSONResponse(repository_entry(served))
-
-    async def repository_unload(request: Request) -> Response:
-        manager.unload(check_name(request.path_params["name"]))
-        return JSONResponse({})
-
-    async def openapi(_: Request) -> Response:
-        return JSONResponse(openapi_document())
-
-    async def metrics(_: Request) -> Response:
-        for served in manager.models.values():
-            depth = served.current.batcher.depth if served.current else 0
-            manager.metrics.queue_depth.labels(served.name).set(depth)
-        return Response(manager.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    model = "/v2/models/{name}"
-    version = "/v2/models/{name}/versions/{version}"
-    routes: list[Route | Mount] = [
-        Route("/v2/health/live", guard(None, live)),
-        Route("/v2/health/ready", guard(None, ready)),
-        Route("/v2", guard("read", server_metadata)),
-        Route(model, guard("read", model_metadata)),
-        Route(version, guard("read", model_metadata)),
-        Route(model + "/ready", guard("read", model_ready)),
-        Route(version + "/ready", guard("read", model_ready)),
-        Route(model + "/stats", guard("read", stats)),
-        Route(version + "/stats", guard("read", stats)),
-        Route("/v2/repository/index", guard("read", repository_index), methods=["POST", "GET"]),
-        Route(
-            "/v2/repository/models/{name}/load", guard("admin", repository_load), methods=["POST"]
-        ),
-        Route(
-            "/v2/repository/models/{name}/unload",
-            guard("admin", repository_unload),
-            methods=["POST"],
-        ),
-        Route("/metrics", guard("read", metrics)),
-        Route("/v2/openapi.json", guard(None, openapi)),
-    ]
+    """Build the server's ASGI app around a model manager (no module globals): handlers find
+    the manager and the tokens in ``request.app.state``."""
+    routes = oip_routes()
     # A server reading models from another server offers no registry API or UI itself.
     if isinstance(manager.registry, Registry):
-        routes += registry_routes(manager.registry, tokens, guard)
-        routes += ui_routes(manager, tokens)
+        routes += registry_routes() + ui_routes()
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -190,17 +72,138 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
         finally:
             await manager.stop()
 
-    app: ASGIApp = InferApp(
-        Starlette(routes=routes, lifespan=lifespan),
-        manager,
-        tokens,
-        limits,
-        settings.request_timeout,
-    )
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    starlette.state.manager, starlette.state.tokens = manager, tokens
+    app: ASGIApp = InferApp(starlette, manager, tokens, settings.limits, settings.request_timeout)
     app = BrowserDefences(app, settings.hosts)
     if settings.access_log:
         app = AccessLog(app)
     return app
+
+
+def oip_routes() -> list[Route | Mount]:
+    """OIP v2 routes other than infer (``infer.py``), the repository extension, metrics."""
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    repository = "/v2/repository/models/{name}"
+    return [
+        Route("/v2/health/live", guarded(None, live)),
+        Route("/v2/health/ready", guarded(None, ready)),
+        Route("/v2", guarded("read", server_metadata)),
+        Route(model, guarded("read", model_metadata)),
+        Route(version, guarded("read", model_metadata)),
+        Route(model + "/ready", guarded("read", model_ready)),
+        Route(version + "/ready", guarded("read", model_ready)),
+        Route(model + "/stats", guarded("read", stats)),
+        Route(version + "/stats", guarded("read", stats)),
+        Route("/v2/repository/index", guarded("read", repository_index), methods=["POST", "GET"]),
+        Route(repository + "/load", guarded("admin", repository_load), methods=["POST"]),
+        Route(repository + "/unload", guarded("admin", repository_unload), methods=["POST"]),
+        Route("/metrics", guarded("read", metrics)),
+        Route("/v2/openapi.json", guarded(None, openapi)),
+    ]
+
+
+def manager_of(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+async def live(_: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    is_ready = all(m.current is not None for m in manager_of(request).models.values())
+    # OIP: 200 means ready, a 4xx means not ready (Triton answers 400 too).
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
+
+
+async def server_metadata(_: Request) -> Response:
+    return JSONResponse(
+        {"name": "modelcrate", "version": modelcrate.__version__, "extensions": EXTENSIONS}
+    )
+
+
+async def model_metadata(request: Request) -> Response:
+    served, loaded = manager_of(request).lookup(*name_version(request))
+    manifest = loaded.manifest
+    body: dict[str, Any] = {
+        "name": served.name,
+        "versions": [loaded.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [tensor_metadata(s) for s in manifest.signature.inputs],
+        "outputs": [tensor_metadata(s) for s in manifest.signature.outputs],
+        "parameters": {"digest": loaded.digest, "selector": str(served.selector)},
+    }
+    if served.error:
+        body["error"] = served.error
+    return JSONResponse(body)
+
+
+async def model_ready(request: Request) -> Response:
+    manager = manager_of(request)
+    name, version = name_version(request)
+    try:
+        served, loaded = manager.lookup(name, version)
+    except NotFound as exc:
+        if name not in manager.models:
+            return error_response(exc)
+        # OIP: a served model that is not ready answers 400 (Triton does too).
+        return JSONResponse({"error": str(exc), "code": "not_ready"}, status_code=400)
+    body = {"name": served.name, "version": loaded.version, "ready": True}
+    if served.error:
+        body["error"] = served.error
+    return JSONResponse(body)
+
+
+async def stats(request: Request) -> Response:
+    served, loaded = manager_of(request).lookup(*name_version(request))
+    return JSONResponse({"model_stats": [model_stats(served, loaded.batcher.depth)]})
+
+
+async def repository_index(request: Request) -> Response:
+    return JSONResponse([repository_entry(m) for m in manager_of(request).models.values()])
+
+
+class LoadParameters(BaseModel):
+    ref: str | None = None  # a registry reference; never a URL or a path
+
+
+class LoadRequest(BaseModel):
+    """``POST /v2/repository/models/{name}/load`` (all optional, as tritonclient sends it)."""
+
+    parameters: LoadParameters = Field(default_factory=LoadParameters)
+
+
+async def repository_load(request: Request) -> Response:
+    body = await read_body(request.receive, request.headers.get("content-length"), SMALL_BODY)
+    load = parse_body(LoadRequest, body or b"{}", "a JSON object {parameters: {ref}}")
+    ref = load.parameters.ref
+    if ref is not None and ("://" in ref or "/" in ref):
+        raise InputError(
+            "parameters.ref must be a registry reference like name@alias; the server never "
+            "loads from URLs or paths"
+        )
+    served = await manager_of(request).load(check_name(request.path_params["name"]), ref)
+    return JSONResponse(repository_entry(served))
+
+
+async def repository_unload(request: Request) -> Response:
+    manager_of(request).unload(check_name(request.path_params["name"]))
+    return JSONResponse({})
+
+
+async def openapi(_: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+async def metrics(request: Request) -> Response:
+    manager = manager_of(request)
+    for served in manager.models.values():
+        depth = served.current.batcher.depth if served.current else 0
+        manager.metrics.queue_depth.labels(served.name).set(depth)
+    return Response(manager.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 def name_version(request: Request) -> tuple[str, str | None]:

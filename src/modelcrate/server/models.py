@@ -28,8 +28,7 @@ from modelcrate.errors import ModelcrateError, NotFound, RegistryError
 from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
-from modelcrate.registry.api import Registry
-from modelcrate.registry.remote import RemoteRegistry
+from modelcrate.registry import ModelRegistry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.trust.crypto import unlock
@@ -112,7 +111,7 @@ class ModelManager:
 
     def __init__(
         self,
-        registry: Registry | RemoteRegistry,
+        registry: ModelRegistry,
         refs: list[str],
         *,
         batch: BatchConfig,
@@ -341,7 +340,7 @@ def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def footprint(manifest: Manifest, registry: Registry | RemoteRegistry) -> int:
+def footprint(manifest: Manifest, registry: ModelRegistry) -> int:
     """Bytes of the artifact a server loads (for a composition, of all its members)."""
     if manifest.composition is not None:
         return sum(
@@ -353,7 +352,7 @@ def footprint(manifest: Manifest, registry: Registry | RemoteRegistry) -> int:
     return sum(f.size for f in manifest.files if f.path in paths)
 
 
-def _check_memory(manifest: Manifest, registry: Registry | RemoteRegistry) -> None:
+def _check_memory(manifest: Manifest, registry: ModelRegistry) -> None:
     """Refuse a load that would not fit in available memory (keeps the old version serving)."""
     needed = footprint(manifest, registry) * MEMORY_MARGIN
     available = _available_memory()

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -34,127 +35,146 @@ from modelcrate.errors import InputError, NotFound
 from modelcrate.manifest import parse_manifest
 from modelcrate.registry.api import Registry
 from modelcrate.registry.blobs import CHUNK, check_digest
-from modelcrate.server.auth import Tokens
-from modelcrate.server.requests import SMALL_BODY, read_json
+from modelcrate.server.requests import SMALL_BODY, guarded, read_model
 
-Handler = Callable[[Request], Awaitable[Response]]
-Guard = Callable[[str | None, Handler], Handler]
 MAX_UPLOAD_BYTES = 64 * 1024**3
 MAX_PUBLISH_BODY = 8 * 1024 * 1024
 
 
-def registry_routes(registry: Registry, tokens: Tokens, guard: Guard) -> list[Route]:
-    def acting(request: Request) -> Registry:
-        """The registry, with the audit log naming the token that acts."""
-        token = tokens.token_for(request.headers.get("authorization"))
-        if token is None:
-            return registry
-        scoped = copy.copy(registry)
-        scoped.actor = f"token:{token.name}"
-        return scoped
+class PublishRequest(BaseModel):
+    manifest: str  # crate.json text; its files are uploaded first
+    signatures: list[str] = []
 
-    async def models(_: Request) -> Response:
-        found = await run_in_threadpool(registry.list_models)
-        return JSONResponse([vars(m) for m in found])
 
-    async def resolve(request: Request) -> Response:
-        ref = request.query_params.get("ref")
-        if not ref:
-            raise InputError("give ?ref=name@version (or an alias or digest)")
-        info = await run_in_threadpool(registry.resolve, ref)
-        return JSONResponse(vars(info))
+class AliasRequest(BaseModel):
+    version: str
 
-    async def manifest(request: Request) -> Response:
-        info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
-        data = await run_in_threadpool(registry.manifest, f"{info.name}@{info.digest}")
-        return Response(data.file_bytes(), media_type="application/json")
 
-    async def signatures(request: Request) -> Response:
-        info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
-        bundles = await run_in_threadpool(registry.signatures, f"{info.name}@{info.digest}")
-        return JSONResponse({"bundles": [b.decode() for b in bundles]})
-
-    async def file_head(request: Request) -> Response:
-        sha = check_digest(request.path_params["sha256"])
-        stored = await run_in_threadpool(registry.files.stored, sha)
-        return Response(status_code=200 if stored else 404)
-
-    async def file_get(request: Request) -> Response:
-        sha = check_digest(request.path_params["sha256"])
-        if not await run_in_threadpool(registry.files.stored, sha):
-            raise NotFound(f"no file sha256:{sha[:12]}… in this registry")
-        stream = registry.files.open(sha)
-
-        def chunks() -> Iterator[bytes]:
-            with stream:
-                while block := stream.read(CHUNK):
-                    yield block
-
-        return StreamingResponse(
-            iterate_in_threadpool(chunks()), media_type="application/octet-stream"
-        )
-
-    async def file_put(request: Request) -> Response:
-        sha = check_digest(request.path_params["sha256"])
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit():
-            raise InputError("an upload needs a Content-Length")
-        size = int(declared)
-        if size > MAX_UPLOAD_BYTES:
-            raise InputError(f"an upload is limited to {MAX_UPLOAD_BYTES} bytes")
-        if await run_in_threadpool(registry.files.reuse, sha) is not None:
-            return JSONResponse({"sha256": sha, "stored": False})  # already here
-        with tempfile.TemporaryFile() as staged:
-            received = 0
-            async for block in request.stream():
-                received += len(block)
-                if received > size:
-                    raise InputError("the upload is longer than its Content-Length")
-                staged.write(block)
-            staged.seek(0)
-            await run_in_threadpool(registry.receive, staged, sha, size)
-        return JSONResponse({"sha256": sha, "stored": True}, status_code=201)
-
-    async def publish(request: Request) -> Response:
-        document = await read_json(request, MAX_PUBLISH_BODY, "{manifest, signatures}")
-        if not isinstance(document, dict) or not isinstance(document.get("manifest"), str):
-            raise InputError("publish body must be JSON {manifest: <crate.json text>, ...}")
-        parsed = parse_manifest(document["manifest"].encode())
-        bundles = [str(b).encode() for b in document.get("signatures") or []]
-        actor = acting(request)
-
-        def run() -> Any:
-            missing = [f.path for f in parsed.files if not actor.files.stored(f.sha256)]
-            if missing:
-                raise InputError(f"upload these files first: {missing}")
-            crate = Crate(parsed, actor.files.source(parsed))
-            return actor.publish(crate, signatures=bundles)
-
-        result = await run_in_threadpool(run)
-        return JSONResponse(vars(result), status_code=201 if result.created else 200)
-
-    async def alias(request: Request) -> Response:
-        document = await read_json(request, SMALL_BODY, "{version: ...}")
-        if not isinstance(document, dict) or "version" not in document:
-            raise InputError("alias body must be JSON {version: ...}")
-        version = document["version"]
-        event = await run_in_threadpool(
-            acting(request).set_alias,
-            request.path_params["name"],
-            request.path_params["alias"],
-            str(version),
-        )
-        return JSONResponse(vars(event))
-
+def registry_routes() -> list[Route]:
     base = "/v2/registry"
+    files = f"{base}/files/{{sha256}}"
     return [
-        Route(f"{base}/models", guard("read", models)),
-        Route(f"{base}/resolve", guard("read", resolve)),
-        Route(f"{base}/manifests/{{digest}}", guard("read", manifest)),
-        Route(f"{base}/signatures/{{digest}}", guard("read", signatures)),
-        Route(f"{base}/files/{{sha256}}", guard("read", file_get), methods=["GET"]),
-        Route(f"{base}/files/{{sha256}}", guard("read", file_head), methods=["HEAD"]),
-        Route(f"{base}/files/{{sha256}}", guard("write", file_put), methods=["PUT"]),
-        Route(f"{base}/versions", guard("write", publish), methods=["POST"]),
-        Route(f"{base}/models/{{name}}/aliases/{{alias}}", guard("write", alias), methods=["PUT"]),
+        Route(f"{base}/models", guarded("read", models)),
+        Route(f"{base}/resolve", guarded("read", resolve)),
+        Route(f"{base}/manifests/{{digest}}", guarded("read", manifest)),
+        Route(f"{base}/signatures/{{digest}}", guarded("read", signatures)),
+        Route(files, guarded("read", file_get), methods=["GET"]),
+        Route(files, guarded("read", file_head), methods=["HEAD"]),
+        Route(files, guarded("write", file_put), methods=["PUT"]),
+        Route(f"{base}/versions", guarded("write", publish), methods=["POST"]),
+        Route(
+            f"{base}/models/{{name}}/aliases/{{alias}}", guarded("write", alias), methods=["PUT"]
+        ),
     ]
+
+
+def registry_of(request: Request) -> Registry:
+    registry: Registry = request.app.state.manager.registry
+    return registry
+
+
+def acting(request: Request) -> Registry:
+    """The registry, with the audit log naming the token that acts."""
+    registry = registry_of(request)
+    token = request.app.state.tokens.token_for(request.headers.get("authorization"))
+    if token is None:
+        return registry
+    scoped = copy.copy(registry)
+    scoped.actor = f"token:{token.name}"
+    return scoped
+
+
+async def models(request: Request) -> Response:
+    found = await run_in_threadpool(registry_of(request).list_models)
+    return JSONResponse([vars(m) for m in found])
+
+
+async def resolve(request: Request) -> Response:
+    ref = request.query_params.get("ref")
+    if not ref:
+        raise InputError("give ?ref=name@version (or an alias or digest)")
+    info = await run_in_threadpool(registry_of(request).resolve, ref)
+    return JSONResponse(vars(info))
+
+
+async def manifest(request: Request) -> Response:
+    registry = registry_of(request)
+    info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
+    data = await run_in_threadpool(registry.manifest, f"{info.name}@{info.digest}")
+    return Response(data.file_bytes(), media_type="application/json")
+
+
+async def signatures(request: Request) -> Response:
+    registry = registry_of(request)
+    info = await run_in_threadpool(registry.by_digest, request.path_params["digest"])
+    bundles = await run_in_threadpool(registry.signatures, f"{info.name}@{info.digest}")
+    return JSONResponse({"bundles": [b.decode() for b in bundles]})
+
+
+async def file_head(request: Request) -> Response:
+    sha = check_digest(request.path_params["sha256"])
+    stored = await run_in_threadpool(registry_of(request).files.stored, sha)
+    return Response(status_code=200 if stored else 404)
+
+
+async def file_get(request: Request) -> Response:
+    registry = registry_of(request)
+    sha = check_digest(request.path_params["sha256"])
+    if not await run_in_threadpool(registry.files.stored, sha):
+        raise NotFound(f"no file sha256:{sha[:12]}… in this registry")
+    stream = registry.files.open(sha)
+
+    def chunks() -> Iterator[bytes]:
+        with stream:
+            while block := stream.read(CHUNK):
+                yield block
+
+    return StreamingResponse(iterate_in_threadpool(chunks()), media_type="application/octet-stream")
+
+
+async def file_put(request: Request) -> Response:
+    registry = registry_of(request)
+    sha = check_digest(request.path_params["sha256"])
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise InputError("an upload needs a Content-Length")
+    size = int(declared)
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"an upload is limited to {MAX_UPLOAD_BYTES} bytes")
+    if await run_in_threadpool(registry.files.reuse, sha) is not None:
+        return JSONResponse({"sha256": sha, "stored": False})  # already here
+    with tempfile.TemporaryFile() as staged:
+        received = 0
+        async for block in request.stream():
+            received += len(block)
+            if received > size:
+                raise InputError("the upload is longer than its Content-Length")
+            staged.write(block)
+        staged.seek(0)
+        await run_in_threadpool(registry.receive, staged, sha, size)
+    return JSONResponse({"sha256": sha, "stored": True}, status_code=201)
+
+
+async def publish(request: Request) -> Response:
+    shape = "{manifest: <crate.json text>, signatures: [...]}"
+    document = await read_model(request, PublishRequest, MAX_PUBLISH_BODY, shape)
+    parsed = parse_manifest(document.manifest.encode())
+    bundles = [b.encode() for b in document.signatures]
+    actor = acting(request)
+
+    def run() -> Any:
+        missing = [f.path for f in parsed.files if not actor.files.stored(f.sha256)]
+        if missing:
+            raise InputError(f"upload these files first: {missing}")
+        crate = Crate(parsed, actor.files.source(parsed))
+        return actor.publish(crate, signatures=bundles)
+
+    result = await run_in_threadpool(run)
+    return JSONResponse(vars(result), status_code=201 if result.created else 200)
+
+
+async def alias(request: Request) -> Response:
+    document = await read_model(request, AliasRequest, SMALL_BODY, "{version: ...}")
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    event = await run_in_threadpool(acting(request).set_alias, name, alias, document.version)
+    return JSONResponse(vars(event))

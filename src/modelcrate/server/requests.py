@@ -11,10 +11,12 @@ another origin cannot send without a preflight this server never grants.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from modelcrate import refs
@@ -93,13 +95,39 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int, shape: str) -> Any:
-    """A JSON request body of at most ``limit`` bytes; ``shape`` describes it in errors."""
+Body = TypeVar("Body", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(scope: str | None, handler: Handler) -> Handler:
+    """``handler`` behind the scope check, answering modelcrate errors as JSON errors. The
+    tokens are the app's (``request.app.state.tokens``)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            authorize(request.app.state.tokens, request.headers.get("authorization"), scope)
+            return await handler(request)
+        except ModelcrateError as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+def parse_body(model: type[Body], body: bytes, shape: str) -> Body:
+    """``body`` validated as ``model``; the first problem is named in an InputError."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        detail = f" ({where}: {first['msg']})" if where else ""
+        raise InputError(f"the body must be JSON {shape}{detail}") from None
+
+
+async def read_model(request: Request, model: type[Body], limit: int, shape: str) -> Body:
+    """A JSON request body of at most ``limit`` bytes, as ``model``; ``shape`` describes it."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise RequestRefused(f"send {shape} with Content-Type: application/json", status=415)
     body = await read_body(request.receive, request.headers.get("content-length"), limit)
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"the body must be JSON {shape}") from None
+    return parse_body(model, body, shape)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelcrate.errors import UsageError
-from modelcrate.registry.remote import open_source
+from modelcrate.registry import open_registry
 from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.browser import AllowedHosts
@@ -67,7 +67,7 @@ def build_app(settings: ServeSettings) -> object:
     if settings.identity is not None:
         load_private(settings.identity)  # a missing or unreadable key fails now, not per model
     manager = ModelManager(
-        open_source(settings.registry),
+        open_registry(settings.registry),
         settings.refs,
         batch=settings.batch,
         metrics=Metrics(),
@@ -101,7 +101,7 @@ def serve(settings: ServeSettings) -> None:
     local = settings.registry is not None and "://" not in settings.registry
     if local and not Path(str(settings.registry)).exists():
         raise UsageError(f"registry {settings.registry} does not exist")
-    source = open_source(settings.registry)  # an unreachable or malformed registry fails now
+    source = open_registry(settings.registry)  # an unreachable or malformed registry fails now
     source.list_models()
     source.close()
     sock = bind(settings.host, settings.port)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,10 +39,11 @@ from modelcrate.server.auth import Tokens
 from modelcrate.server.models import ModelManager
 from modelcrate.server.requests import (
     SMALL_BODY,
+    Handler,
     authorize,
     check_name,
     error_response,
-    read_json,
+    read_model,
     status_of,
 )
 
@@ -57,120 +59,17 @@ _templates = Environment(
 )
 
 
-def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
-    registry = manager.registry
-    assert isinstance(registry, Registry)
+class TryRequest(BaseModel):
+    inputs: Any  # a nested list for a one-input model, or {input name: nested list}
 
-    def page(template: str, request: Request, status: int = 200, **values: Any) -> Response:
-        body = _templates.get_template(template).render(base=BASE, **values)
-        response = HTMLResponse(body, status_code=status)
-        token = request.query_params.get("token")
-        if token and tokens.token_for(f"Bearer {token}") is not None:  # never a bogus one
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return response
 
-    def viewer(handler: Any, scope: str = "read") -> Any:
-        async def endpoint(request: Request) -> Any:
-            token = request.query_params.get("token") or request.cookies.get(COOKIE)
-            header = request.headers.get("authorization") or (f"Bearer {token}" if token else None)
-            try:
-                authorize(tokens, header, scope)
-                return await handler(request)
-            except ModelcrateError as exc:
-                status = status_of(exc)
-                if request.url.path.startswith(f"{BASE}/api/"):
-                    return error_response(exc)
-                return page(
-                    "error.html", request, status=status, status_text=status, message=str(exc)
-                )
+class AliasRequest(BaseModel):
+    version: str
 
-        return endpoint
 
-    async def index(request: Request) -> Response:
-        query, tag = request.query_params.get("q"), request.query_params.get("tag")
-        found = await run_in_threadpool(registry.list_models, query, tag=tag)
-        every = await run_in_threadpool(registry.list_models)
-        tags = sorted({t for m in every for t in m.tags})
-        return page("models.html", request, models=found, tags=tags, tag=tag, query=query)
-
-    async def model(request: Request) -> Response:
-        name = request.path_params["name"]
-        return page("model.html", request, **await run_in_threadpool(_model_view, registry, name))
-
-    async def version(request: Request) -> Response:
-        name, version = request.path_params["name"], request.path_params["version"]
-        values = await run_in_threadpool(_version_view, registry, f"{name}@{version}")
-        return page("version.html", request, served=_serves(manager, values["m"]), **values)
-
-    async def compare(request: Request) -> Response:
-        name = request.path_params["name"]
-        a, b = request.query_params.get("a"), request.query_params.get("b")
-        if not a or not b:
-            raise InputError("compare needs ?a=VERSION&b=VERSION")
-        values = await run_in_threadpool(_compare_view, registry, name, a, b)
-        return page("compare.html", request, name=name, **values)
-
-    async def download(request: Request) -> Response:
-        ref = f"{request.path_params['name']}@{request.path_params['version']}"
-        crate = await run_in_threadpool(registry.get, ref)
-        scratch = Path(tempfile.mkdtemp(prefix="modelcrate-download-"))
-        path = await run_in_threadpool(crate.save, scratch / f"{crate.name}-{crate.version}.crate")
-        cleanup = BackgroundTask(_remove, scratch)
-        return FileResponse(
-            path, filename=path.name, media_type="application/x-tar", background=cleanup
-        )
-
-    async def predict(request: Request) -> Response:
-        """Try-it runs through the model manager, like ``/v2/models/…/infer``: only versions
-        this server serves (trust policy, decryption and memory checks already passed)."""
-        name, version = check_name(request.path_params["name"]), request.path_params["version"]
-        document = await read_json(request, MAX_TRY_BODY, '{"inputs": [...]}')
-        if not isinstance(document, dict) or "inputs" not in document:
-            raise InputError('send JSON {"inputs": [...]}')
-        inputs = document["inputs"]
-        feeds = (
-            {k: np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
-        )
-        started, status = time.perf_counter(), 500
-        try:
-            async with manager.using(name, version) as loaded:
-                outputs = await manager.infer(loaded, feeds)
-                labels = loaded.manifest.labels
-            status = 200
-        except Exception as exc:
-            status = status_of(exc)
-            raise
-        finally:
-            manager.record(name, version, status, time.perf_counter() - started)
-        return JSONResponse({"outputs": {n: _describe(v, labels) for n, v in outputs.items()}})
-
-    async def alias_action(request: Request) -> Response:
-        try:
-            header = request.headers.get("authorization")
-            authorize(tokens, header, "admin")
-            token = tokens.token_for(header)
-            acting = copy.copy(registry)  # the audit log names the token that acts
-            acting.actor = f"token:{token.name}" if token else registry.actor
-            name, alias = request.path_params["name"], request.path_params["alias"]
-            action = request.path_params["action"]
-            if action == "set":
-                document = await read_json(request, SMALL_BODY, '{"version": "..."}')
-                if not isinstance(document, dict) or "version" not in document:
-                    raise InputError('send JSON {"version": "..."}')
-                version = document["version"]
-                event = await run_in_threadpool(acting.set_alias, name, alias, str(version))
-            elif action == "rollback":
-                event = await run_in_threadpool(acting.rollback, name, alias)
-            else:
-                raise NotFound(f"no alias action {action!r}")
-        except ModelcrateError as exc:
-            return error_response(exc)
-        return JSONResponse(vars(event))
-
-    async def home(_: Request) -> Response:
-        return RedirectResponse(f"{BASE}/")
-
+def ui_routes() -> list[Route | Mount]:
     static = StaticFiles(packages=[("modelcrate.server.ui", "static")])
+    api = f"{BASE}/api/models/{{name}}"
     return [
         Route(BASE, home),
         Route(f"{BASE}/", viewer(index)),
@@ -179,17 +78,142 @@ def ui_routes(manager: ModelManager, tokens: Tokens) -> list[Route | Mount]:
         Route(f"{BASE}/models/{{name}}/compare", viewer(compare)),
         Route(f"{BASE}/models/{{name}}/{{version}}", viewer(version)),
         Route(f"{BASE}/models/{{name}}/{{version}}/download", viewer(download)),
-        Route(
-            f"{BASE}/api/models/{{name}}/{{version}}/predict",
-            viewer(predict, "infer"),
-            methods=["POST"],
-        ),
-        Route(
-            f"{BASE}/api/models/{{name}}/aliases/{{alias}}/{{action}}",
-            alias_action,
-            methods=["POST"],
-        ),
+        Route(f"{api}/{{version}}/predict", viewer(predict, "infer"), methods=["POST"]),
+        Route(f"{api}/aliases/{{alias}}/{{action}}", alias_action, methods=["POST"]),
     ]
+
+
+def manager_of(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def registry_of(request: Request) -> Registry:
+    registry = manager_of(request).registry
+    assert isinstance(registry, Registry)  # the UI is offered only beside a local registry
+    return registry
+
+
+def page(template: str, request: Request, status: int = 200, **values: Any) -> Response:
+    body = _templates.get_template(template).render(base=BASE, **values)
+    response = HTMLResponse(body, status_code=status)
+    token = request.query_params.get("token")
+    tokens: Tokens = request.app.state.tokens
+    if token and tokens.token_for(f"Bearer {token}") is not None:  # never a bogus one
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+def viewer(handler: Handler, scope: str = "read") -> Handler:
+    """A page or UI API route: the token comes from the header, ``?token=`` or the cookie;
+    errors are an error page (or JSON under ``/ui/api``)."""
+
+    async def endpoint(request: Request) -> Response:
+        token = request.query_params.get("token") or request.cookies.get(COOKIE)
+        header = request.headers.get("authorization") or (f"Bearer {token}" if token else None)
+        try:
+            authorize(request.app.state.tokens, header, scope)
+            return await handler(request)
+        except ModelcrateError as exc:
+            if request.url.path.startswith(f"{BASE}/api/"):
+                return error_response(exc)
+            status = status_of(exc)
+            message = str(exc)
+            return page("error.html", request, status=status, status_text=status, message=message)
+
+    return endpoint
+
+
+async def home(_: Request) -> Response:
+    return RedirectResponse(f"{BASE}/")
+
+
+async def index(request: Request) -> Response:
+    registry = registry_of(request)
+    query, tag = request.query_params.get("q"), request.query_params.get("tag")
+    found = await run_in_threadpool(registry.list_models, query, tag=tag)
+    every = await run_in_threadpool(registry.list_models)
+    tags = sorted({t for m in every for t in m.tags})
+    return page("models.html", request, models=found, tags=tags, tag=tag, query=query)
+
+
+async def model(request: Request) -> Response:
+    name = request.path_params["name"]
+    values = await run_in_threadpool(_model_view, registry_of(request), name)
+    return page("model.html", request, **values)
+
+
+async def version(request: Request) -> Response:
+    ref = f"{request.path_params['name']}@{request.path_params['version']}"
+    values = await run_in_threadpool(_version_view, registry_of(request), ref)
+    served = _serves(manager_of(request), values["m"])
+    return page("version.html", request, served=served, **values)
+
+
+async def compare(request: Request) -> Response:
+    name = request.path_params["name"]
+    a, b = request.query_params.get("a"), request.query_params.get("b")
+    if not a or not b:
+        raise InputError("compare needs ?a=VERSION&b=VERSION")
+    values = await run_in_threadpool(_compare_view, registry_of(request), name, a, b)
+    return page("compare.html", request, name=name, **values)
+
+
+async def download(request: Request) -> Response:
+    ref = f"{request.path_params['name']}@{request.path_params['version']}"
+    crate = await run_in_threadpool(registry_of(request).get, ref)
+    scratch = Path(tempfile.mkdtemp(prefix="modelcrate-download-"))
+    path = await run_in_threadpool(crate.save, scratch / f"{crate.name}-{crate.version}.crate")
+    cleanup = BackgroundTask(_remove, scratch)
+    return FileResponse(
+        path, filename=path.name, media_type="application/x-tar", background=cleanup
+    )
+
+
+async def predict(request: Request) -> Response:
+    """Try-it runs through the model manager, like ``/v2/models/…/infer``: only versions
+    this server serves (trust policy, decryption and memory checks already passed)."""
+    manager = manager_of(request)
+    name, version = check_name(request.path_params["name"]), request.path_params["version"]
+    document = await read_model(request, TryRequest, MAX_TRY_BODY, '{"inputs": [...]}')
+    inputs = document.inputs
+    feeds = {k: np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
+    started, status = time.perf_counter(), 500
+    try:
+        async with manager.using(name, version) as loaded:
+            outputs = await manager.infer(loaded, feeds)
+            labels = loaded.manifest.labels
+        status = 200
+    except Exception as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        manager.record(name, version, status, time.perf_counter() - started)
+    return JSONResponse({"outputs": {n: _describe(v, labels) for n, v in outputs.items()}})
+
+
+async def alias_action(request: Request) -> Response:
+    """Admin alias moves: the token must be in the Authorization header (never the cookie),
+    so no page on another site can make the browser do this."""
+    try:
+        header = request.headers.get("authorization")
+        tokens: Tokens = request.app.state.tokens
+        authorize(tokens, header, "admin")
+        registry, token = registry_of(request), tokens.token_for(header)
+        acting = copy.copy(registry)  # the audit log names the token that acts
+        acting.actor = f"token:{token.name}" if token else registry.actor
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        action = request.path_params["action"]
+        if action == "set":
+            document = await read_model(request, AliasRequest, SMALL_BODY, '{"version": "..."}')
+            event = await run_in_threadpool(acting.set_alias, name, alias, document.version)
+        elif action == "rollback":
+            event = await run_in_threadpool(acting.rollback, name, alias)
+        else:
+            raise NotFound(f"no alias action {action!r}")
+    except ModelcrateError as exc:
+        return error_response(exc)
+    return JSONResponse(vars(event))
 
 
 def _serves(manager: ModelManager, manifest: Manifest) -> bool:
