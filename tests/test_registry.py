@@ -178,7 +178,7 @@ def test_location_comes_from_the_argument_then_modelcrate_home(
     monkeypatch.delenv("MODELCRATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     assert mc.Registry.open().root == tmp_path / "user" / ".modelcrate"
-    with pytest.raises(UsageError, match="'s3' backend"):
+    with pytest.raises(UsageError, match="unknown scheme 's3'"):
         mc.Registry.open("s3://bucket/prefix")
 
 

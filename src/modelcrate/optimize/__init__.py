@@ -15,12 +15,14 @@ is published.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +30,12 @@ from modelcrate.crate import Crate
 from modelcrate.errors import PackError, UsageError
 from modelcrate.manifest import Lineage, Parent, Report
 from modelcrate.model import Model, load
+from modelcrate.optimize.derived import Step
 from modelcrate.optimize.parity import EvalData, eval_data, measure
 from modelcrate.registry import ModelRegistry, as_registry
 
 Data = dict[str, np.ndarray]
-Parameters = dict[str, str | int | float | bool]
+STEPS = {"quantize": "quantize", "fp16": "fp16", "prune": "prune", "convert": "convert"}  # module
 
 
 @dataclass(frozen=True)
@@ -70,23 +73,18 @@ def optimize(
         raise UsageError("--calibrate only applies to --quantize int8")
     reg = as_registry(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
-    evaluation = eval_data(parent, data)
-
-    def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
-        return _apply(
-            parent,
-            workdir,
-            quantize=quantize,
-            calibrate=calibrate,
-            fp16=fp16,
-            prune=prune,
-            evaluation=evaluation,
-        )
+    choices: dict[str, dict[str, Any]] = {
+        "quantize": {"calibrate": calibrate},
+        "fp16": {},
+        "prune": {"amount": prune},
+    }
+    options = choices[operations[0]]
 
     def check(report: Report) -> None:
         _check_limits(report, max_accuracy_drop, min_agreement)
 
-    result = _derive(parent, operations[0], operate, evaluation, version, check)
+    evaluation = eval_data(parent, data)
+    result = _derive(parent, operations[0], options, evaluation, version, check)
     if publish:
         reg.publish(result.crate)
     return Optimized(result.crate, result.report, publish)
@@ -95,26 +93,28 @@ def optimize(
 def _derive(
     parent: Model,
     operation: str,
-    operate: Callable[[Path], tuple[Path | object, str, Parameters, float | None]],
+    options: dict[str, Any],
     evaluation: EvalData,
     version: str | None,
     check: Callable[[Report], None],
 ) -> Optimized:
-    """Run ``operate`` in a work directory, pack the child with its lineage, measure it
-    against the parent, ``check`` the report, and pack it again with the report."""
+    """Apply the ``operation`` step (its module's ``apply``) in a work directory, pack the
+    child with its lineage, measure it against the parent, ``check`` the report, and pack it
+    again with the report."""
+    step: Step = importlib.import_module(f"modelcrate.optimize.{STEPS[operation]}")
     workdir = Path(tempfile.mkdtemp(prefix="modelcrate-optimize-"))
     try:
-        source, suffix, parameters, sparsity = operate(workdir)
-        child_version = version or f"{parent.manifest.version}-{suffix}"
+        made = step.apply(parent, workdir, **options)
+        child_version = version or f"{parent.manifest.version}-{made.suffix}"
         lineage = Lineage(
             parents=[Parent(digest=parent.manifest.digest, ref=parent.manifest.ref)],
             operation=operation,
-            parameters=parameters,
+            parameters=made.parameters,
         )
-        draft = _pack_child(parent, source, child_version, lineage, None)
-        report = measure(parent, Model(draft), evaluation, sparsity=sparsity)
+        draft = _pack_child(parent, made.source, child_version, lineage, None)
+        report = measure(parent, Model(draft), evaluation, sparsity=made.sparsity)
         check(report)
-        child = _pack_child(parent, source, child_version, lineage, report)
+        child = _pack_child(parent, made.source, child_version, lineage, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return Optimized(child, report, False)
@@ -133,14 +133,8 @@ def convert(
 ) -> Optimized:
     """Convert ``ref`` to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``) as a new
     version; the converted artifact is loaded back and must match the original's outputs."""
-    from modelcrate.optimize.convert import convert_artifact
-
     reg = as_registry(registry)
     parent = load(ref, registry=reg) if not isinstance(ref, Crate) else load(ref)
-
-    def operate(workdir: Path) -> tuple[Path | object, str, Parameters, float | None]:
-        path, suffix = convert_artifact(parent, to, workdir)
-        return path, suffix, {"to": to}, None
 
     def check(report: Report) -> None:
         if not report.max_abs_diff <= CONVERT_TOLERANCE:
@@ -149,7 +143,7 @@ def convert(
                 f"{report.max_abs_diff:.3g}; refused, nothing published"
             )
 
-    result = _derive(parent, "convert", operate, eval_data(parent), version, check)
+    result = _derive(parent, "convert", {"to": to}, eval_data(parent), version, check)
     if publish:
         reg.publish(result.crate)
     return Optimized(result.crate, result.report, publish)
@@ -167,48 +161,6 @@ def compare(
     first = load(a) if isinstance(a, Crate) else load(a, registry=reg)
     second = load(b) if isinstance(b, Crate) else load(b, registry=reg)
     return measure(first, second, eval_data(first, data))
-
-
-def _apply(
-    parent: Model,
-    workdir: Path,
-    *,
-    quantize: str | None,
-    calibrate: Data | None,
-    fp16: bool,
-    prune: float | None,
-    evaluation: EvalData,
-) -> tuple[Path | object, str, Parameters, float | None]:
-    """Run the operation: (ONNX path or torch module, version suffix, parameters, sparsity)."""
-    onnx = parent.manifest.artifact("onnx")
-    if prune is not None:
-        from modelcrate.optimize.prune import prune_module
-
-        module, sparsity = prune_module(parent, prune)
-        return module, f"pruned{round(prune * 100)}", {"amount": prune, "method": "l1"}, sparsity
-    if onnx is None:
-        raise UsageError(f"{parent.manifest.ref} has no ONNX artifact to optimize")
-    model_bytes = parent.crate.read_bytes(onnx.path)
-    if onnx.data_files:
-        raise UsageError("optimizing models with ONNX external data is not supported yet")
-    if fp16:
-        from modelcrate.optimize.fp16 import to_fp16
-
-        return to_fp16(model_bytes, workdir), "fp16", {"keep_io_types": True}, None
-    from modelcrate.optimize.quantize import quantize_int8
-
-    if calibrate is None:
-        path = quantize_int8(model_bytes, workdir)
-        return path, "int8", {"mode": "dynamic", "weights": "int8", "per_channel": True}, None
-    calibration = eval_data(parent, calibrate).inputs
-    path = quantize_int8(model_bytes, workdir, calibration)
-    rows = int(next(iter(calibration.values())).shape[0])
-    return (
-        path,
-        "int8-static",
-        {"mode": "static", "format": "QDQ", "per_channel": True, "calibration_samples": rows},
-        None,
-    )
 
 
 def _pack_child(

@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelcrate.errors import PackError, UsageError
+from modelcrate.optimize.derived import Derived
 
 if TYPE_CHECKING:
     from modelcrate.model import Model
 
 TARGETS = ("ort", "onnx", "tflite")
+
+
+def apply(parent: Model, workdir: Path, *, to: str) -> Derived:
+    """``parent`` converted to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``)."""
+    path, suffix = convert_artifact(parent, to, workdir)
+    return Derived(path, suffix, {"to": to})
 
 
 def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, str]:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelcrate.errors import PackError, RuntimeUnavailable
+from modelcrate.model import Model
+from modelcrate.optimize.derived import Derived, onnx_bytes
+
+
+def apply(parent: Model, workdir: Path) -> Derived:
+    """The parent with float16 weights and compute; inputs and outputs stay float32."""
+    return Derived(to_fp16(onnx_bytes(parent), workdir), "fp16", {"keep_io_types": True})
 
 
 def to_fp16(model_bytes: bytes, workdir: Path) -> Path:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from modelcrate.errors import CrateFormatError, UsageError
 from modelcrate.model import Model
+from modelcrate.optimize.derived import Derived, Parameters
+
+
+def apply(parent: Model, workdir: Path, *, amount: float) -> Derived:
+    """The parent's torch module with ``amount`` of each weight matrix zeroed (L1)."""
+    module, sparsity = prune_module(parent, amount)
+    parameters: Parameters = {"amount": amount, "method": "l1"}
+    return Derived(module, f"pruned{round(amount * 100)}", parameters, sparsity)
 
 
 def prune_module(model: Model, amount: float) -> tuple[Any, float]:

@@ -8,6 +8,25 @@ from pathlib import Path
 import numpy as np
 
 from modelcrate.errors import PackError
+from modelcrate.model import Model
+from modelcrate.optimize.derived import Derived, Parameters, onnx_bytes
+from modelcrate.optimize.parity import eval_data
+
+Data = dict[str, np.ndarray]
+
+
+def apply(parent: Model, workdir: Path, *, calibrate: Data | None = None) -> Derived:
+    """int8: dynamic (weights), or static QDQ calibrated on ``calibrate`` (by input name)."""
+    model_bytes = onnx_bytes(parent)
+    if calibrate is None:
+        path = quantize_int8(model_bytes, workdir)
+        return Derived(path, "int8", {"mode": "dynamic", "weights": "int8", "per_channel": True})
+    calibration = eval_data(parent, calibrate).inputs
+    path = quantize_int8(model_bytes, workdir, calibration)
+    rows = int(next(iter(calibration.values())).shape[0])
+    parameters: Parameters = {"mode": "static", "format": "QDQ", "per_channel": True}
+    parameters["calibration_samples"] = rows
+    return Derived(path, "int8-static", parameters)
 
 
 def quantize_int8(
