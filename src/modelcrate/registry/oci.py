@@ -86,8 +86,13 @@ class OciRegistry:
 
     def resolve(self, ref: str | Ref) -> VersionInfo:
         manifest = self.manifest(ref)
-        return VersionInfo(manifest.name, manifest.version, manifest.digest,
-                           sum(f.size for f in manifest.files), 0.0)  # fmt: skip
+        return VersionInfo(
+            manifest.name,
+            manifest.version,
+            manifest.digest,
+            sum(f.size for f in manifest.files),
+            0.0,
+        )
 
     def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
         crate = self._pull(ref)

@@ -1,0 +1,109 @@
+"""How fast the CLI answers: metadata commands against `python -c pass` (issue: one shape).
+
+Each command runs as a fresh process on a registry with one published version, 9 times;
+the table gives median wall seconds and the ratio to `python -c pass` measured in the same
+run (goal: at most 15x), plus the seconds spent importing (python -X importtime).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import modelcrate as mc
+
+ROUNDS = 9
+GOAL = 15.0
+
+
+def wall(args: list[str]) -> float:
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, *args], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def import_seconds(args: list[str]) -> float:
+    """Cumulative import time of the top-level imports (python -X importtime)."""
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, check=True
+    )
+    total = 0
+    for line in run.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
+        if match and not match.group(2).startswith(" "):
+            total += int(match.group(1))
+    return total / 1e6
+
+
+def main() -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="mc-bench-cli-") as scratch:
+        root = Path(scratch)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import make_onnx
+
+        registry = mc.Registry.open(root / "registry")
+        crate = mc.pack(make_onnx(root / "m.onnx"), name="tiny", version="1.0.0")
+        registry.publish(crate)
+        crate.save(root / "tiny.crate")
+        at = ["--registry", str(registry.root)]
+        commands = {
+            "--help": ["--help"],
+            "list": ["list", *at],
+            "show tiny": ["show", "tiny", *at],
+            "alias set": ["alias", "set", "tiny", "prod", "1.0.0", *at],
+            "rollback": ["rollback", "tiny", "prod", *at],
+            "inspect FILE": ["inspect", str(root / "tiny.crate")],
+        }
+        baseline = wall(["-c", "pass"])
+        lines = [
+            "## CLI latency (issue 14)",
+            "",
+            f"Fresh process per call, median of {ROUNDS}; `python -c pass` = "
+            f"{baseline * 1000:.0f} ms in the same run; goal: at most {GOAL:g}x.",
+            "",
+            "| command | wall ms | x python -c pass | import ms | goal |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for label, args in commands.items():
+            if label == "rollback":
+                registry.set_alias("tiny", "prod", "1.0.0")  # something to roll back to
+            seconds = wall(["-m", "modelcrate", *args]) if label != "rollback" else 0.0
+            if label == "rollback":
+                seconds = wall_once(["-m", "modelcrate", *args], registry)
+            ratio = seconds / baseline
+            imports = import_seconds(["-m", "modelcrate", *args]) if label != "rollback" else 0
+            lines.append(
+                f"| `{label}` | {seconds * 1000:.0f} | {ratio:.1f} | "
+                f"{imports * 1000:.0f} | {'met' if ratio <= GOAL else 'missed'} |"
+            )
+        registry.close()
+    lines += [
+        "",
+        "`import sqlalchemy` alone costs more than the goal allows on this machine; the "
+        "metadata commands import no framework (torch, ONNX, ONNX Runtime, numpy, the server).",
+        "",
+    ]
+    return lines
+
+
+def wall_once(args: list[str], registry: mc.Registry) -> float:
+    """A rollback needs a fresh move before each call."""
+    times = []
+    for _ in range(ROUNDS):
+        registry.set_alias("tiny", "prod", "1.0.0")
+        started = time.perf_counter()
+        subprocess.run([sys.executable, *args], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+if __name__ == "__main__":
+    print("\n".join(main()))
