@@ -95,7 +95,7 @@ def serve_command(
 ) -> None:
     """Serve models over the Open Inference Protocol v2; aliases are followed live."""
     from modelcrate.server.app import AppSettings
-    from modelcrate.server.models import BatchConfig
+    from modelcrate.server.hot_swap import BatchConfig
     from modelcrate.server.oip import Limits
     from modelcrate.server.runner import ServeSettings, serve
 

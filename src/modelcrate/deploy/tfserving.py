@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelcrate.crate import Crate
-from modelcrate.pack.keras import write_saved_model
+from modelcrate.pack.saved_model import write_saved_model
 
 
 def export(crate: Crate, target: Path, *, image: str | None = None) -> list[Path]:

@@ -59,7 +59,8 @@ def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, st
 
 def _to_tflite(model: Model, workdir: Path) -> Path:
     """TFLite from the crate's TensorFlow artifact (a torch or ONNX-only crate has none)."""
-    from modelcrate.pack.keras import import_tensorflow, write_saved_model
+    from modelcrate.pack.keras import import_tensorflow
+    from modelcrate.pack.saved_model import write_saved_model
 
     saved = write_saved_model(model.crate, workdir / "saved_model", "TFLite conversion")
     tf, _, _ = import_tensorflow()

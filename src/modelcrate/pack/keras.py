@@ -263,28 +263,3 @@ def read_keras_bytes(data: bytes, suffix: str) -> Any:
         path.write_bytes(data)
         _check_config(_keras_config(path), set(), path.name)
         return keras.models.load_model(path, safe_mode=True, compile=False)
-
-
-def write_saved_model(crate: Any, directory: Path, purpose: str) -> Path:
-    """The crate as a SavedModel in ``directory``: its savedmodel artifact as packed, or its
-    Keras artifact exported. ``purpose`` names what needs it, for the error otherwise."""
-    from modelcrate.errors import UsageError
-
-    manifest = crate.manifest
-    saved, keras_artifact = manifest.artifact("savedmodel"), manifest.artifact("keras")
-    if saved is not None:
-        for member in [saved.path, *saved.data_files]:
-            destination = directory / Path(member).relative_to(SAVED_MODEL_DIR)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(crate.read_bytes(member))
-    elif keras_artifact is not None:
-        model = read_keras_bytes(
-            crate.read_bytes(keras_artifact.path), Path(keras_artifact.path).suffix
-        )
-        model.export(str(directory), verbose=False)
-    else:
-        raise UsageError(
-            f"{manifest.ref}: {purpose} needs a TensorFlow artifact (pack the model from "
-            ".keras, .h5 or a SavedModel directory)"
-        )
-    return directory

@@ -23,6 +23,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias, check_name, parse_ref, registry_kind
+from modelcrate.registry.audit import record
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.cache import FileCache
 from modelcrate.registry.chunks import FileStore
@@ -55,7 +56,7 @@ from modelcrate.registry.records import (
     PublishResult,
     VersionInfo,
 )
-from modelcrate.registry.trust import TrustMixin, record, signatures_of, store_signatures
+from modelcrate.registry.trust import TrustMixin, signatures_of, store_signatures
 
 if TYPE_CHECKING:
     from modelcrate.registry.backup import BackupReport, DiskUsage

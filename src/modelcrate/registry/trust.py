@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from modelcrate.errors import NotFound, UsageError
 from modelcrate.refs import Ref
+from modelcrate.registry.audit import audit_entries, record
 from modelcrate.registry.db import (
-    AuditRow,
     SettingRow,
     SignatureRow,
     TrustedKeyRow,
@@ -47,30 +46,6 @@ class _Registry(Protocol):
     def _crate(self, ref: str | Ref) -> Crate: ...
 
     def _policy(self, trust: Policy | None) -> Policy: ...
-
-
-def record(
-    session: Session,
-    actor: str,
-    action: str,
-    *,
-    name: str | None = None,
-    version: str | None = None,
-    digest: str | None = None,
-    detail: str = "",
-) -> None:
-    """Add one audit entry inside the caller's transaction."""
-    session.add(
-        AuditRow(
-            at=time.time(),
-            actor=actor,
-            action=action,
-            name=name,
-            version=version,
-            digest=digest,
-            detail=detail,
-        )
-    )
 
 
 class TrustMixin:
@@ -156,19 +131,9 @@ class TrustMixin:
                 record(session, self.actor, "untrust-key", detail=kid)
         return TrustMixin.policy(self)
 
-    # -- audit log -------------------------------------------------------------
-
     def audit(self: _Registry, name: str | None = None, *, limit: int = 200) -> list[AuditEntry]:
-        """The latest ``limit`` audit entries (of model ``name``), oldest first."""
-        with read_session(self.engine) as session:
-            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
-            if name:
-                query = query.where(AuditRow.name == name)
-            rows = list(session.scalars(query).all())
-        return [
-            AuditEntry(r.at, r.actor, r.action, r.name, r.version, r.digest, r.detail)
-            for r in reversed(rows)
-        ]
+        """The latest ``limit`` audit entries (of model ``name``), oldest first (audit.py)."""
+        return audit_entries(self.engine, name, limit)
 
 
 def signatures_of(engine: Engine, digest: str) -> list[bytes]:

@@ -31,8 +31,8 @@ from modelcrate.registry.api import Registry
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.browser import AllowedHosts, BrowserDefences
+from modelcrate.server.hot_swap import ModelManager, ServedModel
 from modelcrate.server.infer import InferApp
-from modelcrate.server.models import ModelManager, ServedModel
 from modelcrate.server.registry_api import registry_routes
 from modelcrate.server.requests import (
     SMALL_BODY,

@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcrate.errors import UsageError
+from modelcrate.errors import Forbidden, NotAuthorized, UsageError
 
 SCOPES = frozenset({"infer", "read", "write", "admin"})
 
@@ -70,6 +70,21 @@ class Tokens:
             if hmac.compare_digest(presented, token.sha256):
                 return token
         return None
+
+
+def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> None:
+    """Raise NotAuthorized (401) or Forbidden (403) unless the bearer token grants ``scope``."""
+    if scope is None:
+        return
+    if not tokens.enabled:
+        if scope in ("admin", "write"):
+            raise Forbidden(f"{scope} endpoints need a token: start the server with --token-file")
+        return
+    scopes = tokens.scopes_for(authorization)
+    if scopes is None:
+        raise NotAuthorized("missing or unknown bearer token")
+    if scope not in scopes and not (scope == "write" and "admin" in scopes):
+        raise Forbidden(f"this token lacks the {scope!r} scope")
 
 
 def _parse(entry: object, where: str) -> Token:

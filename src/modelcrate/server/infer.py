@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelcrate.errors import ModelcrateError, RequestRefused, ServerError
 from modelcrate.server import oip
-from modelcrate.server.auth import Tokens
-from modelcrate.server.models import ModelManager
-from modelcrate.server.requests import authorize, check_name, error_json, read_body, status_of
+from modelcrate.server.auth import Tokens, authorize
+from modelcrate.server.hot_swap import ModelManager
+from modelcrate.server.requests import check_name, error_json, read_body, status_of
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.

@@ -22,32 +22,15 @@ from starlette.types import Receive
 from modelcrate import refs
 from modelcrate.errors import (
     BadReference,
-    Forbidden,
     InputError,
     ModelcrateError,
-    NotAuthorized,
     NotFound,
     RequestRefused,
     error_body,
 )
-from modelcrate.server.auth import Tokens
+from modelcrate.server.auth import authorize
 
 SMALL_BODY = 64 * 1024  # alias moves, load requests
-
-
-def authorize(tokens: Tokens, authorization: str | None, scope: str | None) -> None:
-    """Raise NotAuthorized (401) or Forbidden (403) unless the bearer token grants ``scope``."""
-    if scope is None:
-        return
-    if not tokens.enabled:
-        if scope in ("admin", "write"):
-            raise Forbidden(f"{scope} endpoints need a token: start the server with --token-file")
-        return
-    scopes = tokens.scopes_for(authorization)
-    if scopes is None:
-        raise NotAuthorized("missing or unknown bearer token")
-    if scope not in scopes and not (scope == "write" and "admin" in scopes):
-        raise Forbidden(f"this token lacks the {scope!r} scope")
 
 
 def check_name(name: str) -> str:

@@ -35,12 +35,11 @@ from modelcrate.manifest import Manifest
 from modelcrate.model import read_safetensors
 from modelcrate.registry.api import Registry
 from modelcrate.registry.lineage import LineageNode
-from modelcrate.server.auth import Tokens
-from modelcrate.server.models import ModelManager
+from modelcrate.server.auth import Tokens, authorize
+from modelcrate.server.hot_swap import ModelManager
 from modelcrate.server.requests import (
     SMALL_BODY,
     Handler,
-    authorize,
     check_name,
     error_response,
     read_model,
