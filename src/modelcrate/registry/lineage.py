@@ -111,15 +111,7 @@ def _walk_up(
                 nodes.append(missing)
                 continue
             own = edges.get(digest, [])
-            nodes.append(
-                LineageNode(
-                    f"{row.name}@{row.version}",
-                    digest,
-                    own[0].operation if own else None,
-                    depth,
-                    parents=[e.parent_digest for e in own],
-                )
-            )
+            nodes.append(_node(row, own, depth))
             level.extend((e.parent_digest, e.parent_ref) for e in own)
         depth += 1
     return nodes, False
@@ -136,19 +128,21 @@ def _walk_down(session: Session, start: str, limit: int) -> tuple[list[LineageNo
         for digest, row in children.items():
             if len(nodes) == limit:
                 return nodes, True
-            own = edges.get(digest, [])
-            nodes.append(
-                LineageNode(
-                    f"{row.name}@{row.version}",
-                    digest,
-                    own[0].operation if own else None,
-                    depth,
-                    parents=[e.parent_digest for e in own],
-                )
-            )
+            nodes.append(_node(row, edges.get(digest, []), depth))
             level.append(digest)
         depth += 1
     return nodes, False
+
+
+def _node(row: Row[str, str, str], parents: list[ParentRow], depth: int) -> LineageNode:
+    """A version found in the registry, with its parents (the index rows it wrote)."""
+    return LineageNode(
+        f"{row.name}@{row.version}",
+        row.digest,
+        parents[0].operation if parents else None,
+        depth,
+        parents=[e.parent_digest for e in parents],
+    )
 
 
 def _batches(keys: Iterable[str]) -> Iterator[list[str]]:
