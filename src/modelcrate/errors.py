@@ -179,6 +179,11 @@ REFUSALS = {
 }
 
 
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for any error raised while answering a request (500 for bugs)."""
+    return exc.http_status if isinstance(exc, ModelcrateError) else 500
+
+
 def error_body(exc: ModelcrateError) -> dict[str, str]:
     """The JSON body a server answers for ``exc`` (with status ``exc.http_status``)."""
     return {"error": str(exc), "code": exc.code}

@@ -39,6 +39,7 @@ from modelcrate.server.requests import (
     check_name,
     error_response,
     guarded,
+    manager_of,
     parse_body,
     read_body,
 )
@@ -102,11 +103,6 @@ def oip_routes() -> list[Route | Mount]:
         Route("/metrics", guarded("read", metrics)),
         Route("/v2/openapi.json", guarded(None, openapi)),
     ]
-
-
-def manager_of(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.manager
-    return manager
 
 
 async def live(_: Request) -> Response:

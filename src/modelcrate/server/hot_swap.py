@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelcrate.errors import ModelcrateError, NotFound, RegistryError
+from modelcrate.errors import ModelcrateError, NotFound, RegistryError, status_of
 from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
@@ -306,13 +306,22 @@ class ModelManager:
 
     @asynccontextmanager
     async def using(self, name: str, version: str | None) -> AsyncIterator[LoadedVersion]:
-        """Hold a version for the duration of one request (it is not freed meanwhile)."""
-        _, loaded = self.lookup(name, version)
-        loaded.inflight += 1
+        """Hold a version for the duration of one infer request (it is not freed meanwhile),
+        and count the request, with its outcome, in the metrics and the model's stats."""
+        started, status = time.perf_counter(), 500
         try:
-            yield loaded
+            _, loaded = self.lookup(name, version)
+            loaded.inflight += 1
+            try:
+                yield loaded
+            finally:
+                loaded.release()
+            status = 200
+        except Exception as exc:
+            status = status_of(exc)
+            raise
         finally:
-            loaded.release()
+            self.record(name, version, status, time.perf_counter() - started)
 
     def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
         """Count one infer request in the metrics and the model's stats."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,7 +17,7 @@ from modelcrate.errors import ModelcrateError, RequestRefused, ServerError
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens, authorize
 from modelcrate.server.hot_swap import ModelManager
-from modelcrate.server.requests import check_name, error_json, read_body, status_of
+from modelcrate.server.requests import check_name, error_json, read_body
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
@@ -89,34 +88,27 @@ class InferApp:
             )
         body = await read_body(receive, headers.get("content-length"), self.limits.max_body_bytes)
         request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
-        manager, started, status = self.manager, time.perf_counter(), 500
-        try:
-            async with manager.using(name, version) as loaded:
-                try:
-                    async with asyncio.timeout(self.request_timeout):
-                        outputs = await manager.infer(loaded, request.inputs)
-                except TimeoutError:
-                    message = f"inference took longer than {self.request_timeout} s"
-                    raise ServerError(message, status=504) from None
-                encode = functools.partial(
-                    oip.encode_response,
-                    model_name=name,
-                    model_version=loaded.version,
-                    outputs=outputs,
-                    request=request,
-                    labels=loaded.manifest.labels,
-                )
-                if sum(v.nbytes for v in outputs.values()) > ENCODE_OFF_LOOP_BYTES:
-                    payload, header_length = await asyncio.to_thread(encode)
-                else:  # small answers: a thread hop would cost more than encoding
-                    payload, header_length = encode()
-                status = 200
-                extra = {"model-version": loaded.version}
-        except Exception as exc:
-            status = status_of(exc)
-            raise
-        finally:
-            manager.record(name, version, status, time.perf_counter() - started)
+        manager = self.manager
+        async with manager.using(name, version) as loaded:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    outputs = await manager.infer(loaded, request.inputs)
+            except TimeoutError:
+                message = f"inference took longer than {self.request_timeout} s"
+                raise ServerError(message, status=504) from None
+            encode = functools.partial(
+                oip.encode_response,
+                model_name=name,
+                model_version=loaded.version,
+                outputs=outputs,
+                request=request,
+                labels=loaded.manifest.labels,
+            )
+            if sum(v.nbytes for v in outputs.values()) > ENCODE_OFF_LOOP_BYTES:
+                payload, header_length = await asyncio.to_thread(encode)
+            else:  # small answers: a thread hop would cost more than encoding
+                payload, header_length = encode()
+        extra = {"model-version": loaded.version}
         if header_length is not None:
             extra[oip.HEADER_LENGTH] = str(header_length)
         return 200, extra, payload

@@ -19,7 +19,6 @@ registry already has is a no-op, so an interrupted push is simply run again.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -33,9 +32,8 @@ from starlette.routing import Route
 from modelcrate.crate import Crate
 from modelcrate.errors import InputError, NotFound
 from modelcrate.manifest import parse_manifest
-from modelcrate.registry.api import Registry
 from modelcrate.registry.blobs import CHUNK, check_digest
-from modelcrate.server.requests import SMALL_BODY, guarded, read_model
+from modelcrate.server.requests import SMALL_BODY, acting, guarded, read_model, registry_of
 
 MAX_UPLOAD_BYTES = 64 * 1024**3
 MAX_PUBLISH_BODY = 8 * 1024 * 1024
@@ -66,22 +64,6 @@ def registry_routes() -> list[Route]:
             f"{base}/models/{{name}}/aliases/{{alias}}", guarded("write", alias), methods=["PUT"]
         ),
     ]
-
-
-def registry_of(request: Request) -> Registry:
-    registry: Registry = request.app.state.manager.registry
-    return registry
-
-
-def acting(request: Request) -> Registry:
-    """The registry, with the audit log naming the token that acts."""
-    registry = registry_of(request)
-    token = request.app.state.tokens.token_for(request.headers.get("authorization"))
-    if token is None:
-        return registry
-    scoped = copy.copy(registry)
-    scoped.actor = f"token:{token.name}"
-    return scoped
 
 
 async def models(request: Request) -> Response:

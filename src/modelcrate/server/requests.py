@@ -10,6 +10,7 @@ another origin cannot send without a preflight this server never grants.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,7 +29,9 @@ from modelcrate.errors import (
     RequestRefused,
     error_body,
 )
+from modelcrate.registry.api import Registry
 from modelcrate.server.auth import authorize
+from modelcrate.server.hot_swap import ModelManager
 
 SMALL_BODY = 64 * 1024  # alias moves, load requests
 
@@ -41,9 +44,28 @@ def check_name(name: str) -> str:
         raise NotFound(f"no model named {name[:64]!r}") from None
 
 
-def status_of(exc: Exception) -> int:
-    """The HTTP status for an error raised while answering a request (errors.py's mapping)."""
-    return exc.http_status if isinstance(exc, ModelcrateError) else 500
+def manager_of(request: Request) -> ModelManager:
+    """The app's model manager (``create_app`` puts it in ``app.state``)."""
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def registry_of(request: Request) -> Registry:
+    """The local registry behind the registry API and the UI (offered only beside one)."""
+    registry = manager_of(request).registry
+    assert isinstance(registry, Registry)
+    return registry
+
+
+def acting(request: Request) -> Registry:
+    """The registry, with the audit log naming the token in the Authorization header."""
+    registry = registry_of(request)
+    token = request.app.state.tokens.token_for(request.headers.get("authorization"))
+    if token is None:
+        return registry
+    scoped = copy.copy(registry)
+    scoped.actor = f"token:{token.name}"
+    return scoped
 
 
 def error_json(exc: ModelcrateError) -> bytes:

@@ -12,10 +12,8 @@ through its model manager; admin actions need ``admin`` in the request itself.
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from modelcrate.display import human_size, when
-from modelcrate.errors import InputError, ModelcrateError, NotFound
+from modelcrate.errors import InputError, ModelcrateError, NotFound, status_of
 from modelcrate.manifest import Manifest
 from modelcrate.model import read_safetensors
 from modelcrate.registry.api import Registry
@@ -40,10 +38,12 @@ from modelcrate.server.hot_swap import ModelManager
 from modelcrate.server.requests import (
     SMALL_BODY,
     Handler,
+    acting,
     check_name,
     error_response,
+    manager_of,
     read_model,
-    status_of,
+    registry_of,
 )
 
 BASE = "/ui"
@@ -80,17 +80,6 @@ def ui_routes() -> list[Route | Mount]:
         Route(f"{api}/{{version}}/predict", viewer(predict, "infer"), methods=["POST"]),
         Route(f"{api}/aliases/{{alias}}/{{action}}", alias_action, methods=["POST"]),
     ]
-
-
-def manager_of(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.manager
-    return manager
-
-
-def registry_of(request: Request) -> Registry:
-    registry = manager_of(request).registry
-    assert isinstance(registry, Registry)  # the UI is offered only beside a local registry
-    return registry
 
 
 def page(template: str, request: Request, status: int = 200, **values: Any) -> Response:
@@ -177,17 +166,9 @@ async def predict(request: Request) -> Response:
     document = await read_model(request, TryRequest, MAX_TRY_BODY, '{"inputs": [...]}')
     inputs = document.inputs
     feeds = {k: np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
-    started, status = time.perf_counter(), 500
-    try:
-        async with manager.using(name, version) as loaded:
-            outputs = await manager.infer(loaded, feeds)
-            labels = loaded.manifest.labels
-        status = 200
-    except Exception as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        manager.record(name, version, status, time.perf_counter() - started)
+    async with manager.using(name, version) as loaded:
+        outputs = await manager.infer(loaded, feeds)
+    labels = loaded.manifest.labels
     return JSONResponse({"outputs": {n: _describe(v, labels) for n, v in outputs.items()}})
 
 
@@ -195,19 +176,15 @@ async def alias_action(request: Request) -> Response:
     """Admin alias moves: the token must be in the Authorization header (never the cookie),
     so no page on another site can make the browser do this."""
     try:
-        header = request.headers.get("authorization")
-        tokens: Tokens = request.app.state.tokens
-        authorize(tokens, header, "admin")
-        registry, token = registry_of(request), tokens.token_for(header)
-        acting = copy.copy(registry)  # the audit log names the token that acts
-        acting.actor = f"token:{token.name}" if token else registry.actor
+        authorize(request.app.state.tokens, request.headers.get("authorization"), "admin")
+        registry = acting(request)  # the audit log names the token that acts
         name, alias = request.path_params["name"], request.path_params["alias"]
         action = request.path_params["action"]
         if action == "set":
             document = await read_model(request, AliasRequest, SMALL_BODY, '{"version": "..."}')
-            event = await run_in_threadpool(acting.set_alias, name, alias, document.version)
+            event = await run_in_threadpool(registry.set_alias, name, alias, document.version)
         elif action == "rollback":
-            event = await run_in_threadpool(acting.rollback, name, alias)
+            event = await run_in_threadpool(registry.rollback, name, alias)
         else:
             raise NotFound(f"no alias action {action!r}")
     except ModelcrateError as exc:
@@ -218,10 +195,10 @@ async def alias_action(request: Request) -> Response:
 def _serves(manager: ModelManager, manifest: Manifest) -> bool:
     """Whether this server runs exactly this version now (try-it runs nothing else)."""
     try:
-        _, loaded = manager.lookup(manifest.name, manifest.digest)
+        manager.lookup(manifest.name, manifest.digest)  # by digest: exactly this version
     except NotFound:
         return False
-    return loaded.digest == manifest.digest
+    return True
 
 
 def _model_view(registry: Registry, name: str) -> dict[str, Any]:
