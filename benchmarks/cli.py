@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import modelcrate as mc
@@ -21,17 +22,20 @@ ROUNDS = 9
 GOAL = 15.0
 
 
-def wall(args: list[str]) -> float:
+def wall(args: list[str], before: Callable[[], object] = lambda: None) -> float:
+    """Median wall seconds of ``python ARGS``; ``before`` runs ahead of each call."""
     times = []
     for _ in range(ROUNDS):
+        before()
         started = time.perf_counter()
         subprocess.run([sys.executable, *args], check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
-def import_seconds(args: list[str]) -> float:
+def import_seconds(args: list[str], before: Callable[[], object] = lambda: None) -> float:
     """Cumulative import time of the top-level imports (python -X importtime)."""
+    before()
     run = subprocess.run(
         [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, check=True
     )
@@ -72,17 +76,18 @@ def main() -> list[str]:
             "| command | wall ms | x python -c pass | import ms | goal |",
             "| --- | --- | --- | --- | --- |",
         ]
+
+        def move() -> object:  # a rollback needs a move to undo before each call
+            return registry.set_alias("tiny", "prod", "1.0.0")
+
         for label, args in commands.items():
-            if label == "rollback":
-                registry.set_alias("tiny", "prod", "1.0.0")  # something to roll back to
-            seconds = wall(["-m", "modelcrate", *args]) if label != "rollback" else 0.0
-            if label == "rollback":
-                seconds = wall_once(["-m", "modelcrate", *args], registry)
+            command = ["-m", "modelcrate", *args]
+            before = move if label == "rollback" else (lambda: None)
+            seconds, imports = wall(command, before), import_seconds(command, before)
             ratio = seconds / baseline
-            imports = import_seconds(["-m", "modelcrate", *args]) if label != "rollback" else 0
             lines.append(
-                f"| `{label}` | {seconds * 1000:.0f} | {ratio:.1f} | "
-                f"{imports * 1000:.0f} | {'met' if ratio <= GOAL else 'missed'} |"
+                f"| `{label}` | {seconds * 1000:.0f} | {ratio:.1f} | {imports * 1000:.0f} | "
+                f"{'met' if ratio <= GOAL else 'missed'} |"
             )
         registry.close()
     lines += [
@@ -92,17 +97,6 @@ def main() -> list[str]:
         "",
     ]
     return lines
-
-
-def wall_once(args: list[str], registry: mc.Registry) -> float:
-    """A rollback needs a fresh move before each call."""
-    times = []
-    for _ in range(ROUNDS):
-        registry.set_alias("tiny", "prod", "1.0.0")
-        started = time.perf_counter()
-        subprocess.run([sys.executable, *args], check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,7 @@ def test_push_load_and_alias_through_an_oci_registry(
     np.testing.assert_allclose(model.predict(X)["y"], expected)
     with pytest.raises(mc.UsageError, match="does not list its repositories"):
         oci.list_models()
+    # The registry's root as the location (its host:port is no tag): repository tiny.
+    root = f"oci://{oci_registry.host}"
+    assert mc.push("tiny@1.0.0", root, registry=local).created
+    assert mc.open_registry(root).resolve("tiny@1.0.0").digest == result.digest

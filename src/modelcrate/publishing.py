@@ -140,7 +140,8 @@ def push(
     crate, signatures = source.get(ref), source.signatures(ref)
     text = os.fspath(target)
     files = len(crate.manifest.files)
-    if text.startswith("oci://") and ":" in text.rpartition("/")[2]:  # oci://host/repo:tag
+    if text.startswith("oci://") and ":" in text.removeprefix("oci://").partition("/")[2]:
+        # one artifact by its full address, oci://host[:port]/repo:tag
         from modelcrate.registry import oci
 
         oci.push(crate, text)
