@@ -11,7 +11,8 @@
     ├── IntegrityError                  bytes do not match the size or sha256 that was recorded
     ├── RegistryError                   the registry cannot do what was asked
     │   ├── NotFound                    no such model, version, alias or blob
-    │   └── VersionConflict             the version exists with different content
+    │   ├── VersionConflict             the version exists with different content
+    │   └── BreakingChange              an alias move would break the current target's clients
     ├── TrustError                      a signature or key check failed
     │   ├── SignatureError              unsigned, no trusted signer, or files differ from the signed
     │   └── DecryptionError             no identity, wrong key or passphrase, altered ciphertext
@@ -107,6 +108,12 @@ class VersionConflict(RegistryError):
     """The version already exists with different content; versions are immutable."""
 
     code, http_status = "conflict", 409
+
+
+class BreakingChange(RegistryError):
+    """An alias move whose target changes the signature its clients call (409)."""
+
+    code, http_status = "breaking_change", 409
 
 
 class TrustError(ModelcrateError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.table import Table
 
@@ -17,10 +19,32 @@ def register(app: typer.Typer) -> None:
     app.command("rollback")(rollback_command)
 
 
+AllowBreaking = Annotated[
+    bool,
+    typer.Option(
+        "--allow-breaking",
+        help="Move even if the target's signature breaks the current target's clients "
+        "(recorded in the audit log).",
+    ),
+]
+
+
 @alias_app.command("set")
-def set_command(name: str, alias: str, version: str, registry: RegistryOption = None) -> None:
-    """Point NAME@ALIAS at VERSION."""
-    event = local_registry(registry).set_alias(name, alias, version)
+def set_command(
+    name: str,
+    alias: str,
+    version: str,
+    registry: RegistryOption = None,
+    allow_breaking: AllowBreaking = False,
+) -> None:
+    """Point NAME@ALIAS at VERSION (refused if VERSION breaks the current target's clients)."""
+    from modelcrate.registry import open_registry
+
+    target = open_registry(registry)
+    try:
+        event = target.set_alias(name, alias, version, allow_breaking=allow_breaking)
+    finally:
+        target.close()
     before = f" (was {event.previous})" if event.previous else ""
     console.print(f"{name}@{alias} → {event.version}{before}")
 
@@ -49,7 +73,9 @@ def delete_command(name: str, alias: str, registry: RegistryOption = None) -> No
     console.print(f"deleted alias {name}@{alias}")
 
 
-def rollback_command(name: str, alias: str, registry: RegistryOption = None) -> None:
-    """Move NAME@ALIAS back to its previous target."""
-    event = local_registry(registry).rollback(name, alias)
+def rollback_command(
+    name: str, alias: str, registry: RegistryOption = None, allow_breaking: AllowBreaking = False
+) -> None:
+    """Move NAME@ALIAS back to its previous target (refused if that breaks current clients)."""
+    event = local_registry(registry).rollback(name, alias, allow_breaking=allow_breaking)
     console.print(f"{name}@{alias} → {event.version} (was {event.previous})")

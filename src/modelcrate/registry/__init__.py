@@ -37,7 +37,9 @@ class ModelRegistry(Protocol):
 
     def publish(self, crate: Crate, *, signatures: Sequence[bytes] = ()) -> PublishResult: ...
 
-    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent: ...
+    def set_alias(
+        self, name: str, alias: str, version: str, *, allow_breaking: bool = False
+    ) -> AliasEvent: ...
 
     def pull(
         self, ref: str, to: str | os.PathLike[str], *, trust: Policy | None = None

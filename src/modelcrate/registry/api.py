@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,13 +21,13 @@ from sqlalchemy.orm import Session
 from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.refs import Ref, check_alias, check_name, parse_ref, registry_kind
+from modelcrate.refs import Ref, check_name, parse_ref, registry_kind
+from modelcrate.registry.aliases import AliasMixin
 from modelcrate.registry.audit import record
 from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.cache import FileCache
 from modelcrate.registry.chunks import FileStore
 from modelcrate.registry.db import (
-    AliasEventRow,
     AliasRow,
     FileRow,
     SignatureRow,
@@ -48,7 +47,6 @@ from modelcrate.registry.lineage import (
     lineage_of,
 )
 from modelcrate.registry.records import (
-    AliasEvent,
     FileCheck,
     GcReport,
     ModelSummary,
@@ -78,7 +76,7 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-class Registry(TrustMixin):
+class Registry(AliasMixin, TrustMixin):
     """A registry: metadata in SQLite (embedded, the default) or PostgreSQL, blobs in a
     directory or S3. ``actor`` names who acts in the audit log (default: the OS user)."""
 
@@ -442,112 +440,6 @@ class Registry(TrustMixin):
                 select(VersionRow).where(VersionRow.name == name).order_by(VersionRow.id)
             ).all()
             return [self._info(session, row) for row in rows]
-
-    # -- aliases -------------------------------------------------------------
-
-    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
-        """Point ``name@alias`` at ``version`` (which must exist); the move is recorded."""
-        check_alias(alias)
-        target = self.resolve(f"{name}@{version}")  # a version, a digest or another alias
-        with write_session(self.engine) as session, session.begin():
-            return self._move(session, name, alias, target.version, "set")
-
-    def _move(
-        self, session: Session, name: str, alias: str, version: str, action: str
-    ) -> AliasEvent:
-        row = session.get(AliasRow, (name, alias))
-        previous = row.version if row else None
-        now = time.time()
-        if row is None:
-            session.add(AliasRow(name=name, alias=alias, version=version, updated_at=now))
-        else:
-            row.version, row.updated_at = version, now
-        session.add(
-            AliasEventRow(
-                name=name, alias=alias, action=action, version=version, previous=previous, at=now
-            )
-        )
-        record(
-            session,
-            self.actor,
-            f"alias-{action}",
-            name=name,
-            version=version,
-            detail=f"{alias}: {previous or '(new)'} -> {version}",
-        )
-        return AliasEvent(alias, action, version, previous, now)
-
-    def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
-        """Every move of ``name@alias``, oldest first."""
-        check_alias(alias)
-        with read_session(self.engine) as session:
-            rows = session.scalars(
-                select(AliasEventRow)
-                .where(AliasEventRow.name == name, AliasEventRow.alias == alias)
-                .order_by(AliasEventRow.id)
-            ).all()
-            if not rows:
-                self._require_model(session, name)
-                raise NotFound(f"{name}@{alias}: no such alias")
-            return [AliasEvent(r.alias, r.action, r.version, r.previous, r.at) for r in rows]
-
-    def rollback(self, name: str, alias: str) -> AliasEvent:
-        """Move ``alias`` back to what it pointed to before it was set to its current target."""
-        check_alias(alias)
-        with write_session(self.engine) as session, session.begin():
-            current = session.get(AliasRow, (name, alias))
-            if current is None:
-                self._require_model(session, name)
-                raise NotFound(f"{name}@{alias}: no such alias")
-            # The latest plain 'set' to the current target says where it came from;
-            # rollbacks are skipped so that repeated rollbacks keep walking back.
-            origin = session.scalars(
-                select(AliasEventRow)
-                .where(
-                    AliasEventRow.name == name,
-                    AliasEventRow.alias == alias,
-                    AliasEventRow.action == "set",
-                    AliasEventRow.version == current.version,
-                )
-                .order_by(AliasEventRow.id.desc())
-            ).first()
-            previous = origin.previous if origin else None
-            if previous is None:
-                raise RegistryError(f"{name}@{alias} has no earlier target to roll back to")
-            if (
-                session.scalar(
-                    select(func.count()).where(
-                        VersionRow.name == name, VersionRow.version == previous
-                    )
-                )
-                == 0
-            ):
-                raise RegistryError(
-                    f"{name}@{alias} would roll back to {previous}, which was deleted"
-                )
-            return self._move(session, name, alias, previous, "rollback")
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        check_alias(alias)
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(AliasRow, (name, alias))
-            if row is None:
-                raise NotFound(f"{name}@{alias}: no such alias")
-            session.delete(row)
-            self._alias_deleted(session, name, alias, row.version)
-
-    def _alias_deleted(self, session: Session, name: str, alias: str, previous: str) -> None:
-        session.add(
-            AliasEventRow(
-                name=name,
-                alias=alias,
-                action="delete",
-                version=None,
-                previous=previous,
-                at=time.time(),
-            )
-        )
-        record(session, self.actor, "alias-delete", name=name, version=previous, detail=alias)
 
     # -- delete, gc, verify --------------------------------------------------
 

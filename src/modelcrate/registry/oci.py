@@ -30,10 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelcrate.compatibility import check_move
 from modelcrate.crate import Crate, check_path, temporary_directory
 from modelcrate.errors import (
     CrateFormatError,
     IntegrityError,
+    NotFound,
     RegistryError,
     RuntimeUnavailable,
     UnsafeContentError,
@@ -76,7 +78,7 @@ class OciRegistry:
         with tempfile.TemporaryDirectory(prefix="modelcrate-oci-") as scratch:
             try:
                 container = client.get_container(reference)
-                config = _config(client.get_manifest(container), source)
+                config = _config(_oci_manifest(client, container, source), source)
                 client.download_blob(container, config["digest"], f"{scratch}/{MANIFEST_NAME}")
             except RegistryError:
                 raise
@@ -115,11 +117,21 @@ class OciRegistry:
         push(crate, self.target(crate.manifest.ref))
         return PublishResult(crate.name, crate.version, crate.digest, created=True)
 
-    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
-        """Tag ``version`` as ``alias`` too (its layers are already there: nothing moves)."""
+    def set_alias(
+        self, name: str, alias: str, version: str, *, allow_breaking: bool = False
+    ) -> AliasEvent:
+        """Tag ``version`` as ``alias`` too (its layers are already there: nothing moves),
+        refused when it breaks the signature of the version the tag names now."""
         crate = self._pull(f"{name}@{version}")
+        try:
+            current: Manifest | None = self.manifest(f"{name}@{alias}")
+        except NotFound:
+            current = None
+        if current is not None and current.digest != crate.digest:
+            check_move(f"{name}@{alias}", current, crate.manifest, allow_breaking)
         push(crate, f"{self.location}/{name}:{alias}")
-        return AliasEvent(alias, "set", version, None, time.time())
+        previous = current.version if current is not None else None
+        return AliasEvent(alias, "set", version, previous, time.time())
 
     def pull(self, ref: str, to: str | os.PathLike[str], *, trust: Policy | None = None) -> Path:
         crate = pull(self.target(ref), to)
@@ -195,7 +207,9 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
     client, reference = _client(source)
     try:
         container = client.get_container(reference)
-        oci_manifest = client.get_manifest(container)
+        oci_manifest = _oci_manifest(client, container, source)
+    except RegistryError:
+        raise
     except Exception as exc:
         raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
     config = _config(oci_manifest, source)
@@ -228,6 +242,23 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
             target.rmdir()
         os.replace(staging, target)
     return Crate.open(target)
+
+
+def _oci_manifest(client: Any, container: Any, source: str) -> dict[str, Any]:
+    """The OCI manifest a tag names; NotFound when the registry has no such tag (oras's own
+    ``get_manifest`` reports every failure as one ValueError)."""
+    import oras.defaults
+
+    client.auth.load_configs(container)
+    accept = ", ".join(oras.defaults.default_manifest_accepted_media_types)
+    url = f"{client.prefix}://{container.manifest_url()}"
+    response = client.do_request(url, "GET", headers={"Accept": accept})
+    if response.status_code == 404:
+        raise NotFound(f"{source}: no such tag in the OCI registry")
+    if response.status_code != 200:
+        raise RegistryError(f"cannot read {source}: HTTP {response.status_code}")
+    result: dict[str, Any] = response.json()
+    return result
 
 
 def _config(oci_manifest: dict[str, Any], source: str) -> dict[str, Any]:

@@ -143,8 +143,11 @@ class RemoteRegistry:
             result.name, result.version, result.digest, result.created, uploaded, skipped
         )
 
-    def set_alias(self, name: str, alias: str, version: str) -> AliasEvent:
-        data = self._json("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})
+    def set_alias(
+        self, name: str, alias: str, version: str, *, allow_breaking: bool = False
+    ) -> AliasEvent:
+        body = {"version": version, "allow_breaking": allow_breaking}
+        data = self._json("PUT", f"/models/{name}/aliases/{alias}", json=body)
         return AliasEvent(**data)
 
     # -- plumbing --------------------------------------------------------------

@@ -14,13 +14,14 @@ registry already has is a no-op, so an interrupted push is simply run again.
     GET  /v2/registry/files/{sha256}                   a file's bytes
     PUT  /v2/registry/files/{sha256}                   upload a file (Content-Length)
     POST /v2/registry/versions                         publish {manifest, signatures}
-    PUT  /v2/registry/models/{name}/aliases/{alias}    move an alias {version}
+    PUT  /v2/registry/models/{name}/aliases/{alias}    move an alias {version, allow_breaking}
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -46,6 +47,7 @@ class PublishRequest(BaseModel):
 
 class AliasRequest(BaseModel):
     version: str
+    allow_breaking: bool = False  # move even if the target breaks the current one's clients
 
 
 def registry_routes() -> list[Route]:
@@ -158,5 +160,10 @@ async def publish(request: Request) -> Response:
 async def alias(request: Request) -> Response:
     document = await read_model(request, AliasRequest, SMALL_BODY, "{version: ...}")
     name, alias = request.path_params["name"], request.path_params["alias"]
-    event = await run_in_threadpool(acting(request).set_alias, name, alias, document.version)
+    event = await run_in_threadpool(
+        partial(acting(request).set_alias, allow_breaking=document.allow_breaking),
+        name,
+        alias,
+        document.version,
+    )
     return JSONResponse(vars(event))

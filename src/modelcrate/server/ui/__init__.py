@@ -63,7 +63,8 @@ class TryRequest(BaseModel):
 
 
 class AliasRequest(BaseModel):
-    version: str
+    version: str | None = None  # needed to set; rollback finds its own target
+    allow_breaking: bool = False
 
 
 def ui_routes() -> list[Route | Mount]:
@@ -180,13 +181,18 @@ async def alias_action(request: Request) -> Response:
         registry = acting(request)  # the audit log names the token that acts
         name, alias = request.path_params["name"], request.path_params["alias"]
         action = request.path_params["action"]
-        if action == "set":
-            document = await read_model(request, AliasRequest, SMALL_BODY, '{"version": "..."}')
-            event = await run_in_threadpool(registry.set_alias, name, alias, document.version)
-        elif action == "rollback":
-            event = await run_in_threadpool(registry.rollback, name, alias)
-        else:
+        if action not in ("set", "rollback"):
             raise NotFound(f"no alias action {action!r}")
+        document = await read_model(request, AliasRequest, SMALL_BODY, '{"version": "..."}')
+        allow = document.allow_breaking
+        if action == "rollback":
+            event = await run_in_threadpool(registry.rollback, name, alias, allow_breaking=allow)
+        elif document.version is None:
+            raise InputError('moving an alias needs {"version": "..."}')
+        else:
+            event = await run_in_threadpool(
+                registry.set_alias, name, alias, document.version, allow_breaking=allow
+            )
     except ModelcrateError as exc:
         return error_response(exc)
     return JSONResponse(vars(event))

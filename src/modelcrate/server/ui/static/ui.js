@@ -79,7 +79,7 @@ if (admin) {
     button.addEventListener("click", async () => {
       const data = Object.fromEntries(new FormData(admin));
       const url = `${admin.dataset.base}/api/models/${admin.dataset.name}/aliases/${encodeURIComponent(data.alias)}/${button.dataset.action}`;
-      const response = await fetch(url, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${data.token}` }, body: JSON.stringify({ version: data.version }) });
+      const response = await fetch(url, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${data.token}` }, body: JSON.stringify({ version: data.version, allow_breaking: data.allow_breaking === "on" }) });
       const answer = await response.json();
       document.getElementById("admin-result").textContent = answer.error || `${data.alias} → ${answer.version}`;
       if (!answer.error) setTimeout(() => location.reload(), 300);
