@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelcrate.errors import (
     BadReference,
+    BreakingChange,
     CrateFormatError,
     DecryptionError,
     Forbidden,
@@ -43,6 +44,7 @@ from modelcrate.errors import (
 if TYPE_CHECKING:
     from modelcrate.client import Client
     from modelcrate.crate import Crate
+    from modelcrate.diff import CrateDiff, diff
     from modelcrate.manifest import Manifest
     from modelcrate.model import Model, load
     from modelcrate.optimize import compare, convert, optimize
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "Client": "modelcrate.client",
     "Crate": "modelcrate.crate",
+    "CrateDiff": "modelcrate.diff",
+    "diff": "modelcrate.diff",
     "Manifest": "modelcrate.manifest",
     "Model": "modelcrate.model",
     "load": "modelcrate.model",
@@ -133,8 +137,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BadReference",
+    "BreakingChange",
     "Client",
     "Crate",
+    "CrateDiff",
     "CrateFormatError",
     "DecryptionError",
     "Forbidden",
@@ -166,6 +172,7 @@ __all__ = [
     "__version__",
     "compare",
     "convert",
+    "diff",
     "distill",
     "encrypt",
     "ensemble",

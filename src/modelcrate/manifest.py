@@ -23,6 +23,7 @@ SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "crate.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_PARENTS = 64  # a version derives from at most this many others (lineage stays renderable)
+MAX_CHANGED_FILES = 100  # provenance names at most this many uncommitted files
 # A path inside a crate: up to 4 segments, each starting with a letter or digit,
 # so '.', '..', absolute paths, backslashes and NUL can never match.
 FILE_PATH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,3}"
@@ -187,6 +188,33 @@ class Composition(_Strict):
     )
 
 
+class GitSource(_Strict):
+    """The Git work tree a crate was packed in (read with git itself at pack time)."""
+
+    remote: str | None = Field(default=None, description="the remote's URL, credentials removed")
+    commit: str | None = Field(default=None, pattern="^[0-9a-f]{40}([0-9a-f]{24})?$")
+    branch: str | None = None
+    path: str = Field(default="", description="the packing directory, relative to the top")
+    dirty: bool = False
+    changed_files: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CHANGED_FILES,
+        description="tracked files that differed from the commit (names only, capped)",
+    )
+    changed_count: int = Field(default=0, ge=0, description="how many differed in all")
+
+
+class Provenance(_Strict):
+    """Where and how the crate was made: the code (Git), the command, the environment.
+    Recorded only when the crate was packed inside a Git work tree."""
+
+    source: GitSource
+    command: str | None = Field(default=None, max_length=4096, description="secrets redacted")
+    python: str
+    platform: str
+    packages: dict[str, str] = Field(default_factory=dict)
+
+
 class Manifest(_Strict):
     """Everything a crate says about itself. ``files`` lists every other file in the crate.
 
@@ -216,6 +244,7 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     dependencies: dict[str, str] = Field(default_factory=dict)
     lineage: Lineage | None = None
+    provenance: Provenance | None = None
     report: Report | None = None
     serving: Serving | None = None
     samples: str | None = Field(

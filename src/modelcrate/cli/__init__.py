@@ -16,6 +16,7 @@ from modelcrate.cli import (
     aliases,
     crates,
     deploy,
+    diff,
     optimizing,
     predict,
     registry,
@@ -51,6 +52,7 @@ optimizing.register(app)
 trust.register(app)
 reuse.register(app)
 deploy.register(app)
+diff.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
@@ -49,6 +50,21 @@ def pack_command(
         list[str] | None,
         typer.Option("--keras-allow", help="Keras class to trust (Lambda, a custom layer)."),
     ] = None,
+    source_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--source-dir",
+            help="The training code's directory, for provenance (default: the current one).",
+        ),
+    ] = None,
+    provenance: Annotated[
+        bool,
+        typer.Option(
+            "--provenance/--no-provenance",
+            help="Record the Git commit, branch, remote and changed files, the command line "
+            "and the environment.",
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Pack a model file (.onnx, .pt2, .ort, .keras, .h5, .tflite) or SavedModel directory."""
@@ -66,6 +82,8 @@ def pack_command(
             tags=tag,
             model_card=model_card,
             keras_allow=keras_allow,
+            source_dir=source_dir,
+            provenance=provenance,
         )
         path = crate.save(output or Path(f"{name}-{version}.crate"))
     if as_json:
@@ -73,6 +91,9 @@ def pack_command(
         return
     console.print(f"packed [bold]{crate.manifest.ref}[/bold] → {path}")
     console.print(f"digest {crate.digest}")
+    if provenance and crate.manifest.provenance is None:
+        where = source_dir or Path.cwd()
+        console.print(f"no provenance recorded: {where} is not inside a Git work tree")
 
 
 def parse_metrics(pairs: list[str]) -> dict[str, float]:
@@ -129,6 +150,7 @@ def render_manifest(manifest: Manifest, digest: str) -> None:
     for metric, score in manifest.metrics.items():
         facts.add_row(f"metric {metric}", f"{score:g}")
     console.print(facts)
+    console.print(provenance_table(manifest))
     signature = Table(title="signature")
     for column in ("", "name", "dtype", "shape"):
         signature.add_column(column)
@@ -156,3 +178,28 @@ def render_manifest(manifest: Manifest, digest: str) -> None:
     for entry in manifest.files:
         files.add_row(entry.path, human_size(entry.size), entry.sha256[:16] + "…")
     console.print(files)
+
+
+def provenance_table(manifest: Manifest) -> Table:
+    """Where the crate came from: the Git source, command and environment, or why not."""
+    table = Table.grid(padding=(0, 2))
+    origin = manifest.provenance
+    if origin is None:
+        table.add_row(
+            "source", "none recorded: packed outside a Git work tree, or with --no-provenance"
+        )
+        return table
+    git = origin.source
+    changed = ", ".join(git.changed_files[:10]) + (" …" if git.changed_count > 10 else "")
+    for key, value in (
+        ("source repo", git.remote or "(no remote)"),
+        ("source commit", git.commit or "(no commit yet)"),
+        ("source branch", git.branch or "(detached HEAD)"),
+        ("source path", git.path or "(top of the work tree)"),
+        ("source dirty", f"yes, {git.changed_count} files: {changed}" if git.dirty else "no"),
+        ("command", origin.command or ""),
+        ("python", f"{origin.python} on {origin.platform}"),
+        ("packages", ", ".join(f"{k} {v}" for k, v in sorted(origin.packages.items()))),
+    ):
+        table.add_row(key, escape(value))
+    return table

@@ -26,6 +26,7 @@ from modelcrate.manifest import (
     Serving,
 )
 from modelcrate.pack.build import Build
+from modelcrate.pack.provenance import collect as collect_provenance
 from modelcrate.refs import check_name, check_version
 
 MODEL_CARD = "README.md"
@@ -52,6 +53,8 @@ def pack(
     output_names: list[str] | None = None,
     parity_tolerance: float = 1e-3,
     keras_allow: list[str] | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
+    provenance: bool = True,
 ) -> Crate:
     """Pack a torch ``nn.Module`` (with ``example_inputs``), a ``.onnx`` file or a ``.pt2`` file.
 
@@ -59,9 +62,15 @@ def pack(
     (``samples.safetensors``) for warm-up and parity checks; a torch module's
     ``example_inputs`` are kept by default. ``serving`` (``max_batch_size``,
     ``max_delay_ms``) tells servers how to batch the model.
+
+    ``provenance`` (on by default) records the Git commit, branch, remote (without
+    credentials) and uncommitted files of the work tree holding ``source_dir`` (default:
+    the working directory), the command line (secrets redacted), Python, platform and
+    package versions; outside a Git work tree nothing is recorded.
     """
     check_name(name)
     check_version(version)
+    origin = collect_provenance(source_dir) if provenance else None
     crate_owner = _Owner()
     workdir = temporary_directory(crate_owner, prefix=f"modelcrate-pack-{name}-")
     build = _dispatch(
@@ -88,6 +97,7 @@ def pack(
         metrics=dict(metrics or {}),
         dependencies={**_versions("modelcrate", "onnx", "onnxruntime"), **build.dependencies},
         lineage=lineage,
+        provenance=origin,
         report=report,
         serving=Serving.model_validate(serving) if isinstance(serving, dict) else serving,
         samples=sample_file,

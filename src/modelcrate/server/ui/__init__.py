@@ -51,6 +51,7 @@ COOKIE = "modelcrate_token"
 MAX_TRY_BODY = 4 * 1024 * 1024
 LINEAGE_NODES = 200  # relatives read for a version page, each way
 LINEAGE_COLUMN = 8  # boxes drawn per lineage column; the rest are counted in one box
+COMPARE_TENSORS = 50  # changed tensors listed on the comparison page (largest change first)
 
 _templates = Environment(
     loader=PackageLoader("modelcrate.server.ui", "templates"),
@@ -334,26 +335,40 @@ def _lineage_svg(registry: Registry, ref: str) -> str:
 
 
 def _compare_view(registry: Registry, name: str, a: str, b: str) -> dict[str, Any]:
-    left, right = registry.manifest(f"{name}@{a}"), registry.manifest(f"{name}@{b}")
+    """The facts side by side, and what ``modelcrate diff`` says (the same CrateDiff)."""
+    from modelcrate.diff import diff_crates
 
-    def facts(manifest: Any) -> dict[str, str]:
+    left, right = registry.get(f"{name}@{a}"), registry.get(f"{name}@{b}")
+    changes = diff_crates(left, right)
+
+    def facts(manifest: Manifest) -> dict[str, str]:
         values = {
             "digest": manifest.digest[:19] + "…",
             "size": human_size(sum(f.size for f in manifest.files)),
             "artifacts": ", ".join(f"{x.kind} ({x.precision})" for x in manifest.artifacts)
             or "composition",
-            "operation": manifest.lineage.operation if manifest.lineage else "",
+            "operation": (manifest.lineage.operation if manifest.lineage else None) or "",
         }
+        source = manifest.provenance.source if manifest.provenance else None
+        values["source commit"] = source.commit[:12] if source and source.commit else "–"
         values.update({f"metric: {k}": f"{v:.4g}" for k, v in manifest.metrics.items()})
         if manifest.report:
             report = manifest.report.model_dump(exclude_none=True)
             values.update({f"report: {k}": str(v) for k, v in report.items() if k != "parent"})
         return values
 
-    one, two = facts(left), facts(right)
+    one, two = facts(left.manifest), facts(right.manifest)
     labels = list(dict.fromkeys([*one, *two]))
     rows = [(label, one.get(label, "–"), two.get(label, "–")) for label in labels]
-    return {"a": left, "b": right, "rows": rows}
+    tensors = sorted(changes.tensors.changes, key=lambda c: -(c.max_abs_delta or float("inf")))
+    return {
+        "a": left.manifest,
+        "b": right.manifest,
+        "rows": rows,
+        "diff": changes,
+        "tensors": tensors[:COMPARE_TENSORS],
+        "more_tensors": max(0, len(tensors) - COMPARE_TENSORS),
+    }
 
 
 def _describe(value: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
