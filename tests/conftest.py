@@ -102,8 +102,8 @@ def run_cli(
     return result
 
 
-def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path:
-    """Write a small ONNX model y = x @ W + b (x: [N, 4] float32) without torch.
+def make_onnx(path: Path, *, external: str | None = None, seed: int = 0, width: int = 2) -> Path:
+    """Write a small ONNX model y = x @ W + b (x: [N, 4] float32, y: [N, width]) without torch.
 
     ``external`` stores the weights as ONNX external data in a file of that name.
     """
@@ -111,8 +111,8 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "W")
-    bias = numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")
+    weight = numpy_helper.from_array(rng.standard_normal((4, width)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b")
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "W"], ["xw"]),
@@ -120,7 +120,7 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0) -> Path
         ],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         [weight, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

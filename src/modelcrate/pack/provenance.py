@@ -93,7 +93,11 @@ def command_line(argv: list[str]) -> str | None:
     """``argv`` as one shell line, program path shortened to its name, secrets redacted."""
     if not argv:
         return None
-    words = [Path(argv[0]).name if os.path.isabs(argv[0]) else argv[0]]
+    program = Path(argv[0])
+    if program.name == "__main__.py":  # python -m package
+        words = ["python", "-m", program.parent.name]
+    else:
+        words = [program.name if program.is_absolute() else argv[0]]
     hide_next = False
     for word in argv[1:]:
         option, equals, _ = word.partition("=")
