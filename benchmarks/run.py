@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli]  # default: all
+python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -20,6 +20,7 @@ import modelcrate as mc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import changes  # noqa: E402
 import cli  # noqa: E402
 import foundation  # noqa: E402
 import optimizing  # noqa: E402
@@ -33,6 +34,9 @@ SUITES = {
     "serving": serving.main,
     "registry": registry.main,
     "cli": cli.main,
+    "changes": lambda: changes.main(
+        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
+    ),
     "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
 }
 
@@ -76,7 +80,7 @@ def previous_sections() -> dict[str, list[str]]:
 
 def order(heading: str) -> int:
     """Sections in suite order (foundation, optimizing, serving, registry)."""
-    words = ["Foundation", "Optimize", "Serving", "Registry (", "Registry at scale", "CLI"]
+    words = ["Foundation", "Optimize", "Serving", "Registry (", "Registry at scale", "CLI", "Diff"]
     return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))
 
 

@@ -140,6 +140,24 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0, width: 
     return path
 
 
+def git_repo(path: Path, remote: str | None = None) -> Path:
+    """A Git work tree at ``path`` with one commit (train.py) on branch 'train'."""
+    path.mkdir(parents=True, exist_ok=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
+
+    git("init", "-q", "-b", "train")
+    git("config", "user.email", "ci@example.com")
+    git("config", "user.name", "ci")
+    if remote:
+        git("remote", "add", "origin", remote)
+    (path / "train.py").write_text("print('training')\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    return path
+
+
 def stored_chunk(registry: mc.Registry, ref: str, path: str) -> tuple[Path, int, int]:
     """Where a (one-chunk) file of ``ref`` lies in the registry: pack file, offset, size."""
     from modelcrate.registry.blobs import FileBlobStore

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import modelcrate as mc
-from conftest import Server, make_onnx, run_cli
+from conftest import Server, git_repo, make_onnx, run_cli
 from modelcrate.compatibility import signature_changes
 from modelcrate.manifest import Signature
 
@@ -88,19 +88,36 @@ class Net(nn.Module):
 
 
 @pytest.fixture
-def versions(registry: mc.Registry) -> mc.Registry:
+def versions(registry: mc.Registry, tmp_path: Path) -> mc.Registry:
     """digits 1.0.0; 1.1.0 with one head weight changed; 2.0.0 with 12 classes; 1.0.0-fp16."""
     torch.manual_seed(0)
     net, x = Net(), torch.randn(4, 64)
+    repo = git_repo(tmp_path / "train")
     registry.publish(
-        mc.pack(net, example_inputs=(x,), name="digits", version="1.0.0", metrics={"acc": 0.9})
+        mc.pack(
+            net,
+            example_inputs=(x,),
+            name="digits",
+            version="1.0.0",
+            metrics={"acc": 0.9},
+            source_dir=repo,
+        )
     )
     with torch.no_grad():
         net.head.weight[3, 5] += 0.5
     registry.publish(
-        mc.pack(net, example_inputs=(x,), name="digits", version="1.1.0", metrics={"acc": 0.92})
+        mc.pack(
+            net,
+            example_inputs=(x,),
+            name="digits",
+            version="1.1.0",
+            metrics={"acc": 0.92},
+            source_dir=repo,
+        )
     )
-    registry.publish(mc.pack(Net(12), example_inputs=(x,), name="digits", version="2.0.0"))
+    registry.publish(
+        mc.pack(Net(12), example_inputs=(x,), name="digits", version="2.0.0", source_dir=repo)
+    )
     mc.optimize("digits@1.0.0", fp16=True, registry=registry)
     return registry
 
@@ -118,7 +135,8 @@ def test_diff_names_the_one_changed_weight_and_the_metric(versions: mc.Registry)
     (metric,) = result.metrics
     assert (metric.name, metric.a, metric.b) == ("acc", 0.9, 0.92)
     assert metric.change == pytest.approx(0.02)
-    assert result.provenance["a"]["source"]["commit"]  # packed inside this repository
+    assert result.provenance["a"]["source"]["branch"] == "train"
+    assert result.provenance["changed"] == {}  # same code, same command
 
 
 def test_diff_flags_breaking_outputs_and_reshaped_tensors(versions: mc.Registry) -> None:
@@ -191,10 +209,7 @@ def test_onnx_weights_compared_chunk_by_chunk(
 
 
 def test_diff_between_crate_files_and_different_code(tmp_path: Path) -> None:
-    repo = tmp_path / "train"
-    repo.mkdir()
-    for args in (("init", "-q"), ("config", "user.email", "a@b.c"), ("config", "user.name", "a")):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    repo = git_repo(tmp_path / "train")
     paths = []
     for version in ("1.0.0", "1.1.0"):
         (repo / "train.py").write_text(f"version = {version!r}\n")
@@ -222,3 +237,6 @@ def test_the_ui_comparison_page_shows_the_same_diff(
     assert "4 tensors in both" in text
     fine = httpx.get(f"{server.url}/ui/models/digits/compare?a=1.0.0&b=1.1.0", timeout=30).text
     assert "Signature</h2>" in fine and "unchanged" in fine and "1 changed, 3 unchanged" in fine
+    commit = versions.manifest("digits@1.0.0").provenance.source.commit  # type: ignore[union-attr]
+    version_page = httpx.get(f"{server.url}/ui/models/digits/1.0.0", timeout=30).text
+    assert 'id="provenance"' in version_page and str(commit) in version_page

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import modelcrate as mc
-from conftest import make_onnx, run_cli
+from conftest import git_repo, make_onnx, run_cli
 
 REMOTE = "https://user:secret@git.example.com/team/train.git"
 
@@ -26,17 +26,12 @@ def git(repo: Path, *args: str) -> str:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A training repository: one commit on branch 'train', a remote with credentials."""
-    path = tmp_path / "train"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "train")
-    git(path, "config", "user.email", "ci@example.com")
-    git(path, "config", "user.name", "ci")
-    git(path, "remote", "add", "origin", REMOTE)
-    (path / "train.py").write_text("print('training')\n")
+    path = git_repo(tmp_path / "train", remote=REMOTE)
     (path / "config.yaml").write_text("lr: 0.1\n")
     (path / "models").mkdir()
+    (path / "models" / ".keep").write_text("")
     git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "first")
+    git(path, "commit", "-q", "-m", "config")
     return path
 
 

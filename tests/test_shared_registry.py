@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import sqlite3
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -219,8 +220,10 @@ def test_backup_and_restore_round_trip_byte_for_byte(
 
     again = run_cli("restore", str(first), "--registry", str(target))
     assert again.returncode == 1 and "needs an empty registry" in again.stderr
+    with tarfile.open(first) as tar:
+        blob = [m for m in tar.getmembers() if m.name.startswith("blobs/")][-1]
     tampered = bytearray(first.read_bytes())
-    tampered[-2048] ^= 0xFF  # inside the last blob
+    tampered[blob.offset_data + blob.size // 2] ^= 0xFF  # inside the last blob
     bad = tmp_path / "bad.tar"
     bad.write_bytes(bytes(tampered))
     refused = run_cli("restore", str(bad), "--registry", str(tmp_path / "fresh"))
