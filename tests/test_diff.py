@@ -240,3 +240,32 @@ def test_the_ui_comparison_page_shows_the_same_diff(
     commit = versions.manifest("digits@1.0.0").provenance.source.commit  # type: ignore[union-attr]
     version_page = httpx.get(f"{server.url}/ui/models/digits/1.0.0", timeout=30).text
     assert 'id="provenance"' in version_page and str(commit) in version_page
+
+
+def test_bfloat16_safetensors_are_measured(tmp_path: Path) -> None:
+    """numpy has no bfloat16: such weights are widened to float32 chunk by chunk."""
+    from safetensors.torch import save_file
+
+    from modelcrate.crate import file_entry
+
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(2, 64)
+    crate = mc.pack(net, example_inputs=(x,), name="digits", version="1.0.0", provenance=False)
+    directories = []
+    for version, bump in (("1.0.0", 0.0), ("1.1.0", 0.5)):
+        directory = crate.unpack(tmp_path / version)
+        weights = {k: v.to(torch.bfloat16).clone() for k, v in net.state_dict().items()}
+        weights["head.weight"][2, 7] += bump
+        save_file(weights, str(directory / "model.safetensors"))
+        files = [
+            file_entry(directory / f.path, f.path) if f.path == "model.safetensors" else f
+            for f in crate.manifest.files
+        ]
+        manifest = crate.manifest.model_copy(update={"files": files, "version": version})
+        (directory / "crate.json").write_bytes(manifest.file_bytes())
+        directories.append(directory)
+    result = mc.diff(*directories)
+    (change,) = result.tensors.changes
+    assert change.name == "head.weight" and change.dtype_a == "bfloat16"
+    assert change.max_abs_delta == pytest.approx(0.5, abs=0.02)  # bfloat16 rounding
+    assert result.tensors.unchanged == 3

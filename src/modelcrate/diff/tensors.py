@@ -1,13 +1,18 @@
 """Per-tensor weight changes between two crates, streamed.
 
-Weights are read where both crates keep them in the same form: safetensors (memory-mapped,
-read a slice at a time) or ONNX initializers (external data memory-mapped; embedded
-tensors one at a time). A tensor is compared ``CHUNK_ELEMENTS`` at a time, so memory
-stays bounded by the chunk, not the model, for safetensors and external data.
+Weights are compared where both crates keep them in the same form: safetensors, else ONNX
+initializers. Tensors in safetensors files and ONNX external data are read
+``CHUNK_ELEMENTS`` at a time by offset, with plain reads rather than memory maps (a map
+leaves every page it touched resident, so the process would grow to both models), so
+memory stays bounded by one chunk per side whatever the model's size. Embedded ONNX
+initializers (models under protobuf's 2 GB limit) are read one tensor at a time.
+bfloat16 is widened to float32 to measure it; other dtypes numpy lacks (float8) are
+compared byte for byte.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from modelcrate.manifest import Artifact, Manifest
 
 CHUNK_ELEMENTS = 4 * 1024 * 1024
 FORMATS = ("safetensors", "onnx")  # compared in this order of preference
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the cap the safetensors library applies
 SAFETENSORS_DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -44,7 +50,7 @@ class TensorChange:
     """One tensor both versions carry, and how it changed."""
 
     name: str
-    change: str  # "values", "shape", "dtype", or "unreadable" (numpy has no such dtype)
+    change: str  # "values", "shape", "dtype"
     shape_a: list[int]
     shape_b: list[int]
     dtype_a: str
@@ -110,13 +116,7 @@ def _compare(kind: str, left: dict[str, _Tensor], right: dict[str, _Tensor]) -> 
                 TensorChange(name, change, one.shape, two.shape, one.dtype, two.dtype)
             )
             continue
-        try:
-            largest, differing, total = _delta(one, two)
-        except (TypeError, ValueError):  # e.g. bfloat16, which numpy cannot hold
-            result.changes.append(
-                TensorChange(name, "unreadable", one.shape, two.shape, one.dtype, two.dtype)
-            )
-            continue
+        largest, differing, total = _delta(one, two)
         if differing == 0:
             result.unchanged += 1
             continue
@@ -176,28 +176,61 @@ def _reader(kind: str) -> Callable[[Path], dict[str, _Tensor]]:
 
 
 def _safetensors(path: Path) -> dict[str, _Tensor]:
-    from safetensors import safe_open
-
-    handle: Any = safe_open(str(path), framework="numpy")
+    """The tensors of a safetensors file, from its header (the format is a little-endian
+    header length, a JSON header of dtype/shape/offsets, then the data)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > MAX_SAFETENSORS_HEADER or 8 + length > size:
+            raise CrateFormatError(f"{path.name}: safetensors header of {length} bytes")
+        header = json.loads(handle.read(length))
     tensors = {}
-    for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not iterable
-        piece = handle.get_slice(name)
-        shape = list(piece.get_shape())
-        dtype = SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
-        tensors[name] = _Tensor(shape, dtype, _sliced(handle, name, shape))
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        code, shape = info["dtype"], [int(d) for d in info["shape"]]
+        begin, end = (8 + length + int(x) for x in info["data_offsets"])
+        stored = np.dtype(SAFETENSORS_DTYPES.get(code, "uint8").replace("bfloat16", "uint16"))
+        count = int(np.prod(shape, dtype=np.int64))
+        fits = 8 + length <= begin <= end <= size
+        if not fits or (code in SAFETENSORS_DTYPES and end - begin != count * stored.itemsize):
+            raise CrateFormatError(f"{path.name}: tensor {name!r} has offsets outside its data")
+        dtype = SAFETENSORS_DTYPES.get(code, code.lower())
+        if code not in SAFETENSORS_DTYPES:  # float8 and friends: compared byte for byte
+            stored, count = np.dtype("uint8"), end - begin
+        read = _read(path, begin, stored, count)
+        tensors[name] = _Tensor(shape, dtype, _widened(read) if code == "BF16" else read)
     return tensors
 
 
-def _sliced(handle: Any, name: str, shape: list[int]) -> Callable[[], Iterator[np.ndarray]]:
+def _widened(read: Callable[[], Iterator[np.ndarray]]) -> Callable[[], Iterator[np.ndarray]]:
+    """bfloat16 (read as uint16) as float32: its 16 bits are the float32's high half."""
+
     def chunks() -> Iterator[np.ndarray]:
-        if not shape or shape[0] == 0:
-            yield np.asarray(handle.get_tensor(name)).reshape(-1)
+        for raw in read():
+            yield (raw.astype(np.uint32) << 16).view(np.float32)
+
+    return chunks
+
+
+def _read(
+    path: Path, offset: int, dtype: np.dtype[Any], count: int
+) -> Callable[[], Iterator[np.ndarray]]:
+    """``count`` values of ``dtype`` at ``offset``, read ``CHUNK_ELEMENTS`` at a time with
+    plain reads (a memory map would leave the whole file resident in the process)."""
+
+    def chunks() -> Iterator[np.ndarray]:
+        if count == 0:
+            yield np.empty(0, dtype)
             return
-        row = int(np.prod(shape[1:], dtype=np.int64)) or 1
-        step = max(1, CHUNK_ELEMENTS // row)
-        piece = handle.get_slice(name)
-        for start in range(0, shape[0], step):
-            yield np.asarray(piece[start : min(start + step, shape[0])]).reshape(-1)
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            for start in range(0, count, CHUNK_ELEMENTS):
+                wanted = min(CHUNK_ELEMENTS, count - start) * dtype.itemsize
+                data = handle.read(wanted)
+                if len(data) != wanted:
+                    raise CrateFormatError(f"{path.name}: tensor data ends early")
+                yield np.frombuffer(data, dtype)
 
     return chunks
 
@@ -212,7 +245,10 @@ def _onnx(path: Path) -> dict[str, _Tensor]:
         shape = [int(d) for d in initializer.dims]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type))
         if initializer.data_location == onnx.TensorProto.EXTERNAL:
-            chunks = _mapped(path.parent, initializer, dtype, shape)
+            info = {entry.key: entry.value for entry in initializer.external_data}
+            data = path.parent / Path(info["location"]).name  # pack allows only plain names
+            count = int(np.prod(shape, dtype=np.int64))
+            chunks = _read(data, int(info.get("offset", 0)), dtype, count)
         else:
             chunks = _whole(numpy_helper, initializer)
         tensors[initializer.name] = _Tensor(shape, str(dtype), chunks)
@@ -224,24 +260,5 @@ def _whole(numpy_helper: Any, initializer: Any) -> Callable[[], Iterator[np.ndar
         values = numpy_helper.to_array(initializer).reshape(-1)
         for start in range(0, max(values.size, 1), CHUNK_ELEMENTS):
             yield values[start : start + CHUNK_ELEMENTS]
-
-    return chunks
-
-
-def _mapped(
-    directory: Path, initializer: Any, dtype: np.dtype[Any], shape: list[int]
-) -> Callable[[], Iterator[np.ndarray]]:
-    info = {entry.key: entry.value for entry in initializer.external_data}
-    location = Path(info["location"]).name  # pack allows only plain names beside the model
-    offset = int(info.get("offset", 0))
-    count = int(np.prod(shape, dtype=np.int64))
-
-    def chunks() -> Iterator[np.ndarray]:
-        if count == 0:
-            yield np.empty(0, dtype)
-            return
-        values = np.memmap(directory / location, dtype=dtype, mode="r", offset=offset, shape=count)
-        for start in range(0, count, CHUNK_ELEMENTS):
-            yield np.asarray(values[start : start + CHUNK_ELEMENTS])
 
     return chunks

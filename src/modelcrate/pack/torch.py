@@ -153,9 +153,15 @@ def _parity(
 ) -> Parity:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, example, strict=True)}
-    got = session.run(None, feeds)
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = session.run(None, feeds)
+    except Exception as exc:  # ORT raises its own types (NOT_IMPLEMENTED for bf16 Gemm, ...)
+        raise PackError(
+            f"ONNX Runtime cannot run the exported model: {first_line(exc)} "
+            "(bfloat16 models: convert to float32 or float16 before packing)"
+        ) from None
     diff = max(
         float(np.max(np.abs(g - e.detach().cpu().numpy()))) if g.size else 0.0
         for g, e in zip(got, expected, strict=True)
