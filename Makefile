@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-scale clean schema
+.PHONY: demo test lint bench bench-scale clean schema grpc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ clean:
 schema: $(STAMP)  ## regenerate the shipped crate.json JSON Schema after changing manifest.py
 	$(PY) -c "import json; from modelcrate.manifest import json_schema; \
 	open('src/modelcrate/schemas/crate-v1.schema.json', 'w').write(json.dumps(json_schema(), indent=2, sort_keys=True) + '\n')"
+
+grpc: $(STAMP)  ## regenerate the gRPC modules from src/modelcrate/server/grpc/inference.proto
+	cd src && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
+		modelcrate/server/grpc/inference.proto

@@ -52,6 +52,18 @@ def serve_command(
             show_default=False,
         ),
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option("--grpc-port", help="Also serve OIP v2 over gRPC on this port (same host)."),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queue",
+            help="Requests waiting per model before new ones get 503 / RESOURCE_EXHAUSTED "
+            "(default: two batches, at least 64).",
+        ),
+    ] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
     header_timeout: Annotated[
@@ -99,8 +111,14 @@ def serve_command(
     from modelcrate.server.oip import Limits
     from modelcrate.server.runner import ServeSettings, serve
 
-    if workers < 1 or max_connections < 1 or (max_batch_size is not None and max_batch_size < 1):
-        raise UsageError("--workers, --max-connections and --max-batch-size must be at least 1")
+    if (
+        workers < 1
+        or max_connections < 1
+        or any(value is not None and value < 1 for value in (max_batch_size, max_queue))
+    ):
+        raise UsageError(
+            "--workers, --max-connections, --max-batch-size and --max-queue must be at least 1"
+        )
     settings = ServeSettings(
         refs=refs or [],
         registry=registry,
@@ -110,12 +128,16 @@ def serve_command(
         token_file=token_file,
         insecure=insecure,
         batch=BatchConfig(
-            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, prepack=prepack
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            prepack=prepack,
+            max_queue=max_queue,
         ),
         app=AppSettings(
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),
             request_timeout=request_timeout,
             access_log=access_log,
+            grpc=None if grpc_port is None else (host, grpc_port, workers > 1),
         ),
         poll_interval=poll_interval,
         trust=trust or [],
@@ -130,12 +152,15 @@ def serve_command(
         from modelcrate.server.ray import Scaling, serve_with_ray
         from modelcrate.server.runner import check_exposure
 
+        if grpc_port is not None:
+            raise UsageError("--grpc-port is not available with --ray (Ray Serve speaks HTTP)")
         scaling = Scaling.parse(replicas, autoscale)
         check_exposure(settings, Tokens.load(token_file))
         errors.print(f"serving {served} with Ray Serve on http://{host}:{port} (Ctrl-C to stop)")
         serve_with_ray(settings, scaling)
         return
-    errors.print(f"serving {served} on http://{host}:{port} (Ctrl-C to stop)")
+    grpc = f" and grpc://{host}:{grpc_port}" if grpc_port is not None else ""
+    errors.print(f"serving {served} on http://{host}:{port}{grpc} (Ctrl-C to stop)")
     serve(settings)
 
 

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelcrate
-from modelcrate.errors import InputError, NotFound
+from modelcrate.errors import NotFound, RuntimeUnavailable
 from modelcrate.manifest import TensorSpec
 from modelcrate.registry.api import Registry
 from modelcrate.server import oip
@@ -46,7 +46,6 @@ from modelcrate.server.requests import (
 from modelcrate.server.ui import ui_routes
 
 access_log = logging.getLogger("modelcrate.access")
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,7 @@ class AppSettings:
     request_timeout: float = 30.0
     access_log: bool = False
     hosts: AllowedHosts = field(default_factory=lambda: AllowedHosts(None))
+    grpc: tuple[str, int, bool] | None = None  # gRPC host, port, shared by several workers
 
 
 def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> ASGIApp:
@@ -68,9 +68,12 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await manager.start()
+        grpc_server = await start_grpc(manager, tokens, settings) if settings.grpc else None
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             await manager.stop()
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
@@ -80,6 +83,22 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     if settings.access_log:
         app = AccessLog(app)
     return app
+
+
+async def start_grpc(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> Any:
+    """The gRPC server beside the REST app (grpcio is imported only when it is asked for)."""
+    try:
+        from modelcrate.server import grpc as oip_grpc
+    except ImportError:
+        raise RuntimeUnavailable(
+            "serve --grpc-port needs grpcio: pip install 'modelcrate[grpc]'"
+        ) from None
+    assert settings.grpc is not None
+    host, port, shared = settings.grpc
+    service = oip_grpc.InferenceService(
+        manager, tokens, settings.limits, settings.request_timeout, settings.access_log
+    )
+    return await oip_grpc.start(service, host, port, shared_port=shared)
 
 
 def oip_routes() -> list[Route | Mount]:
@@ -117,7 +136,7 @@ async def ready(request: Request) -> Response:
 
 async def server_metadata(_: Request) -> Response:
     return JSONResponse(
-        {"name": "modelcrate", "version": modelcrate.__version__, "extensions": EXTENSIONS}
+        {"name": "modelcrate", "version": modelcrate.__version__, "extensions": oip.EXTENSIONS}
     )
 
 
@@ -159,7 +178,7 @@ async def stats(request: Request) -> Response:
 
 
 async def repository_index(request: Request) -> Response:
-    return JSONResponse([repository_entry(m) for m in manager_of(request).models.values()])
+    return JSONResponse([m.entry() for m in manager_of(request).models.values()])
 
 
 class LoadParameters(BaseModel):
@@ -175,14 +194,10 @@ class LoadRequest(BaseModel):
 async def repository_load(request: Request) -> Response:
     body = await read_body(request.receive, request.headers.get("content-length"), SMALL_BODY)
     load = parse_body(LoadRequest, body or b"{}", "a JSON object {parameters: {ref}}")
-    ref = load.parameters.ref
-    if ref is not None and ("://" in ref or "/" in ref):
-        raise InputError(
-            "parameters.ref must be a registry reference like name@alias; the server never "
-            "loads from URLs or paths"
-        )
-    served = await manager_of(request).load(check_name(request.path_params["name"]), ref)
-    return JSONResponse(repository_entry(served))
+    served = await manager_of(request).load(
+        check_name(request.path_params["name"]), load.parameters.ref
+    )
+    return JSONResponse(served.entry())
 
 
 async def repository_unload(request: Request) -> Response:
@@ -223,17 +238,6 @@ def model_stats(served: ServedModel, depth: int) -> dict[str, Any]:
         "queue_depth": depth,
         "inflight": current.inflight if current else 0,
     }
-
-
-def repository_entry(served: ServedModel) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": served.name,
-        "version": served.current.version if served.current else "",
-        "state": "READY" if served.current else "UNAVAILABLE",
-    }
-    if served.error:
-        entry["reason"] = served.error
-    return entry
 
 
 @cache

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelcrate.errors import ServerError
+
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
 
@@ -28,6 +30,7 @@ class _Pending:
     rows: int
     key: tuple[object, ...]
     future: asyncio.Future[Feeds] = field(repr=False)
+    started: bool = False  # taken into a running batch (no longer waiting)
 
 
 class Batcher:
@@ -42,12 +45,17 @@ class Batcher:
         max_delay_ms: float,
         on_batch: Callable[[int], None] | None = None,
         concurrency: int = 1,
+        max_queue: int | None = None,
     ) -> None:
         self.run = run
         self.executor = executor
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay_ms) / 1000
         self.on_batch = on_batch
+        # Requests admitted but not yet running; past max_queue new ones are refused (503),
+        # so what is admitted waits for at most about max_queue / max_batch_size batches.
+        self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
+        self.waiting = 0
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         # Batches in flight at once: while one runs in a worker thread the next forms.
         self.slots = asyncio.Semaphore(max(1, concurrency))
@@ -56,20 +64,46 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.waiting
 
     async def submit(self, feeds: Feeds) -> Feeds:
-        """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows."""
+        """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows.
+        Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait."""
+        if self.waiting >= self.max_queue:
+            raise ServerError(
+                f"the model's queue is full ({self.max_queue} requests waiting); retry shortly",
+                status=503,
+                code="queue_full",
+            )
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
         rows = _rows(feeds)
         loop = asyncio.get_running_loop()
+        self.waiting += 1
         if self.max_batch_size == 1 or rows is None:
-            return await loop.run_in_executor(self.executor, self.run, feeds)
+            alone = _Pending(feeds, 1, (), loop.create_future())
+
+            def run_alone() -> Feeds:
+                loop.call_soon_threadsafe(self._start, alone)
+                return self.run(feeds)
+
+            try:
+                return await loop.run_in_executor(self.executor, run_alone)
+            finally:
+                self._start(alone)  # no longer waiting, whether it ran or timed out
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
         pending = _Pending(feeds, rows, key, loop.create_future())
-        await self.queue.put(pending)
-        return await pending.future
+        self.queue.put_nowait(pending)
+        try:
+            return await pending.future
+        finally:
+            self._start(pending)  # no longer waiting, whether it ran or timed out
+
+    def _start(self, pending: _Pending) -> None:
+        """Count ``pending`` out of the waiting requests (once; on the event loop)."""
+        if not pending.started:
+            pending.started = True
+            self.waiting -= 1
 
     def close(self) -> None:
         self.run = _unloaded  # drop the model: nothing here may keep its memory alive
@@ -120,6 +154,8 @@ class Batcher:
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # cancelled requests drop out
+        for pending in live:
+            self._start(pending)
         if not live:
             return
         merged = (
@@ -142,6 +178,11 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
+
+
+def default_max_queue(max_batch_size: int) -> int:
+    """Requests a model lets wait by default: two full batches, and at least 64."""
+    return max(64, 2 * max_batch_size)
 
 
 def _rows(feeds: Feeds) -> int | None:

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelcrate.errors import ModelcrateError, NotFound, RegistryError, status_of
+from modelcrate.errors import (
+    InputError,
+    ModelcrateError,
+    NotFound,
+    RegistryError,
+    ServerError,
+    status_of,
+)
 from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
@@ -48,6 +55,7 @@ class BatchConfig:
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
     prepack: bool | None = None
+    max_queue: int | None = None  # requests waiting per model (None: batching's default)
 
     def prepack_for(self, manifest: Manifest) -> bool:
         if self.prepack is not None:
@@ -104,6 +112,17 @@ class ServedModel:
     swaps: int = 0
     unloaded: bool = False  # by the repository API: the watcher leaves it alone
     stats: dict[str, float] = field(default_factory=lambda: {"requests": 0, "failures": 0})
+
+    def entry(self) -> dict[str, str]:
+        """Its line in the repository index (REST and gRPC)."""
+        entry = {
+            "name": self.name,
+            "version": self.current.version if self.current else "",
+            "state": "READY" if self.current else "UNAVAILABLE",
+        }
+        if self.error:
+            entry["reason"] = self.error
+        return entry
 
 
 class ModelManager:
@@ -231,6 +250,7 @@ class ModelManager:
             max_delay_ms=max_delay_ms,
             on_batch=lambda rows: self.metrics.batch_size.labels(name).observe(rows),
             concurrency=self.threads,
+            max_queue=self.batch.max_queue,
         )
         return LoadedVersion(model, batcher)
 
@@ -266,6 +286,11 @@ class ModelManager:
 
     async def load(self, name: str, ref: str | None = None) -> ServedModel:
         """Serve ``name`` (following ``ref``'s selector, default the bare name) and load it now."""
+        if ref is not None and ("://" in ref or "/" in ref):
+            raise InputError(
+                "parameters.ref must be a registry reference like name@alias; the server never "
+                "loads from URLs or paths"
+            )
         selector = parse_ref(ref or name)
         if selector.name != name:
             raise RegistryError(f"reference {ref!r} is not a version of model {name!r}")
@@ -332,9 +357,22 @@ class ModelManager:
             served.stats["requests"] += 1
             served.stats["failures"] += status != 200
 
-    async def infer(self, loaded: LoadedVersion, inputs: dict[str, np.ndarray]) -> Feeds:
+    async def infer(
+        self, loaded: LoadedVersion, inputs: dict[str, np.ndarray], timeout: float | None = None
+    ) -> Feeds:
+        """Run one request through the version's batcher: refused at once when its queue is
+        full (503, counted as rejected), 504 when it is not answered within ``timeout``."""
         feeds = prepare_inputs(loaded.manifest.signature.inputs, inputs)
-        return await loaded.batcher.submit(feeds)
+        try:
+            async with asyncio.timeout(timeout):
+                return await loaded.batcher.submit(feeds)
+        except TimeoutError:
+            raise ServerError(f"inference took longer than {timeout} s", status=504) from None
+        except ServerError as exc:
+            if exc.code == "queue_full":
+                name = loaded.manifest.name
+                self.metrics.rejected.labels(name, "queue_full").inc()
+            raise
 
 
 def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:

@@ -13,11 +13,11 @@ import functools
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelcrate.errors import ModelcrateError, RequestRefused, ServerError
+from modelcrate.errors import ModelcrateError, RequestRefused
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens, authorize
 from modelcrate.server.hot_swap import ModelManager
-from modelcrate.server.requests import check_name, error_json, read_body
+from modelcrate.server.requests import check_name, error_json, read_body, retry_headers
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
@@ -64,7 +64,7 @@ class InferApp:
         try:
             status, extra, payload = await self.handle(target, headers, receive)
         except ModelcrateError as exc:
-            status, extra, payload = exc.http_status, {}, error_json(exc)
+            status, extra, payload = exc.http_status, retry_headers(exc), error_json(exc)
         media = "application/octet-stream" if oip.HEADER_LENGTH in extra else "application/json"
         response_headers = [
             (b"content-type", media.encode()),
@@ -90,12 +90,7 @@ class InferApp:
         request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
         manager = self.manager
         async with manager.using(name, version) as loaded:
-            try:
-                async with asyncio.timeout(self.request_timeout):
-                    outputs = await manager.infer(loaded, request.inputs)
-            except TimeoutError:
-                message = f"inference took longer than {self.request_timeout} s"
-                raise ServerError(message, status=504) from None
+            outputs = await manager.infer(loaded, request.inputs, self.request_timeout)
             encode = functools.partial(
                 oip.encode_response,
                 model_name=name,

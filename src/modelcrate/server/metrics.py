@@ -37,6 +37,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "modelcrate_requests_rejected",
+            "Inference requests refused before running, by model and reason.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "modelcrate_model_swaps",
             "Model version loads/swaps by outcome.",

@@ -20,6 +20,7 @@ import orjson
 from modelcrate.errors import InputError
 
 HEADER_LENGTH = "inference-header-content-length"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -127,12 +128,31 @@ def decode_request(body: bytes, header_length: str | None, limits: Limits) -> In
 def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, np.ndarray, int]:
     raw = _object(raw, "inputs[]")
     name = _required_str(raw.get("name"), "input name")
-    datatype = raw.get("datatype")
+    datatype, shape = raw.get("datatype"), raw.get("shape")
+    count = check_shape(name, datatype, shape, limits)
+    dtype = DATATYPES[datatype]
+    params = _object(raw.get("parameters", {}), f"input {name!r} parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise InputError(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
+        array = from_binary(name, bytes(binary[:size]), dtype, count)
+        used = size
+    else:
+        if "data" not in raw:
+            raise InputError(f"input {name!r}: no 'data' and no binary_data_size")
+        array = _from_json(name, raw["data"], dtype, count)
+        used = 0
+    check_finite(name, array, limits)
+    return name, array.reshape(shape), used
+
+
+def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
+    """Check an input's datatype and shape (before anything is allocated); its element count."""
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InputError(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )
-    shape = raw.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
@@ -143,21 +163,7 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
             f"input {name!r}: shape {shape} has {count} elements; "
             f"the limit is {limits.max_elements}"
         )
-    dtype = DATATYPES[datatype]
-    params = _object(raw.get("parameters", {}), f"input {name!r} parameters")
-    size = params.get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size < 0 or size > len(binary):
-            raise InputError(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
-        array = _from_binary(name, bytes(binary[:size]), dtype, count)
-        used = size
-    else:
-        if "data" not in raw:
-            raise InputError(f"input {name!r}: no 'data' and no binary_data_size")
-        array = _from_json(name, raw["data"], dtype, count)
-        used = 0
-    _check_finite(name, array, limits)
-    return name, array.reshape(shape), used
+    return count
 
 
 def _from_json(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
@@ -201,7 +207,8 @@ def _flatten(data: list[Any], limit: int, name: str) -> list[Any]:
     return out
 
 
-def _from_binary(name: str, data: bytes, dtype: np.dtype[Any], count: int) -> np.ndarray:
+def from_binary(name: str, data: bytes, dtype: np.dtype[Any], count: int) -> np.ndarray:
+    """A tensor from raw little-endian bytes (BYTES: each element after a 4-byte length)."""
     if dtype.kind == "O":
         items, offset = [], 0
         while offset < len(data):
@@ -226,7 +233,7 @@ def _from_binary(name: str, data: bytes, dtype: np.dtype[Any], count: int) -> np
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
 
 
-def _check_finite(name: str, array: np.ndarray, limits: Limits) -> None:
+def check_finite(name: str, array: np.ndarray, limits: Limits) -> None:
     if not limits.allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError(
             f"input {name!r}: contains NaN or Inf (the server refuses non-finite values)"
@@ -242,24 +249,17 @@ def encode_response(
     labels: list[str] | None,
 ) -> tuple[bytes, int | None]:
     """Encode outputs; returns (body, json header length when binary data follows, else None)."""
-    wanted = request.outputs or [RequestedOutput(name=n) for n in outputs]
-    if len(wanted) == 1 and wanted[0].name == "*":
-        wanted = [RequestedOutput(name=n, classification=wanted[0].classification) for n in outputs]
+    binary_of = {o.name: o.binary for o in request.outputs}
     encoded, chunks = [], []
-    for output in wanted:
-        if output.name not in outputs:
-            raise InputError(f"requested output {output.name!r} is not one of {sorted(outputs)}")
-        array = outputs[output.name]
-        if output.classification:
-            array = classify(array, output.classification, labels)
+    for name, array in select_outputs(outputs, request, labels):
         entry: dict[str, Any] = {
-            "name": output.name,
-            "datatype": "BYTES" if array.dtype.kind in "OSU" else _BY_DTYPE[array.dtype.name],
+            "name": name,
+            "datatype": datatype_of_array(array),
             "shape": list(array.shape),
         }
-        binary = request.binary_default if output.binary is None else output.binary
-        if binary:
-            chunk = _to_binary(array)
+        binary = binary_of.get(name)
+        if binary if binary is not None else request.binary_default:
+            chunk = to_binary(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
@@ -276,6 +276,28 @@ def encode_response(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+def select_outputs(
+    outputs: dict[str, np.ndarray], request: InferRequest, labels: list[str] | None
+) -> list[tuple[str, np.ndarray]]:
+    """The outputs a request asked for (all when it named none), classified when asked."""
+    wanted = request.outputs or [RequestedOutput(name=n) for n in outputs]
+    if len(wanted) == 1 and wanted[0].name == "*":
+        wanted = [RequestedOutput(name=n, classification=wanted[0].classification) for n in outputs]
+    selected = []
+    for output in wanted:
+        if output.name not in outputs:
+            raise InputError(f"requested output {output.name!r} is not one of {sorted(outputs)}")
+        array = outputs[output.name]
+        if output.classification:
+            array = classify(array, output.classification, labels)
+        selected.append((output.name, array))
+    return selected
+
+
+def datatype_of_array(array: np.ndarray) -> str:
+    return "BYTES" if array.dtype.kind in "OSU" else _BY_DTYPE[array.dtype.name]
 
 
 def classify(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
@@ -296,7 +318,8 @@ def classify(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray
     return np.array(rows, dtype=object)
 
 
-def _to_binary(array: np.ndarray) -> bytes:
+def to_binary(array: np.ndarray) -> bytes:
+    """Raw little-endian bytes of a tensor (BYTES: each element after a 4-byte length)."""
     if array.dtype.kind in "OSU":
         parts = []
         for item in array.ravel():

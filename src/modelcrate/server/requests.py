@@ -73,7 +73,15 @@ def error_json(exc: ModelcrateError) -> bytes:
 
 
 def error_response(exc: ModelcrateError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.http_status)
+    return JSONResponse(error_body(exc), status_code=exc.http_status, headers=retry_headers(exc))
+
+
+RETRY_AFTER_S = 1  # what a refused request is told to wait before trying again
+
+
+def retry_headers(exc: ModelcrateError) -> dict[str, str]:
+    """``Retry-After`` for answers that say "not now" (a full queue, an overloaded server)."""
+    return {"retry-after": str(RETRY_AFTER_S)} if exc.http_status == 503 else {}
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:

@@ -105,6 +105,9 @@ def serve(settings: ServeSettings) -> None:
     source.list_models()
     source.close()
     sock = bind(settings.host, settings.port)
+    if settings.app.grpc is not None:  # fail now, not in each worker's startup
+        grpc_host, grpc_port, _ = settings.app.grpc
+        bind(grpc_host, grpc_port).close()
     if settings.workers <= 1:
         _worker(settings, sock)
         return
