@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
+python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes] [overload]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -24,6 +24,7 @@ import changes  # noqa: E402
 import cli  # noqa: E402
 import foundation  # noqa: E402
 import optimizing  # noqa: E402
+import overload  # noqa: E402
 import registry  # noqa: E402
 import scale  # noqa: E402
 import serving  # noqa: E402
@@ -34,6 +35,7 @@ SUITES = {
     "serving": serving.main,
     "registry": registry.main,
     "cli": cli.main,
+    "overload": overload.main,
     "changes": lambda: changes.main(
         [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
     ),
@@ -80,7 +82,16 @@ def previous_sections() -> dict[str, list[str]]:
 
 def order(heading: str) -> int:
     """Sections in suite order (foundation, optimizing, serving, registry)."""
-    words = ["Foundation", "Optimize", "Serving", "Registry (", "Registry at scale", "CLI", "Diff"]
+    words = [
+        "Foundation",
+        "Optimize",
+        "Serving",
+        "Registry (",
+        "Registry at scale",
+        "CLI",
+        "Diff",
+        "Overload",
+    ]
     return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))
 
 

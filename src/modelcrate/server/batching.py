@@ -70,11 +70,7 @@ class Batcher:
         """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows.
         Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait."""
         if self.waiting >= self.max_queue:
-            raise ServerError(
-                f"the model's queue is full ({self.max_queue} requests waiting); retry shortly",
-                status=503,
-                code="queue_full",
-            )
+            raise queue_full(self.max_queue)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
         rows = _rows(feeds)
@@ -178,6 +174,14 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
+
+
+def queue_full(max_queue: int) -> ServerError:
+    return ServerError(
+        f"the model's queue is full ({max_queue} requests waiting); retry shortly",
+        status=503,
+        code="queue_full",
+    )
 
 
 def default_max_queue(max_batch_size: int) -> int:

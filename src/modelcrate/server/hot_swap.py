@@ -36,7 +36,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
-from modelcrate.server.batching import Batcher, Feeds
+from modelcrate.server.batching import Batcher, Feeds, queue_full
 from modelcrate.server.metrics import Metrics
 from modelcrate.trust.crypto import unlock
 from modelcrate.trust.signing import Policy
@@ -356,6 +356,18 @@ class ModelManager:
         if served is not None:
             served.stats["requests"] += 1
             served.stats["failures"] += status != 200
+
+    def admit(self, name: str, version: str | None) -> None:
+        """Refuse a request before its body is read or decoded when the version that would
+        run it has a full queue (the batcher checks again when the request is submitted)."""
+        try:
+            _, loaded = self.lookup(name, version)
+        except NotFound:
+            return  # answered with 404 by the request itself
+        batcher = loaded.batcher
+        if batcher.waiting >= batcher.max_queue:
+            self.metrics.rejected.labels(name, "queue_full").inc()
+            raise queue_full(batcher.max_queue)
 
     async def infer(
         self, loaded: LoadedVersion, inputs: dict[str, np.ndarray], timeout: float | None = None

@@ -86,6 +86,7 @@ class InferApp:
                 "tensor extension",
                 status=415,
             )
+        self.manager.admit(name, version)  # a full queue refuses before the body is decoded
         body = await read_body(receive, headers.get("content-length"), self.limits.max_body_bytes)
         request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
         manager = self.manager

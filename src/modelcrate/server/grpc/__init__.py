@@ -173,6 +173,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: Any) -> pb.ModelInferResponse:
         name, version = check_name(request.model_name), request.model_version or None
+        self.manager.admit(name, version)
         decoded = decode_request(request, self.limits)
         async with self.manager.using(name, version) as loaded:
             outputs = await self.manager.infer(loaded, decoded.inputs, self.request_timeout)

@@ -1,0 +1,157 @@
+"""Overload protection: a bounded queue per model. Past --max-queue a request is refused at
+once (REST 503 with Retry-After, gRPC RESOURCE_EXHAUSTED) and counted; an admitted request
+never waits past --request-timeout (504); every request gets one of those answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+import modelcrate as mc
+from conftest import Server, free_port
+
+WIDTH, LAYERS, ROWS = 512, 12, 256  # about 0.8 GFLOP per request: tens of ms on one thread
+
+
+def slow_model(path: Path) -> Path:
+    """x [N, 512] through 12 dense layers: slow enough to queue requests behind it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, previous = [], [], "x"
+    for i in range(LAYERS):
+        weight = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
+        weights.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> mc.Registry:
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(mc.pack(slow_model(tmp_path / "slow.onnx"), name="slow", version="1.0.0"))
+    return registry
+
+
+BODY = {
+    "inputs": [
+        {"name": "x", "shape": [ROWS, WIDTH], "datatype": "FP32", "data": [0.5] * (ROWS * WIDTH)}
+    ]
+}
+
+
+async def burst(url: str, count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=count)) as http:
+        return await asyncio.gather(
+            *(http.post(f"{url}/v2/models/slow/infer", json=BODY) for _ in range(count))
+        )
+
+
+def rejected(server: Server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    line = 'modelcrate_requests_rejected_total{model="slow",reason="queue_full"}'
+    found = [row for row in metrics.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def queue_depth(server: Server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    (row,) = [
+        r for r in metrics.splitlines() if r.startswith('modelcrate_queue_depth{model="slow"}')
+    ]
+    return float(row.split()[-1])
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_counts_it(
+    registry: mc.Registry, start_server: Callable[..., Server]
+) -> None:
+    grpc_port = free_port()
+    server = start_server(
+        registry.root,
+        "slow",
+        "--max-queue",
+        "2",
+        "--max-batch-size",
+        str(ROWS),
+        "--grpc-port",
+        str(grpc_port),
+    )
+    answers = asyncio.run(burst(server.url, 40))
+    statuses = Counter(a.status_code for a in answers)
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses[503] >= 20  # 2 running (one per thread) + 2 waiting admitted at a time
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["code"] == "queue_full" and "queue is full" in refused.json()["error"]
+    served = [a for a in answers if a.status_code == 200]
+    assert all(len(a.json()["outputs"][0]["data"]) == ROWS * WIDTH for a in served)
+    assert rejected(server) == statuses[503]
+    assert queue_depth(server) == 0  # nothing left counted as waiting
+
+    # gRPC shares the queue: the same overload is RESOURCE_EXHAUSTED.
+    x = np.full((ROWS, WIDTH), 0.5, np.float32)
+
+    def call() -> str:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        tensor = grpcclient.InferInput("x", [ROWS, WIDTH], "FP32")
+        tensor.set_data_from_numpy(x)
+        try:
+            client.infer("slow", [tensor])
+            return "OK"
+        except InferenceServerException as exc:
+            return str(exc.status())
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(24) as pool:
+        codes = Counter(pool.map(lambda _: call(), range(24)))
+    assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
+    assert codes["StatusCode.RESOURCE_EXHAUSTED"] >= 1 and codes["OK"] >= 2
+    assert rejected(server) == statuses[503] + codes["StatusCode.RESOURCE_EXHAUSTED"]
+
+
+def test_admitted_requests_never_wait_past_the_request_timeout(
+    registry: mc.Registry, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(
+        registry.root,
+        "slow",
+        "--max-queue",
+        "100",
+        "--max-batch-size",
+        str(ROWS),
+        "--request-timeout",
+        "1",
+    )
+    answers = asyncio.run(burst(server.url, 40))
+    statuses = Counter(a.status_code for a in answers)
+    assert set(statuses) == {200, 504}, statuses
+    late = next(a for a in answers if a.status_code == 504)
+    assert "longer than 1.0 s" in late.json()["error"]
+    assert max(a.elapsed.total_seconds() for a in answers if a.status_code == 504) < 5
+    time.sleep(1.0)  # batches already running finish; their answers are dropped
+    assert queue_depth(server) == 0
+    assert rejected(server) == 0
