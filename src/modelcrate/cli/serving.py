@@ -64,6 +64,14 @@ def serve_command(
             "(default: two batches, at least 64).",
         ),
     ] = None,
+    cache_size: Annotated[
+        int,
+        typer.Option(
+            "--cache-size",
+            help="Cache this many responses per model version, keyed by the input tensors "
+            "(0: off).",
+        ),
+    ] = 0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
     header_timeout: Annotated[
@@ -111,6 +119,8 @@ def serve_command(
     from modelcrate.server.oip import Limits
     from modelcrate.server.runner import ServeSettings, serve
 
+    if cache_size < 0:
+        raise UsageError("--cache-size must be 0 (off) or more")
     if (
         workers < 1
         or max_connections < 1
@@ -132,6 +142,7 @@ def serve_command(
             max_delay_ms=max_delay_ms,
             prepack=prepack,
             max_queue=max_queue,
+            cache_size=cache_size,
         ),
         app=AppSettings(
             limits=Limits(max_body_bytes=int(max_body_mb * 2**20), allow_nonfinite=allow_nonfinite),

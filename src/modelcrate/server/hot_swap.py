@@ -38,6 +38,7 @@ from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
 from modelcrate.server.batching import Batcher, Feeds, queue_full
 from modelcrate.server.metrics import Metrics
+from modelcrate.server.response_cache import ResponseCache
 from modelcrate.trust.crypto import unlock
 from modelcrate.trust.signing import Policy
 
@@ -48,14 +49,16 @@ PREPACK_BELOW = 1024**3  # bigger models are served without prepacked weight cop
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Batching limits from the command line (None defers to the crate's ``serving``), and
-    whether ONNX Runtime prepacks weights (None: only for models under PREPACK_BELOW, so a
+    """Per-model serving options from the command line: batching limits (None defers to the
+    crate's ``serving``), the queue bound, the response cache, and whether ONNX Runtime
+    prepacks weights (None: only for models under PREPACK_BELOW, so a
     hot swap of a big model holds two versions in about twice its size, not four times)."""
 
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
     prepack: bool | None = None
     max_queue: int | None = None  # requests waiting per model (None: batching's default)
+    cache_size: int = 0  # responses cached per loaded version (0: no cache)
 
     def prepack_for(self, manifest: Manifest) -> bool:
         if self.prepack is not None:
@@ -73,10 +76,11 @@ class BatchConfig:
 class LoadedVersion:
     """One version in memory, with its batcher and in-flight count."""
 
-    def __init__(self, model: Model, batcher: Batcher) -> None:
+    def __init__(self, model: Model, batcher: Batcher, cache: ResponseCache | None) -> None:
         self.model: Model | None = model  # None once retired and drained (memory freed)
         self.loaded_manifest = model.manifest
         self.batcher = batcher
+        self.cache = cache
         self.inflight = 0
         self.drained = asyncio.Event()
         self.retired = False
@@ -252,7 +256,8 @@ class ModelManager:
             concurrency=self.threads,
             max_queue=self.batch.max_queue,
         )
-        return LoadedVersion(model, batcher)
+        cache = ResponseCache(self.batch.cache_size) if self.batch.cache_size > 0 else None
+        return LoadedVersion(model, batcher, cache)
 
     def _swap(self, served: ServedModel, new: LoadedVersion) -> None:
         old, served.current = served.current, new  # atomic on the event loop
@@ -375,9 +380,16 @@ class ModelManager:
         """Run one request through the version's batcher: refused at once when its queue is
         full (503, counted as rejected), 504 when it is not answered within ``timeout``."""
         feeds = prepare_inputs(loaded.manifest.signature.inputs, inputs)
+        cache, key = loaded.cache, None
+        if cache is not None and (key := cache.key(feeds)) is not None:
+            hit = cache.get(key)
+            self.metrics.cache.labels(loaded.manifest.name, "miss" if hit is None else "hit").inc()
+            if hit is not None:
+                return hit
         try:
             async with asyncio.timeout(timeout):
-                return await loaded.batcher.submit(feeds)
+                outputs = await loaded.batcher.submit(feeds)
+                return outputs if key is None or cache is None else cache.put(key, outputs)
         except TimeoutError:
             raise ServerError(f"inference took longer than {timeout} s", status=504) from None
         except ServerError as exc:

@@ -43,6 +43,12 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.cache = Counter(
+            "modelcrate_cache_requests",
+            "Response cache lookups (serve --cache-size) by model and result (hit, miss).",
+            ["model", "result"],
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "modelcrate_model_swaps",
             "Model version loads/swaps by outcome.",
