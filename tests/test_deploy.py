@@ -242,4 +242,76 @@ def test_export_refuses_what_a_target_cannot_run(published: mc.Registry, tmp_pat
         "--registry",
         str(published.root),
     )
-    assert bad.returncode == 2 and "expected one of docker, kserve, triton, tfserving" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "expected one of docker, kserve, triton, tfserving, wheel" in bad.stderr
+    )
+
+
+def test_wheel_installs_in_a_fresh_venv_and_predicts_like_load(
+    published: mc.Registry, digits: Digits, tmp_path: Path
+) -> None:
+    """`export --format wheel`: reproducible, installs into a fresh venv (pip resolves only
+    numpy and onnxruntime), verifies its files on import, predicts as mc.load does."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    export(published, "wheel", tmp_path / "dist")
+    export(published, "wheel", tmp_path / "again")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert wheel.name == "digits_model-1.0.0-py3-none-any.whl"
+    assert wheel.read_bytes() == (tmp_path / "again" / wheel.name).read_bytes()
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run(
+        [str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stderr
+    python = str(venv / "bin/python")
+    x = np.ascontiguousarray(digits.x_test[:5])
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import json, sys, numpy as np, digits_model as m\n"
+        "y = m.predict(np.load(sys.argv[1]))['output']\n"
+        "print(json.dumps({'v': m.__version__, 'labels': m.labels, 'y': y.tolist(),\n"
+        "                  'inputs': m.signature['inputs'], 'name': m.metadata['name'],\n"
+        "                  'modelcrate': 'modelcrate' in sys.modules}))\n"
+    )
+    ran = subprocess.run(
+        [python, "-c", script, str(tmp_path / "x.npy")], capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    import json
+
+    answer = json.loads(ran.stdout)
+    expected = mc.load("digits@1.0.0", registry=published).predict(x)["output"]
+    np.testing.assert_allclose(np.array(answer["y"], np.float32), expected, rtol=1e-5, atol=1e-6)
+    assert answer["v"] == "1.0.0" and answer["name"] == "digits" and not answer["modelcrate"]
+    assert answer["labels"] == [str(d) for d in range(10)]
+    assert answer["inputs"][0]["shape"] == [-1, 1, 8, 8]
+    cli = subprocess.run(
+        [
+            python,
+            "-m",
+            "digits_model",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--output",
+            str(tmp_path / "y.npz"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["output"], expected, rtol=1e-5)
+
+    # A damaged installed file refuses to import.
+    (model,) = venv.glob("lib/python*/site-packages/digits_model/crate/model.onnx")
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")
+    broken = subprocess.run([python, "-c", "import digits_model"], capture_output=True, text=True)
+    assert broken.returncode != 0 and "does not match its sha256" in broken.stderr

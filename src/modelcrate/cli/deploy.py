@@ -1,4 +1,5 @@
-"""``export``: write a deployment for another platform (Docker, KServe, Triton)."""
+"""``export``: write a deployment for another platform (Docker, KServe, Triton, TF Serving)
+or the crate as an installable Python wheel."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def export_command(
     ref: Annotated[str, typer.Argument(help="The version to deploy, like digits@1.0.0.")],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="docker | kserve | triton | tfserving")
+        str, typer.Option("--format", "-f", help="docker | kserve | triton | tfserving | wheel")
     ],
     to: Annotated[Path, typer.Option("--to", help="Directory to write into.")],
     image: Annotated[str | None, typer.Option("--image", help="Container image (kserve).")] = None,

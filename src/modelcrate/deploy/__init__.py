@@ -7,7 +7,8 @@ image=None) -> files``:
 ``kserve`` (kserve.py): an InferenceService using that image over OIP v2;
 ``triton`` (triton.py): a Triton model repository (``name/1/model.onnx`` +
 ``config.pbtxt``) generated from the crate's signature; ``tfserving`` (tfserving.py): a
-TF Serving model directory (``name/1/saved_model.pb``).
+TF Serving model directory (``name/1/saved_model.pb``); ``wheel`` (wheel.py): a
+pip-installable Python package of the crate with a loader that needs only onnxruntime.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from modelcrate.crate import Crate
     from modelcrate.registry.api import Registry
 
-Format = Literal["docker", "kserve", "triton", "tfserving"]
-FORMATS: tuple[Format, ...] = ("docker", "kserve", "triton", "tfserving")  # = module names
+Format = Literal["docker", "kserve", "triton", "tfserving", "wheel"]
+FORMATS: tuple[Format, ...] = ("docker", "kserve", "triton", "tfserving", "wheel")  # modules
 
 
 class Exporter(Protocol):
