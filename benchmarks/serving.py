@@ -3,7 +3,9 @@
 For the digits CNN and a ~25 MB MLP, at concurrency 1 and 32 (wrk -t1, JSON body
 of one sample), alternating servers within each repetition:
   ours (batching on), ours (batching off), a bare Starlette handler that only
-  reads the body (the HTTP ceiling), and the classic Flask + torch server;
+  reads the body (the HTTP ceiling), the classic Flask + torch server, and the peers
+  in their own virtualenvs (peers.py: MLServer with and without adaptive batching,
+  KServe's Python server) serving the crate's ONNX file;
 plus raw onnxruntime session.run in-process (the compute limit), and p99
 latency while the alias moves 20 times vs without moves.
 """
@@ -34,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
 from models import mlp_25mb  # noqa: E402
+from peers import contenders as peer_contenders  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
 REPEATS = 3
@@ -130,6 +133,8 @@ def bench_model(
     registry.set_alias(kind, "prod", "1.0.0")
     weights = work / f"{kind}.safetensors"
     weights.write_bytes(crate.read_bytes("model.safetensors"))
+    onnx_path = work / f"{kind}.onnx"
+    onnx_path.write_bytes(crate.read_bytes("model.onnx"))
     sample = np.random.default_rng(0).random(shape, dtype=np.float32)
     body = json.dumps(
         {
@@ -174,6 +179,8 @@ def bench_model(
             "POST",
         ),
     }
+    peers = peer_contenders(kind, onnx_path, work)  # serve the file: no aliases
+    contenders.update(peers)
     infer = f"/v2/models/{kind}/versions/prod/infer"
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(REPEATS):
@@ -182,7 +189,13 @@ def bench_model(
             try:
                 for concurrency in CONCURRENCY:
                     results.setdefault((name, concurrency), []).append(
-                        wrk(server.url + infer, body, concurrency, SECONDS, work)
+                        wrk(
+                            server.url + (f"/v2/models/{kind}/infer" if name in peers else infer),
+                            body,
+                            concurrency,
+                            SECONDS,
+                            work,
+                        )
                     )
             finally:
                 server.stop()
