@@ -265,6 +265,11 @@ def render(
         f"| ours ÷ raw ORT batch-1 calls/s ({limit['batch1']:.0f}), c=32 | {ours / limit['batch1']:.2f} | ≥ 0.5 |",
         f"| ours ÷ raw ORT batch-32 samples/s ({limit['batch32']:.0f}), c=32 | {ours / limit['batch32']:.2f} | — |",
         f"| batching on ÷ off, c=32 | {ours / med('ours, batching off', 32, 'rps'):.2f} | > 1 |",
+        *(
+            f"| ours ÷ {name}, c={c} | {med('ours, batching on', c, 'rps') / med(name, c, 'rps'):.1f}× | > 1 |"
+            for name in sorted({n for n, _ in results if n.startswith(("MLServer", "KServe"))})
+            for c in CONCURRENCY
+        ),
         f"| p99 during 20 alias swaps ÷ p99 without ({swaps['swapping']:.2f} / {swaps['quiet']:.2f} ms), "
         f"non-2xx {swaps['errors']:.0f} | {swaps['swapping'] / swaps['quiet']:.2f} | ≤ 1.5 |",
         "",
