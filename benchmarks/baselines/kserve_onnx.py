@@ -33,6 +33,4 @@ class OnnxModel(Model):
 if __name__ == "__main__":
     port, name, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     sys.argv = sys.argv[:1]  # kserve parses the command line itself
-    ModelServer(http_port=port, grpc_port=port + 1, enable_grpc=False, workers=1).start(
-        [OnnxModel(name, path)]
-    )
+    ModelServer(http_port=port, enable_grpc=False, workers=1).start([OnnxModel(name, path)])

@@ -8,6 +8,7 @@ MAX_BATCH_SIZE > 1 turns on MLServer's adaptive batching)
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -37,6 +38,12 @@ class OnnxModel(MLModel):
         )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 if __name__ == "__main__":
     port, name, path, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
     batch = int(sys.argv[5]) if len(sys.argv) > 5 else 0
@@ -45,8 +52,8 @@ if __name__ == "__main__":
         json.dumps(
             {
                 "http_port": port,
-                "grpc_port": port + 1,
-                "metrics_port": port + 2,
+                "grpc_port": free_port(),
+                "metrics_port": free_port(),
                 "host": "127.0.0.1",
                 "parallel_workers": 0,
             }
