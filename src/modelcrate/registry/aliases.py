@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from modelcrate.compatibility import check_move
 from modelcrate.errors import NotFound, RegistryError
-from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref, check_alias
 from modelcrate.registry.audit import record
 from modelcrate.registry.db import AliasEventRow, AliasRow, VersionRow, read_session, write_session
@@ -62,7 +61,10 @@ class AliasMixin:
         previous = row.version if row else None
         note = ""
         if previous is not None and previous != version:
-            old, new = (self._stored_manifest(session, name, v) for v in (previous, version))
+            old, new = (
+                self._resolve_row(session, Ref(name, version=v)).stored_manifest()
+                for v in (previous, version)
+            )
             note = check_move(f"{name}@{alias}", old, new, allow_breaking)
         now = time.time()
         if row is None:
@@ -83,10 +85,6 @@ class AliasMixin:
             detail=f"{alias}: {previous or '(new)'} -> {version}{note}",
         )
         return AliasEvent(alias, action, version, previous, now)
-
-    def _stored_manifest(self, session: Session, name: str, version: str) -> Manifest:
-        row = self._resolve_row(session, Ref(name, version=version))
-        return parse_manifest(row.manifest.encode(), stored=True)
 
     def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
         """Every move of ``name@alias``, oldest first."""

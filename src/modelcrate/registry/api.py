@@ -19,8 +19,8 @@ from sqlalchemy import Engine, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from modelcrate.crate import Crate
-from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
-from modelcrate.manifest import Manifest, parse_manifest
+from modelcrate.errors import NotFound, RegistryError, UsageError, VersionConflict
+from modelcrate.manifest import Manifest
 from modelcrate.refs import Ref, check_name, parse_ref, registry_kind
 from modelcrate.registry.aliases import AliasMixin
 from modelcrate.registry.audit import record
@@ -355,13 +355,7 @@ class Registry(AliasMixin, TrustMixin):
     def manifest(self, ref: str | Ref) -> Manifest:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
         with read_session(self.engine) as session:
-            row = self._resolve_row(session, parsed)
-            manifest = parse_manifest(row.manifest.encode(), stored=True)
-        if manifest.digest != row.digest:
-            raise IntegrityError(
-                f"{row.name}@{row.version}: stored manifest does not match its digest"
-            )
-        return manifest
+            return self._resolve_row(session, parsed).stored_manifest()
 
     def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
         """The crate for ``ref``; its files are verified against the manifest as they are read.

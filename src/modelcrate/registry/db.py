@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from modelcrate.errors import RegistryError, UsageError
+from modelcrate.errors import IntegrityError, RegistryError, UsageError
+from modelcrate.manifest import Manifest, parse_manifest
 
 BUSY_TIMEOUT_MS = 60_000
 SCHEMA_HEAD = "0005"  # the newest migration in registry/migrations/versions
@@ -57,6 +58,15 @@ class VersionRow(Base):
     files: Mapped[list[FileRow]] = relationship(cascade="all, delete-orphan")
     tags: Mapped[list[TagRow]] = relationship(cascade="all, delete-orphan")
     parents: Mapped[list[ParentRow]] = relationship(cascade="all, delete-orphan")
+
+    def stored_manifest(self) -> Manifest:
+        """The manifest as published (checked against the schema then), matched to its digest."""
+        manifest = parse_manifest(self.manifest.encode(), stored=True)
+        if manifest.digest != self.digest:
+            raise IntegrityError(
+                f"{self.name}@{self.version}: stored manifest does not match its digest"
+            )
+        return manifest
 
 
 class FileRow(Base):

@@ -8,7 +8,6 @@ names the caller's mistake and never a path.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelcrate
 from modelcrate.errors import NotFound, RuntimeUnavailable
-from modelcrate.manifest import TensorSpec
 from modelcrate.registry.api import Registry
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
@@ -39,13 +37,12 @@ from modelcrate.server.requests import (
     check_name,
     error_response,
     guarded,
+    log_access,
     manager_of,
     parse_body,
     read_body,
 )
 from modelcrate.server.ui import ui_routes
-
-access_log = logging.getLogger("modelcrate.access")
 
 
 @dataclass(frozen=True)
@@ -147,8 +144,12 @@ async def model_metadata(request: Request) -> Response:
         "name": served.name,
         "versions": [loaded.version],
         "platform": "onnxruntime_onnx",
-        "inputs": [tensor_metadata(s) for s in manifest.signature.inputs],
-        "outputs": [tensor_metadata(s) for s in manifest.signature.outputs],
+        "inputs": [
+            oip.tensor_metadata(s.name, s.dtype, s.shape) for s in manifest.signature.inputs
+        ],
+        "outputs": [
+            oip.tensor_metadata(s.name, s.dtype, s.shape) for s in manifest.signature.outputs
+        ],
         "parameters": {"digest": loaded.digest, "selector": str(served.selector)},
     }
     if served.error:
@@ -221,10 +222,6 @@ def name_version(request: Request) -> tuple[str, str | None]:
     return check_name(request.path_params["name"]), request.path_params.get("version")
 
 
-def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": oip.datatype_of(spec.dtype), "shape": spec.shape}
-
-
 def model_stats(served: ServedModel, depth: int) -> dict[str, Any]:
     current = served.current
     return {
@@ -269,14 +266,5 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                        "client": (scope.get("client") or ["", 0])[0],
-                    }
-                )
-            )
+            client = (scope.get("client") or ["", 0])[0]
+            log_access(scope["method"], scope["path"], status, started, client)

@@ -46,12 +46,14 @@ class Batcher:
         on_batch: Callable[[int], None] | None = None,
         concurrency: int = 1,
         max_queue: int | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.run = run
         self.executor = executor
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay_ms) / 1000
         self.on_batch = on_batch
+        self.on_refused = on_refused
         # Requests admitted but not yet running; past max_queue new ones are refused (503),
         # so what is admitted waits for at most about max_queue / max_batch_size batches.
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
@@ -69,8 +71,7 @@ class Batcher:
     async def submit(self, feeds: Feeds) -> Feeds:
         """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows.
         Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait."""
-        if self.waiting >= self.max_queue:
-            raise queue_full(self.max_queue)
+        self.check_room()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
         rows = _rows(feeds)
@@ -94,6 +95,17 @@ class Batcher:
             return await pending.future
         finally:
             self._start(pending)  # no longer waiting, whether it ran or timed out
+
+    def check_room(self) -> None:
+        """Refuse (ServerError 503, code ``queue_full``; counted) when ``max_queue`` wait."""
+        if self.waiting >= self.max_queue:
+            if self.on_refused is not None:
+                self.on_refused()
+            raise ServerError(
+                f"the model's queue is full ({self.max_queue} requests waiting); retry shortly",
+                status=503,
+                code="queue_full",
+            )
 
     def _start(self, pending: _Pending) -> None:
         """Count ``pending`` out of the waiting requests (once; on the event loop)."""
@@ -174,14 +186,6 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
-
-
-def queue_full(max_queue: int) -> ServerError:
-    return ServerError(
-        f"the model's queue is full ({max_queue} requests waiting); retry shortly",
-        status=503,
-        code="queue_full",
-    )
 
 
 def default_max_queue(max_batch_size: int) -> int:

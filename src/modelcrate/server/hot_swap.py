@@ -36,7 +36,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
-from modelcrate.server.batching import Batcher, Feeds, queue_full
+from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
 from modelcrate.trust.crypto import unlock
@@ -255,6 +255,7 @@ class ModelManager:
             on_batch=lambda rows: self.metrics.batch_size.labels(name).observe(rows),
             concurrency=self.threads,
             max_queue=self.batch.max_queue,
+            on_refused=lambda: self.metrics.rejected.labels(name, "queue_full").inc(),
         )
         cache = ResponseCache(self.batch.cache_size) if self.batch.cache_size > 0 else None
         return LoadedVersion(model, batcher, cache)
@@ -369,10 +370,7 @@ class ModelManager:
             _, loaded = self.lookup(name, version)
         except NotFound:
             return  # answered with 404 by the request itself
-        batcher = loaded.batcher
-        if batcher.waiting >= batcher.max_queue:
-            self.metrics.rejected.labels(name, "queue_full").inc()
-            raise queue_full(batcher.max_queue)
+        loaded.batcher.check_room()
 
     async def infer(
         self, loaded: LoadedVersion, inputs: dict[str, np.ndarray], timeout: float | None = None
@@ -392,11 +390,6 @@ class ModelManager:
                 return outputs if key is None or cache is None else cache.put(key, outputs)
         except TimeoutError:
             raise ServerError(f"inference took longer than {timeout} s", status=504) from None
-        except ServerError as exc:
-            if exc.code == "queue_full":
-                name = loaded.manifest.name
-                self.metrics.rejected.labels(name, "queue_full").inc()
-            raise
 
 
 def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:

@@ -46,6 +46,19 @@ def datatype_of(spec_dtype: str) -> str:
     return _SPEC_NAMES.get(spec_dtype) or _BY_DTYPE[np.dtype(spec_dtype).name]
 
 
+def tensor_metadata(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:
+    """A signature entry as OIP model metadata describes it (REST and gRPC)."""
+    return {"name": name, "datatype": datatype_of(dtype), "shape": shape}
+
+
+def fits(values: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether integer ``values`` are within ``dtype``'s range (checked before casting)."""
+    if dtype.kind not in "iu" or not values.size:
+        return True
+    info = np.iinfo(dtype)
+    return bool(values.min() >= info.min and values.max() <= info.max)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
@@ -183,10 +196,8 @@ def _from_json(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.nda
         raise InputError(f"input {name!r}: shape holds {count} elements but data has {parsed.size}")
     if dtype.kind in "iub" and parsed.dtype.kind == "f":
         raise InputError(f"input {name!r}: {_BY_DTYPE[dtype.name]} data must be integers")
-    if dtype.kind in "iu" and parsed.size:
-        info = np.iinfo(dtype)
-        if parsed.min() < info.min or parsed.max() > info.max:
-            raise InputError(f"input {name!r}: data does not fit {dtype.name}")
+    if not fits(parsed, dtype):
+        raise InputError(f"input {name!r}: data does not fit {dtype.name}")
     return parsed.astype(dtype, copy=False)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -144,3 +146,13 @@ async def read_model(request: Request, model: type[Body], limit: int, shape: str
         raise RequestRefused(f"send {shape} with Content-Type: application/json", status=415)
     body = await read_body(request.receive, request.headers.get("content-length"), limit)
     return parse_body(model, body, shape)
+
+
+access_log = logging.getLogger("modelcrate.access")
+
+
+def log_access(method: str, path: str, status: int | str, started: float, client: str) -> None:
+    """One JSON access-log line (``--access-log``), the same for REST and gRPC."""
+    milliseconds = round((time.perf_counter() - started) * 1000, 3)
+    line = {"method": method, "path": path, "status": status, "ms": milliseconds}
+    access_log.info(json.dumps({**line, "client": client}))

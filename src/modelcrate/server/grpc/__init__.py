@@ -10,8 +10,6 @@ from the one HTTP mapping in ``errors.py`` to gRPC status codes (``grpc_status``
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,9 +25,8 @@ from modelcrate.server.auth import Tokens, authorize
 from modelcrate.server.grpc import inference_pb2 as pb
 from modelcrate.server.grpc import inference_pb2_grpc as pb_grpc
 from modelcrate.server.hot_swap import ModelManager
-from modelcrate.server.requests import check_name
+from modelcrate.server.requests import check_name, log_access
 
-access_log = logging.getLogger("modelcrate.access")
 Reply = TypeVar("Reply")
 
 # The HTTP statuses of errors.py, as gRPC codes (what Triton and KServe use for each).
@@ -105,17 +102,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise  # pragma: no cover - abort raises
         finally:
             if self.access:
-                access_log.info(
-                    json.dumps(
-                        {
-                            "method": "grpc",
-                            "path": f"/inference.GRPCInferenceService/{method}",
-                            "status": status.name,
-                            "ms": round((time.perf_counter() - started) * 1000, 3),
-                            "client": context.peer(),
-                        }
-                    )
-                )
+                path = f"/inference.GRPCInferenceService/{method}"
+                log_access("grpc", path, status.name, started, context.peer())
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         async def work() -> pb.ServerLiveResponse:
@@ -265,17 +253,13 @@ def _from_contents(tensor: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
     if dtype.kind == "O":
         return np.array(list(values), dtype=object)
     array = np.asarray(values)
-    if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise InputError(f"input {tensor.name!r}: contents do not fit {dtype.name}")
+    if not oip.fits(array, dtype):
+        raise InputError(f"input {tensor.name!r}: contents do not fit {dtype.name}")
     return array.astype(dtype, copy=False)
 
 
 def _tensor_metadata(name: str, dtype: str, shape: list[int]) -> Any:
-    return pb.ModelMetadataResponse.TensorMetadata(
-        name=name, datatype=oip.datatype_of(dtype), shape=shape
-    )
+    return pb.ModelMetadataResponse.TensorMetadata(**oip.tensor_metadata(name, dtype, shape))
 
 
 def _text(value: str | bytes | None) -> str | None:
