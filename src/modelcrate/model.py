@@ -78,25 +78,61 @@ class Model:
             return None
         return read_safetensors(self.crate.read_bytes(self.manifest.samples), self.manifest.samples)
 
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        """The crate's samples, else seeded random inputs shaped by the signature (8 rows
+        for a dynamic dimension)."""
+        samples = self.samples()
+        if samples:
+            return samples
+        rng = np.random.default_rng(0)
+        random = {}
+        for spec in self.manifest.signature.inputs:
+            shape = [8 if d < 0 else d for d in spec.shape]
+            random[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        return random
+
     def to_torch(self, *, trainable: bool = True, freeze: str | list[str] | None = None) -> Any:
-        """A torch.nn.Module rebuilt from the crate's ``.pt2`` artifact alone (needs torch).
+        """A torch.nn.Module rebuilt from the crate alone (needs torch): from its ``.pt2``
+        artifact, else converted from its ONNX artifact (Keras, SavedModel and ONNX crates)
+        and checked against ONNX Runtime on the crate's samples (see ``TORCH_PARITY``).
 
         Parameters keep their original names. ``trainable=False`` freezes everything;
         ``freeze`` freezes by name prefix, or ``"backbone"`` (all but the head)."""
         from modelcrate.runtimes.torch import freeze_parameters, load_module
 
         artifact = self.manifest.artifact("torch-export")
-        if artifact is None:
-            raise CrateFormatError(
-                f"{self.manifest.ref} has no torch-export (.pt2) artifact; "
-                "pack it from a torch module or a .pt2 file to get one"
-            )
-        module = load_module(self.crate, artifact)
+        module = load_module(self.crate, artifact) if artifact else self._converted_module()
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
         if trainable and freeze is not None:
             freeze_parameters(module, freeze)
         return module
+
+    def _converted_module(self) -> Any:
+        """The ONNX artifact as a torch module, refused unless it matches ONNX Runtime."""
+        from modelcrate.runtimes.from_onnx import crate_module
+        from modelcrate.runtimes.torch import import_torch
+
+        torch = import_torch()
+        module = crate_module(self.crate)
+        inputs = self.example_inputs()
+        expected = self.predict(inputs)
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(a) for a in inputs.values()))
+        got = list(result) if isinstance(result, (tuple, list)) else [result]
+        for (name, want), have in zip(expected.items(), got, strict=True):
+            want = want.astype(np.float64)
+            diff = float(np.abs(want - have.numpy().astype(np.float64)).max(initial=0.0))
+            allowed = TORCH_PARITY * max(1.0, float(np.abs(want).max(initial=0.0)))
+            if not diff <= allowed:
+                raise CrateFormatError(
+                    f"{self.manifest.ref}: the torch module converted from ONNX differs from "
+                    f"ONNX Runtime by {diff:.3g} on output {name!r} (allowed {allowed:.3g})"
+                )
+        return module
+
+
+TORCH_PARITY = 1e-4  # converted torch module vs ONNX Runtime: max abs difference (x max |y|)
 
 
 def load(

@@ -1,5 +1,6 @@
-"""Convert a crate to another format: ORT format (.ort), ORT-optimized ONNX, or TFLite
-(from a crate's Keras or SavedModel artifact, with the TFLite converter).
+"""Convert a crate to another format: ORT format (.ort), ORT-optimized ONNX, TFLite
+(from a crate's Keras or SavedModel artifact, with the TFLite converter), or PyTorch
+(a trainable module rebuilt from the ONNX artifact, packed as .pt2 + safetensors).
 
 Every converted artifact is loaded back and compared with the original on the
 crate's samples (or seeded random inputs) before it is accepted.
@@ -11,18 +12,43 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelcrate.errors import PackError, UsageError
-from modelcrate.optimize.derived import Derived
+from modelcrate.optimize.derived import Derived, Parameters
 
 if TYPE_CHECKING:
     from modelcrate.model import Model
 
-TARGETS = ("ort", "onnx", "tflite")
+TARGETS = ("ort", "onnx", "tflite", "torch")
 
 
 def apply(parent: Model, workdir: Path, *, to: str) -> Derived:
-    """``parent`` converted to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``)."""
+    """``parent`` converted to ``to`` (``ort``, ``onnx`` = ORT-optimized ONNX, ``tflite``,
+    ``torch``)."""
+    if to == "torch":
+        return _to_torch(parent)
     path, suffix = convert_artifact(parent, to, workdir)
     return Derived(path, suffix, {"to": to})
+
+
+def _to_torch(parent: Model) -> Derived:
+    """The parent as a torch module (already checked against ONNX Runtime by to_torch);
+    lineage records the tools that made it."""
+    import onnx
+    import torch
+
+    if parent.manifest.artifact("torch-export") is not None:
+        raise UsageError(f"{parent.manifest.ref} already has a torch-export (.pt2) artifact")
+    module = parent.to_torch()
+    source = parent.manifest.artifact("onnx")
+    parameters: Parameters = {
+        "to": "torch",
+        "from": "onnx",
+        "source_framework": parent.manifest.framework.name if parent.manifest.framework else "",
+        "converter": "modelcrate.runtimes.from_onnx",
+        "onnx_opset": source.opset if source is not None and source.opset else 0,
+        "torch": torch.__version__.split("+")[0],
+        "onnx": onnx.__version__,
+    }
+    return Derived(module, "torch", parameters)
 
 
 def convert_artifact(model: Model, target: str, workdir: Path) -> tuple[Path, str]:

@@ -39,12 +39,7 @@ def eval_data(model: Model, data: dict[str, np.ndarray] | None = None) -> EvalDa
     samples = model.samples()
     if samples:
         return EvalData(samples, None, "crate samples")
-    rng = np.random.default_rng(0)
-    random = {}
-    for spec in model.manifest.signature.inputs:
-        shape = [8 if d < 0 else d for d in spec.shape]
-        random[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-    return EvalData(random, None, "random")
+    return EvalData(model.example_inputs(), None, "random")
 
 
 def measure(

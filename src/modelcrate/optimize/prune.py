@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelcrate.errors import CrateFormatError, UsageError
+from modelcrate.errors import UsageError
 from modelcrate.model import Model
 from modelcrate.optimize.derived import Derived, Parameters
 
@@ -24,12 +24,7 @@ def prune_module(model: Model, amount: float) -> tuple[Any, float]:
 
     if not 0.0 < amount < 1.0:
         raise UsageError(f"--prune {amount}: expected a fraction between 0 and 1")
-    if model.manifest.artifact("torch-export") is None:
-        raise CrateFormatError(
-            f"{model.manifest.ref} has no torch-export (.pt2) artifact; pruning needs one "
-            "(pack the model from PyTorch)"
-        )
-    module = model.to_torch()
+    module = model.to_torch()  # from the .pt2, or converted from ONNX
     zeros = total = 0
     for submodule in module.modules():
         weight = submodule._parameters.get("weight")

@@ -106,7 +106,9 @@ def _export(torch: Any, module: Any, example: tuple[Any, ...]) -> Any:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if x.ndim else {} for x in sample)
     try:
-        return torch.export.export(module, sample, dynamic_shapes=dynamic)
+        with warnings.catch_warnings():  # nn.LSTM/GRU keep a weight list export warns about
+            warnings.filterwarnings("ignore", "The tensor attributes .* during export")
+            return torch.export.export(module, sample, dynamic_shapes=dynamic)
     except Exception as exc:  # torch raises many unrelated types from tracing
         raise PackError(f"torch.export could not trace the module: {first_line(exc)}") from None
 
