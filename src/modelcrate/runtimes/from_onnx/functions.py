@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
+import torch.nn.functional as F
 
 from modelcrate.runtimes.from_onnx.layers import flat_pads
 
@@ -135,7 +135,7 @@ def gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def expand(x: torch.Tensor, shape: Dims) -> torch.Tensor:
-    return x.expand(torch.broadcast_shapes(x.shape, tuple(shape)))
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(shape)))  # type: ignore[no-untyped-call]
 
 
 def tile(x: torch.Tensor, repeats: list[int]) -> torch.Tensor:
@@ -236,9 +236,9 @@ def pool(
         padding = [0] * spatial
     if kind == "MaxPool":
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
-        return fn(x, kernel, strides, padding, dilations, ceil_mode=ceil_mode)  # type: ignore[no-any-return,operator]
+        return fn(x, kernel, strides, padding, dilations, ceil_mode=ceil_mode)
     average = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[spatial - 1]
-    return average(x, kernel, strides, padding, ceil_mode, count_include_pad)  # type: ignore[no-any-return,operator]
+    return average(x, kernel, strides, padding, ceil_mode, count_include_pad)
 
 
 def global_pool(x: torch.Tensor, kind: str) -> torch.Tensor:

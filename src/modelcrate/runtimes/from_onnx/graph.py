@@ -58,9 +58,7 @@ class Builder:
         self.values: dict[str, Value] = {}
         self.names: set[str] = set()
         self.constants: dict[int, torch.fx.Node] = {}
-        self.opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
-        )
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.shapes = static_shapes(model)
         self.readers: Counter[str] = Counter(
             name for n in model.graph.node for name in n.input if name
@@ -111,9 +109,7 @@ class Builder:
         if isinstance(value, np.ndarray):
             return self.constant(value, hint)
         if isinstance(value, Dims):
-            raise PackError(
-                f"{hint}: computed shape values used as tensor data are not supported"
-            )
+            raise PackError(f"{hint}: computed shape values used as tensor data are not supported")
         return value
 
     def call(self, fn: Callable[..., Any], node: Node, args: list[Value], **kwargs: Any) -> Value:
@@ -128,8 +124,7 @@ class Builder:
             return result.numpy()
         hints = node.input_names + [""] * len(args)
         graph_args = tuple(
-            None if a is None else self.tensor(a, hints[i] or node.name)
-            for i, a in enumerate(args)
+            None if a is None else self.tensor(a, hints[i] or node.name) for i, a in enumerate(args)
         )
         return self.graph.call_function(fn, graph_args, kwargs)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
+import torch.nn.functional as F
 
 from modelcrate.errors import PackError
 
@@ -59,7 +59,7 @@ class Conv(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra:
             x = F.pad(x, self.extra)
-        return self.conv(  # type: ignore[no-any-return]
+        return self.conv(
             x, self.weight, self.bias, self.strides, self.padding, self.dilations, self.group
         )
 
@@ -75,6 +75,9 @@ def flat_pads(begin: Sequence[int], end: Sequence[int]) -> list[int]:
 class BatchNorm(torch.nn.Module):
     """ONNX BatchNormalization in inference mode: the running statistics are buffers (kept
     frozen when fine-tuning, as in a torch.export program), scale and bias are trainable."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
+import torch.nn.functional as F
 
 from modelcrate.runtimes.from_onnx import functions as fn
 from modelcrate.runtimes.from_onnx import layers
@@ -106,6 +106,14 @@ def layer_name(n: Node, weight: str, bias: str = "") -> str:
     return parts[-2] if len(parts) >= 2 else n.name
 
 
+def add_layer(b: Builder, n: Node, module: torch.nn.Module, *args: Any) -> Any:
+    """Call ``module`` (named after the node's weight and bias inputs) on the node's first
+    input, or on ``args``."""
+    weight, bias = [*n.input_names[1:3], "", ""][:2]
+    name = b.module(layer_name(n, weight, bias), module)
+    return b.graph.call_module(name, args or (b.tensor(n.inputs[0]),))
+
+
 def weights(n: Node, *indexes: int) -> list[np.ndarray | None]:
     """Inputs that must be constants (the weights of a layer); None where omitted."""
     out: list[np.ndarray | None] = []
@@ -188,7 +196,8 @@ def dims_arithmetic(b: Builder, n: Node) -> Value:
         right = right * len(left)
     op = DIMS_ARITHMETIC[n.op]
     items = [
-        b.graph.call_function(op, (x, y)) if not (isinstance(x, int) and isinstance(y, int))
+        b.graph.call_function(op, (x, y))
+        if not (isinstance(x, int) and isinstance(y, int))
         else op(x, y)
         for x, y in zip(left, right, strict=True)
     ]
@@ -223,7 +232,9 @@ def activation(b: Builder, n: Node) -> list[Value]:
         alpha, gamma = n.attr("alpha", 1.6732632423543772), n.attr("gamma", 1.0507009873554805)
         return [b.call(fn.selu, n, [x], alpha=alpha, gamma=gamma)]
     if n.op == "HardSigmoid":
-        return [b.call(fn.hard_sigmoid, n, [x], alpha=n.attr("alpha", 0.2), beta=n.attr("beta", 0.5))]
+        return [
+            b.call(fn.hard_sigmoid, n, [x], alpha=n.attr("alpha", 0.2), beta=n.attr("beta", 0.5))
+        ]
     if n.op == "Gelu":
         return [b.call(F.gelu, n, [x], approximate=text(n.attr("approximate", "none")))]
     if n.op == "PRelu":
@@ -239,7 +250,9 @@ def activation(b: Builder, n: Node) -> list[Value]:
 def softmax(b: Builder, n: Node) -> list[Value]:
     coerce = n.opset < 13
     axis = n.attr("axis", 1 if coerce else -1)
-    return [b.call(fn.softmax, n, [n.inputs[0]], axis=axis, log=n.op == "LogSoftmax", coerce=coerce)]
+    return [
+        b.call(fn.softmax, n, [n.inputs[0]], axis=axis, log=n.op == "LogSoftmax", coerce=coerce)
+    ]
 
 
 # --- layers with weights -------------------------------------------------------------
@@ -292,17 +305,14 @@ def gemm(b: Builder, n: Node) -> list[Value]:
     bias_like = c is None or (isinstance(c, np.ndarray) and c.size in (1, out_features))
     if not (weight_like and bias_like):
         return [
-            b.call(
-                fn.gemm, n, [a, w, c], alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b
-            )
+            b.call(fn.gemm, n, [a, w, c], alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
         ]
+    assert isinstance(w, np.ndarray)
     weight = (w if trans_b else w.T) * np.asarray(alpha, dtype=w.dtype)
     bias = None
     if c is not None:
         bias = np.broadcast_to(c.reshape(-1) * np.asarray(beta, dtype=c.dtype), out_features)
-    names = n.input_names + [""]
-    name = b.module(layer_name(n, names[1], names[2]), layers.linear(weight, bias))
-    return [b.graph.call_module(name, (a,))]
+    return [add_layer(b, n, layers.linear(weight, bias))]
 
 
 @handles("Conv")
@@ -316,9 +326,7 @@ def conv(b: Builder, n: Node) -> list[Value]:
     module = layers.Conv(
         w, bias, strides=strides, pads=pads, dilations=dilations, group=n.attr("group", 1)
     )
-    names = n.input_names + [""]
-    name = b.module(layer_name(n, names[1], names[2]), module)
-    return [b.graph.call_module(name, (b.tensor(n.inputs[0]),))]
+    return [add_layer(b, n, module)]
 
 
 def explicit_pads(
@@ -352,8 +360,7 @@ def batch_norm(b: Builder, n: Node) -> list[Value]:
     scale, bias, mean, var = weights(n, 1, 2, 3, 4)
     assert scale is not None and bias is not None and mean is not None and var is not None
     module = layers.BatchNorm(scale, bias, mean, var, n.attr("epsilon", 1e-5))
-    name = b.module(layer_name(n, n.input_names[1], n.input_names[2]), module)
-    return [b.graph.call_module(name, (b.tensor(n.inputs[0]),))]
+    return [add_layer(b, n, module)]
 
 
 @handles("LayerNormalization")
@@ -366,9 +373,7 @@ def layer_norm(b: Builder, n: Node) -> list[Value]:
     if covered != scale.ndim:
         raise n.refuse(f"axis {axis} does not match the scale's {scale.ndim} dimensions")
     module = layers.LayerNorm(scale, bias, n.attr("epsilon", 1e-5))
-    names = n.input_names + [""]
-    name = b.module(layer_name(n, names[1], names[2]), module)
-    return [b.graph.call_module(name, (b.tensor(n.inputs[0]),))]
+    return [add_layer(b, n, module)]
 
 
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
@@ -390,7 +395,11 @@ def recurrent(b: Builder, n: Node) -> list[Value]:
             ("clip", n.attr("clip") is not None),
             ("input_forget", bool(n.attr("input_forget", 0))),
             ("linear_before_reset=0", n.op == "GRU" and not n.attr("linear_before_reset", 0)),
-            ("custom activations", activations not in ([], DEFAULT_ACTIVATIONS[n.op] * (1 + (direction == "bidirectional")))),
+            (
+                "custom activations",
+                activations
+                not in ([], DEFAULT_ACTIVATIONS[n.op] * (1 + (direction == "bidirectional"))),
+            ),
         )
         if bad
     ]
@@ -404,12 +413,9 @@ def recurrent(b: Builder, n: Node) -> list[Value]:
         hidden=n.attr("hidden_size", r.shape[-1]),
         bidirectional=direction == "bidirectional",
     )
-    name = b.module(layer_name(n, n.input_names[1]), module)
     states = [n.inputs[i] if i < len(n.inputs) else None for i in (5, 6)]
     args = [b.tensor(n.inputs[0])] + [None if s is None else b.tensor(s) for s in states]
-    if n.op == "GRU":
-        args = args[:2]
-    out = b.graph.call_module(name, tuple(args))
+    out = add_layer(b, n, module, *args[: 3 if n.op == "LSTM" else 2])
     return getitems(b, out, 3 if n.op == "LSTM" else 2)
 
 
@@ -425,7 +431,7 @@ def shape(b: Builder, n: Node) -> list[Value]:
         items = [] if x.scalar else [len(x.items)]
     else:
         rank = b.rank(n.input_names[0])
-        if rank is None:
+        if rank is None or x is None:
             raise n.refuse("the input's rank is unknown (ONNX shape inference found none)")
         items = [b.size(x, n.input_names[0], i) for i in range(rank)]
     start, end = n.attr("start", 0), n.attr("end")
@@ -570,7 +576,11 @@ def tile(b: Builder, n: Node) -> list[Value]:
 @handles("ConstantOfShape")
 def constant_of_shape(b: Builder, n: Node) -> list[Value]:
     proto = n.attr("value")
-    value = onnx.numpy_helper.to_array(proto).reshape(-1) if proto is not None else np.zeros(1, np.float32)
+    value = (
+        onnx.numpy_helper.to_array(proto).reshape(-1)
+        if proto is not None
+        else np.zeros(1, np.float32)
+    )
     items = dims_items(n.inputs[0])
     if items is None:
         raise n.refuse("the shape must be a constant or computed from shapes")
@@ -600,6 +610,7 @@ def range_(b: Builder, n: Node) -> list[Value]:
 @handles("Pad")
 def pad(b: Builder, n: Node) -> list[Value]:
     mode = text(n.attr("mode", "constant"))
+    pads: list[int] | None
     if n.opset < 11:
         pads, value = list(n.attr("pads")), n.attr("value", 0.0)
     else:
@@ -613,8 +624,8 @@ def pad(b: Builder, n: Node) -> list[Value]:
             for i, axis in enumerate(axes):
                 full[axis % rank], full[rank + axis % rank] = pads[i], pads[len(axes) + i]
             pads = full
-    if mode not in ("constant", "reflect", "edge"):
-        raise n.refuse(f"pad mode {mode!r} is not supported")
+    if mode not in ("constant", "reflect", "edge") or pads is None:
+        raise n.refuse(f"pad mode {mode!r} is not supported" if pads else "no pads given")
     return [b.call(fn.pad, n, [n.inputs[0]], pads=pads, mode=mode, value=value)]
 
 
@@ -633,7 +644,9 @@ def constant(b: Builder, n: Node) -> list[Value]:
 # --- reductions and pooling ----------------------------------------------------------
 
 
-@handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare")
+@handles(
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare"
+)
 def reduce(b: Builder, n: Node) -> list[Value]:
     axes = axes_of(n, 1)
     if not axes and n.attr("noop_with_empty_axes", 0):
