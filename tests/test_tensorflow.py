@@ -4,7 +4,10 @@ runs on LiteRT; crates export to the TF Serving layout. Models are built here, o
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -294,3 +297,105 @@ def test_convert_a_keras_crate_to_tflite_with_parity(
         model.predict(x_test[:4], verbose=0),
         atol=1e-4,
     )
+
+
+# Run in a process of its own: torch must not share a process with TensorFlow. Trains a
+# torch CNN like the Keras one (same data, epochs, batch), fine-tunes it the same way, and
+# reports the converted Keras module's outputs and the torch-born model's accuracy.
+TORCH_SIDE = """
+import json, sys
+import numpy as np, torch
+import modelcrate as mc
+
+x_test = np.load(sys.argv[1])
+keras_converted = mc.load("mnist@1.0.0-torch").to_torch()
+on_the_fly = mc.load("mnist@1.0.0").to_torch()
+with torch.no_grad():
+    np.save(sys.argv[2], keras_converted(torch.from_numpy(x_test)).numpy())
+    np.save(sys.argv[3], on_the_fly(torch.from_numpy(x_test)).numpy())
+trainable = all(p.requires_grad for p in keras_converted.parameters())
+
+data = np.load(sys.argv[4])
+x, y = data["x"], data["y"]
+torch.manual_seed(0)
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.BatchNorm2d(16),
+    torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(256, 10),
+)
+nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+for epoch in range(10):  # trained as the Keras model was
+    for start in range(0, 600, 32):
+        optimizer.zero_grad()
+        batch = slice(start, start + 32)
+        loss = torch.nn.functional.cross_entropy(net(nchw[batch]), torch.from_numpy(y[batch]))
+        loss.backward()
+        optimizer.step()
+net.eval()
+crate = mc.pack(net, example_inputs=(nchw[:32],), name="torchborn", version="1.0.0")
+mc.Registry.open().publish(crate)
+tuned = mc.finetune("torchborn@1.0.0", (nchw.numpy(), y), epochs=3, version="2.0.0")
+print(json.dumps({"trainable": trainable, **tuned.manifest.metrics}))
+"""
+
+
+def test_a_keras_cnn_converts_to_torch_and_finetunes_like_a_torch_born_one(
+    tmp_path: Path, tfk: TF, home: Path
+) -> None:
+    from sklearn.datasets import load_digits
+
+    keras = tfk.keras
+    data = load_digits()
+    images = (data.images / 16.0).astype(np.float32)[..., None]  # NHWC
+    x_train, y_train = images[:1200], data.target[:1200]
+    x_test = images[1200:]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="image"),
+            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+            keras.layers.BatchNormalization(momentum=0.9),  # torch's default momentum
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x_train[:600], y_train[:600], epochs=10, batch_size=32, verbose=0)
+    expected = model.predict(x_test, verbose=0)
+    model.save(tmp_path / "mnist.keras")
+    crate = tmp_path / "mnist.crate"
+    run_cli("pack", str(tmp_path / "mnist.keras"), "--name", "mnist", "--version", "1.0.0",
+            "-o", str(crate), check=True)  # fmt: skip
+    run_cli("publish", str(crate), check=True)
+
+    converted = run_cli("convert", "mnist@1.0.0", "--to", "torch", "--json", check=True)
+    report = json.loads(converted.stdout)
+    assert report["ref"] == "mnist@1.0.0-torch" and report["report"]["max_abs_diff"] <= 1e-4
+    child = mc.load("mnist@1.0.0-torch")
+    assert {a.kind for a in child.manifest.artifacts} == {"onnx", "torch-export", "safetensors"}
+    assert child.manifest.signature.inputs[0].shape == [-1, 8, 8, 1]  # NHWC, as in Keras
+    assert child.manifest.lineage is not None
+    assert child.manifest.lineage.parameters["source_framework"] == "tensorflow"
+
+    np.save(tmp_path / "x_test.npy", x_test)
+    np.savez(tmp_path / "train.npz", x=x_train, y=y_train)
+    outputs = [tmp_path / "converted.npy", tmp_path / "on_the_fly.npy"]
+    torch_side = subprocess.run(
+        [sys.executable, "-c", TORCH_SIDE, str(tmp_path / "x_test.npy"), *map(str, outputs),
+         str(tmp_path / "train.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert torch_side.returncode == 0, torch_side.stderr
+    torch_born = json.loads(torch_side.stdout.strip().splitlines()[-1])
+    assert torch_born["trainable"]
+    for path in outputs:  # the torch modules take NHWC and match Keras
+        np.testing.assert_allclose(np.load(path), expected, atol=1e-4)
+
+    run_cli("finetune", "mnist@1.0.0-torch", "--data", str(tmp_path / "train.npz"),
+            "--epochs", "3", "--name", "mnist", "--version", "2.0.0", check=True)  # fmt: skip
+    tuned = mc.load("mnist@2.0.0").manifest
+    assert tuned.metrics is not None and torch_born["accuracy"] > 0.85, (tuned.metrics, torch_born)
+    assert tuned.metrics["accuracy"] >= torch_born["accuracy"] - 0.05
+    assert tuned.metrics["accuracy"] > tuned.metrics["accuracy_before"]
+    print("fine-tuned accuracy: converted Keras", tuned.metrics, "torch-born", torch_born)

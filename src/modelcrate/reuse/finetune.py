@@ -21,7 +21,14 @@ import numpy as np
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
 from modelcrate.registry import ModelRegistry
-from modelcrate.reuse.training import Settings, accuracy, fingerprint, fit, split
+from modelcrate.reuse.training import (
+    Settings,
+    accuracy,
+    classification_loss,
+    fingerprint,
+    fit,
+    split,
+)
 from modelcrate.runtimes.torch import FreezeSpec, freeze_parameters, head_prefix
 
 if TYPE_CHECKING:
@@ -91,7 +98,7 @@ def finetune(
     frozen = freeze_parameters(module, freeze)
     reference = copy.deepcopy({k: v for k, v in module.state_dict().items() if k in frozen})
     if classify:
-        loss_fn: Any = torch.nn.functional.cross_entropy
+        loss_fn: Any = classification_loss(module, x)
         targets = y.astype(np.int64)
     else:
         loss_fn, targets = torch.nn.functional.mse_loss, y.astype(np.float32)

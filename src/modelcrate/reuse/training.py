@@ -117,6 +117,24 @@ def accuracy(module: Any, x: np.ndarray, y: np.ndarray) -> float:
     return float((scores.argmax(dim=-1).numpy() == y).mean())
 
 
+def classification_loss(module: Any, x: np.ndarray) -> Loss:
+    """Cross-entropy on the module's scores; when its outputs are already probabilities
+    (a Keras model ending in softmax, say), the negative log-likelihood of them instead."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        probe = module(torch.from_numpy(np.ascontiguousarray(x[:64])))
+    rows = probe.sum(dim=-1)
+    if (
+        probe.dim() == 2
+        and bool((probe >= 0).all())
+        and torch.allclose(rows, torch.ones_like(rows), atol=1e-4)
+    ):
+        return lambda p, t: F.nll_loss(torch.log(p.clamp_min(1e-12)), t)
+    return F.cross_entropy
+
+
 def fingerprint(*arrays: np.ndarray) -> str:
     """sha256 over the arrays' dtypes, shapes and bytes: names the training data exactly."""
     digest = hashlib.sha256()
