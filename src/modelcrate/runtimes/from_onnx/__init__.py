@@ -21,6 +21,7 @@ the CPU torch build this project pins.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,8 +47,11 @@ def unsupported(model: onnx.ModelProto, handlers: dict[str, Handler]) -> Counter
     return ops
 
 
-def to_module(model: onnx.ModelProto) -> torch.fx.GraphModule:
-    """A torch module computing what ``model`` computes (inputs in the graph's order)."""
+def to_module(
+    model: onnx.ModelProto, arrays: dict[str, np.ndarray] | None = None
+) -> torch.fx.GraphModule:
+    """A torch module computing what ``model`` computes (inputs in the graph's order).
+    ``arrays``: initializer values already read (those stored as ONNX external data)."""
     missing = unsupported(model, HANDLERS)
     if missing:
         listed = ", ".join(
@@ -55,10 +59,21 @@ def to_module(model: onnx.ModelProto) -> torch.fx.GraphModule:
         )
         raise PackError(f"cannot convert to PyTorch: no converter for the ONNX ops {listed}")
     builder = Builder(model)
-    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    initializers = {
+        i.name: (arrays or {}).get(i.name)
+        if i.data_location == onnx.TensorProto.EXTERNAL
+        else numpy_helper.to_array(i)
+        for i in model.graph.initializer
+    }
+    absent = sorted(name for name, value in initializers.items() if value is None)
+    if absent:
+        raise PackError(f"initializers stored as external data were not read: {absent[:5]}")
     builder.values.update(initializers)
+    names = set(initializers)
+    del initializers, arrays  # each value is released once its last reader is converted
+    remaining = Counter(builder.readers)
     for spec in model.graph.input:
-        if spec.name not in initializers:
+        if spec.name not in names:
             builder.values[spec.name] = builder.graph.placeholder(builder.unique(spec.name))
     for proto in model.graph.node:
         if proto.output[0] in builder.skip:
@@ -77,6 +92,10 @@ def to_module(model: onnx.ModelProto) -> torch.fx.GraphModule:
         for out, value in zip(node.outputs, results, strict=False):
             if out:
                 builder.values[out] = value
+        for name in proto.input:  # weights now live in the modules: drop the arrays
+            remaining[name] -= 1
+            if name and remaining[name] == 0:
+                builder.values.pop(name, None)
     outputs = [output(builder, o.name) for o in model.graph.output]
     builder.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     module = torch.fx.GraphModule(builder.root, builder.graph)
@@ -111,7 +130,27 @@ def crate_module(crate: Crate) -> torch.fx.GraphModule:
                 "to torch is not supported (decrypt it to a directory first)"
             )
         model = onnx.load_from_string(crate.read_bytes(artifact.path))
-    else:
-        with local:  # dropped if a hash fails
-            model = onnx.load(str(local.path(artifact.path)))
-    return to_module(model)
+        return to_module(model)
+    with local:  # dropped if a hash fails
+        path = local.path(artifact.path)
+        model = onnx.load(str(path), load_external_data=False)
+        return to_module(model, external_arrays(model, path.parent))
+
+
+def external_arrays(model: onnx.ModelProto, directory: Path) -> dict[str, np.ndarray]:
+    """Initializers kept as ONNX external data, read by offset straight into arrays (onnx's
+    own loader refuses the registry cache's hard-linked files and copies every byte twice)."""
+    arrays = {}
+    for initializer in model.graph.initializer:
+        if initializer.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in initializer.external_data}
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type))
+        shape = [int(d) for d in initializer.dims]
+        count = int(np.prod(shape, dtype=np.int64))
+        source = directory / Path(info["location"]).name  # pack allows only plain names
+        array = np.fromfile(source, dtype=dtype, count=count, offset=int(info.get("offset", 0)))
+        if array.size != count:
+            raise CrateFormatError(f"{source.name} is shorter than initializer {initializer.name}")
+        arrays[initializer.name] = array.reshape(shape)
+    return arrays

@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from modelcrate.errors import PackError
+from modelcrate.runtimes.from_onnx.layers import parameter, tensor
 
 Value = Any  # np.ndarray (a constant), Dims (shape arithmetic) or torch.fx.Node (a tensor)
 
@@ -57,7 +58,7 @@ class Builder:
         self.root = torch.nn.Module()
         self.values: dict[str, Value] = {}
         self.names: set[str] = set()
-        self.constants: dict[int, torch.fx.Node] = {}
+        self.constants: dict[int, tuple[np.ndarray, torch.fx.Node]] = {}
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.shapes = static_shapes(model)
         self.readers: Counter[str] = Counter(
@@ -85,18 +86,17 @@ class Builder:
         """A get_attr node for a constant: a trainable parameter when it is a float array of
         more than one finite element (and ``trainable``), else a buffer. Each array is
         registered once."""
-        key = id(array)
-        if key in self.constants:
-            return self.constants[key]
+        known = self.constants.get(id(array))
+        if known is not None and known[0] is array:  # (kept: an id is reused once freed)
+            return known[1]
         name = self.unique(hint)
-        tensor = torch.from_numpy(np.array(array, copy=True, order="C"))
         weight = array.dtype.kind == "f" and array.size > 1 and bool(np.isfinite(array).all())
         if trainable and weight:
-            self.root.register_parameter(name, torch.nn.Parameter(tensor))
+            self.root.register_parameter(name, parameter(array))
         else:
-            self.root.register_buffer(name, tensor)
+            self.root.register_buffer(name, tensor(array))
         node = self.graph.get_attr(name)
-        self.constants[key] = node
+        self.constants[id(array)] = (array, node)
         return node
 
     def module(self, hint: str, module: torch.nn.Module) -> str:

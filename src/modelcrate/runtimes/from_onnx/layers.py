@@ -17,15 +17,23 @@ import torch.nn.functional as F
 from modelcrate.errors import PackError
 
 
+def tensor(value: np.ndarray) -> torch.Tensor:
+    """``value`` as a tensor, sharing its memory when it is contiguous and writable."""
+    array = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def parameter(value: np.ndarray) -> torch.nn.Parameter:
-    return torch.nn.Parameter(torch.from_numpy(np.array(value, copy=True, order="C")))
+    return torch.nn.Parameter(tensor(value))
 
 
-def linear(weight: np.ndarray, bias: np.ndarray | None) -> torch.nn.Linear:
-    """A Linear layer computing ``x @ weight.T + bias`` (``weight`` is [out, in])."""
+def linear(weight: torch.Tensor, bias: np.ndarray | None) -> torch.nn.Linear:
+    """A Linear layer computing ``x @ weight.T + bias`` (``weight`` is [out, in]; made
+    contiguous here, which transposes a transposed view with torch's fast copy)."""
     out_features, in_features = weight.shape
-    layer = torch.nn.Linear(in_features, out_features, bias=bias is not None)
-    layer.weight = parameter(weight)
+    # On the meta device: no random initial weights are made only to be replaced.
+    layer = torch.nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    layer.weight = torch.nn.Parameter(weight.contiguous())
     if bias is not None:
         layer.bias = parameter(bias.reshape(out_features))
     return layer
@@ -89,8 +97,8 @@ class BatchNorm(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.weight, self.bias, self.epsilon = parameter(scale), parameter(bias), epsilon
-        self.register_buffer("running_mean", torch.from_numpy(np.array(mean, copy=True)))
-        self.register_buffer("running_var", torch.from_numpy(np.array(var, copy=True)))
+        self.register_buffer("running_mean", tensor(mean))
+        self.register_buffer("running_var", tensor(var))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(

@@ -268,7 +268,7 @@ def matmul(b: Builder, n: Node) -> list[Value]:
     bias, add = bias_after(b, n, w.shape[1])
     name = b.module(
         layer_name(n, n.input_names[1], add.input[1] if add is not None else ""),
-        layers.linear(w.T, bias),
+        layers.linear(layers.tensor(w).t(), bias),
     )
     out = b.graph.call_module(name, (x,))
     if add is not None:  # the bias Add is part of the Linear now
@@ -308,7 +308,9 @@ def gemm(b: Builder, n: Node) -> list[Value]:
             b.call(fn.gemm, n, [a, w, c], alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
         ]
     assert isinstance(w, np.ndarray)
-    weight = (w if trans_b else w.T) * np.asarray(alpha, dtype=w.dtype)
+    weight = layers.tensor(w) if trans_b else layers.tensor(w).t()
+    if alpha != 1.0:
+        weight = weight * alpha
     bias = None
     if c is not None:
         bias = np.broadcast_to(c.reshape(-1) * np.asarray(beta, dtype=c.dtype), out_features)
