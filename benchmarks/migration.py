@@ -56,9 +56,15 @@ def measure(gib: float, scratch: Path) -> dict[str, tuple[float, float]]:
     runs: dict[str, list[tuple[float, float]]] = {}
     rounds = 1 if gib >= 4 else REPEAT
     wheel = modelcrate(
-        "export", "big@1.0.0", "--format", "wheel", "--to", str(scratch / "dist"),
-        "--registry", str(registry),
-    )  # fmt: skip
+        "export",
+        "big@1.0.0",
+        "--format",
+        "wheel",
+        "--to",
+        str(scratch / "dist"),
+        "--registry",
+        str(registry),
+    )
     for _ in range(rounds):
         runs.setdefault("ort", []).append(timed([sys.executable, "-c", LOAD_RAW, str(source)]))
         torch_run = [sys.executable, "-c", TO_TORCH, "big@1.0.0", str(registry)]

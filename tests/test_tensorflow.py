@@ -117,6 +117,19 @@ def test_pack_h5_and_saved_model_and_an_lstm(
         model.predict(x_test[:8], verbose=0),
         atol=1e-4,
     )
+    # A SavedModel crate converts to torch like a Keras one (in a process without TF).
+    saved.save(tmp_path / "saved.crate")
+    converted = run_cli(
+        "convert",
+        str(tmp_path / "saved.crate"),
+        "--to",
+        "torch",
+        "--json",
+        "--registry",
+        str(tmp_path / "registry"),
+    )
+    assert converted.returncode == 0, converted.stderr
+    assert json.loads(converted.stdout)["report"]["max_abs_diff"] <= 1e-4
 
     keras.utils.set_random_seed(1)
     lstm = keras.Sequential(
@@ -202,6 +215,10 @@ def test_tflite_packs_and_runs_on_litert(
         together = list(pool.map(lambda n: next(iter(edge.predict(x_test[:n]).values())), sizes))
     for n, got in zip(sizes, together, strict=True):
         np.testing.assert_array_equal(got, alone[n])
+    # A .tflite-only crate has no ONNX to rebuild a torch module from: a clear refusal.
+    refused = run_cli("convert", str(tmp_path / "edge.crate"), "--to", "torch")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "no ONNX or torch-export artifact" in refused.stderr and "tflite" in refused.stderr
 
 
 def test_a_served_tflite_crate_answers_16_concurrent_requests_each_correctly(
@@ -365,8 +382,17 @@ def test_a_keras_cnn_converts_to_torch_and_finetunes_like_a_torch_born_one(
     expected = model.predict(x_test, verbose=0)
     model.save(tmp_path / "mnist.keras")
     crate = tmp_path / "mnist.crate"
-    run_cli("pack", str(tmp_path / "mnist.keras"), "--name", "mnist", "--version", "1.0.0",
-            "-o", str(crate), check=True)  # fmt: skip
+    run_cli(
+        "pack",
+        str(tmp_path / "mnist.keras"),
+        "--name",
+        "mnist",
+        "--version",
+        "1.0.0",
+        "-o",
+        str(crate),
+        check=True,
+    )
     run_cli("publish", str(crate), check=True)
 
     converted = run_cli("convert", "mnist@1.0.0", "--to", "torch", "--json", check=True)
@@ -382,18 +408,37 @@ def test_a_keras_cnn_converts_to_torch_and_finetunes_like_a_torch_born_one(
     np.savez(tmp_path / "train.npz", x=x_train, y=y_train)
     outputs = [tmp_path / "converted.npy", tmp_path / "on_the_fly.npy"]
     torch_side = subprocess.run(
-        [sys.executable, "-c", TORCH_SIDE, str(tmp_path / "x_test.npy"), *map(str, outputs),
-         str(tmp_path / "train.npz")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            TORCH_SIDE,
+            str(tmp_path / "x_test.npy"),
+            *map(str, outputs),
+            str(tmp_path / "train.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert torch_side.returncode == 0, torch_side.stderr
     torch_born = json.loads(torch_side.stdout.strip().splitlines()[-1])
     assert torch_born["trainable"]
     for path in outputs:  # the torch modules take NHWC and match Keras
         np.testing.assert_allclose(np.load(path), expected, atol=1e-4)
 
-    run_cli("finetune", "mnist@1.0.0-torch", "--data", str(tmp_path / "train.npz"),
-            "--epochs", "3", "--name", "mnist", "--version", "2.0.0", check=True)  # fmt: skip
+    run_cli(
+        "finetune",
+        "mnist@1.0.0-torch",
+        "--data",
+        str(tmp_path / "train.npz"),
+        "--epochs",
+        "3",
+        "--name",
+        "mnist",
+        "--version",
+        "2.0.0",
+        check=True,
+    )
     tuned = mc.load("mnist@2.0.0").manifest
     assert tuned.metrics is not None and torch_born["accuracy"] > 0.85, (tuned.metrics, torch_born)
     assert tuned.metrics["accuracy"] >= torch_born["accuracy"] - 0.05

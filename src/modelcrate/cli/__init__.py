@@ -23,6 +23,7 @@ from modelcrate.cli import (
     reuse,
     serving,
     trust,
+    webhooks,
 )
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
@@ -53,6 +54,7 @@ trust.register(app)
 reuse.register(app)
 deploy.register(app)
 diff.register(app)
+webhooks.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

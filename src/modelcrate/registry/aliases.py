@@ -83,6 +83,7 @@ class AliasMixin:
             name=name,
             version=version,
             detail=f"{alias}: {previous or '(new)'} -> {version}{note}",
+            facts={"alias": alias, "previous": previous},
         )
         return AliasEvent(alias, action, version, previous, now)
 
@@ -157,4 +158,12 @@ class AliasMixin:
                 at=time.time(),
             )
         )
-        record(session, self.actor, "alias-delete", name=name, version=previous, detail=alias)
+        record(
+            session,
+            self.actor,
+            "alias-delete",
+            name=name,
+            version=previous,
+            detail=alias,
+            facts={"alias": alias, "previous": previous},
+        )

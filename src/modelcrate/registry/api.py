@@ -55,6 +55,7 @@ from modelcrate.registry.records import (
     VersionInfo,
 )
 from modelcrate.registry.trust import TrustMixin, signatures_of, store_signatures
+from modelcrate.registry.webhooks import WebhookMixin
 
 if TYPE_CHECKING:
     from modelcrate.registry.backup import BackupReport, DiskUsage
@@ -76,7 +77,7 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-class Registry(AliasMixin, TrustMixin):
+class Registry(AliasMixin, TrustMixin, WebhookMixin):
     """A registry: metadata in SQLite (embedded, the default) or PostgreSQL, blobs in a
     directory or S3. ``actor`` names who acts in the audit log (default: the OS user)."""
 

@@ -1,17 +1,19 @@
 """The audit log: who published, signed, moved, rolled back or deleted what, and when.
 
 Every entry is written inside the transaction of the change it records, so the log and
-the registry never disagree.
+the registry never disagree; so are the webhook deliveries the change causes (outbox.py).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from modelcrate.registry.db import AuditRow, read_session
+from modelcrate.registry.outbox import enqueue
 from modelcrate.registry.records import AuditEntry
 
 
@@ -24,11 +26,14 @@ def record(
     version: str | None = None,
     digest: str | None = None,
     detail: str = "",
+    facts: dict[str, Any] | None = None,
 ) -> None:
-    """Add one audit entry inside the caller's transaction."""
+    """Add one audit entry inside the caller's transaction, and queue the webhook event it
+    is (if any; ``facts`` are extra fields for its body)."""
+    at = time.time()
     session.add(
         AuditRow(
-            at=time.time(),
+            at=at,
             actor=actor,
             action=action,
             name=name,
@@ -37,6 +42,8 @@ def record(
             detail=detail,
         )
     )
+    payload = {"actor": actor, "model": name, "version": version, "digest": digest}
+    enqueue(session, action, {**payload, "detail": detail, **(facts or {})})
 
 
 def audit_entries(engine: Engine, name: str | None = None, limit: int = 200) -> list[AuditEntry]:

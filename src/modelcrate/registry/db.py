@@ -34,7 +34,7 @@ from modelcrate.errors import IntegrityError, RegistryError, UsageError
 from modelcrate.manifest import Manifest, parse_manifest
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0005"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0006"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -200,6 +200,38 @@ class AuditRow(Base):
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class WebhookRow(Base):
+    """A receiver of registry events (``events``: comma-separated kinds)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class DeliveryRow(Base):
+    """One event for one webhook: the outbox entry, kept (with its last attempt) until sent."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # the JSON sent, fixed when the event happened
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, index=True)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 def sqlite_engine(path: Path) -> Engine:

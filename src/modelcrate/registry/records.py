@@ -83,3 +83,27 @@ class AuditEntry:
     version: str | None
     digest: str | None
     detail: str
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: int
+    url: str
+    events: list[str]
+    created_at: float
+    created_by: str
+    pending: int  # deliveries not sent yet
+    last_event: str | None  # the latest attempt: its event, HTTP status, error, success
+    last_status: int | None
+    last_error: str | None
+    last_delivered: bool | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    webhook: int
+    event: str
+    status: int | None  # the receiver's HTTP status (None: no answer)
+    error: str | None
+    delivered: bool

@@ -7,7 +7,9 @@ names the caller's mistake and never a path.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +46,8 @@ from modelcrate.server.requests import (
 )
 from modelcrate.server.ui import ui_routes
 
+log = logging.getLogger("modelcrate.server")
+
 
 @dataclass(frozen=True)
 class AppSettings:
@@ -66,9 +70,14 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await manager.start()
         grpc_server = await start_grpc(manager, tokens, settings) if settings.grpc else None
+        outbox = None
+        if isinstance(manager.registry, Registry):
+            outbox = asyncio.get_running_loop().create_task(send_webhooks(manager.registry))
         try:
             yield
         finally:
+            if outbox is not None:
+                outbox.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             await manager.stop()
@@ -80,6 +89,19 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
     if settings.access_log:
         app = AccessLog(app)
     return app
+
+
+WEBHOOK_POLL_S = 1.0
+
+
+async def send_webhooks(registry: Registry) -> None:
+    """Send the registry's due webhook deliveries (retries included) every second."""
+    while True:
+        await asyncio.sleep(WEBHOOK_POLL_S)
+        try:
+            await asyncio.to_thread(registry.deliver_webhooks)
+        except Exception:  # the loop must outlive a database hiccup
+            log.exception("sending webhooks failed")
 
 
 async def start_grpc(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> Any:
