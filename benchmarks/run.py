@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
-python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes] [overload]
+python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
+    [overload] [migration]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(HERE))
 import changes  # noqa: E402
 import cli  # noqa: E402
 import foundation  # noqa: E402
+import migration  # noqa: E402
 import optimizing  # noqa: E402
 import overload  # noqa: E402
 import registry  # noqa: E402
@@ -37,6 +39,9 @@ SUITES = {
     "cli": cli.main,
     "overload": overload.main,
     "changes": lambda: changes.main(
+        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
+    ),
+    "migration": lambda: migration.main(
         [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
     ),
     "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
@@ -91,6 +96,7 @@ def order(heading: str) -> int:
         "CLI",
         "Diff",
         "Overload",
+        "Migration",
     ]
     return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))
 
