@@ -100,6 +100,25 @@ def test_safetensors_weights_load_into_the_users_own_module(
         assert torch.equal(a, b)
 
 
+def test_a_large_torch_module_exports_onnx_with_external_data(
+    mlp: MLP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights past the threshold (1 GiB; lowered here) go to model.onnx.data, as a
+    protobuf cannot hold more than 2 GiB; the crate lists, verifies and runs it."""
+    from modelcrate.pack import torch as pack_torch
+
+    monkeypatch.setattr(pack_torch, "EXTERNAL_DATA_BYTES", 1024)
+    x = torch.randn(4, mlp.net[0].in_features)
+    crate = mc.pack(mlp, example_inputs=(x,), name="big", version="1.0.0")
+    onnx_artifact = crate.manifest.artifact("onnx")
+    assert onnx_artifact is not None and onnx_artifact.data_files == ["model.onnx.data"]
+    assert onnx_artifact.parity is not None and onnx_artifact.parity.max_abs_diff < 1e-4
+    path = crate.save(tmp_path / "big.crate")
+    with torch.no_grad():
+        expected = mlp(x).numpy()
+    np.testing.assert_allclose(mc.load(path).predict(x.numpy())["output"], expected, atol=1e-5)
+
+
 def test_pack_from_a_pt2_file(digits: Digits, tmp_path: Path) -> None:
     program = torch.export.export(
         digits.model,

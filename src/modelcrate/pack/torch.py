@@ -25,6 +25,7 @@ from modelcrate.errors import PackError, UsageError, first_line
 from modelcrate.manifest import Artifact, Framework, Parity, Precision, Signature, TensorSpec
 from modelcrate.pack.build import Build
 from modelcrate.pack.onnx import ONNX_FILE, opset_of, signature_of
+from modelcrate.runtimes.onnxruntime import external_data_files
 from modelcrate.runtimes.torch import check_pt2, import_torch
 
 PT2_FILE = "model.pt2"
@@ -61,12 +62,14 @@ def build(
     out_names = output_names or (
         ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))]
     )
-    _export_onnx(torch, program, workdir / ONNX_FILE, in_names, out_names)
+    external = _weight_bytes(module) >= EXTERNAL_DATA_BYTES
+    _export_onnx(torch, program, workdir / ONNX_FILE, in_names, out_names, external)
     _save_safetensors(module, workdir / SAFETENSORS_FILE)
 
     import onnx
 
-    onnx_model = onnx.load(str(workdir / ONNX_FILE))
+    onnx_model = onnx.load(str(workdir / ONNX_FILE), load_external_data=False)
+    data_files = external_data_files(onnx_model)
     parity = _parity(workdir / ONNX_FILE, in_names, example, expected, parity_tolerance)
     precision = _precision(module)
     return Build(
@@ -75,6 +78,7 @@ def build(
                 kind="onnx",
                 path=ONNX_FILE,
                 precision=precision,
+                data_files=data_files,
                 opset=opset_of(onnx_model),
                 parity=parity,
             ),
@@ -124,7 +128,18 @@ def _read_pt2(path: Path) -> Any:
         raise PackError(message) from None
 
 
-def _export_onnx(torch: Any, program: Any, target: Path, ins: list[str], outs: list[str]) -> None:
+# Weights at least this large go to ONNX external data (a protobuf cannot exceed 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def _weight_bytes(module: Any) -> int:
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _export_onnx(
+    torch: Any, program: Any, target: Path, ins: list[str], outs: list[str], external: bool
+) -> None:
     # The exporter reports progress on stdout and warns through logging; keep both quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
@@ -137,7 +152,7 @@ def _export_onnx(torch: Any, program: Any, target: Path, ins: list[str], outs: l
                 dynamo=True,
                 input_names=ins,
                 output_names=outs,
-                external_data=False,
+                external_data=external,  # written as model.onnx.data beside it
                 verbose=False,
             )
     except Exception as exc:
