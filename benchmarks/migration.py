@@ -9,7 +9,7 @@ under `/usr/bin/time` after `sync`, alternated with its baseline:
 - `Model.to_torch()` on the ONNX-only crate (the on-the-fly conversion, checked against
   ONNX Runtime) plus one forward pass;
 - `modelcrate convert NAME@1.0.0 --to torch` (conversion, torch.export, ONNX re-export,
-  parity report, publish), at sizes below 2 GiB (the re-export writes one ONNX protobuf);
+  parity report, publish), at sizes below 2 GiB (one run; it takes minutes at 1 GiB);
 - `modelcrate export --format wheel` against a baseline that zips the same files
   (stored, with Python's zipfile).
 
