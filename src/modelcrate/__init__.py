@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from modelcrate.manifest import Manifest
     from modelcrate.model import Model, load
     from modelcrate.optimize import compare, convert, optimize
+    from modelcrate.optimize.evaluate import evaluate
     from modelcrate.pack import pack
     from modelcrate.publishing import encrypt, lineage, publish, pull, push, sign
     from modelcrate.registry import ModelRegistry, open_registry
@@ -72,6 +73,7 @@ _LAZY = {
     "compare": "modelcrate.optimize",
     "convert": "modelcrate.optimize",
     "optimize": "modelcrate.optimize",
+    "evaluate": "modelcrate.optimize.evaluate",
     "pack": "modelcrate.pack",
     "Registry": "modelcrate.registry.api",
     "ModelRegistry": "modelcrate.registry",
@@ -176,6 +178,7 @@ __all__ = [
     "distill",
     "encrypt",
     "ensemble",
+    "evaluate",
     "feature_extractor",
     "finetune",
     "layers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -183,6 +184,32 @@ def load(
     crate = unlock(crate, identity, passphrase=passphrase)
     ident = None if identity is None else os.fspath(identity)
     return Model(crate, runtime, registry=registry, trust=policy, identity=ident)
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' dtypes, shapes and bytes: names a data set exactly."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        digest.update(contiguous.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def labelled(
+    specs: Sequence[TensorSpec], data: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Split ``data`` (arrays named like the inputs, plus labels ``y`` or ``labels``) into
+    inputs by name and labels; a model with one input takes any single array name."""
+    names = [s.name for s in specs]
+    labels = data.get("y", data.get("labels"))
+    inputs = {k: v for k, v in data.items() if k not in ("y", "labels")}
+    if len(names) == 1 and len(inputs) == 1:
+        inputs = {names[0]: next(iter(inputs.values()))}
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise UsageError(f"data has no arrays for inputs {missing} (found {sorted(inputs)})")
+    return {n: inputs[n] for n in names}, labels
 
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024

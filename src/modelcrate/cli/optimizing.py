@@ -1,4 +1,5 @@
-"""``optimize`` and ``compare``: new versions with parity reports, and side-by-side figures."""
+"""``optimize``, ``convert``, ``compare`` and ``eval``: new versions with parity reports,
+side-by-side figures, and a version's measured accuracy and latency."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("optimize")(optimize_command)
     app.command("compare")(compare_command)
     app.command("convert")(convert_command)
+    app.command("eval")(eval_command)
 
 
 def optimize_command(
@@ -76,6 +78,42 @@ def convert_command(
     with errors.status(f"converting {ref} to {to}…"):
         result = convert(ref, to=to, version=version, registry=local_registry(registry))
     render_result(result, as_json)
+
+
+def eval_command(
+    ref: Annotated[str, typer.Argument(help="The version, like digits@1.1.0.")],
+    data: Annotated[Path, typer.Option("--data", help=".npz of inputs (+ labels y).")],
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Keep it in the evaluation history.")
+    ] = True,
+    registry: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Accuracy (labels y) and latency of a version, kept with the time and data fingerprint."""
+    from modelcrate.optimize.evaluate import evaluate
+
+    arrays = read_npz(data) or {}
+    with errors.status(f"evaluating {ref}…"):
+        result = evaluate(ref, arrays, record=record, registry=local_registry(registry))
+    if as_json:
+        print_json(
+            {
+                "ref": result.ref,
+                "data": result.data,
+                "samples": result.samples,
+                "recorded": result.recorded is not None,
+                **result.metrics,
+            }
+        )
+        return
+    table = Table(title=f"{result.ref} on {result.samples} samples ({result.data[:19]}…)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}")
+    console.print(table)
+    if result.recorded is None:
+        console.print("not recorded")
 
 
 def compare_command(

@@ -18,6 +18,7 @@ from modelcrate.refs import is_local_crate, parse_ref
 
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
+    from modelcrate.registry.records import Evaluation
 
 
 def register(app: typer.Typer) -> None:
@@ -105,12 +106,15 @@ def show_command(
     if parsed.version or parsed.alias or parsed.digest:
         info = reg.resolve(parsed)
         manifest = reg.manifest(parsed)
+        evaluations = reg.evaluations(info.name, info.version)
         if as_json:
-            print_json({**vars(info), "manifest": manifest.to_dict()})
+            history = [vars(e) for e in evaluations]
+            print_json({**vars(info), "manifest": manifest.to_dict(), "evaluations": history})
             return
         render_manifest(manifest, info.digest)
         if info.aliases:
             console.print(f"aliases: {', '.join(info.aliases)}")
+        render_evaluations(evaluations)
         return
     versions = reg.versions(parsed.name)
     if as_json:
@@ -127,6 +131,19 @@ def show_command(
             when(v.created_at),
             v.digest[:19] + "…",
         )
+    console.print(table)
+    render_evaluations(reg.evaluations(parsed.name))
+
+
+def render_evaluations(evaluations: list[Evaluation]) -> None:
+    """Each recorded evaluation (``modelcrate eval``), oldest first."""
+    if not evaluations:
+        return
+    names = sorted({k for e in evaluations for k in e.metrics})
+    table = Table("version", "evaluated", "data", "samples", *names, title="evaluations")
+    for e in evaluations:
+        figures = [f"{e.metrics[k]:.4g}" if k in e.metrics else "" for k in names]
+        table.add_row(e.version, when(e.at), e.data[7:19], str(e.samples), *figures)
     console.print(table)
 
 

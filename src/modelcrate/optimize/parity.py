@@ -8,9 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from modelcrate.errors import UsageError
 from modelcrate.manifest import Report
-from modelcrate.model import Model
+from modelcrate.model import Model, labelled
 
 DataSource = Literal["crate samples", "user data", "random"]
 LATENCY_BATCH = 32
@@ -26,16 +25,9 @@ class EvalData:
 def eval_data(model: Model, data: dict[str, np.ndarray] | None = None) -> EvalData:
     """User data (inputs by name, optional ``y``/``labels``), else the crate's samples,
     else seeded random inputs shaped by the signature."""
-    names = [s.name for s in model.manifest.signature.inputs]
     if data is not None:
-        labels = data.get("y", data.get("labels"))
-        inputs = {k: v for k, v in data.items() if k not in ("y", "labels")}
-        if len(names) == 1 and len(inputs) == 1:
-            inputs = {names[0]: next(iter(inputs.values()))}
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise UsageError(f"data has no arrays for inputs {missing} (found {sorted(inputs)})")
-        return EvalData({n: inputs[n] for n in names}, labels, "user data")
+        inputs, labels = labelled(model.manifest.signature.inputs, data)
+        return EvalData(inputs, labels, "user data")
     samples = model.samples()
     if samples:
         return EvalData(samples, None, "crate samples")

@@ -39,6 +39,7 @@ from modelcrate.registry.db import (
     sqlite_engine,
     write_session,
 )
+from modelcrate.registry.evaluations import EvaluationMixin
 from modelcrate.registry.lineage import (
     MAX_NODES,
     LineageGraph,
@@ -77,7 +78,7 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-class Registry(AliasMixin, TrustMixin, WebhookMixin):
+class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin):
     """A registry: metadata in SQLite (embedded, the default) or PostgreSQL, blobs in a
     directory or S3. ``actor`` names who acts in the audit log (default: the OS user)."""
 

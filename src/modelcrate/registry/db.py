@@ -34,7 +34,7 @@ from modelcrate.errors import IntegrityError, RegistryError, UsageError
 from modelcrate.manifest import Manifest, parse_manifest
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0006"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0007"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -232,6 +232,22 @@ class DeliveryRow(Base):
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EvaluationRow(Base):
+    """One measurement of a version on a data set (``metrics``: JSON name -> number)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(128))
+    data: Mapped[str] = mapped_column(String(71))  # sha256 fingerprint of the data set
+    samples: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[str] = mapped_column(Text)
 
 
 def sqlite_engine(path: Path) -> Engine:

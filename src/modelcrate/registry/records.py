@@ -107,3 +107,19 @@ class Delivery:
     status: int | None  # the receiver's HTTP status (None: no answer)
     error: str | None
     delivered: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    name: str
+    version: str
+    digest: str
+    at: float
+    actor: str
+    data: str  # sha256 fingerprint of the inputs and labels
+    samples: int
+    metrics: dict[str, float]  # accuracy (with labels), latency_ms_p50, latency_ms_p99, ...
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"

@@ -16,8 +16,9 @@ import numpy as np
 
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
+from modelcrate.model import fingerprint
 from modelcrate.registry import ModelRegistry
-from modelcrate.reuse.training import Settings, fingerprint, fit, split
+from modelcrate.reuse.training import Settings, fit, split
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate

@@ -20,12 +20,12 @@ import numpy as np
 
 from modelcrate.errors import InputError, UsageError
 from modelcrate.manifest import Lineage, Parent
+from modelcrate.model import fingerprint
 from modelcrate.registry import ModelRegistry
 from modelcrate.reuse.training import (
     Settings,
     accuracy,
     classification_loss,
-    fingerprint,
     fit,
     split,
 )

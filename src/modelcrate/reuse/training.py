@@ -8,7 +8,6 @@ optimizer, so frozen tensors are never touched, not even by weight decay.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,16 +132,6 @@ def classification_loss(module: Any, x: np.ndarray) -> Loss:
     ):
         return lambda p, t: F.nll_loss(torch.log(p.clamp_min(1e-12)), t)
     return F.cross_entropy
-
-
-def fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 over the arrays' dtypes, shapes and bytes: names the training data exactly."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        contiguous = np.ascontiguousarray(array)
-        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
-        digest.update(contiguous.tobytes())
-    return "sha256:" + digest.hexdigest()
 
 
 class _progress:
