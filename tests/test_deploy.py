@@ -315,3 +315,93 @@ def test_wheel_installs_in_a_fresh_venv_and_predicts_like_load(
     model.write_bytes(model.read_bytes()[:-1] + b"\0")
     broken = subprocess.run([python, "-c", "import digits_model"], capture_output=True, text=True)
     assert broken.returncode != 0 and "does not match its sha256" in broken.stderr
+
+
+PROMTOOL_TESTS = """
+rule_files: [digits-alerts.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'modelcrate_requests_total{model="digits",version="1.0.0",code="200"}'
+        values: '0+90x30'
+      - series: 'modelcrate_requests_total{model="digits",version="1.0.0",code="500"}'
+        values: '0+10x30'
+      - series: 'modelcrate_requests_total{model="digits",version="1.1.0",code="200"}'
+        values: '0+100x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: ModelcrateDigitsHighErrorRate
+        exp_alerts:
+          - exp_labels: {model: digits, version: 1.0.0, severity: page}
+            exp_annotations: {summary: "digits 1.0.0: more than 5.00% of requests fail"}
+      - eval_time: 20m
+        alertname: ModelcrateDigitsNoTraffic
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'modelcrate_requests_total{model="digits",version="1.0.0",code="200"}'
+        values: '5+0x30'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: ModelcrateDigitsNoTraffic
+        exp_alerts:
+          - exp_labels: {model: digits, severity: ticket}
+            exp_annotations: {summary: "digits has served no request for 15 minutes"}
+"""
+
+
+def test_prometheus_rules_pass_promtool_and_fire_on_errors(
+    published: mc.Registry, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+
+    written = run_cli(
+        "export",
+        "digits@1.0.0",
+        "--format",
+        "prometheus-rules",
+        "--to",
+        str(tmp_path),
+        "--max-error-rate",
+        "0.05",
+        "--registry",
+        str(published.root),
+        check=True,
+    )
+    path = tmp_path / "digits-alerts.yaml"
+    assert str(path) in written.stdout
+    groups = yaml.safe_load(path.read_text())["groups"]
+    names = [r["alert"] for r in groups[0]["rules"]]
+    assert names == [
+        "ModelcrateDigitsHighErrorRate",
+        "ModelcrateDigitsSlowRequests",
+        "ModelcrateDigitsNoTraffic",
+        "ModelcrateDigitsOverloaded",
+    ]
+    refused = run_cli(
+        "export",
+        "digits@1.0.0",
+        "--format",
+        "docker",
+        "--to",
+        str(tmp_path / "d"),
+        "--max-p99-ms",
+        "5",
+        "--registry",
+        str(published.root),
+    )
+    assert refused.returncode == 2 and "prometheus-rules only" in refused.stderr
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("PROMTOOL MISSING: apt-get install prometheus (.ci/run installs it)")
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (tmp_path / "tests.yaml").write_text(PROMTOOL_TESTS)
+    tested = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr

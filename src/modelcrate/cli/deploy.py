@@ -19,17 +19,34 @@ def register(app: typer.Typer) -> None:
 def export_command(
     ref: Annotated[str, typer.Argument(help="The version to deploy, like digits@1.0.0.")],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="docker | kserve | triton | tfserving | wheel")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="docker | kserve | triton | tfserving | wheel | prometheus-rules",
+        ),
     ],
     to: Annotated[Path, typer.Option("--to", help="Directory to write into.")],
     image: Annotated[str | None, typer.Option("--image", help="Container image (kserve).")] = None,
+    max_error_rate: Annotated[
+        float | None,
+        typer.Option("--max-error-rate", help="prometheus-rules: alert above this 5xx share."),
+    ] = None,
+    max_p99_ms: Annotated[
+        float | None, typer.Option("--max-p99-ms", help="prometheus-rules: alert above this p99.")
+    ] = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write what another platform needs to serve a version."""
+    """Write what another platform needs to serve a version (or alert on it)."""
     from modelcrate.deploy import export
 
-    written = export(ref, format, to, registry=local_registry(registry), image=image)
+    thresholds = {
+        k: v
+        for k, v in (("max_error_rate", max_error_rate), ("max_p99_ms", max_p99_ms))
+        if v is not None
+    }
+    written = export(ref, format, to, registry=local_registry(registry), image=image, **thresholds)
     if as_json:
         print_json([str(p) for p in written])
         return

@@ -339,9 +339,10 @@ class ModelManager:
     async def using(self, name: str, version: str | None) -> AsyncIterator[LoadedVersion]:
         """Hold a version for the duration of one infer request (it is not freed meanwhile),
         and count the request, with its outcome, in the metrics and the model's stats."""
-        started, status = time.perf_counter(), 500
+        started, status, served_version = time.perf_counter(), 500, version
         try:
             _, loaded = self.lookup(name, version)
+            served_version = loaded.version  # the metrics name the version that answered
             loaded.inflight += 1
             try:
                 yield loaded
@@ -352,12 +353,12 @@ class ModelManager:
             status = status_of(exc)
             raise
         finally:
-            self.record(name, version, status, time.perf_counter() - started)
+            self.record(name, served_version, status, time.perf_counter() - started)
 
     def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
         """Count one infer request in the metrics and the model's stats."""
         self.metrics.requests.labels(name, version or "", str(status)).inc()
-        self.metrics.latency.labels(name).observe(seconds)
+        self.metrics.latency.labels(name, version or "").observe(seconds)
         served = self.models.get(name)
         if served is not None:
             served.stats["requests"] += 1

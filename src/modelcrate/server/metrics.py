@@ -13,14 +13,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelcrate_requests",
-            "Inference requests by model, version and HTTP status.",
+            "Inference requests by model, the version that answered (or was asked for), and "
+            "HTTP status.",
             ["model", "version", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "modelcrate_request_latency_seconds",
-            "Inference request latency.",
-            ["model"],
+            "Inference request latency by model and version.",
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
