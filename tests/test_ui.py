@@ -197,3 +197,30 @@ def test_admin_alias_moves_need_an_admin_token(
         ("alias-set", "token:ops"),
         ("alias-rollback", "token:ops"),
     ]
+
+
+def test_model_page_plots_each_metric_across_versions(
+    ui: tuple[Server, mc.Registry], digits: Digits
+) -> None:
+    server, registry = ui
+    data = {"x": digits.x_test[:200], "y": digits.y_test[:200]}
+    for ref in ("digits@1.0.0", "digits@1.0.0-int8", "digits@1.0.0"):
+        mc.evaluate(ref, data, registry=registry)
+    page = httpx.get(f"{server.url}/ui/models/digits?token={VIEWER}", timeout=10)
+    assert page.status_code == 200
+    charts = re.findall(r'<svg class="chart"[^>]*aria-label="([^"]+)"(.*?)</svg>', page.text)
+    labels = [label for label, _ in charts]
+    assert labels == [
+        "accuracy over time",
+        "latency_ms_p50 over time",
+        "latency_ms_p99 over time",
+        "throughput_batch32 over time",
+    ]
+    accuracy = charts[0][1]
+    assert accuracy.count("<circle") == 3  # one point per evaluation, in time order
+    titles = re.findall(r"<title>([^<]+)</title>", accuracy)
+    assert [t.split(" · ")[0] for t in titles] == ["1.0.0", "1.0.0-int8", "1.0.0"]
+    assert "evaluation-history" in page.text
+    assert "http" not in page.text.split('<div id="evaluations">')[1].split("</div>")[0].replace(
+        "http://www.w3.org/2000/svg", ""
+    )  # nothing loaded from elsewhere

@@ -45,6 +45,7 @@ from modelcrate.server.requests import (
     read_model,
     registry_of,
 )
+from modelcrate.server.ui.charts import metric_charts
 
 BASE = "/ui"
 COOKIE = "modelcrate_token"
@@ -227,7 +228,14 @@ def _model_view(registry: Registry, name: str) -> dict[str, Any]:
         aliases[alias] = [
             {**vars(e), "when": when(e.at)} for e in registry.alias_history(name, alias)
         ]
-    return {"name": name, "versions": rows, "aliases": aliases}
+    evaluations = registry.evaluations(name)
+    return {
+        "name": name,
+        "versions": rows,
+        "aliases": aliases,
+        "charts": metric_charts(evaluations),
+        "evaluations": [{**vars(e), "when": when(e.at)} for e in evaluations[-20:]],
+    }
 
 
 def _version_view(registry: Registry, ref: str) -> dict[str, Any]:
