@@ -55,6 +55,7 @@ from modelcrate.registry.records import (
     PublishResult,
     VersionInfo,
 )
+from modelcrate.registry.rollouts import RolloutMixin
 from modelcrate.registry.trust import TrustMixin, signatures_of, store_signatures
 from modelcrate.registry.webhooks import WebhookMixin
 
@@ -78,7 +79,7 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin):
+class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMixin):
     """A registry: metadata in SQLite (embedded, the default) or PostgreSQL, blobs in a
     directory or S3. ``actor`` names who acts in the audit log (default: the OS user)."""
 

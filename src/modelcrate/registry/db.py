@@ -34,7 +34,7 @@ from modelcrate.errors import IntegrityError, RegistryError, UsageError
 from modelcrate.manifest import Manifest, parse_manifest
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0007"  # the newest migration in registry/migrations/versions
+SCHEMA_HEAD = "0008"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
 WRITE_LOCK = 0x6D637262
 
@@ -248,6 +248,32 @@ class EvaluationRow(Base):
     data: Mapped[str] = mapped_column(String(71))  # sha256 fingerprint of the data set
     samples: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[str] = mapped_column(Text)
+
+
+class RolloutRow(Base):
+    """A candidate taking over an alias (see registry/rollouts.py)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    stable: Mapped[str] = mapped_column(String(64))
+    candidate: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))  # canary | shadow
+    steps: Mapped[str] = mapped_column(Text)  # JSON list of traffic percentages
+    step: Mapped[int] = mapped_column(Integer)  # index into steps
+    interval_s: Mapped[float] = mapped_column(Float)
+    slos: Mapped[str] = mapped_column(Text)  # JSON: max_error_rate, max_p99_ms, max_disagreement
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    step_started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    figures: Mapped[str] = mapped_column(Text, default="{}")  # JSON: version -> measurements
+    decider: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    started_by: Mapped[str] = mapped_column(String(128))
 
 
 def sqlite_engine(path: Path) -> Engine:

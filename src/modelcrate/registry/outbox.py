@@ -38,6 +38,12 @@ ACTION_EVENTS = {  # audit actions -> the event they are
     "alias-rollback": "alias",
     "alias-delete": "alias",
     "delete": "delete",
+    "rollout-start": "rollout",
+    "rollout-step": "rollout",
+    "rollout-promote": "rollout",
+    "rollout-rollback": "rollout",
+    "rollout-abort": "rollout",
+    "slo-breach": "alert",
 }
 LEASE_S = 60.0
 TIMEOUT_S = 5.0

@@ -123,3 +123,29 @@ class Evaluation:
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A rollout's recorded state. ``state``: running, promoted, rolled_back or aborted;
+    ``figures``: per version, what the servers measured (requests, errors, error_rate,
+    p99_ms, disagreement, compared) when it was last updated."""
+
+    id: int
+    name: str
+    alias: str
+    stable: str
+    candidate: str
+    mode: str
+    steps: list[int]
+    step: int
+    weight: int  # percent of the alias's requests the candidate answers (0 in shadow mode)
+    interval_s: float
+    slos: dict[str, float]
+    state: str
+    started_at: float
+    step_started_at: float
+    ended_at: float | None
+    reason: str
+    figures: dict[str, dict[str, float]]
+    started_by: str
