@@ -50,11 +50,11 @@ if TYPE_CHECKING:
     from modelcrate.optimize import compare, convert, optimize
     from modelcrate.optimize.evaluate import evaluate
     from modelcrate.pack import pack
-    from modelcrate.publishing import encrypt, lineage, publish, pull, push, sign
+    from modelcrate.publishing import encrypt, lineage, publish, pull, push, rollout, sign
     from modelcrate.registry import ModelRegistry, open_registry
     from modelcrate.registry.api import Registry
     from modelcrate.registry.lineage import LineageGraph
-    from modelcrate.registry.records import PublishResult
+    from modelcrate.registry.records import PublishResult, Rollout
     from modelcrate.registry.remote import PushResult
     from modelcrate.reuse.compose import ensemble, pipeline
     from modelcrate.reuse.distill import distill
@@ -80,6 +80,7 @@ _LAZY = {
     "open_registry": "modelcrate.registry",
     "LineageGraph": "modelcrate.registry.lineage",
     "PublishResult": "modelcrate.registry.records",
+    "Rollout": "modelcrate.registry.records",
     "PushResult": "modelcrate.registry.remote",
     "ensemble": "modelcrate.reuse.compose",
     "pipeline": "modelcrate.reuse.compose",
@@ -94,6 +95,7 @@ _LAZY = {
     "publish": "modelcrate.publishing",
     "pull": "modelcrate.publishing",
     "push": "modelcrate.publishing",
+    "rollout": "modelcrate.publishing",
     "sign": "modelcrate.publishing",
 }
 
@@ -158,6 +160,7 @@ __all__ = [
     "PackError",
     "Policy",
     "PublishResult",
+    "Rollout",
     "PushResult",
     "Registry",
     "RegistryError",
@@ -191,5 +194,6 @@ __all__ = [
     "publish",
     "pull",
     "push",
+    "rollout",
     "sign",
 ]

@@ -1,4 +1,5 @@
-"""The registry verbs of the public API: publish, pull, push, sign, encrypt, lineage.
+"""The registry verbs of the public API: publish, pull, push, sign, encrypt, lineage,
+rollout.
 
 Each takes a registry by object or location (default: the embedded registry) and
 hands off to the registry, the OCI client or a remote server.
@@ -19,7 +20,7 @@ from modelcrate.registry.api import Registry
 
 if TYPE_CHECKING:
     from modelcrate.registry.lineage import LineageGraph
-    from modelcrate.registry.records import PublishResult
+    from modelcrate.registry.records import PublishResult, Rollout
     from modelcrate.registry.remote import PushResult
     from modelcrate.trust.signing import SignatureInfo, TrustArg
 
@@ -163,6 +164,62 @@ def push(
 def lineage(ref: str, *, registry: ModelRegistry | str | None = None) -> LineageGraph:
     """Ancestors and descendants of ``ref`` (by the parent digests manifests record)."""
     return _registry(registry).lineage(ref)
+
+
+def rollout(
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    canary: int | None = None,
+    steps: list[int] | None = None,
+    shadow: bool = False,
+    interval: float | str = 60.0,
+    max_error_rate: float | None = None,
+    max_p99_ms: float | None = None,
+    max_disagreement: float | None = None,
+    allow_breaking: bool = False,
+    registry: ModelRegistry | str | None = None,
+) -> Rollout:
+    """Start moving ``name@alias`` to ``version`` through a rollout the servers following
+    the alias carry out: ``canary`` percent of the traffic first (``steps``: the
+    percentages, ending at 100), or ``shadow`` copies only; each step lasts ``interval``
+    (seconds, or "60s", "5m", "1h"). A breach of an SLO rolls it back automatically.
+    Returns once the rollout is recorded."""
+    if steps is None and canary is not None:
+        steps = [canary, 100] if canary < 100 else [100]
+    elif steps is not None and canary is not None and steps[0] != canary:
+        raise UsageError(f"--canary {canary} and --steps starting at {steps[0]} disagree")
+    return _registry(registry).start_rollout(
+        name,
+        alias,
+        version,
+        mode="shadow" if shadow else "canary",
+        steps=steps,
+        interval_s=seconds(interval),
+        max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms,
+        max_disagreement=max_disagreement,
+        allow_breaking=allow_breaking,
+    )
+
+
+def seconds(value: float | str) -> float:
+    """A duration: a number of seconds, or text like 90s, 5m, 1h."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = value.strip().lower()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            number, factor = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, factor = text, 1.0
+    try:
+        return float(number) * factor
+    except ValueError:
+        raise UsageError(f"{value!r} is not a duration (like 60s, 5m or 1h)") from None
 
 
 def _registry(registry: ModelRegistry | str | None) -> Registry:

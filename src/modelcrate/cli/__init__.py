@@ -21,6 +21,7 @@ from modelcrate.cli import (
     predict,
     registry,
     reuse,
+    rollouts,
     serving,
     trust,
     webhooks,
@@ -55,6 +56,7 @@ reuse.register(app)
 deploy.register(app)
 diff.register(app)
 webhooks.register(app)
+rollouts.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

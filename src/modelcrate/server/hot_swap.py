@@ -39,6 +39,7 @@ from modelcrate.registry import ModelRegistry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
+from modelcrate.server.rollouts import Rollouts, Trial
 from modelcrate.trust.crypto import unlock
 from modelcrate.trust.signing import Policy
 
@@ -115,6 +116,7 @@ class ServedModel:
     loaded_at: float = 0.0
     swaps: int = 0
     unloaded: bool = False  # by the repository API: the watcher leaves it alone
+    trial: Trial | None = None  # a running rollout on the alias it follows (rollouts.py)
     stats: dict[str, float] = field(default_factory=lambda: {"requests": 0, "failures": 0})
 
     def entry(self) -> dict[str, str]:
@@ -162,6 +164,7 @@ class ModelManager:
                 raise RegistryError(f"model {ref.name!r} is given twice")
             self.models[ref.name] = ServedModel(ref.name, ref)
         self._watcher: asyncio.Task[None] | None = None
+        self.rollouts = Rollouts(self, self._run)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -175,8 +178,9 @@ class ModelManager:
         if self._watcher is not None:
             self._watcher.cancel()
         for served in self.models.values():
-            if served.current is not None:
-                served.current.batcher.close()
+            for loaded in (served.current, served.trial.candidate if served.trial else None):
+                if loaded is not None:
+                    loaded.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
 
@@ -186,6 +190,7 @@ class ModelManager:
             for served in [m for m in self.models.values() if not m.unloaded]:
                 try:
                     await self.refresh(served)
+                    await self.rollouts.follow(served)
                 except Exception:  # the watcher must survive anything one model does
                     log.exception("refreshing %s failed", served.name)
 
@@ -374,11 +379,25 @@ class ModelManager:
         loaded.batcher.check_room()
 
     async def infer(
-        self, loaded: LoadedVersion, inputs: dict[str, np.ndarray], timeout: float | None = None
+        self,
+        loaded: LoadedVersion,
+        inputs: dict[str, np.ndarray],
+        timeout: float | None = None,
+        *,
+        asked: str | None = None,
+        key: str | None = None,
     ) -> Feeds:
         """Run one request through the version's batcher: refused at once when its queue is
-        full (503, counted as rejected), 504 when it is not answered within ``timeout``."""
+        full (503, counted as rejected), 504 when it is not answered within ``timeout``.
+        While a rollout runs on the alias, a request that named the alias (``asked``) or no
+        version takes part in it (``key``: the request id, for sticky routing)."""
         feeds = prepare_inputs(loaded.manifest.signature.inputs, inputs)
+        trial = self.rollouts.trial_for(loaded, asked)
+        if trial is not None:
+            return await self.rollouts.answer(trial, loaded, feeds, timeout, key)
+        return await self._run(loaded, feeds, timeout)
+
+    async def _run(self, loaded: LoadedVersion, feeds: Feeds, timeout: float | None) -> Feeds:
         cache, key = loaded.cache, None
         if cache is not None and (key := cache.key(feeds)) is not None:
             hit = cache.get(key)

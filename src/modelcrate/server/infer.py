@@ -91,7 +91,9 @@ class InferApp:
         request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
         manager = self.manager
         async with manager.using(name, version) as loaded:
-            outputs = await manager.infer(loaded, request.inputs, self.request_timeout)
+            outputs = await manager.infer(
+                loaded, request.inputs, self.request_timeout, asked=version, key=request.id
+            )
             encode = functools.partial(
                 oip.encode_response,
                 model_name=name,

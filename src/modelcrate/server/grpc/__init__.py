@@ -164,7 +164,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.manager.admit(name, version)
         decoded = decode_request(request, self.limits)
         async with self.manager.using(name, version) as loaded:
-            outputs = await self.manager.infer(loaded, decoded.inputs, self.request_timeout)
+            outputs = await self.manager.infer(
+                loaded, decoded.inputs, self.request_timeout, asked=version, key=request.id or None
+            )
             selected = oip.select_outputs(outputs, decoded, loaded.manifest.labels)
         response = pb.ModelInferResponse(
             model_name=name, model_version=loaded.version, id=request.id

@@ -1,0 +1,264 @@
+"""Rollouts against a real server under load: a candidate that disagrees with stable is
+rolled back in canary and in shadow mode with every request answered 200; a healthy one is
+promoted through all steps; a slow one breaches --max-p99-ms; webhooks get every event."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import modelcrate as mc
+from conftest import Server, make_onnx, run_cli
+from test_webhooks import SECRET, Receiver, receiver, valid_signature  # noqa: F401 (fixture)
+
+
+class Load:
+    """Clients sending /v2/models/tiny/infer (the alias) until stopped; every status kept."""
+
+    def __init__(self, url: str, clients: int = 4) -> None:
+        self.url = url + "/v2/models/tiny/infer"
+        self.statuses: list[int] = []
+        self.running = True
+        self.threads = [threading.Thread(target=self.send, args=(i,)) for i in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def send(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(timeout=30) as client:
+            while self.running:
+                x = rng.standard_normal(4).round(3).tolist()
+                body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x}]}
+                self.statuses.append(client.post(self.url, json=body).status_code)
+
+    def stop(self) -> list[int]:
+        self.running = False
+        for thread in self.threads:
+            thread.join()
+        return self.statuses
+
+
+def slow_onnx(path: Path, layers: int = 12, width: int = 1024) -> Path:
+    """The tiny model's signature (x [N, 4] -> y [N, 2]) on a much larger graph."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, width)] + [(width, width)] * layers + [(width, 2)]
+    weights = [
+        numpy_helper.from_array(
+            (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32), f"w{i}"
+        )
+        for i, s in enumerate(shapes)
+    ]
+    names = ["x"] + [f"h{i}" for i in range(len(shapes) - 1)] + ["y"]
+    nodes = [
+        helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(len(shapes))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> Iterator[tuple[mc.Registry, Server]]:
+    """tiny@1.0.0 behind prod, candidates 1.1.0 (other weights: disagrees), 1.2.0 (the same
+    weights: agrees) and 1.3.0 (a much slower graph), served as tiny@prod."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    sources = {
+        "1.0.0": make_onnx(tmp_path / "a" / "m.onnx", seed=0),
+        "1.1.0": make_onnx(tmp_path / "b" / "m.onnx", seed=1),
+        "1.2.0": make_onnx(tmp_path / "c" / "m.onnx", seed=0),
+        "1.3.0": slow_onnx(tmp_path / "slow.onnx"),
+    }
+    for version, source in sources.items():
+        registry.publish(mc.pack(source, name="tiny", version=version))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    yield registry, start_server(registry.root, "tiny@prod", "--poll-interval", "0.1")
+
+
+def wait_until_ended(registry: mc.Registry, timeout: float = 60.0) -> mc.Rollout:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = registry.rollout("tiny", "prod")
+        if found is not None and found.state != "running":
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"the rollout did not end: {registry.rollout('tiny', 'prod')}")
+
+
+def test_a_disagreeing_canary_is_rolled_back_with_no_failed_request(
+    tiny: tuple[mc.Registry, Server], receiver: Callable[..., Receiver]
+) -> None:
+    registry, server = tiny
+    hook = receiver()
+    registry.add_webhook(hook.url, ["rollout", "alert"], SECRET)
+    load = Load(server.url)
+    try:
+        started = run_cli(
+            "rollout",
+            "start",
+            "tiny",
+            "prod",
+            "1.1.0",
+            "--canary",
+            "50",
+            "--steps",
+            "50,100",
+            "--interval",
+            "60s",
+            "--max-disagreement",
+            "0.2",
+            "--registry",
+            str(registry.root),
+            "--json",
+            check=True,
+        )
+        assert json.loads(started.stdout)["state"] == "running"
+        ended = wait_until_ended(registry)
+    finally:
+        statuses = load.stop()
+    assert ended.state == "rolled_back" and "disagreement" in ended.reason
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert registry.resolve("tiny@prod").version == "1.0.0"  # the alias never moved
+    assert ended.figures["1.1.0"]["compared"] >= 20 and ended.figures["1.1.0"]["disagreement"] > 0.2
+    actions = [e.action for e in registry.audit("tiny")]
+    assert actions[-3:] == ["rollout-start", "rollout-rollback", "slo-breach"] or actions[-2:] == [
+        "rollout-rollback",
+        "slo-breach",
+    ]
+    hook.wait_for(3)
+    events = hook.events()
+    assert [(e["event"], e["action"]) for e in events] == [
+        ("rollout", "rollout-start"),
+        ("rollout", "rollout-rollback"),
+        ("alert", "slo-breach"),
+    ]
+    assert events[2]["figures"]["1.1.0"]["disagreement"] > 0.2
+    assert all(valid_signature(h, b) for h, b in hook.requests)
+    status = json.loads(
+        run_cli(
+            "rollout",
+            "status",
+            "tiny",
+            "prod",
+            "--json",
+            "--registry",
+            str(registry.root),
+            check=True,
+        ).stdout
+    )
+    assert status["state"] == "rolled_back" and status["figures"]["1.0.0"]["requests"] > 0
+
+
+def test_a_healthy_canary_is_promoted_through_every_step(tiny: tuple[mc.Registry, Server]) -> None:
+    registry, server = tiny
+    load = Load(server.url)
+    try:
+        mc.rollout(
+            "tiny",
+            "prod",
+            "1.2.0",
+            steps=[25, 50, 100],
+            interval="1s",
+            max_error_rate=0.01,
+            max_disagreement=0.01,
+            registry=registry,
+        )
+        ended = wait_until_ended(registry)
+        time.sleep(1.0)  # the server swaps to the promoted version under load
+    finally:
+        statuses = load.stop()
+    assert ended.state == "promoted" and ended.step == 2, ended
+    assert set(statuses) == {200}
+    assert registry.resolve("tiny@prod").version == "1.2.0"
+    steps = [e.detail for e in registry.audit("tiny") if e.action == "rollout-step"]
+    assert [s.split("now ")[-1] for s in steps] == ["50%", "100%"]
+    ready = httpx.get(server.url + "/v2/models/tiny", timeout=5).json()
+    assert ready["versions"] == ["1.2.0"]
+
+
+def test_a_disagreeing_shadow_is_rolled_back_and_the_alias_never_moves(
+    tiny: tuple[mc.Registry, Server],
+) -> None:
+    registry, server = tiny
+    load = Load(server.url)
+    try:
+        run_cli(
+            "rollout",
+            "start",
+            "tiny",
+            "prod",
+            "1.1.0",
+            "--shadow",
+            "--interval",
+            "5m",
+            "--max-disagreement",
+            "0.2",
+            "--registry",
+            str(registry.root),
+            check=True,
+        )
+        ended = wait_until_ended(registry)
+    finally:
+        statuses = load.stop()
+    assert ended.state == "rolled_back" and ended.mode == "shadow" and ended.weight == 0
+    assert set(statuses) == {200}
+    assert registry.resolve("tiny@prod").version == "1.0.0"
+
+
+def test_a_slow_candidate_breaches_the_p99_limit(tiny: tuple[mc.Registry, Server]) -> None:
+    registry, server = tiny
+    load = Load(server.url, clients=2)
+    try:
+        mc.rollout(
+            "tiny", "prod", "1.3.0", canary=50, interval="5m", max_p99_ms=5, registry=registry
+        )
+        ended = wait_until_ended(registry, timeout=90)
+    finally:
+        statuses = load.stop()
+    assert ended.state == "rolled_back" and "p99" in ended.reason, ended
+    assert ended.figures["1.3.0"]["p99_ms"] > 5
+    assert set(statuses) == {200}
+
+
+def test_rollout_commands_refuse_bad_input_clearly(tiny: tuple[mc.Registry, Server]) -> None:
+    registry, _ = tiny
+    where = ["--registry", str(registry.root)]
+    cases = [
+        (["start", "tiny", "staging", "1.1.0"], "no such alias"),
+        (["start", "tiny", "prod", "1.0.0"], "already points at 1.0.0"),
+        (["start", "tiny", "prod", "9.9.9"], "9.9.9"),
+        (["start", "tiny", "prod", "1.1.0", "--steps", "50,10"], "rising percentages"),
+        (["start", "tiny", "prod", "1.1.0", "--steps", "10,50"], "ending at 100"),
+        (["start", "tiny", "prod", "1.1.0", "--interval", "soon"], "not a duration"),
+        (["promote", "tiny", "prod"], "no rollout is running"),
+        (["status", "tiny", "prod"], "no rollout on tiny@prod"),
+    ]
+    for args, message in cases:
+        result = run_cli("rollout", *args, *where)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    run_cli("rollout", "start", "tiny", "prod", "1.1.0", *where, check=True)
+    twice = run_cli("rollout", "start", "tiny", "prod", "1.2.0", *where)
+    assert twice.returncode != 0 and "is running" in twice.stderr
+    run_cli("rollout", "abort", "tiny", "prod", *where, check=True)
+    aborted = registry.rollout("tiny", "prod")
+    assert aborted is not None and aborted.state == "aborted"
+    assert registry.resolve("tiny@prod").version == "1.0.0"
