@@ -17,8 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import modelcrate as mc
-from conftest import Server, make_onnx, run_cli
-from test_webhooks import SECRET, Receiver, receiver, valid_signature  # noqa: F401 (fixture)
+from conftest import SECRET, Receiver, Server, make_onnx, run_cli, valid_signature
 
 
 class Load:

@@ -3,80 +3,13 @@ fails first gets the event again from a running server; bad input is refused cle
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 import modelcrate as mc
-from conftest import Server, make_onnx, run_cli
-
-SECRET = "s3cret-for-webhook-tests"
-
-
-class Receiver:
-    """An HTTP receiver on 127.0.0.1 that records each POST; answers 500 to the first
-    ``fail`` requests."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.fail = fail
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                failing = receiver.fail > 0
-                receiver.fail -= 1
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.requests]
-
-    def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.requests) >= count, self.events()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(fail: int = 0) -> Receiver:
-        made.append(Receiver(fail))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.server.shutdown()
-        r.server.server_close()
-
-
-def valid_signature(headers: dict[str, str], body: bytes) -> bool:
-    """What a receiver checks: the HMAC over "<t>.<body>", and a recent t."""
-    fields = dict(part.split("=", 1) for part in headers["X-Modelcrate-Signature"].split(","))
-    expected = hmac.new(
-        SECRET.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256
-    ).hexdigest()
-    return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+from conftest import SECRET, Receiver, Server, make_onnx, run_cli, valid_signature
 
 
 def test_events_reach_the_receiver_signed(

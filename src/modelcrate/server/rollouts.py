@@ -248,7 +248,7 @@ class Rollouts:
         if trial.to_candidate(key):
             started = time.perf_counter()
             try:
-                outputs = await self.run(trial.candidate, feeds, timeout)
+                outputs = await self.on_candidate(trial, feeds, timeout)
             except Exception as exc:  # a failing candidate never fails the request
                 trial.trial.add(False, time.perf_counter() - started)
                 log.warning(
@@ -267,6 +267,15 @@ class Rollouts:
             self.copy(self.shadow(trial, feeds, outputs, timeout))
         return outputs
 
+    async def on_candidate(self, trial: Trial, feeds: Feeds, timeout: float | None) -> Feeds:
+        """Run on the candidate, counted in flight so that dropping the trial (promotion,
+        rollback) frees it only after every request it holds has its answer."""
+        trial.candidate.inflight += 1
+        try:
+            return await self.run(trial.candidate, feeds, timeout)
+        finally:
+            trial.candidate.release()
+
     def copy(self, work: Awaitable[None]) -> None:
         if len(self.copies) >= MAX_COPIES:
             if asyncio.iscoroutine(work):
@@ -281,7 +290,7 @@ class Rollouts:
     ) -> None:
         started = time.perf_counter()
         try:
-            outputs = await self.run(trial.candidate, feeds, timeout)
+            outputs = await self.on_candidate(trial, feeds, timeout)
         except Exception:  # counted, never raised: nobody waits for a shadow copy
             trial.trial.add(False, time.perf_counter() - started)
             return
@@ -293,8 +302,13 @@ class Rollouts:
     async def mirror(
         self, trial: Trial, stable: LoadedVersion, feeds: Feeds, candidate: Feeds
     ) -> None:
+        if stable.retired:  # swapped out meanwhile: nothing to compare with
+            return
+        stable.inflight += 1  # held like a request, so a swap waits for it
         try:
             reference = await self.run(stable, feeds, None)
         except Exception:  # the stable side of a comparison failed: nothing to compare
             return
+        finally:
+            stable.release()
         trial.trial.compare(*disagreement(reference, candidate))
