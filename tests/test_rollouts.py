@@ -26,6 +26,7 @@ class Load:
     def __init__(self, url: str, clients: int = 4) -> None:
         self.url = url + "/v2/models/tiny/infer"
         self.statuses: list[int] = []
+        self.versions: set[str] = set()  # model_version of each answer
         self.running = True
         self.threads = [threading.Thread(target=self.send, args=(i,)) for i in range(clients)]
         for thread in self.threads:
@@ -37,7 +38,10 @@ class Load:
             while self.running:
                 x = rng.standard_normal(4).round(3).tolist()
                 body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x}]}
-                self.statuses.append(client.post(self.url, json=body).status_code)
+                response = client.post(self.url, json=body)
+                self.statuses.append(response.status_code)
+                if response.status_code == 200:
+                    self.versions.add(response.json()["model_version"])
 
     def stop(self) -> list[int]:
         self.running = False
@@ -186,6 +190,12 @@ def test_a_healthy_canary_is_promoted_through_every_step(tiny: tuple[mc.Registry
         statuses = load.stop()
     assert ended.state == "promoted" and ended.step == 2, ended
     assert set(statuses) == {200}
+    assert load.versions == {"1.0.0", "1.2.0"}  # answers name the version that gave them
+    metrics = httpx.get(server.url + "/metrics", timeout=5).text
+    assert (
+        'version="1.2.0"' in metrics
+        and 'modelcrate_request_latency_seconds_count{model="tiny",version="1.0.0"}' in metrics
+    )
     assert registry.resolve("tiny@prod").version == "1.2.0"
     steps = [e.detail for e in registry.audit("tiny") if e.action == "rollout-step"]
     assert [s.split("now ")[-1] for s in steps] == ["50%", "100%"]

@@ -39,7 +39,7 @@ from modelcrate.registry import ModelRegistry
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
-from modelcrate.server.rollouts import Rollouts, Trial
+from modelcrate.server.rollouts import ANSWERED_BY, Rollouts, Trial
 from modelcrate.trust.crypto import unlock
 from modelcrate.trust.signing import Policy
 
@@ -345,6 +345,7 @@ class ModelManager:
         """Hold a version for the duration of one infer request (it is not freed meanwhile),
         and count the request, with its outcome, in the metrics and the model's stats."""
         started, status, served_version = time.perf_counter(), 500, version
+        token = ANSWERED_BY.set(None)
         try:
             _, loaded = self.lookup(name, version)
             served_version = loaded.version  # the metrics name the version that answered
@@ -358,7 +359,14 @@ class ModelManager:
             status = status_of(exc)
             raise
         finally:
+            served_version = ANSWERED_BY.get() or served_version
+            ANSWERED_BY.reset(token)
             self.record(name, served_version, status, time.perf_counter() - started)
+
+    def answered_by(self, loaded: LoadedVersion) -> str:
+        """The version that answered the request being served (inside ``using``): a rollout's
+        candidate took it, or ``loaded``."""
+        return ANSWERED_BY.get() or loaded.version
 
     def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
         """Count one infer request in the metrics and the model's stats."""

@@ -94,10 +94,11 @@ class InferApp:
             outputs = await manager.infer(
                 loaded, request.inputs, self.request_timeout, asked=version, key=request.id
             )
+            answered = manager.answered_by(loaded)  # the candidate, during a canary
             encode = functools.partial(
                 oip.encode_response,
                 model_name=name,
-                model_version=loaded.version,
+                model_version=answered,
                 outputs=outputs,
                 request=request,
                 labels=loaded.manifest.labels,
@@ -106,7 +107,7 @@ class InferApp:
                 payload, header_length = await asyncio.to_thread(encode)
             else:  # small answers: a thread hop would cost more than encoding
                 payload, header_length = encode()
-        extra = {"model-version": loaded.version}
+        extra = {"model-version": answered}
         if header_length is not None:
             extra[oip.HEADER_LENGTH] = str(header_length)
         return 200, extra, payload

@@ -29,6 +29,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 Feeds = dict[str, np.ndarray]
 Run = Callable[["LoadedVersion", Feeds, float | None], Awaitable[Feeds]]
+# The version that answered the request this task serves, when a rollout's candidate did.
+ANSWERED_BY: ContextVar[str | None] = ContextVar("modelcrate_answered_by", default=None)
 MIN_SAMPLES = 20  # candidate requests (or comparisons) before its figures can decide
 MAX_COPIES = 256  # shadow copies and comparisons in flight; beyond, copies are skipped
 log = logging.getLogger("modelcrate.server")
@@ -259,6 +262,7 @@ class Rollouts:
                 trial.trial.add(ok, time.perf_counter() - started)
                 if ok:
                     self.copy(self.mirror(trial, stable, feeds, outputs))
+                    ANSWERED_BY.set(trial.candidate.version)
                     return outputs
         started = time.perf_counter()
         outputs = await self.run(stable, feeds, timeout)

@@ -168,9 +168,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 loaded, decoded.inputs, self.request_timeout, asked=version, key=request.id or None
             )
             selected = oip.select_outputs(outputs, decoded, loaded.manifest.labels)
-        response = pb.ModelInferResponse(
-            model_name=name, model_version=loaded.version, id=request.id
-        )
+            answered = self.manager.answered_by(loaded)  # the candidate, during a canary
+        response = pb.ModelInferResponse(model_name=name, model_version=answered, id=request.id)
         for output_name, array in selected:
             response.outputs.add(
                 name=output_name, datatype=oip.datatype_of_array(array), shape=array.shape
