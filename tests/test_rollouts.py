@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import modelcrate as mc
 from conftest import SECRET, Receiver, Server, make_onnx, run_cli, valid_signature
+from services import Postgres
 
 
 class Load:
@@ -271,3 +272,41 @@ def test_rollout_commands_refuse_bad_input_clearly(tiny: tuple[mc.Registry, Serv
     aborted = registry.rollout("tiny", "prod")
     assert aborted is not None and aborted.state == "aborted"
     assert registry.resolve("tiny@prod").version == "1.0.0"
+
+
+def test_two_servers_on_postgresql_decide_once(
+    tmp_path: Path, postgres: Postgres, start_server: Callable[..., Server]
+) -> None:
+    url = f"{postgres.database()}?blobs={tmp_path / 'blobs'}"
+    registry = mc.Registry.open(url)
+    for version, seed in (("1.0.0", 0), ("1.1.0", 1)):
+        source = make_onnx(tmp_path / version / "m.onnx", seed=seed)
+        registry.publish(mc.pack(source, name="tiny", version=version))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    servers = [start_server(url, "tiny@prod", "--poll-interval", "0.1") for _ in range(2)]
+    loads = [Load(s.url, clients=2) for s in servers]
+    try:
+        mc.rollout(
+            "tiny",
+            "prod",
+            "1.1.0",
+            canary=50,
+            interval="5m",
+            max_disagreement=0.2,
+            registry=registry,
+        )
+        ended = wait_until_ended(registry)
+    finally:
+        statuses = [s for load in loads for s in load.stop()]
+    assert ended.state == "rolled_back" and set(statuses) == {200}
+    actions = [e.action for e in registry.audit("tiny")]
+    assert actions.count("rollout-rollback") == 1 and actions.count("slo-breach") == 1
+    # The lease: whoever holds it decides; another holder waits for it to lapse.
+    for server in servers:  # only the two of us now
+        server.stop()
+    again = mc.rollout("tiny", "prod", "1.1.0", canary=10, registry=registry)
+    assert registry.claim_rollout(again.id, "a", 60)
+    assert not registry.claim_rollout(again.id, "b", 60)
+    assert registry.claim_rollout(again.id, "a", 60)  # the holder renews
+    registry.abort_rollout("tiny", "prod")
+    assert not registry.claim_rollout(again.id, "a", 60)  # ended: nobody decides
