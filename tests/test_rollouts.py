@@ -169,6 +169,9 @@ def test_a_disagreeing_canary_is_rolled_back_with_no_failed_request(
         ).stdout
     )
     assert status["state"] == "rolled_back" and status["figures"]["1.0.0"]["requests"] > 0
+    page = httpx.get(server.url + "/ui/models/tiny", timeout=10).text
+    shown = page.split('id="rollout-prod"')[1].split("</section>")[0]
+    assert "rolled_back" in shown and "disagreement" in shown and "1.1.0" in shown
 
 
 def test_a_healthy_canary_is_promoted_through_every_step(tiny: tuple[mc.Registry, Server]) -> None:

@@ -229,13 +229,22 @@ def _model_view(registry: Registry, name: str) -> dict[str, Any]:
             {**vars(e), "when": when(e.at)} for e in registry.alias_history(name, alias)
         ]
     evaluations = registry.evaluations(name)
+    rollouts = [r for r in (registry.rollout(name, a) for a in sorted(aliases)) if r is not None]
     return {
+        "rollouts": [
+            {**vars(r), "when": when(r.started_at), "metrics": _figure_names(r.figures)}
+            for r in rollouts
+        ],
         "name": name,
         "versions": rows,
         "aliases": aliases,
         "charts": metric_charts(evaluations),
         "evaluations": [{**vars(e), "when": when(e.at)} for e in evaluations[-20:]],
     }
+
+
+def _figure_names(figures: dict[str, dict[str, float]]) -> list[str]:
+    return sorted({k for values in figures.values() for k in values})
 
 
 def _version_view(registry: Registry, ref: str) -> dict[str, Any]:
