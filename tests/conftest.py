@@ -108,6 +108,12 @@ def run_cli(
     return result
 
 
+# Tables the registry migrations after 0004 add (0005 lineage index, 0006 webhooks,
+# 0007 evaluations, 0008 rollouts), children first: tests that recreate an older registry
+# drop them with the alembic version they set.
+TABLES_AFTER_0004 = ("version_parents", "webhook_deliveries", "webhooks", "evaluations", "rollouts")
+
+
 def make_onnx(path: Path, *, external: str | None = None, seed: int = 0, width: int = 2) -> Path:
     """Write a small ONNX model y = x @ W + b (x: [N, 4] float32, y: [N, width]) without torch.
 

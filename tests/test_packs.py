@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import run_cli
+from conftest import TABLES_AFTER_0004, run_cli
 from modelcrate.registry import packs
 from modelcrate.registry.blobs import FileBlobStore
 
@@ -232,7 +232,8 @@ def to_earlier_layout(registry: mc.Registry, ref: str) -> None:
                 start += chunk.size
         db.execute("DROP TABLE chunks")
         db.execute("DROP TABLE packs")
-        db.execute("DROP TABLE version_parents")  # migration 0005
+        for table in TABLES_AFTER_0004:
+            db.execute(f"DROP TABLE {table}")
         db.execute("UPDATE alembic_version SET version_num = '0003'")
     shutil.rmtree(registry.root / "blobs" / "packs")
     shutil.rmtree(registry.root / "cache", ignore_errors=True)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import Server, make_onnx
+from conftest import TABLES_AFTER_0004, Server, make_onnx
 from modelcrate.errors import CrateFormatError
 from modelcrate.trust.keys import generate
 
@@ -292,7 +292,8 @@ def test_the_lineage_index_is_filled_for_registries_made_before_it(tmp_path: Pat
     registry.publish(child)
     registry.close()
     with sqlite3.connect(tmp_path / "registry" / "registry.db") as db:  # as release 0004 left it
-        db.execute("DROP TABLE version_parents")
+        for table in TABLES_AFTER_0004:
+            db.execute(f"DROP TABLE {table}")
         db.execute("UPDATE alembic_version SET version_num = '0004'")
     reopened = mc.Registry.open(tmp_path / "registry")
     assert [n.ref for n in reopened.lineage("fam@1.0.0").descendants] == ["fam@1.1.0"]
