@@ -18,7 +18,6 @@ python benchmarks/changes.py [0.1 1 4]     # sizes in GiB (default 0.1 1)
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scale import GIB, make_model, modelcrate, shell, timed  # noqa: E402
+from scale import GIB, make_model, median_peak, modelcrate, shell, size_table, timed  # noqa: E402
 
 REPEAT = 3
 NAIVE = """
@@ -75,26 +74,18 @@ def measure(gib: float, scratch: Path) -> dict[str, tuple[float, float]]:
         runs.setdefault("alias", []).append(timed(alias))
         moved = modelcrate("alias", "set", "big", "prod", "1.1.0", "--registry", str(registry))
         runs.setdefault("alias", []).append(timed(moved))
-    result = {step: _median(values) for step, values in runs.items()}
+    result = {step: median_peak(values) for step, values in runs.items()}
     result["diff, first (fills the cache)"] = first_diff
     return result
 
 
-def _median(values: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(v[0] for v in values), max(v[1] for v in values)
-
-
 def table(results: dict[float, dict[str, tuple[float, float]]]) -> list[str]:
-    lines = [
+    lines = size_table(
         "## Diff between versions (issue 19)",
-        "",
         "`python benchmarks/changes.py`; two published versions of the scale model (W as ONNX "
         "external data) differing in one 4 KiB stretch; fresh process per step after `sync`, "
         f"median wall of {REPEAT} alternated runs (1 at 4 GiB), highest peak RSS.",
-        "",
-        "| size | step | wall | peak RSS | ratio |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    )
     for gib, steps in results.items():
         floor, naive = steps["cat"], steps["naive"]
         rows = [

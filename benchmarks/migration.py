@@ -18,7 +18,6 @@ python benchmarks/migration.py [0.1 1 4]     # sizes in GiB (default 0.1 1)
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scale import GIB, LOAD_RAW, make_model, modelcrate, timed  # noqa: E402
+from scale import GIB, LOAD_RAW, make_model, median_peak, modelcrate, size_table, timed  # noqa: E402
 
 REPEAT = 3
 TO_TORCH = """
@@ -75,24 +74,16 @@ def measure(gib: float, scratch: Path) -> dict[str, tuple[float, float]]:
     if gib < 2:
         convert = modelcrate("convert", "big@1.0.0", "--to", "torch", "--registry", str(registry))
         runs["convert"] = [timed(convert)]
-    return {step: _median(values) for step, values in runs.items()}
-
-
-def _median(values: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(v[0] for v in values), max(v[1] for v in values)
+    return {step: median_peak(values) for step, values in runs.items()}
 
 
 def table(results: dict[float, dict[str, tuple[float, float]]]) -> list[str]:
-    lines = [
+    lines = size_table(
         "## Migration to PyTorch and crates as libraries (issue 16)",
-        "",
         "`python benchmarks/migration.py`; the scale model (W as ONNX external data), "
         "published; fresh process per step after `sync`, median wall of "
         f"{REPEAT} alternated runs (1 at 4 GiB), highest peak RSS.",
-        "",
-        "| size | step | wall | peak RSS | ratio |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    )
     for gib, steps in results.items():
         ort, zipped = steps["ort"], steps["zip"]
         rows = [

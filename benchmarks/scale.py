@@ -102,6 +102,23 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return float(seconds), int(kib) / 1024
 
 
+def median_peak(values: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median wall and the highest peak RSS of alternated runs."""
+    return statistics.median(v[0] for v in values), max(v[1] for v in values)
+
+
+def size_table(title: str, description: str) -> list[str]:
+    """The head of a '| size | step | wall | peak RSS | ratio |' results section."""
+    return [
+        title,
+        "",
+        description,
+        "",
+        "| size | step | wall | peak RSS | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+
 def shell(script: str) -> list[str]:
     return ["bash", "-c", script]
 

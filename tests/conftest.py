@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import subprocess
@@ -149,6 +150,34 @@ def make_onnx(path: Path, *, external: str | None = None, seed: int = 0, width: 
         )
     else:
         onnx.save_model(model, str(path))
+    return path
+
+
+def matmul_chain(path: Path, widths: list[int], seed: int = 0) -> Path:
+    """An ONNX model x [N, widths[0]] -> y [N, widths[-1]] through one MatMul per step
+    (scaled random weights): as slow as its widths make it, for load and timeout tests."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, previous = [], [], "x"
+    for i, (rows, cols) in enumerate(itertools.pairwise(widths)):
+        weight = (rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32)
+        weights.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", widths[-1]])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
     return path
 
 

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import modelcrate as mc
-from conftest import SECRET, Receiver, Server, make_onnx, run_cli, valid_signature
+from conftest import SECRET, Receiver, Server, make_onnx, matmul_chain, run_cli, valid_signature
 from services import Postgres
 
 
@@ -51,33 +49,6 @@ class Load:
         return self.statuses
 
 
-def slow_onnx(path: Path, layers: int = 12, width: int = 1024) -> Path:
-    """The tiny model's signature (x [N, 4] -> y [N, 2]) on a much larger graph."""
-    rng = np.random.default_rng(0)
-    shapes = [(4, width)] + [(width, width)] * layers + [(width, 2)]
-    weights = [
-        numpy_helper.from_array(
-            (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32), f"w{i}"
-        )
-        for i, s in enumerate(shapes)
-    ]
-    names = ["x"] + [f"h{i}" for i in range(len(shapes) - 1)] + ["y"]
-    nodes = [
-        helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(len(shapes))
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
 @pytest.fixture
 def tiny(
     tmp_path: Path, start_server: Callable[..., Server]
@@ -89,7 +60,7 @@ def tiny(
         "1.0.0": make_onnx(tmp_path / "a" / "m.onnx", seed=0),
         "1.1.0": make_onnx(tmp_path / "b" / "m.onnx", seed=1),
         "1.2.0": make_onnx(tmp_path / "c" / "m.onnx", seed=0),
-        "1.3.0": slow_onnx(tmp_path / "slow.onnx"),
+        "1.3.0": matmul_chain(tmp_path / "slow.onnx", [4] + [1024] * 12 + [2]),  # much slower
     }
     for version, source in sources.items():
         registry.publish(mc.pack(source, name="tiny", version=version))

@@ -18,35 +18,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 import modelcrate as mc
-from conftest import Server, free_port
+from conftest import Server, free_port, matmul_chain
 
 WIDTH, LAYERS, ROWS = 512, 12, 256  # about 0.8 GFLOP per request: tens of ms on one thread
 
 
 def slow_model(path: Path) -> Path:
     """x [N, 512] through 12 dense layers: slow enough to queue requests behind it."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, weights, previous = [], [], "x"
-    for i in range(LAYERS):
-        weight = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
-        weights.append(numpy_helper.from_array(weight, f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"]))
-        previous = f"h{i}"
-    nodes.append(helper.make_node("Identity", [previous], ["y"]))
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
+    return matmul_chain(path, [WIDTH] * (LAYERS + 1))
 
 
 @pytest.fixture
