@@ -20,12 +20,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scale import GIB, make_model, median_peak, modelcrate, shell, size_table, timed  # noqa: E402
+from scale import (  # noqa: E402
+    at_sizes,
+    make_model,
+    median_peak,
+    modelcrate,
+    shell,
+    size_row,
+    size_table,
+    timed,
+)
 
 REPEAT = 3
 NAIVE = """
@@ -105,18 +113,12 @@ def table(results: dict[float, dict[str, tuple[float, float]]]) -> list[str]:
             ),
             ("`alias set` (with its signature check)", steps["alias"], ""),
         ]
-        for label, (seconds, rss), ratio in rows:
-            lines.append(f"| {gib} GiB | {label} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |")
+        lines += [size_row(gib, label, figure, ratio) for label, figure, ratio in rows]
     return lines
 
 
 def main(sizes: list[float] | None = None) -> list[str]:
-    results = {}
-    for gib in sizes or [0.1, 1.0]:
-        with tempfile.TemporaryDirectory(prefix="mc-bench-diff-", dir=HERE) as scratch:
-            results[gib] = measure(gib, Path(scratch))
-            print(f"diff {gib} GiB done ({gib * GIB / 1e9:.1f} GB)", file=sys.stderr)
-    return table(results)
+    return table(at_sizes("diff", sizes, measure))
 
 
 if __name__ == "__main__":

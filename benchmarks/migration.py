@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scale import GIB, LOAD_RAW, make_model, median_peak, modelcrate, size_table, timed  # noqa: E402
+from scale import (  # noqa: E402
+    LOAD_RAW,
+    at_sizes,
+    make_model,
+    median_peak,
+    modelcrate,
+    size_row,
+    size_table,
+    timed,
+)
 
 REPEAT = 3
 TO_TORCH = """
@@ -111,18 +119,12 @@ def table(results: dict[float, dict[str, tuple[float, float]]]) -> list[str]:
                     f"{steps['convert'][1] / ort[1]:.2f}x RSS of the ORT baseline",
                 )
             )
-        for label, (seconds, rss), ratio in rows:
-            lines.append(f"| {gib} GiB | {label} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |")
+        lines += [size_row(gib, label, figure, ratio) for label, figure, ratio in rows]
     return lines
 
 
 def main(sizes: list[float] | None = None) -> list[str]:
-    results = {}
-    for gib in sizes or [0.1, 1.0]:
-        with tempfile.TemporaryDirectory(prefix="mc-bench-migration-", dir=HERE) as scratch:
-            results[gib] = measure(gib, Path(scratch))
-            print(f"migration {gib} GiB done ({gib * GIB / 1e9:.1f} GB)", file=sys.stderr)
-    return table(results)
+    return table(at_sizes("migration", sizes, measure))
 
 
 if __name__ == "__main__":

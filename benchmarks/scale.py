@@ -119,6 +119,24 @@ def size_table(title: str, description: str) -> list[str]:
     ]
 
 
+def size_row(gib: float, label: str, figure: tuple[float, float], ratio: str) -> str:
+    seconds, rss = figure
+    return f"| {gib} GiB | {label} | {seconds:.2f} s | {rss:.0f} MiB | {ratio} |"
+
+
+def at_sizes(
+    name: str, sizes: list[float] | None, measure: Any
+) -> dict[float, dict[str, tuple[float, float]]]:
+    """``measure(gib, scratch)`` at each size (default 0.1 and 1 GiB), each in a fresh
+    scratch directory under benchmarks/."""
+    results = {}
+    for gib in sizes or [0.1, 1.0]:
+        with tempfile.TemporaryDirectory(prefix=f"mc-bench-{name}-", dir=HERE) as scratch:
+            results[gib] = measure(gib, Path(scratch))
+            print(f"{name} {gib} GiB done ({gib * GIB / 1e9:.1f} GB)", file=sys.stderr)
+    return results
+
+
 def shell(script: str) -> list[str]:
     return ["bash", "-c", script]
 
