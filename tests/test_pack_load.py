@@ -241,7 +241,10 @@ def test_loading_needs_no_torch(digits_crate_path: Path, tmp_path: Path) -> None
     assert result.stdout.strip() == "(1, 10)"
 
 
-def test_to_torch_without_a_pt2_artifact_is_a_clear_error(tmp_path: Path) -> None:
+def test_to_torch_without_a_pt2_artifact_converts_the_onnx(tmp_path: Path) -> None:
     crate = mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0")
-    with pytest.raises(mc.CrateFormatError, match="no torch-export"):
-        mc.load(crate).to_torch()
+    module = mc.load(crate).to_torch()  # the ONNX rebuilt in torch, checked against ORT
+    x = np.ones((3, 4), np.float32)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, mc.load(crate).predict(x)["y"], atol=1e-5)

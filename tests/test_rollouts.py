@@ -113,6 +113,8 @@ def test_a_disagreeing_canary_is_rolled_back_with_no_failed_request(
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert registry.resolve("tiny@prod").version == "1.0.0"  # the alias never moved
     assert ended.figures["1.1.0"]["compared"] >= 20 and ended.figures["1.1.0"]["disagreement"] > 0.2
+    breach = next(e for e in registry.audit("tiny") if e.action == "slo-breach")
+    assert "disagreement" in breach.detail and "1.1.0: compared" in breach.detail
     actions = [e.action for e in registry.audit("tiny")]
     assert actions[-3:] == ["rollout-start", "rollout-rollback", "slo-breach"] or actions[-2:] == [
         "rollout-rollback",

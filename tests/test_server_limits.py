@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import Server
+from conftest import Server, matmul_chain
 
 GOOD = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
 
@@ -178,31 +178,19 @@ def test_nan_in_binary_data_is_refused(served_digits: Server) -> None:
 
 
 def test_request_timeout_gives_504_and_the_server_recovers(
-    tmp_path: Path, digits_crate_path: Path, start_server: Callable[..., Server]
+    tmp_path: Path, start_server: Callable[..., Server]
 ) -> None:
+    """A small request (read at once) whose inference takes about a second."""
     registry = mc.Registry.open(tmp_path / "registry")
-    registry.publish(digits_crate_path)
-    server = start_server(registry.root, "digits", "--request-timeout", "0.0001")
-    x = np.zeros((4096, 1, 8, 8), np.float32)  # a few ms of work: far past 0.1 ms
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ]
-        }
-    ).encode()
-    response = httpx.post(
-        server.url + "/v2/models/digits/infer",
-        content=header + x.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header))},
-        timeout=30,
-    )
-    assert response.status_code == 504 and "longer than" in response.json()["error"]
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [2048] * 8 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    server = start_server(registry.root, "slow", "--request-timeout", "0.2")
+    x = np.ones((512, 4), np.float32)  # 512 rows through eight 2048-wide layers: ~1 s
+    body = {
+        "inputs": [{"name": "x", "shape": [512, 4], "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    response = httpx.post(server.url + "/v2/models/slow/infer", json=body, timeout=30)
+    assert response.status_code == 504 and "longer than 0.2 s" in response.json()["error"]
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
 
 

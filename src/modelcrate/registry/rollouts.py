@@ -177,13 +177,17 @@ class RolloutMixin:
             if row is None or row.state != "running":
                 return None
             ended = _end(self.actor, session, row, "rolled_back", reason, figures)
+            measured = "; ".join(
+                f"{version}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()))
+                for version, values in figures.items()
+            )
             record(
                 session,
                 self.actor,
                 "slo-breach",
                 name=row.name,
                 version=row.candidate,
-                detail=f"{row.alias}: {reason}",
+                detail=f"{row.alias}: {reason} (measured {measured})",
                 facts={"alias": row.alias, "figures": figures, "rollout": row.id},
             )
             return ended
