@@ -143,6 +143,27 @@ def test_pack_h5_and_saved_model_and_an_lstm(
     )
 
 
+def test_an_op_tf2onnx_cannot_convert_is_a_clear_error(tmp_path: Path, tfk: TF) -> None:
+    keras = tfk.keras
+    model = keras.Sequential(
+        [keras.Input((4,), name="x"), keras.layers.Dense(3, activation="gelu")]
+    )
+    model.save(tmp_path / "gelu.keras")  # exact GELU: tf2onnx has no converter for its Erfc
+    packed = run_cli(
+        "pack",
+        str(tmp_path / "gelu.keras"),
+        "--name",
+        "g",
+        "--version",
+        "1.0.0",
+        "-o",
+        str(tmp_path / "g.crate"),
+    )
+    assert packed.returncode == 1 and "Traceback" not in packed.stderr
+    assert "cannot run" in packed.stderr and "Erfc" in packed.stderr
+    assert not (tmp_path / "g.crate").exists()
+
+
 def test_lambda_layers_are_refused_unless_allowed(tmp_path: Path, tfk: TF) -> None:
     keras = tfk.keras
     canary = tmp_path / "canary"

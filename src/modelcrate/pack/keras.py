@@ -236,8 +236,14 @@ def _parity(function: Any, onnx_path: Path, signature: Signature, tolerance: flo
     feeds = {s.name: _random(rng, s) for s in signature.inputs}
     expected = function(*feeds.values())
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, feeds)
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = session.run(None, feeds)
+    except Exception as exc:  # ORT raises its own types (INVALID_GRAPH for an op it lacks)
+        raise PackError(
+            "tf2onnx wrote a model ONNX Runtime cannot run (an op it could not convert?): "
+            f"{first_line(exc)}"
+        ) from None
     worst = max(
         float(np.max(np.abs(np.asarray(e) - g))) for e, g in zip(expected, got, strict=True)
     )
