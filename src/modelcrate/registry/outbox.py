@@ -28,7 +28,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
 
-from modelcrate.registry.db import DeliveryRow, WebhookRow, write_session
+from modelcrate.registry.db import DeliveryRow, WebhookRow, read_session, write_session
 from modelcrate.registry.records import Delivery
 
 EVENTS = ("publish", "alias", "delete", "rollout", "alert")  # what a hook can subscribe to
@@ -102,12 +102,16 @@ def deliver(engine: Engine, *, webhook: int | None = None, limit: int = 50) -> l
     import httpx
 
     now = time.time()
+    due = (DeliveryRow.delivered_at.is_(None), DeliveryRow.next_attempt_at <= now)
+    with read_session(engine) as session:  # most calls find nothing: no write lock for that
+        if session.scalar(select(DeliveryRow.id).where(*due).limit(1)) is None:
+            return []
     claimed: list[tuple[int, int, str, str, str, str]] = []
     with write_session(engine) as session, session.begin():
         query = (
             select(DeliveryRow, WebhookRow)
             .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
-            .where(DeliveryRow.delivered_at.is_(None), DeliveryRow.next_attempt_at <= now)
+            .where(*due)
             .order_by(DeliveryRow.id)
             .limit(limit)
             .with_for_update(skip_locked=True, of=DeliveryRow)
