@@ -44,6 +44,7 @@ Run = Callable[["LoadedVersion", Feeds, float | None], Awaitable[Feeds]]
 ANSWERED_BY: ContextVar[str | None] = ContextVar("modelcrate_answered_by", default=None)
 MIN_SAMPLES = 20  # candidate requests (or comparisons) before its figures can decide
 MAX_COPIES = 256  # shadow copies and comparisons in flight; beyond, copies are skipped
+REPORT_EVERY_S = 1.0  # how often the deciding server writes its live figures
 log = logging.getLogger("modelcrate.server")
 
 
@@ -93,6 +94,7 @@ class Trial:
         self.stable = Window(rollout.interval_s)
         self.trial = Window(rollout.interval_s)
         self.step = rollout.step
+        self.reported_at = 0.0
 
     def update(self, rollout: Rollout) -> None:
         if rollout.step != self.step:  # a new step is judged on its own traffic
@@ -220,7 +222,8 @@ class Rollouts:
             )
             if ended is not None:
                 trial.update(ended)
-        else:
+        elif time.monotonic() - trial.reported_at >= REPORT_EVERY_S:  # live figures
+            trial.reported_at = time.monotonic()
             await loop.run_in_executor(loader, registry.report_rollout, rollout.id, figures)
 
     def drop(self, served: ServedModel) -> None:
