@@ -465,3 +465,13 @@ def test_a_keras_cnn_converts_to_torch_and_finetunes_like_a_torch_born_one(
     assert tuned.metrics["accuracy"] >= torch_born["accuracy"] - 0.05
     assert tuned.metrics["accuracy"] > tuned.metrics["accuracy_before"]
     print("fine-tuned accuracy: converted Keras", tuned.metrics, "torch-born", torch_born)
+    from safetensors.numpy import load as load_safetensors
+
+    registry = mc.Registry.open()
+    before, after = (
+        load_safetensors(registry.get(ref).read_bytes("model.safetensors"))
+        for ref in ("mnist@1.0.0-torch", "mnist@2.0.0")
+    )
+    changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert changed and all(k.startswith("dense") for k in changed), changed  # the head only
+    assert any(k.startswith("conv2d") for k in before)  # frozen: bit-identical
