@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,7 +11,9 @@ from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import NotFound, UsageError
-from modelcrate.registry.records import Rollout
+
+if TYPE_CHECKING:
+    from modelcrate.registry.records import Rollout
 
 rollout_app = typer.Typer(
     help="Canary and shadow rollouts on an alias, rolled back automatically on an SLO breach.",
