@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import modelcrate as mc
 from conftest import SECRET, Receiver, Server, make_onnx, matmul_chain, run_cli, valid_signature
@@ -222,6 +224,40 @@ def test_a_slow_candidate_breaches_the_p99_limit(tiny: tuple[mc.Registry, Server
     assert ended.state == "rolled_back" and "p99" in ended.reason, ended
     assert ended.figures["1.3.0"]["p99_ms"] > 5
     assert set(statuses) == {200}
+
+
+def test_a_candidate_that_fails_its_warm_up_is_rolled_back(
+    tiny: tuple[mc.Registry, Server], tmp_path: Path
+) -> None:
+    registry, server = tiny
+    broken = helper.make_graph(  # x / 0: NaN on the warm-up's zeros
+        [
+            helper.make_node("Div", ["x", "zero"], ["y0"]),
+            helper.make_node("Slice", ["y0", "s", "e", "a"], ["y"]),
+        ],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [
+            numpy_helper.from_array(np.zeros(4, np.float32), "zero"),
+            numpy_helper.from_array(np.array([0], np.int64), "s"),
+            numpy_helper.from_array(np.array([2], np.int64), "e"),
+            numpy_helper.from_array(np.array([1], np.int64), "a"),
+        ],
+    )
+    model = helper.make_model(broken, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "broken.onnx"))
+    registry.publish(mc.pack(tmp_path / "broken.onnx", name="tiny", version="1.9.0"))
+    load = Load(server.url, clients=1)
+    try:
+        mc.rollout("tiny", "prod", "1.9.0", canary=50, registry=registry)
+        ended = wait_until_ended(registry)
+    finally:
+        statuses = load.stop()
+    assert ended.state == "rolled_back" and "failed to load" in ended.reason, ended
+    assert "not finite" in ended.reason and set(statuses) == {200}
+    assert registry.resolve("tiny@prod").version == "1.0.0"
 
 
 def test_rollout_commands_refuse_bad_input_clearly(tiny: tuple[mc.Registry, Server]) -> None:

@@ -169,7 +169,7 @@ class Rollouts:
 
     async def follow(self, served: ServedModel) -> None:
         """Read the alias's rollout; load, update, decide on or drop the trial."""
-        registry = self.manager.registry
+        registry: Any = self.manager.registry  # a Registry: only it has rollouts
         alias = served.selector.alias
         if alias is None or not hasattr(registry, "rollout") or served.current is None:
             return
@@ -186,12 +186,20 @@ class Rollouts:
         if trial is None or trial.rollout.id != rollout.id:
             if trial is not None:
                 self.drop(served)
-            info = await loop.run_in_executor(
-                loader, registry.resolve, f"{served.name}@{rollout.candidate}"
-            )
-            loaded = await loop.run_in_executor(
-                loader, self.manager._load, served.name, info.digest
-            )
+            try:
+                info = await loop.run_in_executor(
+                    loader, registry.resolve, f"{served.name}@{rollout.candidate}"
+                )
+                loaded = await loop.run_in_executor(
+                    loader, self.manager._load, served.name, info.digest
+                )
+            except Exception as exc:  # it never got traffic: end the rollout, say why
+                reason = f"the candidate failed to load: {exc}"
+                log.error("%s: %s", served.name, reason)
+                await loop.run_in_executor(
+                    loader, registry.rollback_rollout, rollout.id, reason, {}
+                )
+                return
             served.trial = trial = Trial(rollout, loaded)
             log.info("%s: rollout of %s started (%s)", served.name, rollout.candidate, rollout.mode)
         trial.update(rollout)
