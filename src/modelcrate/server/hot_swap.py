@@ -290,6 +290,8 @@ class ModelManager:
         served = self._served(name)
         if served.current is not None:
             asyncio.get_running_loop().create_task(self._retire(served.current))
+        if served.trial is not None:  # a rollout's candidate goes with it
+            self.rollouts.drop(served)
         served.current = None
         served.error = "unloaded"
         served.failed_digest = None
