@@ -122,24 +122,25 @@ def deliver(engine: Engine, *, webhook: int | None = None, limit: int = 50) -> l
             row.next_attempt_at = now + LEASE_S  # leased: nobody else sends it meanwhile
             claimed.append((row.id, hook.id, hook.url, hook.secret, row.event, row.body))
     results = []
-    for delivery_id, hook_id, url, secret, kind, body in claimed:
-        status, error = None, None
-        data = body.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "modelcrate-webhooks",
-            "X-Modelcrate-Event": kind,
-            "X-Modelcrate-Delivery": str(delivery_id),
-            "X-Modelcrate-Signature": sign(secret, data, int(time.time())),
-        }
-        try:
-            response = httpx.post(url, content=data, headers=headers, timeout=TIMEOUT_S)
-            status = response.status_code
-            if not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        results.append(Delivery(delivery_id, hook_id, kind, status, error, error is None))
+    with httpx.Client(timeout=TIMEOUT_S) as client:  # one connection pool for the batch
+        for delivery_id, hook_id, url, secret, kind, body in claimed:
+            status, error = None, None
+            data = body.encode()
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "modelcrate-webhooks",
+                "X-Modelcrate-Event": kind,
+                "X-Modelcrate-Delivery": str(delivery_id),
+                "X-Modelcrate-Signature": sign(secret, data, int(time.time())),
+            }
+            try:
+                response = client.post(url, content=data, headers=headers)
+                status = response.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            results.append(Delivery(delivery_id, hook_id, kind, status, error, error is None))
     if results:
         _record(engine, results)
     return results

@@ -41,23 +41,23 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def known(n: Node, index: int, what: str) -> np.ndarray | None:
+    """Input ``index``, which must be known while converting (None when omitted)."""
+    value = n.inputs[index] if index < len(n.inputs) else None
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    raise n.refuse(f"{what} must be a constant, not computed at run time")
+
+
 def ints(n: Node, index: int, what: str) -> list[int] | None:
     """Input ``index`` as a list of ints (None when omitted); it must be a constant."""
-    value = n.inputs[index] if index < len(n.inputs) else None
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        return [int(v) for v in value.reshape(-1)]
-    raise n.refuse(f"{what} must be a constant, not computed at run time")
+    value = known(n, index, what)
+    return None if value is None else [int(v) for v in value.reshape(-1)]
 
 
 def scalar(n: Node, index: int, what: str) -> float | None:
-    value = n.inputs[index] if index < len(n.inputs) else None
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        return float(value.reshape(-1)[0])
-    raise n.refuse(f"{what} must be a constant, not computed at run time")
+    value = known(n, index, what)
+    return None if value is None else float(value.reshape(-1)[0])
 
 
 def dims_items(value: Value) -> list[Any] | None:
@@ -116,13 +116,7 @@ def add_layer(b: Builder, n: Node, module: torch.nn.Module, *args: Any) -> Any:
 
 def weights(n: Node, *indexes: int) -> list[np.ndarray | None]:
     """Inputs that must be constants (the weights of a layer); None where omitted."""
-    out: list[np.ndarray | None] = []
-    for i in indexes:
-        value = n.inputs[i] if i < len(n.inputs) else None
-        if value is not None and not isinstance(value, np.ndarray):
-            raise n.refuse(f"input {i} (weights) must be a constant initializer")
-        out.append(value)
-    return out
+    return [known(n, i, f"input {i} (weights)") for i in indexes]
 
 
 # --- elementwise ---------------------------------------------------------------------
