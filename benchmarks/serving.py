@@ -1,13 +1,14 @@
-"""Serving benchmarks (issue 3), run by benchmarks/run.py. Needs wrk (Debian package).
+"""Serving benchmarks (issues 3 and 17), run by benchmarks/run.py. Needs wrk (Debian package).
 
-For the digits CNN and a ~25 MB MLP, at concurrency 1 and 32 (wrk -t1, JSON body
-of one sample), alternating servers within each repetition:
-  ours (batching on), ours (batching off), a bare Starlette handler that only
-  reads the body (the HTTP ceiling), the classic Flask + torch server, and the peers
-  in their own virtualenvs (peers.py: MLServer with and without adaptive batching,
-  KServe's Python server) serving the crate's ONNX file;
-plus raw onnxruntime session.run in-process (the compute limit), and p99
-latency while the alias moves 20 times vs without moves.
+For the digits CNN (concurrency 1 and 16) and a ~26 MB MLP (1 and 32), wrk -t1 with
+a body of one sample, alternating servers within each repetition:
+  ours (batching on; JSON, and the binary tensor extension on the same server), ours
+  (batching off), a bare Starlette handler that only reads the JSON body (the HTTP
+  ceiling), the classic Flask + torch server, and the peers in their own virtualenvs
+  (peers.py: MLServer with and without adaptive batching, KServe's Python server)
+  serving the crate's ONNX file;
+plus raw onnxruntime session.run in-process on one thread (the compute limit), and
+p99 latency while the alias moves 20 times vs without moves.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from train import DigitsCNN  # noqa: E402
 
 REPEATS = 3
 SECONDS = 5
-CONCURRENCY = (1, 32)
+OURS, BINARY = "ours, batching on", "ours, binary tensor extension"
+STARLETTE = "bare Starlette (reads body only)"
 
 
 def free_port() -> int:
@@ -74,11 +76,18 @@ class Process:
         self.proc.wait(timeout=20)
 
 
-def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path) -> dict[str, float]:
+def wrk(
+    url: str, body: bytes, concurrency: int, seconds: float, work: Path, header: int | None = None
+) -> dict[str, float]:
+    """One wrk run POSTing ``body`` (JSON; or, with ``header``, a JSON header of that many
+    bytes followed by binary tensors)."""
+    (work / "body").write_bytes(body)
+    kind = "application/json" if header is None else "application/octet-stream"
     script = work / "post.lua"
     script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [[{body.decode()}]]\n"
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{kind}"\n'
+        + (f'wrk.headers["Inference-Header-Content-Length"] = "{header}"\n' if header else "")
+        + f'local f = io.open("{work / "body"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -104,9 +113,11 @@ def _ms(text: str) -> float:
 
 
 def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
-    """In-process session.run: calls/s at batch 1 and samples/s at batch 32."""
+    """In-process session.run on one thread: calls/s at batch 1 and samples/s at batch 32."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
     session = ort.InferenceSession(
-        crate.read_bytes("model.onnx"), providers=["CPUExecutionProvider"]
+        crate.read_bytes("model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
     result = {}
@@ -121,8 +132,9 @@ def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
 
 
 def bench_model(
-    label: str, model: nn.Module, shape: tuple[int, ...], kind: str, work: Path
+    label: str, model: nn.Module, shape: tuple[int, ...], kind: str, high: int, work: Path
 ) -> list[str]:
+    """Every contender at concurrency 1 and ``high``."""
     registry = mc.Registry.open(work / f"registry-{kind}")
     torch.manual_seed(0)
     crate = mc.pack(model, example_inputs=(torch.zeros(shape),), name=kind, version="1.0.0")
@@ -148,6 +160,20 @@ def bench_model(
             ]
         }
     ).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": crate.manifest.signature.inputs[0].name,
+                    "shape": list(shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": sample.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary = header + sample.tobytes()
     serve = [
         sys.executable,
         "-m",
@@ -186,22 +212,19 @@ def bench_model(
     for _ in range(REPEATS):
         for name, (command, ready, method) in contenders.items():
             server = Process(command, ready, method)
+            url = server.url + (f"/v2/models/{kind}/infer" if name in peers else infer)
+            runs = [(name, body, None)] + ([(BINARY, binary, len(header))] if name == OURS else [])
             try:
-                for concurrency in CONCURRENCY:
-                    results.setdefault((name, concurrency), []).append(
-                        wrk(
-                            server.url + (f"/v2/models/{kind}/infer" if name in peers else infer),
-                            body,
-                            concurrency,
-                            SECONDS,
-                            work,
+                for concurrency in (1, high):
+                    for label_, payload, split in runs:
+                        results.setdefault((label_, concurrency), []).append(
+                            wrk(url, payload, concurrency, SECONDS, work, split)
                         )
-                    )
             finally:
                 server.stop()
     swaps = bench_swaps(serve, registry, kind, body, infer, work)
     limit = raw_ort(crate, sample)
-    return render(label, results, swaps, limit)
+    return render(label, results, swaps, limit, high)
 
 
 def bench_swaps(
@@ -239,8 +262,9 @@ def render(
     results: dict[tuple[str, int], list[dict[str, float]]],
     swaps: dict[str, float],
     limit: dict[str, float],
+    high: int,
 ) -> list[str]:
-    def med(name: str, c: int, key: str) -> float:
+    def med(name: str, c: int, key: str = "rps") -> float:
         return statistics.median(r[key] for r in results[(name, c)])
 
     lines = [
@@ -249,29 +273,35 @@ def render(
         "| server | c | req/s | p99 ms | non-2xx |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for (name, c), runs in results.items():
+    for (name, c), runs in sorted(results.items(), key=lambda item: item[0][1]):
         errors = sum(r["errors"] + r["socket_errors"] for r in runs)
         lines.append(
-            f"| {name} | {c} | {med(name, c, 'rps'):.0f} | {med(name, c, 'p99_ms'):.2f} | "
-            f"{errors:.0f} |"
+            f"| {name} | {c} | {med(name, c):.0f} | {med(name, c, 'p99_ms'):.2f} | {errors:.0f} |"
         )
-    ours = med("ours, batching on", 32, "rps")
+    ours, starlette = med(OURS, high), med(STARLETTE, high)
+    peers = sorted({n for n, _ in results if n.startswith(("MLServer", "KServe"))})
     lines += [
         "",
         "| ratio | figure | target |",
         "| --- | --- | --- |",
-        f"| ours ÷ Flask + torch, c=32 | {ours / med('Flask + torch (tutorial server)', 32, 'rps'):.1f}× | ≥ 5× |",
-        f"| ours ÷ bare Starlette, c=32 | {ours / med('bare Starlette (reads body only)', 32, 'rps'):.2f} | ≥ 0.6 |",
-        f"| ours ÷ raw ORT batch-1 calls/s ({limit['batch1']:.0f}), c=32 | {ours / limit['batch1']:.2f} | ≥ 0.5 |",
-        f"| ours ÷ raw ORT batch-32 samples/s ({limit['batch32']:.0f}), c=32 | {ours / limit['batch32']:.2f} | — |",
-        f"| batching on ÷ off, c=32 | {ours / med('ours, batching off', 32, 'rps'):.2f} | > 1 |",
+        f"| ours ÷ bare Starlette, c={high}, JSON | {ours / starlette:.2f} | ≥ 0.5 (CNN) |",
+        f"| ours ÷ bare Starlette, c={high}, binary extension | {med(BINARY, high) / starlette:.2f} | |",
+        f"| ours ÷ ORT in-process batch-32 on one thread ({limit['batch32']:.0f} samples/s), "
+        f"c={high}, JSON | {ours / limit['batch32']:.2f} | ≥ 0.5 (MLP) |",
+        f"| same, binary extension | {med(BINARY, high) / limit['batch32']:.2f} | |",
+        f"| ours ÷ ORT in-process batch-1 calls/s ({limit['batch1']:.0f}), c=1 | "
+        f"{med(OURS, 1) / limit['batch1']:.2f} | |",
+        f"| batching on ÷ off, c={high} | {ours / med('ours, batching off', high):.2f} | > 1 |",
+        f"| ours ÷ Flask + torch, c={high} | "
+        f"{ours / med('Flask + torch (tutorial server)', high):.1f}× | > 1 |",
         *(
-            f"| ours ÷ {name}, c={c} | {med('ours, batching on', c, 'rps') / med(name, c, 'rps'):.1f}× | > 1 |"
-            for name in sorted({n for n, _ in results if n.startswith(("MLServer", "KServe"))})
-            for c in CONCURRENCY
+            f"| ours ÷ {name}, c={c} | {med(OURS, c) / med(name, c):.1f}× | > 1 |"
+            for name in peers
+            for c in (1, high)
         ),
-        f"| p99 during 20 alias swaps ÷ p99 without ({swaps['swapping']:.2f} / {swaps['quiet']:.2f} ms), "
-        f"non-2xx {swaps['errors']:.0f} | {swaps['swapping'] / swaps['quiet']:.2f} | ≤ 1.5 |",
+        f"| p99 during 20 alias swaps ÷ p99 without ({swaps['swapping']:.2f} / "
+        f"{swaps['quiet']:.2f} ms), c=32, non-2xx {swaps['errors']:.0f} | "
+        f"{swaps['swapping'] / swaps['quiet']:.2f} | ≤ 1.5 |",
         "",
     ]
     return lines
@@ -285,8 +315,9 @@ def main() -> list[str]:
         lines = [
             "## Serving: Open Inference Protocol v2 over HTTP",
             "",
-            f"wrk -t1 -d{SECONDS}s, JSON body of one sample, medians of {REPEATS} runs, "
-            "servers alternated within each run.",
+            f"wrk -t1 -d{SECONDS}s, a body of one sample (JSON unless the row says binary), "
+            f"medians of {REPEATS} runs, servers alternated within each run; default settings "
+            "for every server (ours: one worker process).",
             "",
         ]
         lines += bench_model(
@@ -294,10 +325,16 @@ def main() -> list[str]:
             DigitsCNN().eval(),
             (1, 1, 8, 8),
             "digits",
+            16,
             work,
         )
         lines += bench_model(
-            "MLP, ~26 MB (1024→2048→1536→1024→10)", mlp_25mb().eval(), (1, 1024), "mlp", work
+            "MLP, ~26 MB (1024→2048→1536→1024→10)",
+            mlp_25mb().eval(),
+            (1, 1024),
+            "mlp",
+            32,
+            work,
         )
         return lines
     finally:

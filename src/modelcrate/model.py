@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -264,17 +265,27 @@ def conform(spec: TensorSpec, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise InputError(f"input {spec.name!r}: not an array ({exc})") from None
-    expected = np.dtype(spec.dtype) if spec.dtype != "string" else np.dtype(object)
-    got = f"{list(array.shape)} ({array.dtype})"
+    expected = _spec_dtype(spec.dtype)
     if array.dtype != expected:
         if not castable(array.dtype, expected):
-            raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {got}")
+            raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {_got(array)}")
         array = array.astype(expected)
     if array.ndim != len(spec.shape) or any(
         want not in (-1, have) for want, have in zip(spec.shape, array.shape, strict=True)
     ):
-        raise InputError(f"input {spec.name!r}: expected shape {spec.describe()}, got {got}")
-    return np.ascontiguousarray(array)
+        raise InputError(
+            f"input {spec.name!r}: expected shape {spec.describe()}, got {_got(array)}"
+        )
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+@functools.cache
+def _spec_dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name) if name != "string" else np.dtype(object)
+
+
+def _got(array: np.ndarray) -> str:
+    return f"{list(array.shape)} ({array.dtype})"
 
 
 def castable(source: np.dtype, target: np.dtype) -> bool:

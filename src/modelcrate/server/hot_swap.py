@@ -17,10 +17,9 @@ import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +79,7 @@ class LoadedVersion:
     def __init__(self, model: Model, batcher: Batcher, cache: ResponseCache | None) -> None:
         self.model: Model | None = model  # None once retired and drained (memory freed)
         self.loaded_manifest = model.manifest
+        self.digest = model.manifest.digest  # computed once: lookups compare it per request
         self.batcher = batcher
         self.cache = cache
         self.inflight = 0
@@ -93,10 +93,6 @@ class LoadedVersion:
     @property
     def version(self) -> str:
         return self.loaded_manifest.version
-
-    @property
-    def digest(self) -> str:
-        return self.loaded_manifest.digest
 
     def release(self) -> None:
         self.inflight -= 1
@@ -145,12 +141,16 @@ class ModelManager:
         threads: int = 2,
         trust: Policy | None = None,
         identity: str | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         """``trust``: signatures required beyond the registry's policy; ``identity``: private
-        key that decrypts encrypted crates (else ``$MODELCRATE_PASSPHRASE``), in memory."""
+        key that decrypts encrypted crates (else ``$MODELCRATE_PASSPHRASE``), in memory.
+        ``freeze_gc`` (a server process): loaded models' objects leave the cycle collector's
+        scans (``gc.freeze``), whose full passes over them were tens of milliseconds of p99."""
         self.registry = registry
         self.trust = trust
         self.identity = identity
+        self.freeze_gc = freeze_gc
         self.batch = batch
         self.metrics = metrics
         self.poll_interval = poll_interval
@@ -165,6 +165,7 @@ class ModelManager:
             self.models[ref.name] = ServedModel(ref.name, ref)
         self._watcher: asyncio.Task[None] | None = None
         self.rollouts = Rollouts(self, self._run)
+        self._counters: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -274,6 +275,8 @@ class ModelManager:
         log.info("%s now serves %s (%s)", served.name, new.version, new.digest[:19])
         if old is not None:
             asyncio.get_running_loop().create_task(self._retire(old))
+        elif self.freeze_gc:
+            gc.freeze()
 
     async def _retire(self, old: LoadedVersion) -> None:
         old.retired = True
@@ -284,7 +287,15 @@ class ModelManager:
         # Free the old session now, not whenever the cycle collector next runs: a big
         # model's memory must come back before the next swap needs it.
         old.model = None
-        await asyncio.get_running_loop().run_in_executor(self.loader, gc.collect)
+        await asyncio.get_running_loop().run_in_executor(self.loader, self._collect)
+
+    def _collect(self) -> None:
+        """Free what retired versions left (frozen objects included), then freeze the rest."""
+        if self.freeze_gc:
+            gc.unfreeze()
+        gc.collect()
+        if self.freeze_gc:
+            gc.freeze()
 
     def unload(self, name: str) -> None:
         served = self._served(name)
@@ -342,28 +353,11 @@ class ModelManager:
             f"{name}@{current.version}" + (f" (as {selector})" if selector.alias else "")
         )
 
-    @asynccontextmanager
-    async def using(self, name: str, version: str | None) -> AsyncIterator[LoadedVersion]:
+    def using(self, name: str, version: str | None) -> Use:
         """Hold a version for the duration of one infer request (it is not freed meanwhile),
-        and count the request, with its outcome, in the metrics and the model's stats."""
-        started, status, served_version = time.perf_counter(), 500, version
-        token = ANSWERED_BY.set(None)
-        try:
-            _, loaded = self.lookup(name, version)
-            served_version = loaded.version  # the metrics name the version that answered
-            loaded.inflight += 1
-            try:
-                yield loaded
-            finally:
-                loaded.release()
-            status = 200
-        except Exception as exc:
-            status = status_of(exc)
-            raise
-        finally:
-            served_version = ANSWERED_BY.get() or served_version
-            ANSWERED_BY.reset(token)
-            self.record(name, served_version, status, time.perf_counter() - started)
+        and count the request, with its outcome, in the metrics and the model's stats:
+        ``async with manager.using(name, version) as loaded``."""
+        return Use(self, name, version)
 
     def answered_by(self, loaded: LoadedVersion) -> str:
         """The version that answered the request being served (inside ``using``): a rollout's
@@ -372,8 +366,16 @@ class ModelManager:
 
     def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
         """Count one infer request in the metrics and the model's stats."""
-        self.metrics.requests.labels(name, version or "", str(status)).inc()
-        self.metrics.latency.labels(name, version or "").observe(seconds)
+        key = (name, version or "", status)
+        counters = self._counters.get(key)
+        if counters is None:  # prometheus_client's labels() costs more than the counting
+            counters = (
+                self.metrics.requests.labels(name, version or "", str(status)),
+                self.metrics.latency.labels(name, version or ""),
+            )
+            self._counters[key] = counters
+        counters[0].inc()
+        counters[1].observe(seconds)
         served = self.models.get(name)
         if served is not None:
             served.stats["requests"] += 1
@@ -420,6 +422,43 @@ class ModelManager:
                 return outputs if key is None or cache is None else cache.put(key, outputs)
         except TimeoutError:
             raise ServerError(f"inference took longer than {timeout} s", status=504) from None
+
+
+class Use:
+    """``ModelManager.using``: an infer request's hold on a loaded version (a plain class: a
+    generator-based context manager costs a measurable share of a small model's request)."""
+
+    __slots__ = ("loaded", "manager", "name", "started", "token", "version")
+
+    def __init__(self, manager: ModelManager, name: str, version: str | None) -> None:
+        self.manager, self.name, self.version = manager, name, version
+        self.loaded: LoadedVersion | None = None
+
+    async def __aenter__(self) -> LoadedVersion:
+        self.started = time.perf_counter()
+        self.token = ANSWERED_BY.set(None)
+        try:
+            _, loaded = self.manager.lookup(self.name, self.version)
+        except BaseException as exc:
+            self._finish(status_of(exc))
+            raise
+        loaded.inflight += 1
+        self.loaded = loaded
+        return loaded
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        assert self.loaded is not None
+        self.loaded.release()
+        status = 200 if exc is None else status_of(exc)
+        self._finish(status)
+
+    def _finish(self, status: int) -> None:
+        # The metrics name the version that answered: a rollout's candidate, or the loaded one.
+        answered = ANSWERED_BY.get() or (self.loaded.version if self.loaded else self.version)
+        ANSWERED_BY.reset(self.token)
+        self.manager.record(self.name, answered, status, time.perf_counter() - self.started)
 
 
 def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:

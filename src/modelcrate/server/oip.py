@@ -38,6 +38,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(object),
 }
 _BY_DTYPE = {dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+_OF_ARRAY = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 _SPEC_NAMES = {"bool": "BOOL", "string": "BYTES"}
 
 
@@ -308,7 +309,13 @@ def select_outputs(
 
 
 def datatype_of_array(array: np.ndarray) -> str:
-    return "BYTES" if array.dtype.kind in "OSU" else _BY_DTYPE[array.dtype.name]
+    return (
+        "BYTES"
+        if array.dtype.kind in "OSU"
+        else (
+            _OF_ARRAY.get(array.dtype) or _BY_DTYPE[array.dtype.name]  # .name is slow
+        )
+    )
 
 
 def classify(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:

@@ -75,6 +75,7 @@ def build_app(settings: ServeSettings) -> object:
         threads=settings.threads,
         trust=as_policy(settings.trust) if settings.trust else None,
         identity=settings.identity,
+        freeze_gc=True,
     )
     hosts = AllowedHosts.for_server(settings.host, settings.allowed_hosts, tokens.enabled)
     return create_app(manager, tokens, replace(settings.app, hosts=hosts))
