@@ -128,3 +128,49 @@ def test_a_version_that_fails_to_load_never_replaces_the_running_one(
     answer = httpx.post(server.url + "/v2/models/tiny/infer", json=body)
     assert answer.status_code == 200 and answer.json()["model_version"] == "1.0.0"
     assert "failed to load" in server.output()  # and it is in the log
+
+
+def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) -> None:
+    """A swap frees the old session by dropping references; a full cycle collection (which
+    stalls every request for ~100 ms on a server's heap) is only the fallback."""
+    import asyncio
+    import gc
+    import weakref
+
+    from modelcrate.server.hot_swap import BatchConfig, ModelManager
+    from modelcrate.server.metrics import Metrics
+
+    registry = mc.Registry.open(tmp_path / "registry")
+    for seed in range(2):
+        source = make_onnx(tmp_path / f"v{seed}" / "m.onnx", seed=seed)
+        registry.publish(mc.pack(source, name="tiny", version=f"1.0.{seed}"))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    manager = ModelManager(registry, ["tiny@prod"], batch=BatchConfig(), metrics=Metrics())
+    collections: list[int] = []
+    manager._collect = lambda: collections.append(1)  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[bool, str]:
+        await manager.start()
+        served = manager.models["tiny"]
+        assert served.current is not None and served.current.model is not None
+        old = weakref.ref(served.current.model)
+        await manager.infer(served.current, {"x": X})
+        registry.set_alias("tiny", "prod", "1.0.1")
+        await manager.refresh(served)
+        for _ in range(100):  # retirement runs as its own task
+            await asyncio.sleep(0.01)
+            if old() is None:
+                break
+        version = served.current.version
+        await manager.stop()
+        return old() is None, version
+
+    gc.disable()
+    try:
+        freed, version = asyncio.run(scenario())
+    finally:
+        gc.enable()
+        registry.close()
+    assert version == "1.0.1"
+    assert freed, "the retired version's model is still referenced"
+    assert collections == []

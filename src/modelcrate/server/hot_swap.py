@@ -17,6 +17,7 @@ import gc
 import logging
 import math
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,10 +274,10 @@ class ModelManager:
         served.swaps += 1
         self.metrics.swaps.labels(served.name, "ok").inc()
         log.info("%s now serves %s (%s)", served.name, new.version, new.digest[:19])
+        if self.freeze_gc:
+            gc.freeze()
         if old is not None:
             asyncio.get_running_loop().create_task(self._retire(old))
-        elif self.freeze_gc:
-            gc.freeze()
 
     async def _retire(self, old: LoadedVersion) -> None:
         old.retired = True
@@ -285,9 +286,15 @@ class ModelManager:
         await old.drained.wait()
         old.batcher.close()
         # Free the old session now, not whenever the cycle collector next runs: a big
-        # model's memory must come back before the next swap needs it.
-        old.model = None
-        await asyncio.get_running_loop().run_in_executor(self.loader, self._collect)
+        # model's memory must come back before the next swap needs it. Dropping the last
+        # references frees it; a full collection (which holds the GIL for about 100 ms on a
+        # server's heap, stalling every request) runs only if something still holds it.
+        model, old.model = old.model, None
+        alive = weakref.ref(model) if model is not None else None
+        del model
+        await asyncio.sleep(0)  # the batcher's cancelled tasks let go of it
+        if alive is not None and alive() is not None:
+            await asyncio.get_running_loop().run_in_executor(self.loader, self._collect)
 
     def _collect(self) -> None:
         """Free what retired versions left (frozen objects included), then freeze the rest."""
