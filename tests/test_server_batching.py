@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import modelcrate as mc
-from conftest import Digits, Server
+from conftest import Digits, Server, matmul_chain
 
 
 async def fire(url: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -39,11 +39,11 @@ async def fire(url: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(one(x) for x in inputs)))
 
 
-def batch_sizes(metrics: str) -> tuple[float, float]:
+def batch_sizes(metrics: str, model: str = "digits") -> tuple[float, float]:
     """Sum and count of the batch-size histogram (0, 0 when it has no samples)."""
 
     def sample(name: str) -> float:
-        found = re.search(name + r'\{model="digits"\} (\S+)', metrics)
+        found = re.search(name + r'\{model="' + model + r'"\} (\S+)', metrics)
         return float(found[1]) if found else 0.0
 
     return sample("modelcrate_batch_size_sum"), sample("modelcrate_batch_size_count")
@@ -134,3 +134,46 @@ def test_the_crate_sets_batching_and_the_command_line_overrides_it(
     asyncio.run(fire(overridden.url + "/v2/models/digits/infer", inputs))
     total, _ = batch_sizes(httpx.get(overridden.url + "/metrics").text)
     assert total == len(inputs)
+
+
+def test_an_idle_model_starts_at_once_and_the_next_batch_forms_while_it_runs(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """The first of 12 simultaneous requests to a slow model runs alone at once (it does not
+    wait for the others to be decoded); those arriving meanwhile run together next. A
+    request with more rows than --max-batch-size runs alone, whole."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [2048] * 6 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    server = start_server(registry.root, "slow", "--max-batch-size", "8")
+    url = server.url + "/v2/models/slow/infer"
+
+    async def fire_rows(rows: list[int]) -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def one(n: int) -> int:
+                x = np.ones((n, 4), np.float32)
+                body = {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": [n, 4],
+                            "datatype": "FP32",
+                            "data": x.ravel().tolist(),
+                        }
+                    ]
+                }
+                response = await http.post(url, json=body)
+                assert response.status_code == 200, response.text
+                return int(response.json()["outputs"][0]["shape"][0])
+
+            return list(await asyncio.gather(*(one(n) for n in rows)))
+
+    assert asyncio.run(fire_rows([1] * 12)) == [1] * 12
+    metrics = httpx.get(server.url + "/metrics").text
+    total, count = batch_sizes(metrics, "slow")
+    single = re.search(r'modelcrate_batch_size_bucket\{le="1.0",model="slow"\} (\S+)', metrics)
+    assert total == 12 and 2 <= count < 12, (total, count)  # merged, but not all in one
+    assert single is not None and float(single[1]) >= 1  # the first ran alone
+    assert asyncio.run(fire_rows([20, 3])) == [20, 3]
+    assert batch_sizes(httpx.get(server.url + "/metrics").text, "slow")[0] == 35

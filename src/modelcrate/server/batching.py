@@ -1,16 +1,20 @@
 """Adaptive batching: merge concurrent requests into one model call, split the answers back.
 
-One runner task per loaded model version takes the first queued request, then
-everything else already queued (requests pile up while the model is busy, so
-batches grow with load and stay at 1 when idle), and, if ``max_delay_ms`` is
-set, waits up to that long for more, up to ``max_batch_size`` rows. Requests
-are merged only when every input has the same trailing shape and dtype; the
-model runs in a worker thread, off the event loop.
+Requests queue per loaded model version. A batch starts at once when the model is idle
+(so batches stay at 1 when load is light); while a batch computes, the requests arriving
+meanwhile form the next one, which starts the moment that batch ends (or as soon as it
+is full, on another worker thread). So the event loop decodes and answers one group of
+requests while the model runs the next, and batches grow with load to what arrived
+during one run. ``max_delay_ms`` makes an idle model wait up to that long for more.
+Requests are merged only when every input has the same trailing shape and dtype.
+Models run in worker threads, except those whose batches take microseconds, which run
+on the event loop (a thread hop would cost more than the run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -21,6 +25,9 @@ import numpy as np
 from modelcrate.errors import ServerError
 
 Feeds = dict[str, np.ndarray]
+# Batches that take less than this run on the event loop itself: handing them to a worker
+# thread and back costs the loop more than running them (the digits CNN: ~60 us a batch).
+INLINE_BELOW_S = 0.0002
 RunFn = Callable[[Feeds], Feeds]
 
 
@@ -31,6 +38,7 @@ class _Pending:
     key: tuple[object, ...]
     future: asyncio.Future[Feeds] = field(repr=False)
     started: bool = False  # taken into a running batch (no longer waiting)
+    queued_at: float = 0.0
 
 
 class Batcher:
@@ -58,22 +66,28 @@ class Batcher:
         # so what is admitted waits for at most about max_queue / max_batch_size batches.
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
         self.waiting = 0
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        # Batches in flight at once: while one runs in a worker thread the next forms.
-        self.slots = asyncio.Semaphore(max(1, concurrency))
+        self.queue: collections.deque[_Pending] = collections.deque()
+        self.queued_rows = 0
+        self.concurrency = max(1, concurrency)  # batches computing at once
         self.running: set[asyncio.Task[None]] = set()
-        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # max_delay's wake-up
+        self.soon = False  # a deferred dispatch is scheduled
+        # Until batches are measured fast they run in a worker thread (see _timed).
+        self.seconds_per_batch: float | None = None
 
     @property
     def depth(self) -> int:
         return self.waiting
 
+    @property
+    def inline(self) -> bool:
+        """Whether batches run on the event loop (measured to take microseconds)."""
+        return self.seconds_per_batch is not None and self.seconds_per_batch < INLINE_BELOW_S
+
     async def submit(self, feeds: Feeds) -> Feeds:
         """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows.
         Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait."""
         self.check_room()
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._loop())
         rows = _rows(feeds)
         loop = asyncio.get_running_loop()
         self.waiting += 1
@@ -89,8 +103,16 @@ class Batcher:
             finally:
                 self._start(alone)  # no longer waiting, whether it ran or timed out
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
-        pending = _Pending(feeds, rows, key, loop.create_future())
-        self.queue.put_nowait(pending)
+        pending = _Pending(feeds, rows, key, loop.create_future(), queued_at=time.monotonic())
+        self.queue.append(pending)
+        self.queued_rows += rows
+        if self.inline:
+            # Fast models batch what is ready in this turn of the loop: run after it.
+            if not self.soon:
+                self.soon = True
+                loop.call_soon(self._dispatch_soon)
+        else:
+            self._dispatch()
         try:
             return await pending.future
         finally:
@@ -115,50 +137,77 @@ class Batcher:
 
     def close(self) -> None:
         self.run = _unloaded  # drop the model: nothing here may keep its memory alive
-        if self.task is not None:
-            self.task.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         for task in self.running:
             task.cancel()
-        while not self.queue.empty():
-            pending = self.queue.get_nowait()
+        while self.queue:
+            pending = self.queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("model was unloaded"))
+        self.queued_rows = 0
 
-    async def _loop(self) -> None:
+    def _dispatch_soon(self) -> None:
+        self.soon = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start the batches that are due: while the model is idle, whatever is queued (after
+        ``max_delay``); while a batch computes, the next only once it is full (else it goes
+        when that batch ends, from ``_run_batch``)."""
         loop = asyncio.get_running_loop()
-        while True:
-            await self.slots.acquire()
-            first = await self.queue.get()
-            batch, held = [first], []
-            rows = first.rows
-            deadline = time.monotonic() + self.max_delay
-            while rows < self.max_batch_size:
-                try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if item.key == first.key and rows + item.rows <= self.max_batch_size:
-                    batch.append(item)
-                    rows += item.rows
-                else:
-                    held.append(item)
-                    if len(held) >= self.max_batch_size:
-                        break
-            for item in held:  # different shapes wait for the next round, in order
-                self.queue.put_nowait(item)
-            task = loop.create_task(self._run_batch(loop, batch))
-            self.running.add(task)
-            task.add_done_callback(self._finished)
+        while self.queue and len(self.running) < self.concurrency:
+            if self.queued_rows < self.max_batch_size:
+                if self.running:
+                    return
+                due = self.queue[0].queued_at + self.max_delay - time.monotonic()
+                if due > 0:
+                    if self.timer is None:
+                        self.timer = loop.call_later(due, self._delay_passed)
+                    return
+            batch = self._take()
+            if batch:
+                task = loop.create_task(self._run_batch(loop, batch))
+                self.running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _delay_passed(self) -> None:
+        self.timer = None
+        self._dispatch()
+
+    def _take(self) -> list[_Pending]:
+        """Up to ``max_batch_size`` rows of the oldest request's shape, in order (a request
+        larger than that alone); requests of other shapes keep their places for the next."""
+        first, batch, others, rows = self.queue[0].key, [], [], 0
+        while self.queue and rows < self.max_batch_size:
+            item = self.queue.popleft()
+            self.queued_rows -= item.rows
+            if item.future.done():  # timed out or cancelled while waiting
+                self._start(item)
+            elif item.key == first and (not batch or rows + item.rows <= self.max_batch_size):
+                batch.append(item)
+                rows += item.rows
+            else:
+                others.append(item)
+                if len(others) >= self.max_batch_size:
+                    break
+        for item in reversed(others):
+            self.queue.appendleft(item)
+            self.queued_rows += item.rows
+        return batch
+
+    def _ended(self) -> None:
+        """This batch's model call is over: start the next before answering this one's
+        requests, so the model computes while the event loop answers them."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.running.discard(task)
+        self._dispatch()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.running.discard(task)
-        self.slots.release()
+        if not task.cancelled():
+            self._dispatch()  # the next batch was forming while this one ran
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # cancelled requests drop out
@@ -174,18 +223,32 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(sum(p.rows for p in live))
         try:
-            outputs = await loop.run_in_executor(self.executor, self.run, merged)
+            if self.inline:
+                outputs = self._timed(merged)  # a thread hop would cost more than the run
+            else:
+                outputs = await loop.run_in_executor(self.executor, self._timed, merged)
         except Exception as exc:  # the model failed: every request in the batch gets the error
+            self._ended()
             for pending in live:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
+        self._ended()
         start = 0
         for pending in live:
             end = start + pending.rows
             if not pending.future.done():
                 pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
+
+    def _timed(self, feeds: Feeds) -> Feeds:
+        """``run``, keeping a moving average of how long a batch takes."""
+        started = time.perf_counter()
+        outputs = self.run(feeds)
+        seconds = time.perf_counter() - started
+        average = self.seconds_per_batch
+        self.seconds_per_batch = seconds if average is None else average + (seconds - average) / 10
+        return outputs
 
 
 def default_max_queue(max_batch_size: int) -> int:
