@@ -178,7 +178,9 @@ class Batcher:
     def _take(self) -> list[_Pending]:
         """Up to ``max_batch_size`` rows of the oldest request's shape, in order (a request
         larger than that alone); requests of other shapes keep their places for the next."""
-        first, batch, others, rows = self.queue[0].key, [], [], 0
+        first, rows = self.queue[0].key, 0
+        batch: list[_Pending] = []
+        others: list[_Pending] = []
         while self.queue and rows < self.max_batch_size:
             item = self.queue.popleft()
             self.queued_rows -= item.rows
