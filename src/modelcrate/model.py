@@ -265,16 +265,16 @@ def conform(spec: TensorSpec, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise InputError(f"input {spec.name!r}: not an array ({exc})") from None
-    expected = _spec_dtype(spec.dtype)
+    given, expected = array, _spec_dtype(spec.dtype)  # errors name what was given
     if array.dtype != expected:
         if not castable(array.dtype, expected):
-            raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {_got(array)}")
+            raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {_got(given)}")
         array = array.astype(expected)
     if array.ndim != len(spec.shape) or any(
         want not in (-1, have) for want, have in zip(spec.shape, array.shape, strict=True)
     ):
         raise InputError(
-            f"input {spec.name!r}: expected shape {spec.describe()}, got {_got(array)}"
+            f"input {spec.name!r}: expected shape {spec.describe()}, got {_got(given)}"
         )
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
