@@ -216,8 +216,8 @@ def bench_model(
             runs = [(name, body, None)] + ([(BINARY, binary, len(header))] if name == OURS else [])
             try:
                 for concurrency in (1, high):
-                    for label_, payload, split in runs:
-                        results.setdefault((label_, concurrency), []).append(
+                    for row, payload, split in runs:
+                        results.setdefault((row, concurrency), []).append(
                             wrk(url, payload, concurrency, SECONDS, work, split)
                         )
             finally:

@@ -139,41 +139,21 @@ def test_the_crate_sets_batching_and_the_command_line_overrides_it(
 def test_an_idle_model_starts_at_once_and_the_next_batch_forms_while_it_runs(
     tmp_path: Path, start_server: Callable[..., Server]
 ) -> None:
-    """The first of 12 simultaneous requests to a slow model runs alone at once (it does not
-    wait for the others to be decoded); those arriving meanwhile run together next. A
-    request with more rows than --max-batch-size runs alone, whole."""
+    """The first of 12 simultaneous requests to a slow model runs alone at once; those
+    arriving meanwhile run together next. A request with more rows than --max-batch-size
+    runs alone, whole."""
     registry = mc.Registry.open(tmp_path / "registry")
     slow = matmul_chain(tmp_path / "slow.onnx", [4] + [2048] * 6 + [2])
     registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
     server = start_server(registry.root, "slow", "--max-batch-size", "8")
     url = server.url + "/v2/models/slow/infer"
-
-    async def fire_rows(rows: list[int]) -> list[int]:
-        async with httpx.AsyncClient(timeout=30) as http:
-
-            async def one(n: int) -> int:
-                x = np.ones((n, 4), np.float32)
-                body = {
-                    "inputs": [
-                        {
-                            "name": "x",
-                            "shape": [n, 4],
-                            "datatype": "FP32",
-                            "data": x.ravel().tolist(),
-                        }
-                    ]
-                }
-                response = await http.post(url, json=body)
-                assert response.status_code == 200, response.text
-                return int(response.json()["outputs"][0]["shape"][0])
-
-            return list(await asyncio.gather(*(one(n) for n in rows)))
-
-    assert asyncio.run(fire_rows([1] * 12)) == [1] * 12
+    outputs = asyncio.run(fire(url, [np.ones((1, 4), np.float32)] * 12))
+    assert [y.shape for y in outputs] == [(1, 2)] * 12
     metrics = httpx.get(server.url + "/metrics").text
     total, count = batch_sizes(metrics, "slow")
     single = re.search(r'modelcrate_batch_size_bucket\{le="1.0",model="slow"\} (\S+)', metrics)
     assert total == 12 and 2 <= count < 12, (total, count)  # merged, but not all in one
     assert single is not None and float(single[1]) >= 1  # the first ran alone
-    assert asyncio.run(fire_rows([20, 3])) == [20, 3]
+    outputs = asyncio.run(fire(url, [np.ones((20, 4), np.float32), np.ones((3, 4), np.float32)]))
+    assert [y.shape for y in outputs] == [(20, 2), (3, 2)]
     assert batch_sizes(httpx.get(server.url + "/metrics").text, "slow")[0] == 35

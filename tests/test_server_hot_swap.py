@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import pytest
 
 import modelcrate as mc
 from conftest import Server, corrupt_stored, make_onnx, tiny_weights
+from modelcrate.server.hot_swap import BatchConfig, ModelManager
+from modelcrate.server.metrics import Metrics
 
 SWAPS = 20
 X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
@@ -133,13 +138,6 @@ def test_a_version_that_fails_to_load_never_replaces_the_running_one(
 def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) -> None:
     """A swap frees the old session by dropping references; a full cycle collection (which
     stalls every request for ~100 ms on a server's heap) is only the fallback."""
-    import asyncio
-    import gc
-    import weakref
-
-    from modelcrate.server.hot_swap import BatchConfig, ModelManager
-    from modelcrate.server.metrics import Metrics
-
     registry = mc.Registry.open(tmp_path / "registry")
     for seed in range(2):
         source = make_onnx(tmp_path / f"v{seed}" / "m.onnx", seed=seed)

@@ -309,13 +309,11 @@ def select_outputs(
 
 
 def datatype_of_array(array: np.ndarray) -> str:
-    return (
-        "BYTES"
-        if array.dtype.kind in "OSU"
-        else (
-            _OF_ARRAY.get(array.dtype) or _BY_DTYPE[array.dtype.name]  # .name is slow
-        )
-    )
+    dtype = array.dtype
+    if dtype.kind in "OSU":
+        return "BYTES"
+    # Native dtypes by object (numpy's .name is slow for a per-request call), else by name.
+    return _OF_ARRAY.get(dtype) or _BY_DTYPE[dtype.name]
 
 
 def classify(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
