@@ -114,7 +114,7 @@ def test_a_crash_mid_pack_leaves_nothing_indexed_and_gc_sweeps_it(
     blobs = registry.blobs
     assert isinstance(blobs, FileBlobStore)
     # A writer that dies before sealing: its half-written pack is a temp file, never indexed.
-    writer = packs.PackWriter(registry.engine, blobs)
+    writer = packs.PackWriter(registry.db, blobs)
     writer.add(hashlib.sha256(b"x" * 100).hexdigest(), b"x" * 100)
     assert writer.handle is not None
     writer.handle.close()  # the process dies here: the temp file stays behind

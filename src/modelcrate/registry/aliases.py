@@ -10,30 +10,27 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
-
 from modelcrate.compatibility import check_move
 from modelcrate.errors import NotFound, RegistryError
 from modelcrate.refs import Ref, check_alias
 from modelcrate.registry.audit import record
-from modelcrate.registry.db import AliasEventRow, AliasRow, VersionRow, read_session, write_session
+from modelcrate.registry.db import Database, Row, Transaction, stored_manifest
 from modelcrate.registry.records import AliasEvent, VersionInfo
 
 
 class AliasMixin:
     """The alias half of ``Registry``."""
 
-    engine: Engine
+    db: Database
     actor: str
 
     if TYPE_CHECKING:  # provided by Registry
 
         def resolve(self, ref: str | Ref) -> VersionInfo: ...
 
-        def _resolve_row(self, session: Session, ref: Ref) -> VersionRow: ...
+        def _resolve_row(self, tx: Transaction, ref: Ref) -> Row: ...
 
-        def _require_model(self, session: Session, name: str) -> None: ...
+        def _require_model(self, tx: Transaction, name: str) -> None: ...
 
     def set_alias(
         self, name: str, alias: str, version: str, *, allow_breaking: bool = False
@@ -45,39 +42,48 @@ class AliasMixin:
         ``allow_breaking``; an allowed breaking move says so in the audit log."""
         check_alias(alias)
         target = self.resolve(f"{name}@{version}")  # a version, a digest or another alias
-        with write_session(self.engine) as session, session.begin():
-            return self._move(session, name, alias, target.version, "set", allow_breaking)
+        with self.db.write() as tx:
+            return self._move(tx, name, alias, target.version, "set", allow_breaking)
 
     def _move(
         self,
-        session: Session,
+        tx: Transaction,
         name: str,
         alias: str,
         version: str,
         action: str,
         allow_breaking: bool,
     ) -> AliasEvent:
-        row = session.get(AliasRow, (name, alias))
-        previous = row.version if row else None
+        previous = _target(tx, name, alias)
         note = ""
         if previous is not None and previous != version:
             old, new = (
-                self._resolve_row(session, Ref(name, version=v)).stored_manifest()
+                stored_manifest(self._resolve_row(tx, Ref(name, version=v)))
                 for v in (previous, version)
             )
             note = check_move(f"{name}@{alias}", old, new, allow_breaking)
         now = time.time()
-        if row is None:
-            session.add(AliasRow(name=name, alias=alias, version=version, updated_at=now))
+        if previous is None:
+            tx.insert("aliases", name=name, alias=alias, version=version, updated_at=now)
         else:
-            row.version, row.updated_at = version, now
-        session.add(
-            AliasEventRow(
-                name=name, alias=alias, action=action, version=version, previous=previous, at=now
+            tx.execute(
+                "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
+                version,
+                now,
+                name,
+                alias,
             )
+        tx.insert(
+            "alias_events",
+            name=name,
+            alias=alias,
+            action=action,
+            version=version,
+            previous=previous,
+            at=now,
         )
         record(
-            session,
+            tx,
             self.actor,
             f"alias-{action}",
             name=name,
@@ -90,14 +96,15 @@ class AliasMixin:
     def alias_history(self, name: str, alias: str) -> list[AliasEvent]:
         """Every move of ``name@alias``, oldest first."""
         check_alias(alias)
-        with read_session(self.engine) as session:
-            rows = session.scalars(
-                select(AliasEventRow)
-                .where(AliasEventRow.name == name, AliasEventRow.alias == alias)
-                .order_by(AliasEventRow.id)
-            ).all()
+        with self.db.read() as tx:
+            rows = tx.all(
+                "SELECT alias, action, version, previous, at FROM alias_events "
+                "WHERE name = ? AND alias = ? ORDER BY id",
+                name,
+                alias,
+            )
             if not rows:
-                self._require_model(session, name)
+                self._require_model(tx, name)
                 raise NotFound(f"{name}@{alias}: no such alias")
             return [AliasEvent(r.alias, r.action, r.version, r.previous, r.at) for r in rows]
 
@@ -105,61 +112,52 @@ class AliasMixin:
         """Move ``alias`` back to what it pointed to before it was set to its current target
         (refused, like ``set_alias``, when that breaks the current target's clients)."""
         check_alias(alias)
-        with write_session(self.engine) as session, session.begin():
-            current = session.get(AliasRow, (name, alias))
+        with self.db.write() as tx:
+            current = _target(tx, name, alias)
             if current is None:
-                self._require_model(session, name)
+                self._require_model(tx, name)
                 raise NotFound(f"{name}@{alias}: no such alias")
             # The latest plain 'set' to the current target says where it came from;
             # rollbacks are skipped so that repeated rollbacks keep walking back.
-            origin = session.scalars(
-                select(AliasEventRow)
-                .where(
-                    AliasEventRow.name == name,
-                    AliasEventRow.alias == alias,
-                    AliasEventRow.action == "set",
-                    AliasEventRow.version == current.version,
-                )
-                .order_by(AliasEventRow.id.desc())
-            ).first()
-            previous = origin.previous if origin else None
+            previous = tx.scalar(
+                "SELECT previous FROM alias_events WHERE name = ? AND alias = ? "
+                "AND action = 'set' AND version = ? ORDER BY id DESC LIMIT 1",
+                name,
+                alias,
+                current,
+            )
             if previous is None:
                 raise RegistryError(f"{name}@{alias} has no earlier target to roll back to")
             if (
-                session.scalar(
-                    select(func.count()).where(
-                        VersionRow.name == name, VersionRow.version == previous
-                    )
-                )
-                == 0
+                tx.scalar("SELECT 1 FROM versions WHERE name = ? AND version = ?", name, previous)
+                is None
             ):
                 raise RegistryError(
                     f"{name}@{alias} would roll back to {previous}, which was deleted"
                 )
-            return self._move(session, name, alias, previous, "rollback", allow_breaking)
+            return self._move(tx, name, alias, previous, "rollback", allow_breaking)
 
     def delete_alias(self, name: str, alias: str) -> None:
         check_alias(alias)
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(AliasRow, (name, alias))
-            if row is None:
+        with self.db.write() as tx:
+            version = _target(tx, name, alias)
+            if version is None:
                 raise NotFound(f"{name}@{alias}: no such alias")
-            session.delete(row)
-            self._alias_deleted(session, name, alias, row.version)
+            tx.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", name, alias)
+            self._alias_deleted(tx, name, alias, version)
 
-    def _alias_deleted(self, session: Session, name: str, alias: str, previous: str) -> None:
-        session.add(
-            AliasEventRow(
-                name=name,
-                alias=alias,
-                action="delete",
-                version=None,
-                previous=previous,
-                at=time.time(),
-            )
+    def _alias_deleted(self, tx: Transaction, name: str, alias: str, previous: str) -> None:
+        tx.insert(
+            "alias_events",
+            name=name,
+            alias=alias,
+            action="delete",
+            version=None,
+            previous=previous,
+            at=time.time(),
         )
         record(
-            session,
+            tx,
             self.actor,
             "alias-delete",
             name=name,
@@ -167,3 +165,10 @@ class AliasMixin:
             detail=alias,
             facts={"alias": alias, "previous": previous},
         )
+
+
+def _target(tx: Transaction, name: str, alias: str) -> str | None:
+    """The version ``name@alias`` points at (None: no such alias)."""
+    return tx.scalar(  # type: ignore[no-any-return]
+        "SELECT version FROM aliases WHERE name = ? AND alias = ?", name, alias
+    )

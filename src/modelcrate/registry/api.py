@@ -10,13 +10,11 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
-
-from sqlalchemy import Engine, delete, func, or_, select
-from sqlalchemy.orm import Session
 
 from modelcrate.crate import Crate
 from modelcrate.errors import NotFound, RegistryError, UsageError, VersionConflict
@@ -28,23 +26,19 @@ from modelcrate.registry.blobs import BlobStore, FileBlobStore, open_blob_store
 from modelcrate.registry.cache import FileCache
 from modelcrate.registry.chunks import FileStore
 from modelcrate.registry.db import (
-    AliasRow,
-    FileRow,
-    SignatureRow,
-    TagRow,
-    VersionRow,
-    lock_writes,
-    postgres_engine,
-    read_session,
-    sqlite_engine,
-    write_session,
+    Database,
+    Row,
+    Transaction,
+    postgres_database,
+    sqlite_database,
+    stored_manifest,
 )
 from modelcrate.registry.evaluations import EvaluationMixin
 from modelcrate.registry.lineage import (
     MAX_NODES,
     LineageGraph,
     dependents,
-    index_rows,
+    index_parents,
     lineage_of,
 )
 from modelcrate.registry.records import (
@@ -64,6 +58,7 @@ if TYPE_CHECKING:
     from modelcrate.trust.signing import Policy
 
 GC_GRACE_SECONDS = 3600.0
+VERSION = "SELECT id, name, version, digest, manifest, description, size, created_at FROM versions"
 
 
 def default_location() -> Path:
@@ -87,14 +82,14 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         self,
         root: Path | None = None,
         *,
-        engine: Engine | None = None,
+        db: Database | None = None,
         blobs: BlobStore | None = None,
         location: str | None = None,
         actor: str | None = None,
         cache_bytes: int | None = None,
     ) -> None:
         """``Registry(root)``: the embedded registry in directory ``root``; or give an
-        ``engine`` and a ``blobs`` store (see ``open`` for URLs). Loaded files are cached
+        ``db`` and a ``blobs`` store (see ``open`` for URLs). Loaded files are cached
         in ``root/cache`` (shared registries: ``$MODELCRATE_HOME/caches/<id>``), at most
         ``cache_bytes`` (default ``$MODELCRATE_CACHE_SIZE``, else 32 GiB)."""
         self.actor = actor or os_user()
@@ -102,13 +97,13 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
             self.blobs: BlobStore = blobs or FileBlobStore(root / "blobs")
-            self.engine = engine or sqlite_engine(root / "registry.db")
+            self.db = db or sqlite_database(root / "registry.db")
             self.location = location or str(root)
-        elif engine is None or blobs is None:
+        elif db is None or blobs is None:
             raise UsageError("a registry needs a directory, or a database and a blob store")
         else:
-            self.engine, self.blobs = engine, blobs
-            self.location = location or str(engine.url)
+            self.db, self.blobs = db, blobs
+            self.location = location or db.dialect
         # A shared registry's cache is per machine and per registry (gc prunes it).
         cache_root = (
             root / "cache"
@@ -119,9 +114,9 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
                 / hashlib.sha256(self.location.encode()).hexdigest()[:16]
             )
         )
-        self.files = FileStore(self.engine, self.blobs, FileCache(cache_root, cache_bytes))
+        self.files = FileStore(self.db, self.blobs, FileCache(cache_root, cache_bytes))
         # Pooled connections are closed when the registry goes away, not left to the GC.
-        weakref.finalize(self, self.engine.dispose)
+        weakref.finalize(self, self.db.close)
 
     @classmethod
     def open(
@@ -135,10 +130,8 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         text = os.fspath(location)
         kind = registry_kind(text)
         if kind == "postgresql":
-            engine, blob_location = postgres_engine(text)
-            return cls(
-                engine=engine, blobs=open_blob_store(blob_location), location=text, actor=actor
-            )
+            db, blob_location = postgres_database(text)
+            return cls(db=db, blobs=open_blob_store(blob_location), location=text, actor=actor)
         if kind != "embedded":
             raise UsageError(
                 f"registry {text!r}: Registry is the embedded and PostgreSQL backend; open "
@@ -147,7 +140,7 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         return cls(Path(text.removeprefix("file://")).expanduser(), actor=actor)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -179,14 +172,14 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         for bundle in signatures:
             check_bundle(crate, bundle)
         self._check_members(manifest)
-        known = [*signatures, *signatures_of(self.engine, manifest.digest)]
+        known = [*signatures, *signatures_of(self.db, manifest.digest)]
         enforce(crate, known, self._policy(trust))
         existing = self._find(manifest.name, manifest.version)
         if existing is not None:
             result = self._same_or_conflict(existing, manifest)
             crate.verify()  # "identical" only if the bytes are too, not just the manifest
-            with write_session(self.engine) as session, session.begin():
-                store_signatures(session, self.actor, crate, signatures)
+            with self.db.write() as tx:
+                store_signatures(tx, self.actor, crate, signatures)
             return result
         recipes = {}
         # A registry on local disk is usually loaded where it is published: its file cache
@@ -210,53 +203,53 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
                     progress(entry.size)
         if warm and self.files.cache is not None:
             self.files.cache.evict()
-        with write_session(self.engine) as session, session.begin():
-            lock_writes(session)  # serializes with gc (and other publishers) on PostgreSQL
-            row = session.scalars(
-                select(VersionRow).where(
-                    VersionRow.name == manifest.name, VersionRow.version == manifest.version
-                )
-            ).first()
-            if row is not None:  # another publisher won while we wrote blobs
-                return self._same_or_conflict(row.digest, manifest)
-            for sha, recipe in recipes.items():
-                self.files.record(session, sha, recipe)
-            session.add(
-                VersionRow(
-                    name=manifest.name,
-                    version=manifest.version,
-                    digest=manifest.digest,
-                    manifest=manifest.canonical_bytes().decode(),
-                    description=manifest.description,
-                    size=sum(f.size for f in manifest.files),
-                    files=[
-                        FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files
-                    ],
-                    tags=[TagRow(tag=t) for t in manifest.tags],
-                    parents=index_rows(manifest),
-                )
+        with self.db.write() as tx:
+            tx.lock_writes()  # serializes with gc (and other publishers) on PostgreSQL
+            digest = tx.scalar(
+                "SELECT digest FROM versions WHERE name = ? AND version = ?",
+                manifest.name,
+                manifest.version,
             )
+            if digest is not None:  # another publisher won while we wrote blobs
+                return self._same_or_conflict(digest, manifest)
+            for sha, recipe in recipes.items():
+                self.files.record(tx, sha, recipe)
+            version_id = tx.insert(
+                "versions",
+                name=manifest.name,
+                version=manifest.version,
+                digest=manifest.digest,
+                manifest=manifest.canonical_bytes().decode(),
+                description=manifest.description,
+                size=sum(f.size for f in manifest.files),
+                created_at=time.time(),
+            )
+            files = [
+                {"version_id": version_id, "path": f.path, "sha256": f.sha256, "size": f.size}
+                for f in manifest.files
+            ]
+            tx.insert_rows("version_files", files)
+            tags = [{"version_id": version_id, "tag": t} for t in dict.fromkeys(manifest.tags)]
+            tx.insert_rows("version_tags", tags)
+            tx.insert_rows("version_parents", index_parents(manifest, version_id))
             record(
-                session,
+                tx,
                 self.actor,
                 "publish",
                 name=manifest.name,
                 version=manifest.version,
                 digest=manifest.digest,
             )
-            store_signatures(session, self.actor, crate, signatures)
+            store_signatures(tx, self.actor, crate, signatures)
         return PublishResult(manifest.name, manifest.version, manifest.digest, created=True)
 
     def _check_members(self, manifest: Manifest) -> None:
         """A pipeline or ensemble can only be published where its members are."""
         if manifest.composition is None:
             return
-        with read_session(self.engine) as session:
+        with self.db.read() as tx:
             for member in manifest.composition.members:
-                found = session.scalar(
-                    select(func.count()).where(VersionRow.digest == member.digest)
-                )
-                if not found:
+                if tx.scalar("SELECT 1 FROM versions WHERE digest = ?", member.digest) is None:
                     raise NotFound(
                         f"{manifest.ref} runs {member.ref} ({member.digest[:19]}…), which is "
                         "not in this registry; publish it first"
@@ -283,10 +276,9 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
     def lineage(self, ref: str, *, limit: int = MAX_NODES) -> LineageGraph:
         """Ancestors (by the parent digests each manifest records) and descendants of ``ref``,
         at most ``limit`` of each (``truncated`` says when there were more)."""
-        return lineage_of(self.engine, self.manifest(ref), limit)
+        return lineage_of(self.db, self.manifest(ref), limit)
 
-    def _same_or_conflict(self, existing: VersionRow | str, manifest: Manifest) -> PublishResult:
-        digest = existing if isinstance(existing, str) else existing.digest
+    def _same_or_conflict(self, digest: str, manifest: Manifest) -> PublishResult:
         if digest != manifest.digest:
             raise VersionConflict(
                 f"{manifest.ref} already exists with digest {digest[:19]}…; versions are "
@@ -294,71 +286,73 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
             )
         return PublishResult(manifest.name, manifest.version, digest, created=False)
 
-    def _find(self, name: str, version: str) -> VersionRow | None:
-        with read_session(self.engine) as session:
-            return session.scalars(
-                select(VersionRow).where(VersionRow.name == name, VersionRow.version == version)
-            ).first()
+    def _find(self, name: str, version: str) -> str | None:
+        """The digest of ``name@version``, if it is stored."""
+        with self.db.read() as tx:
+            return tx.scalar(  # type: ignore[no-any-return]
+                "SELECT digest FROM versions WHERE name = ? AND version = ?", name, version
+            )
 
     # -- resolve and read ----------------------------------------------------
 
     def resolve(self, ref: str | Ref) -> VersionInfo:
         """Resolve ``name``, ``name@version``, ``name@alias`` or ``name@sha256:…``."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        with read_session(self.engine) as session:
-            row = self._resolve_row(session, parsed)
-            return self._info(session, row)
+        with self.db.read() as tx:
+            return self._info(tx, self._resolve_row(tx, parsed))
 
     def by_digest(self, digest: str) -> VersionInfo:
         """The version with this digest, whatever its name (digests are unique here)."""
-        with read_session(self.engine) as session:
-            row = session.scalars(select(VersionRow).where(VersionRow.digest == digest)).first()
+        with self.db.read() as tx:
+            row = tx.first(f"{VERSION} WHERE digest = ?", digest)
             if row is None:
                 raise NotFound(f"no version with digest {digest[:19]}…")
-            return self._info(session, row)
+            return self._info(tx, row)
 
     def receive(self, stream: IO[bytes], sha256: str, size: int) -> None:
         """Store one uploaded file (checked against ``sha256``) ahead of the publish that
         lists it; it is kept for gc's grace period until then."""
         recipe = self.files.stage(stream, sha256, size)
-        with write_session(self.engine) as session, session.begin():
-            self.files.record(session, sha256, recipe)
+        with self.db.write() as tx:
+            self.files.record(tx, sha256, recipe)
 
-    def _resolve_row(self, session: Session, ref: Ref) -> VersionRow:
-        query = select(VersionRow).where(VersionRow.name == ref.name)
+    def _resolve_row(self, tx: Transaction, ref: Ref) -> Row:
+        """The ``versions`` row ``ref`` names (id, name, version, digest, manifest, …)."""
         if ref.version:
-            row = session.scalars(query.where(VersionRow.version == ref.version)).first()
+            row = tx.first(f"{VERSION} WHERE name = ? AND version = ?", ref.name, ref.version)
         elif ref.digest:
-            row = session.scalars(query.where(VersionRow.digest == ref.digest)).first()
+            row = tx.first(f"{VERSION} WHERE name = ? AND digest = ?", ref.name, ref.digest)
         elif ref.alias:
-            alias = session.get(AliasRow, (ref.name, ref.alias))
-            if alias is None:
-                self._require_model(session, ref.name)
+            target = tx.scalar(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", ref.name, ref.alias
+            )
+            if target is None:
+                self._require_model(tx, ref.name)
                 raise NotFound(f"{ref}: model {ref.name!r} has no alias {ref.alias!r}")
-            row = session.scalars(query.where(VersionRow.version == alias.version)).first()
+            row = tx.first(f"{VERSION} WHERE name = ? AND version = ?", ref.name, target)
         else:
-            row = session.scalars(query.order_by(VersionRow.id.desc())).first()
+            row = tx.first(f"{VERSION} WHERE name = ? ORDER BY id DESC LIMIT 1", ref.name)
         if row is None:
-            self._require_model(session, ref.name)
+            self._require_model(tx, ref.name)
             raise NotFound(f"{ref}: no such version of {ref.name!r}")
         return row
 
-    def _require_model(self, session: Session, name: str) -> None:
-        if session.scalar(select(func.count()).where(VersionRow.name == name)) == 0:
+    def _require_model(self, tx: Transaction, name: str) -> None:
+        if tx.scalar("SELECT 1 FROM versions WHERE name = ? LIMIT 1", name) is None:
             raise NotFound(f"no model named {name!r} in the registry")
 
-    def _info(self, session: Session, row: VersionRow) -> VersionInfo:
-        aliases = session.scalars(
-            select(AliasRow.alias).where(AliasRow.name == row.name, AliasRow.version == row.version)
-        ).all()
+    def _info(self, tx: Transaction, row: Row) -> VersionInfo:
+        aliases = tx.column(
+            "SELECT alias FROM aliases WHERE name = ? AND version = ?", row.name, row.version
+        )
         return VersionInfo(
             row.name, row.version, row.digest, row.size, row.created_at, sorted(aliases)
         )
 
     def manifest(self, ref: str | Ref) -> Manifest:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        with read_session(self.engine) as session:
-            return self._resolve_row(session, parsed).stored_manifest()
+        with self.db.read() as tx:
+            return stored_manifest(self._resolve_row(tx, parsed))
 
     def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
         """The crate for ``ref``; its files are verified against the manifest as they are read.
@@ -368,7 +362,7 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         from modelcrate.trust.signing import enforce
 
         crate = self._crate(ref)
-        enforce(crate, signatures_of(self.engine, crate.digest), self._policy(trust))
+        enforce(crate, signatures_of(self.db, crate.digest), self._policy(trust))
         return crate
 
     def _crate(self, ref: str | Ref) -> Crate:
@@ -387,7 +381,7 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
 
         crate = self.get(ref, trust=trust)
         path = crate.unpack(to)
-        bundles = signatures_of(self.engine, crate.digest)
+        bundles = signatures_of(self.db, crate.digest)
         if bundles:
             sidecar(path).write_bytes(bundles[-1])
         return path
@@ -398,45 +392,47 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         self, query: str | None = None, *, tag: str | None = None
     ) -> list[ModelSummary]:
         """Models whose name or description contains ``query`` and that carry ``tag``."""
-        with read_session(self.engine) as session:
-            stmt = select(VersionRow).order_by(VersionRow.name, VersionRow.id)
-            if query:
-                pattern = f"%{query}%"
-                stmt = stmt.where(
-                    or_(VersionRow.name.like(pattern), VersionRow.description.like(pattern))
-                )
-            if tag:
-                stmt = stmt.where(VersionRow.tags.any(TagRow.tag == tag))
-            rows = session.scalars(stmt).all()
-            by_name: dict[str, list[VersionRow]] = {}
-            for row in rows:
-                by_name.setdefault(row.name, []).append(row)
-            summaries = []
-            for name, versions in by_name.items():
-                aliases = session.execute(
-                    select(AliasRow.alias, AliasRow.version).where(AliasRow.name == name)
-                ).all()
-                summaries.append(
-                    ModelSummary(
-                        name=name,
-                        latest=versions[-1].version,
-                        versions=len(versions),
-                        aliases={a: v for a, v in sorted(aliases)},
-                        tags=sorted({t.tag for v in versions for t in v.tags}),
-                        description=versions[-1].description,
-                    )
-                )
-            return summaries
+        where, params = [], []
+        if query:
+            where.append("(name LIKE ? OR description LIKE ?)")
+            params += [f"%{query}%"] * 2
+        if tag:
+            where.append("id IN (SELECT version_id FROM version_tags WHERE tag = ?)")
+            params.append(tag)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT id, name, version, description FROM versions{condition} ORDER BY name, id",
+                *params,
+            )
+            tags: dict[int, list[str]] = {}
+            for version_id, tag_name in tx.all("SELECT version_id, tag FROM version_tags"):
+                tags.setdefault(version_id, []).append(tag_name)
+            aliases: dict[str, dict[str, str]] = {}
+            for name, alias, version in tx.all("SELECT name, alias, version FROM aliases"):
+                aliases.setdefault(name, {})[alias] = version
+        by_name: dict[str, list[Row]] = {}
+        for row in rows:
+            by_name.setdefault(row.name, []).append(row)
+        return [
+            ModelSummary(
+                name=name,
+                latest=versions[-1].version,
+                versions=len(versions),
+                aliases=dict(sorted(aliases.get(name, {}).items())),
+                tags=sorted({t for v in versions for t in tags.get(v.id, [])}),
+                description=versions[-1].description,
+            )
+            for name, versions in by_name.items()
+        ]
 
     def versions(self, name: str) -> list[VersionInfo]:
         """All versions of ``name``, oldest first."""
         check_name(name)
-        with read_session(self.engine) as session:
-            self._require_model(session, name)
-            rows = session.scalars(
-                select(VersionRow).where(VersionRow.name == name).order_by(VersionRow.id)
-            ).all()
-            return [self._info(session, row) for row in rows]
+        with self.db.read() as tx:
+            self._require_model(tx, name)
+            rows = tx.all(f"{VERSION} WHERE name = ? ORDER BY id", name)
+            return [self._info(tx, row) for row in rows]
 
     # -- delete, gc, verify --------------------------------------------------
 
@@ -445,26 +441,28 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         parsed = parse_ref(ref)
         if parsed.alias or not (parsed.version or parsed.digest):
             raise UsageError(f"{ref}: delete needs an exact version (name@1.0.0), not an alias")
-        with write_session(self.engine) as session, session.begin():
-            row = self._resolve_row(session, parsed)
-            info = self._info(session, row)
+        with self.db.write() as tx:
+            row = self._resolve_row(tx, parsed)
+            info = self._info(tx, row)
             if info.aliases and not force:
                 raise RegistryError(
                     f"{info.ref} is the target of alias(es) {', '.join(info.aliases)}; "
                     "move them first or pass --force"
                 )
-            users = dependents(self.engine, row.digest)
+            users = dependents(tx, row.digest)
             if users:
                 raise RegistryError(
                     f"{info.ref} is a member of {', '.join(users)}; delete those first"
                 )
             for alias in info.aliases:
-                session.delete(session.get(AliasRow, (row.name, alias)))
-                self._alias_deleted(session, row.name, alias, row.version)
-            session.delete(row)
-            session.execute(delete(SignatureRow).where(SignatureRow.digest == row.digest))
+                tx.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", row.name, alias)
+                self._alias_deleted(tx, row.name, alias, row.version)
+            for table in ("version_files", "version_tags", "version_parents"):
+                tx.execute(f"DELETE FROM {table} WHERE version_id = ?", row.id)
+            tx.execute("DELETE FROM versions WHERE id = ?", row.id)
+            tx.execute("DELETE FROM signatures WHERE digest = ?", row.digest)
             record(
-                session,
+                tx,
                 self.actor,
                 "delete",
                 name=row.name,
@@ -481,8 +479,8 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
 
         report = collect(self.files, grace_seconds=grace_seconds)
         if report.blobs_removed or report.packs_rewritten:
-            with write_session(self.engine) as session, session.begin():
-                record(session, self.actor, "gc", detail=report.describe())
+            with self.db.write() as tx:
+                record(tx, self.actor, "gc", detail=report.describe())
         return report
 
     def verify(self, ref: str) -> list[FileCheck]:

@@ -9,16 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
-
-from modelcrate.registry.db import AuditRow, read_session
+from modelcrate.registry.db import Database, Transaction
 from modelcrate.registry.outbox import enqueue
 from modelcrate.registry.records import AuditEntry
 
 
 def record(
-    session: Session,
+    tx: Transaction,
     actor: str,
     action: str,
     *,
@@ -31,28 +28,28 @@ def record(
     """Add one audit entry inside the caller's transaction, and queue the webhook event it
     is (if any; ``facts`` are extra fields for its body)."""
     at = time.time()
-    session.add(
-        AuditRow(
-            at=at,
-            actor=actor,
-            action=action,
-            name=name,
-            version=version,
-            digest=digest,
-            detail=detail,
-        )
+    tx.insert(
+        "audit_log",
+        at=at,
+        actor=actor,
+        action=action,
+        name=name,
+        version=version,
+        digest=digest,
+        detail=detail,
     )
     payload = {"actor": actor, "model": name, "version": version, "digest": digest}
-    enqueue(session, action, {**payload, "detail": detail, **(facts or {})})
+    enqueue(tx, action, {**payload, "detail": detail, **(facts or {})})
 
 
-def audit_entries(engine: Engine, name: str | None = None, limit: int = 200) -> list[AuditEntry]:
+def audit_entries(db: Database, name: str | None = None, limit: int = 200) -> list[AuditEntry]:
     """The latest ``limit`` audit entries (of model ``name``), oldest first."""
-    with read_session(engine) as session:
-        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+    query = "SELECT at, actor, action, name, version, digest, detail FROM audit_log"
+    with db.read() as tx:
         if name:
-            query = query.where(AuditRow.name == name)
-        rows = list(session.scalars(query).all())
+            rows = tx.all(f"{query} WHERE name = ? ORDER BY id DESC LIMIT ?", name, limit)
+        else:
+            rows = tx.all(f"{query} ORDER BY id DESC LIMIT ?", limit)
     return [
         AuditEntry(r.at, r.actor, r.action, r.name, r.version, r.digest, r.detail)
         for r in reversed(rows)

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select
-
 from modelcrate.crate import tar_info
 from modelcrate.errors import CrateFormatError, IntegrityError, RegistryError, UnsafeContentError
 from modelcrate.manifest import parse_manifest
-from modelcrate.registry.db import Base, FileRow, VersionRow, read_session, write_session
+from modelcrate.registry.db import TABLES, columns, quoted
 
 if TYPE_CHECKING:
     from modelcrate.registry.api import Registry
@@ -87,8 +85,8 @@ def backup(registry: Registry, target: str | os.PathLike[str]) -> BackupReport:
 
 def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
     """Load a backup into ``registry``, which must be empty."""
-    with read_session(registry.engine) as session:
-        if session.scalar(select(func.count()).select_from(VersionRow)):
+    with registry.db.read() as tx:
+        if tx.scalar("SELECT 1 FROM versions LIMIT 1") is not None:
             raise RegistryError("restore needs an empty registry; this one has versions")
     path = Path(source)
     tables: dict[str, list[dict[str, Any]]] | None = None
@@ -117,46 +115,57 @@ def restore(registry: Registry, source: str | os.PathLike[str]) -> BackupReport:
     missing = [sha for sha in sizes if sha not in recipes]
     if missing:
         raise IntegrityError(f"{path.name} lacks {len(missing)} file(s) its versions reference")
-    with write_session(registry.engine) as session, session.begin():
-        for table in Base.metadata.sorted_tables:
-            rows = tables.get(table.name, [])
-            if rows:
-                session.execute(insert(table), rows)
+    with registry.db.write() as tx:
+        for table in TABLES:
+            rows = [{c: row.get(c) for c in columns(table)} for row in tables.get(table, [])]
+            tx.insert_rows(table, rows)
+            if rows and tx.dialect == "postgresql" and TABLES[table][0] == ("id",):
+                # ids were given: move the sequence past them for the next insert
+                tx.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
         for sha, recipe in recipes.items():
-            registry.files.record(session, sha, recipe)
+            registry.files.record(tx, sha, recipe)
     return BackupReport(len(tables["versions"]), len(sizes), sum(sizes.values()))
 
 
 def disk_usage(registry: Registry, name: str | None = None) -> DiskUsage:
     """Bytes the versions (of ``name``) hold, and bytes they take once blobs are shared."""
-    with read_session(registry.engine) as session:
-        query = select(VersionRow).order_by(VersionRow.id)
-        if name is not None:
-            query = query.where(VersionRow.name == name)
-        seen: set[str] = set()
-        usage, stored, logical = [], 0, 0
-        for row in session.scalars(query).all():
-            files = session.scalars(select(FileRow).where(FileRow.version_id == row.id)).all()
-            fresh = {}
-            for file in files:
-                recipe = registry.files.recipe(file.sha256) or [(file.sha256, file.size)]
-                fresh.update({sha: size for sha, size in recipe if sha not in seen})
-            seen.update(fresh)
-            usage.append(VersionUsage(f"{row.name}@{row.version}", row.size, sum(fresh.values())))
-            stored += sum(fresh.values())
-            logical += row.size
+    with registry.db.read() as tx:
+        query = "SELECT id, name, version, size FROM versions"
+        if name is None:
+            versions = tx.all(f"{query} ORDER BY id")
+        else:
+            versions = tx.all(f"{query} WHERE name = ? ORDER BY id", name)
+        files_of = {
+            row.id: tx.all("SELECT sha256, size FROM version_files WHERE version_id = ?", row.id)
+            for row in versions
+        }
+    seen: set[str] = set()
+    usage, stored, logical = [], 0, 0
+    for row in versions:
+        fresh = {}
+        for file in files_of[row.id]:
+            recipe = registry.files.recipe(file.sha256) or [(file.sha256, file.size)]
+            fresh.update({sha: size for sha, size in recipe if sha not in seen})
+        seen.update(fresh)
+        usage.append(VersionUsage(f"{row.name}@{row.version}", row.size, sum(fresh.values())))
+        stored += sum(fresh.values())
+        logical += row.size
     cache = registry.files.cache.size() if registry.files.cache is not None else 0
     return DiskUsage(logical, stored, usage, cache)
 
 
 def _dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
-    with read_session(registry.engine) as session:
-        for table in Base.metadata.sorted_tables:
-            if table.name in STORAGE_TABLES:  # how files are stored is the store's business
+    with registry.db.read() as tx:
+        for table, (key, _) in TABLES.items():
+            if table in STORAGE_TABLES:  # how files are stored is the store's business
                 continue
-            query = select(table).order_by(*table.primary_key.columns)
-            tables[table.name] = [dict(row._mapping) for row in session.execute(query)]
+            listed = ", ".join(quoted(c) for c in columns(table))
+            query = f"SELECT {listed} FROM {table} ORDER BY {', '.join(quoted(c) for c in key)}"
+            tables[table] = [dict(row._asdict()) for row in tx.all(query)]
     return tables
 
 
@@ -172,7 +181,7 @@ def _load_metadata(
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CrateFormatError(f"not a {FORMAT} backup")
     tables: dict[str, list[dict[str, Any]]] = document["tables"]
-    known = {table.name for table in Base.metadata.sorted_tables} - STORAGE_TABLES
+    known = set(TABLES) - STORAGE_TABLES
     if set(tables) - known:
         raise CrateFormatError(f"backup has unknown tables: {sorted(set(tables) - known)}")
     for row in tables.get("versions", []):  # every manifest must match its digest

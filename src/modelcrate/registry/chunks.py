@@ -20,12 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.orm import Session
-
 from modelcrate.errors import IntegrityError, NotFound, RegistryError
 from modelcrate.registry.blobs import BlobStore
-from modelcrate.registry.db import ChunkRow, FileChunkRow, read_session, values_in
+from modelcrate.registry.db import Database, Transaction
 from modelcrate.registry.packs import Located, PackWriter, Recipe, stage_stream
 
 if TYPE_CHECKING:
@@ -39,8 +36,8 @@ READ_BLOCK = 8 * 1024 * 1024
 class FileStore:
     """Files by sha256, kept as chunks in packs plus recipes in the database."""
 
-    def __init__(self, engine: Engine, blobs: BlobStore, cache: FileCache | None = None) -> None:
-        self.engine, self.blobs, self.cache = engine, blobs, cache
+    def __init__(self, db: Database, blobs: BlobStore, cache: FileCache | None = None) -> None:
+        self.db, self.blobs, self.cache = db, blobs, cache
 
     # -- writing -------------------------------------------------------------
 
@@ -48,7 +45,7 @@ class FileStore:
     def writer(self) -> Iterator[PackWriter]:
         """A pack writer for one publish (or upload, restore): its packs are sealed (durable
         and indexed) when the block ends, dropped if it raises."""
-        with PackWriter(self.engine, self.blobs) as writer:
+        with PackWriter(self.db, self.blobs) as writer:
             yield writer
 
     def stage(
@@ -72,32 +69,31 @@ class FileStore:
         with self.cache.incoming(sha256) as copy:
             return stage_stream(writer, stream, sha256, size, label, copy_to=copy)
 
-    def record(self, session: Session, sha256: str, recipe: Recipe) -> None:
+    def record(self, tx: Transaction, sha256: str, recipe: Recipe) -> None:
         """Write a file's recipe inside the caller's transaction (no-op when it is there).
 
         Raises RegistryError when a chunk it needs is gone (a concurrent gc removed it
         before this transaction took the write lock): nothing is committed, publish again."""
         if not recipe:
             return
-        if self._missing(session, recipe):
+        if self._missing(tx, recipe):
             raise RegistryError(
                 f"file {sha256[:12]}… lost chunks to a concurrent gc while it was being "
                 "published; nothing was stored, publish again"
             )
-        exists = session.scalar(
-            select(FileChunkRow.seq).where(FileChunkRow.file_sha == sha256).limit(1)
-        )
+        exists = tx.scalar("SELECT seq FROM file_chunks WHERE file_sha = ? LIMIT 1", sha256)
         if exists is None:
             rows = [
                 {"file_sha": sha256, "seq": n, "chunk_sha": chunk, "size": length}
                 for n, (chunk, length) in enumerate(recipe)
             ]
-            for start in range(0, len(rows), 5000):
-                session.execute(insert(FileChunkRow), rows[start : start + 5000])
+            tx.insert_rows("file_chunks", rows)
 
-    def _missing(self, session: Session, recipe: Recipe) -> bool:
+    def _missing(self, tx: Transaction, recipe: Recipe) -> bool:
         shas = {chunk for chunk, _ in recipe}
-        indexed = values_in(session, ChunkRow.sha256, ChunkRow.sha256, shas)
+        indexed = {
+            r[0] for r in tx.values_in("SELECT sha256 FROM chunks WHERE sha256 IN (?)", shas)
+        }
         return any(not self.blobs.exists(sha) for sha in shas - indexed)
 
     # -- reading -------------------------------------------------------------
@@ -112,13 +108,12 @@ class FileStore:
         """The file's chunks in order with where each lives (None: no recipe)."""
         if sha256 == EMPTY_SHA256:
             return []
-        with read_session(self.engine) as session:
-            rows = session.execute(
-                select(FileChunkRow.chunk_sha, FileChunkRow.size, ChunkRow.pack, ChunkRow.offset)
-                .outerjoin(ChunkRow, ChunkRow.sha256 == FileChunkRow.chunk_sha)
-                .where(FileChunkRow.file_sha == sha256)
-                .order_by(FileChunkRow.seq)
-            ).all()
+        with self.db.read() as tx:
+            rows = tx.all(
+                'SELECT f.chunk_sha, f.size, c.pack, c."offset" FROM file_chunks f '
+                "LEFT JOIN chunks c ON c.sha256 = f.chunk_sha WHERE f.file_sha = ? ORDER BY f.seq",
+                sha256,
+            )
         return [Located(c, n, p, o or 0) for c, n, p, o in rows] if rows else None
 
     def stored(self, sha256: str) -> bool:

@@ -19,44 +19,33 @@ import hashlib
 import time
 from collections import defaultdict
 
-from sqlalchemy import delete, select
-
 from modelcrate.errors import IntegrityError, NotFound
 from modelcrate.registry import packs as pack_files
 from modelcrate.registry.chunks import FileStore
-from modelcrate.registry.db import (
-    ChunkRow,
-    FileChunkRow,
-    FileRow,
-    PackRow,
-    VersionRow,
-    lock_writes,
-    read_session,
-    values_in,
-    write_session,
-)
+from modelcrate.registry.db import Row
 from modelcrate.registry.packs import Located, PackWriter, read_footer
 from modelcrate.registry.records import GcReport, PackCheck
 
 REWRITE_BELOW = 0.5  # a pack with less than this share of live bytes is rewritten
 SMALL_SHARE = 0.25  # several packs smaller than this share of the pack size are merged
+CHUNKS = 'SELECT sha256, pack, "offset", size FROM chunks'
 
 
 def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
     """Free what no version needs and compact the packs (see the module docstring)."""
-    engine, blobs = files.engine, files.blobs
+    db, blobs = files.db, files.blobs
     cutoff = time.time() - grace_seconds
     removed = freed = 0
-    with write_session(engine) as session, session.begin():
-        lock_writes(session)
-        referenced = set(session.scalars(select(FileRow.sha256)))
-        recipes = set(session.scalars(select(FileChunkRow.file_sha).distinct()))
+    with db.write() as tx:
+        tx.lock_writes()
+        referenced = set(tx.column("SELECT sha256 FROM version_files"))
+        recipes = set(tx.column("SELECT DISTINCT file_sha FROM file_chunks"))
         for sha in recipes - referenced:
-            session.execute(delete(FileChunkRow).where(FileChunkRow.file_sha == sha))
-        live = set(session.scalars(select(FileChunkRow.chunk_sha)))
-        packs = {row.id: row for row in session.scalars(select(PackRow))}
-        by_pack: dict[str, list[ChunkRow]] = defaultdict(list)
-        for chunk in session.scalars(select(ChunkRow)):
+            tx.execute("DELETE FROM file_chunks WHERE file_sha = ?", sha)
+        live = set(tx.column("SELECT chunk_sha FROM file_chunks"))
+        packs = {row.id: row for row in tx.all("SELECT id, size, created_at FROM packs")}
+        by_pack: dict[str, list[Row]] = defaultdict(list)
+        for chunk in tx.all(CHUNKS):
             by_pack[chunk.pack].append(chunk)
         dead, rewrite = [], []
         small = pack_files.PACK_TARGET * SMALL_SHARE
@@ -74,11 +63,11 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
                 rewrite.append(pack.id)
             for chunk in chunks:
                 if chunk.sha256 not in live:
-                    session.delete(chunk)
+                    tx.execute("DELETE FROM chunks WHERE sha256 = ?", chunk.sha256)
                     removed += 1
                     freed += chunk.size
         for pack_id in dead:
-            session.delete(packs[pack_id])
+            tx.execute("DELETE FROM packs WHERE id = ?", pack_id)
         indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
         loose = list(live - indexed)
         whole = referenced - recipes
@@ -91,7 +80,7 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         ),
         key=lambda c: (c.pack or "", c.offset),
     )
-    with PackWriter(engine, blobs, move=True) as writer:
+    with PackWriter(db, blobs, move=True) as writer:
         for moved, data in files.read_chunks(moves):
             if len(data) == moved.size and hashlib.sha256(data).hexdigest() == moved.sha256:
                 writer.add(moved.sha256, data)  # a damaged chunk stays for `verify` to name
@@ -104,13 +93,16 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
                     writer.add(sha, data)
                     moved_loose.append(sha)
         rechunked = _rechunk_whole_files(files, writer, whole)
-    with write_session(engine) as session, session.begin():
-        lock_writes(session)
+    with db.write() as tx:
+        tx.lock_writes()
         for sha, recipe in rechunked.items():
-            files.record(session, sha, recipe)
-        still_used = set(session.scalars(select(ChunkRow.pack).where(ChunkRow.pack.in_(rewrite))))
+            files.record(tx, sha, recipe)
+        still_used = {
+            r.pack for r in tx.values_in("SELECT pack FROM chunks WHERE pack IN (?)", rewrite)
+        }
         retired = [p for p in rewrite if p not in still_used]
-        session.execute(delete(PackRow).where(PackRow.id.in_(retired)))
+        for pack_id in retired:
+            tx.execute("DELETE FROM packs WHERE id = ?", pack_id)
     for pack_id in dead + retired:
         blobs.delete_pack(pack_id)
     for sha in moved_loose + list(rechunked):
@@ -125,9 +117,9 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
             freed += size
     blobs.sweep_tmp(grace_seconds)
     if files.cache is not None:  # deleted versions leave no copies behind
-        with read_session(engine) as session:
-            digests = set(session.scalars(select(VersionRow.digest)))
-            present = set(session.scalars(select(FileRow.sha256)))
+        with db.read() as tx:
+            digests = set(tx.column("SELECT digest FROM versions"))
+            present = set(tx.column("SELECT sha256 FROM version_files"))
         files.cache.retain(digests, present)
     return GcReport(removed, freed, packs_rewritten=len(retired), packs_removed=len(dead))
 
@@ -140,8 +132,8 @@ def _rechunk_whole_files(
     for sha in whole:
         if not files.blobs.exists(sha):
             continue
-        with read_session(files.engine) as session:
-            size = session.scalar(select(FileRow.size).where(FileRow.sha256 == sha).limit(1))
+        with files.db.read() as tx:
+            size = tx.scalar("SELECT size FROM version_files WHERE sha256 = ? LIMIT 1", sha)
         if size is None:
             continue
         try:
@@ -153,17 +145,17 @@ def _rechunk_whole_files(
 
 
 def _indexed(files: FileStore, pack_id: str) -> bool:
-    with read_session(files.engine) as session:
-        return session.get(PackRow, pack_id) is not None
+    with files.db.read() as tx:
+        return tx.scalar("SELECT 1 FROM packs WHERE id = ?", pack_id) is not None
 
 
 def damaged_versions(files: FileStore) -> list[PackCheck]:
     """Read every pack once: its footer against the index, every chunk against its sha256.
     Each damaged pack is reported with the versions that hold one of its chunks."""
-    with read_session(files.engine) as session:
-        packs = list(session.scalars(select(PackRow).order_by(PackRow.id)))
+    with files.db.read() as tx:
+        packs = tx.all("SELECT id, size FROM packs ORDER BY id")
         index: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
-        for chunk in session.scalars(select(ChunkRow)):
+        for chunk in tx.all(CHUNKS):
             index[chunk.pack][chunk.sha256] = (chunk.offset, chunk.size)
     checks = []
     for pack in packs:
@@ -174,7 +166,7 @@ def damaged_versions(files: FileStore) -> list[PackCheck]:
 
 
 def _check_pack(
-    files: FileStore, pack: PackRow, chunks: dict[str, tuple[int, int]]
+    files: FileStore, pack: Row, chunks: dict[str, tuple[int, int]]
 ) -> tuple[str | None, set[str]]:
     try:
         listed = {
@@ -201,12 +193,14 @@ def _check_pack(
 def _versions_using(files: FileStore, chunks: set[str]) -> list[str]:
     if not chunks:
         return []
-    with read_session(files.engine) as session:
-        shas = values_in(session, FileChunkRow.file_sha, FileChunkRow.chunk_sha, chunks)
-        rows = session.execute(
-            select(VersionRow.name, VersionRow.version)
-            .join(FileRow, FileRow.version_id == VersionRow.id)
-            .where(FileRow.sha256.in_(sorted(shas)))
-            .distinct()
-        ).all()
-    return sorted(f"{name}@{version}" for name, version in rows)
+    with files.db.read() as tx:
+        shas = {
+            r[0]
+            for r in tx.values_in("SELECT file_sha FROM file_chunks WHERE chunk_sha IN (?)", chunks)
+        }
+        rows = tx.values_in(
+            "SELECT DISTINCT v.name, v.version FROM versions v "
+            "JOIN version_files f ON f.version_id = v.id WHERE f.sha256 IN (?)",
+            shas,
+        )
+    return sorted({f"{name}@{version}" for name, version in rows})

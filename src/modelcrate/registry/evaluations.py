@@ -10,18 +10,16 @@ import json
 import math
 import time
 
-from sqlalchemy import Engine, select
-
 from modelcrate.errors import UsageError
 from modelcrate.registry.audit import record
-from modelcrate.registry.db import EvaluationRow, read_session, write_session
+from modelcrate.registry.db import Database, Row
 from modelcrate.registry.records import Evaluation, VersionInfo
 
 
 class EvaluationMixin:
     """The registry's evaluation methods (mixed into ``Registry``)."""
 
-    engine: Engine
+    db: Database
     actor: str
 
     def record_evaluation(
@@ -31,21 +29,31 @@ class EvaluationMixin:
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise UsageError(f"evaluation metrics must be finite numbers: {bad}")
-        row = EvaluationRow(
-            name=version.name,
-            version=version.version,
-            digest=version.digest,
-            at=time.time(),
-            actor=self.actor,
-            data=data,
-            samples=samples,
-            metrics=json.dumps(metrics, sort_keys=True),
+        evaluation = Evaluation(
+            version.name,
+            version.version,
+            version.digest,
+            time.time(),
+            self.actor,
+            data,
+            samples,
+            json.loads(json.dumps(metrics, sort_keys=True)),
         )
-        with write_session(self.engine) as session, session.begin():
-            session.add(row)
+        with self.db.write() as tx:
+            tx.insert(
+                "evaluations",
+                name=evaluation.name,
+                version=evaluation.version,
+                digest=evaluation.digest,
+                at=evaluation.at,
+                actor=evaluation.actor,
+                data=data,
+                samples=samples,
+                metrics=json.dumps(metrics, sort_keys=True),
+            )
             summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
             record(
-                session,
+                tx,
                 self.actor,
                 "eval",
                 name=version.name,
@@ -53,19 +61,23 @@ class EvaluationMixin:
                 digest=version.digest,
                 detail=f"{samples} samples of {data[:19]}: {summary}",
             )
-        return _evaluation(row)
+        return evaluation
 
     def evaluations(self, name: str, version: str | None = None) -> list[Evaluation]:
         """Evaluations of model ``name`` (or one ``version``), oldest first."""
-        with read_session(self.engine) as session:
-            query = select(EvaluationRow).where(EvaluationRow.name == name)
-            if version is not None:
-                query = query.where(EvaluationRow.version == version)
-            rows = session.scalars(query.order_by(EvaluationRow.at, EvaluationRow.id)).all()
+        query = (
+            "SELECT name, version, digest, at, actor, data, samples, metrics FROM evaluations "
+            "WHERE name = ?"
+        )
+        with self.db.read() as tx:
+            if version is None:
+                rows = tx.all(f"{query} ORDER BY at, id", name)
+            else:
+                rows = tx.all(f"{query} AND version = ? ORDER BY at, id", name, version)
         return [_evaluation(r) for r in rows]
 
 
-def _evaluation(row: EvaluationRow) -> Evaluation:
+def _evaluation(row: Row) -> Evaluation:
     return Evaluation(
         row.name,
         row.version,

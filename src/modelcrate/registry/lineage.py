@@ -11,17 +11,13 @@ recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-
-from sqlalchemy import Engine, Row, select
-from sqlalchemy.orm import Session
+from typing import Any
 
 from modelcrate.manifest import Manifest, parse_manifest
-from modelcrate.registry.db import ParentRow, VersionRow, read_session
+from modelcrate.registry.db import Database, Row, Transaction
 
 MAX_NODES = 1000  # per direction
-BATCH = 500  # keys per IN (every database's parameter limit)
 
 
 @dataclass(frozen=True)
@@ -44,29 +40,30 @@ class LineageGraph:
     truncated: bool = False  # a direction had more than the walk's limit of nodes
 
 
-def index_rows(manifest: Manifest) -> list[ParentRow]:
-    """The lineage index rows a version adds when it is published."""
+def index_parents(manifest: Manifest, version_id: Any = None) -> list[dict[str, Any]]:
+    """The lineage index rows (``version_parents``) a version adds when it is published."""
     if manifest.lineage is None:
         return []
-    rows: dict[str, ParentRow] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for parent in manifest.lineage.parents:
         rows.setdefault(
             parent.digest,
-            ParentRow(
-                parent_digest=parent.digest,
-                seq=len(rows) + 1,
-                parent_ref=parent.ref,
-                operation=manifest.lineage.operation,
-            ),
+            {
+                "version_id": version_id,
+                "parent_digest": parent.digest,
+                "seq": len(rows) + 1,
+                "parent_ref": parent.ref,
+                "operation": manifest.lineage.operation,
+            },
         )
     return list(rows.values())
 
 
-def lineage_of(engine: Engine, manifest: Manifest, limit: int = MAX_NODES) -> LineageGraph:
-    start = [(row.parent_digest, row.parent_ref) for row in index_rows(manifest)]
-    with read_session(engine) as session:
-        ancestors, cut_up = _walk_up(session, manifest.digest, start, limit)
-        descendants, cut_down = _walk_down(session, manifest.digest, limit)
+def lineage_of(db: Database, manifest: Manifest, limit: int = MAX_NODES) -> LineageGraph:
+    start = [(row["parent_digest"], row["parent_ref"]) for row in index_parents(manifest)]
+    with db.read() as tx:
+        ancestors, cut_up = _walk_up(tx, manifest.digest, start, limit)
+        descendants, cut_down = _walk_down(tx, manifest.digest, limit)
     operation = manifest.lineage.operation if manifest.lineage else None
     return LineageGraph(
         manifest.ref,
@@ -78,29 +75,29 @@ def lineage_of(engine: Engine, manifest: Manifest, limit: int = MAX_NODES) -> Li
     )
 
 
-def dependents(engine: Engine, digest: str) -> list[str]:
+def dependents(tx: Transaction, digest: str) -> list[str]:
     """Refs of the compositions that run the version ``digest``."""
-    with read_session(engine) as session:
-        rows = session.scalars(select(VersionRow).where(VersionRow.manifest.contains(digest))).all()
-        found = []
-        for row in rows:
-            manifest = parse_manifest(row.manifest.encode(), stored=True)
-            members = manifest.composition.members if manifest.composition else []
-            if any(m.digest == digest for m in members):
-                found.append(manifest.ref)
-        return found
+    # A digest is hex and "sha256:": no LIKE wildcards to escape.
+    rows = tx.column("SELECT manifest FROM versions WHERE manifest LIKE ?", f"%{digest}%")
+    found = []
+    for text in rows:
+        manifest = parse_manifest(text.encode(), stored=True)
+        members = manifest.composition.members if manifest.composition else []
+        if any(m.digest == digest for m in members):
+            found.append(manifest.ref)
+    return found
 
 
 def _walk_up(
-    session: Session, start: str, parents: list[tuple[str, str | None]], limit: int
+    tx: Transaction, start: str, parents: list[tuple[str, str | None]], limit: int
 ) -> tuple[list[LineageNode], bool]:
     nodes: list[LineageNode] = []
     seen, level, depth = {start}, parents, 1
     while level:
         fresh = [(d, r) for d, r in dict(level).items() if d not in seen]
         seen.update(d for d, _ in fresh)
-        known = {row.digest: row for row in _versions(session, [d for d, _ in fresh])}
-        edges = _parents_of(session, [d for d, _ in fresh if d in known])
+        known = {row.digest: row for row in _versions(tx, [d for d, _ in fresh])}
+        edges = _parents_of(tx, [d for d, _ in fresh if d in known])
         level = []
         for digest, ref in fresh:
             if len(nodes) == limit:
@@ -117,13 +114,13 @@ def _walk_up(
     return nodes, False
 
 
-def _walk_down(session: Session, start: str, limit: int) -> tuple[list[LineageNode], bool]:
+def _walk_down(tx: Transaction, start: str, limit: int) -> tuple[list[LineageNode], bool]:
     nodes: list[LineageNode] = []
     seen, level, depth = {start}, [start], 1
     while level:
-        children = {row.digest: row for row in _children(session, level) if row.digest not in seen}
+        children = {row.digest: row for row in _children(tx, level) if row.digest not in seen}
         seen.update(children)
-        edges = _parents_of(session, list(children))
+        edges = _parents_of(tx, list(children))
         level = []
         for digest, row in children.items():
             if len(nodes) == limit:
@@ -134,7 +131,7 @@ def _walk_down(session: Session, start: str, limit: int) -> tuple[list[LineageNo
     return nodes, False
 
 
-def _node(row: Row[str, str, str], parents: list[ParentRow], depth: int) -> LineageNode:
+def _node(row: Row, parents: list[Row], depth: int) -> LineageNode:
     """A version found in the registry, with its parents (the index rows it wrote)."""
     return LineageNode(
         f"{row.name}@{row.version}",
@@ -145,44 +142,28 @@ def _node(row: Row[str, str, str], parents: list[ParentRow], depth: int) -> Line
     )
 
 
-def _batches(keys: Iterable[str]) -> Iterator[list[str]]:
-    wanted = list(dict.fromkeys(keys))
-    for start in range(0, len(wanted), BATCH):
-        yield wanted[start : start + BATCH]
+def _versions(tx: Transaction, digests: list[str]) -> list[Row]:
+    return tx.values_in("SELECT digest, name, version FROM versions WHERE digest IN (?)", digests)
 
 
-def _versions(session: Session, digests: list[str]) -> list[Row[str, str, str]]:
-    found: list[Row[str, str, str]] = []
-    for batch in _batches(digests):
-        query = select(VersionRow.digest, VersionRow.name, VersionRow.version)
-        found.extend(session.execute(query.where(VersionRow.digest.in_(batch))).all())
-    return found
-
-
-def _parents_of(session: Session, digests: list[str]) -> dict[str, list[ParentRow]]:
+def _parents_of(tx: Transaction, digests: list[str]) -> dict[str, list[Row]]:
     """Each version's parent rows, in its manifest's order."""
-    found: dict[str, list[ParentRow]] = {}
-    for batch in _batches(digests):
-        query = (
-            select(VersionRow.digest, ParentRow)
-            .join(ParentRow, ParentRow.version_id == VersionRow.id)
-            .where(VersionRow.digest.in_(batch))
-            .order_by(VersionRow.digest, ParentRow.seq)
-        )
-        for digest, edge in session.execute(query):
-            found.setdefault(digest, []).append(edge)
+    found: dict[str, list[Row]] = {}
+    rows = tx.values_in(
+        "SELECT v.digest, p.parent_digest, p.parent_ref, p.operation, p.seq "
+        "FROM versions v JOIN version_parents p ON p.version_id = v.id WHERE v.digest IN (?)",
+        digests,
+    )
+    for edge in sorted(rows, key=lambda r: (r.digest, r.seq)):
+        found.setdefault(edge.digest, []).append(edge)
     return found
 
 
-def _children(session: Session, digests: list[str]) -> list[Row[str, str, str]]:
+def _children(tx: Transaction, digests: list[str]) -> list[Row]:
     """Versions that name one of ``digests`` as a parent, oldest first."""
-    found: list[Row[str, str, str]] = []
-    for batch in _batches(digests):
-        query = (
-            select(VersionRow.digest, VersionRow.name, VersionRow.version)
-            .join(ParentRow, ParentRow.version_id == VersionRow.id)
-            .where(ParentRow.parent_digest.in_(batch))
-            .order_by(VersionRow.id)
-        )
-        found.extend(session.execute(query).all())
-    return found
+    rows = tx.values_in(
+        "SELECT v.id, v.digest, v.name, v.version FROM versions v "
+        "JOIN version_parents p ON p.version_id = v.id WHERE p.parent_digest IN (?)",
+        digests,
+    )
+    return sorted(rows, key=lambda r: r.id)

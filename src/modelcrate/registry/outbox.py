@@ -24,11 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy.orm import Session
-
-from modelcrate.registry.db import DeliveryRow, WebhookRow, read_session, write_session
+from modelcrate.registry.db import Database, Row, Transaction
 from modelcrate.registry.records import Delivery
 
 EVENTS = ("publish", "alias", "delete", "rollout", "alert")  # what a hook can subscribe to
@@ -57,70 +53,77 @@ def sign(secret: str, body: bytes, at: int) -> str:
     return f"t={at},v1={mac}"
 
 
-def enqueue(session: Session, action: str, payload: dict[str, Any]) -> None:
+def enqueue(tx: Transaction, action: str, payload: dict[str, Any]) -> None:
     """Queue the event ``action`` stands for (if any) for every hook subscribed to it, in
     the caller's transaction; they are sent once it commits."""
     kind = ACTION_EVENTS.get(action)
     if kind is None:
         return
-    hooks = [h for h in session.scalars(select(WebhookRow)) if kind in h.events.split(",")]
+    hooks = [h for h in tx.all("SELECT id, events FROM webhooks") if kind in h.events.split(",")]
     if hooks:
-        queue(session, hooks, kind, {"action": action, **payload})
+        queue(tx, [h.id for h in hooks], kind, {"action": action, **payload})
 
 
-def queue(session: Session, hooks: list[WebhookRow], kind: str, payload: dict[str, Any]) -> None:
+def queue(tx: Transaction, hooks: list[int], kind: str, payload: dict[str, Any]) -> None:
+    """Add a delivery of one event to each of ``hooks`` (ids) in the caller's transaction."""
     now = time.time()
     body = json.dumps({"id": uuid.uuid4().hex, "event": kind, "at": now, **payload})
     for hook in hooks:
-        session.add(
-            DeliveryRow(
-                webhook_id=hook.id,
-                event=kind,
-                body=body,
-                created_at=now,
-                attempts=0,
-                next_attempt_at=now,
-            )
+        tx.insert(
+            "webhook_deliveries",
+            webhook_id=hook,
+            event=kind,
+            body=body,
+            created_at=now,
+            attempts=0,
+            next_attempt_at=now,
+            delivered_at=None,
+            last_status=None,
+            last_error=None,
         )
-    if not session.info.get("webhooks-after-commit"):
-        session.info["webhooks-after-commit"] = True
-        engine = session.get_bind()
-        sqlalchemy_event.listen(session, "after_commit", lambda _: _send_quietly(engine), once=True)
+    if not tx.info.get("webhooks-after-commit"):
+        tx.info["webhooks-after-commit"] = True
+        tx.after_commit.append(lambda: _send_quietly(tx.database))
 
 
-def _send_quietly(engine: Any) -> None:
+def _send_quietly(db: Database) -> None:
     """Send what is due right after a commit; a failure here never undoes the change."""
     try:
-        deliver(engine)
+        deliver(db)
     except Exception as exc:  # the outbox keeps them; serve retries
         log.warning("webhook delivery deferred: %s", exc)
 
 
-def deliver(engine: Engine, *, webhook: int | None = None, limit: int = 50) -> list[Delivery]:
+def deliver(db: Database, *, webhook: int | None = None, limit: int = 50) -> list[Delivery]:
     """Send the deliveries that are due (of one ``webhook``, or all) and record each
     attempt; returns what happened to each."""
     import httpx
 
     now = time.time()
-    due = (DeliveryRow.delivered_at.is_(None), DeliveryRow.next_attempt_at <= now)
-    with read_session(engine) as session:  # most calls find nothing: no write lock for that
-        if session.scalar(select(DeliveryRow.id).where(*due).limit(1)) is None:
+    due = "d.delivered_at IS NULL AND d.next_attempt_at <= ?"
+    with db.read() as tx:  # most calls find nothing: no write lock for that
+        if tx.scalar(f"SELECT d.id FROM webhook_deliveries d WHERE {due} LIMIT 1", now) is None:
             return []
     claimed: list[tuple[int, int, str, str, str, str]] = []
-    with write_session(engine) as session, session.begin():
+    with db.write() as tx:
         query = (
-            select(DeliveryRow, WebhookRow)
-            .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
-            .where(*due)
-            .order_by(DeliveryRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=DeliveryRow)
+            "SELECT d.id, d.event, d.body, h.id AS hook, h.url, h.secret "
+            "FROM webhook_deliveries d JOIN webhooks h ON d.webhook_id = h.id "
+            f"WHERE {due}" + (" AND d.webhook_id = ?" if webhook is not None else "")
         )
-        if webhook is not None:
-            query = query.where(DeliveryRow.webhook_id == webhook)
-        for row, hook in session.execute(query).all():
-            row.next_attempt_at = now + LEASE_S  # leased: nobody else sends it meanwhile
-            claimed.append((row.id, hook.id, hook.url, hook.secret, row.event, row.body))
+        params = (now,) if webhook is None else (now, webhook)
+        rows: list[Row] = tx.all(
+            f"{query} ORDER BY d.id LIMIT ?{tx.for_update('FOR UPDATE OF d SKIP LOCKED')}",
+            *params,
+            limit,
+        )
+        for row in rows:  # leased: nobody else sends it meanwhile
+            tx.execute(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ?",
+                now + LEASE_S,
+                row.id,
+            )
+            claimed.append((row.id, row.hook, row.url, row.secret, row.event, row.body))
     results = []
     with httpx.Client(timeout=TIMEOUT_S) as client:  # one connection pool for the batch
         for delivery_id, hook_id, url, secret, kind, body in claimed:
@@ -142,20 +145,27 @@ def deliver(engine: Engine, *, webhook: int | None = None, limit: int = 50) -> l
                 error = f"{type(exc).__name__}: {exc}"[:500]
             results.append(Delivery(delivery_id, hook_id, kind, status, error, error is None))
     if results:
-        _record(engine, results)
+        _record(db, results)
     return results
 
 
-def _record(engine: Engine, results: list[Delivery]) -> None:
+def _record(db: Database, results: list[Delivery]) -> None:
     now = time.time()
-    with write_session(engine) as session, session.begin():
+    with db.write() as tx:
         for result in results:
-            row = session.get(DeliveryRow, result.id)
-            if row is None:  # the hook was removed meanwhile
+            attempts = tx.scalar("SELECT attempts FROM webhook_deliveries WHERE id = ?", result.id)
+            if attempts is None:  # the hook was removed meanwhile
                 continue
-            row.attempts += 1
-            row.last_status, row.last_error = result.status, result.error
-            if result.delivered:
-                row.delivered_at = now
-            else:
-                row.next_attempt_at = now + min(2.0 ** (row.attempts - 1), MAX_BACKOFF_S)
+            attempts += 1
+            delivered = now if result.delivered else None
+            retry = now + min(2.0 ** (attempts - 1), MAX_BACKOFF_S)
+            tx.execute(
+                "UPDATE webhook_deliveries SET attempts = ?, last_status = ?, last_error = ?, "
+                "delivered_at = ?, next_attempt_at = ? WHERE id = ?",
+                attempts,
+                result.status,
+                result.error,
+                delivered,
+                now if result.delivered else retry,
+                result.id,
+            )

@@ -29,13 +29,11 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-from sqlalchemy import Engine
+from typing import IO
 
 from modelcrate.errors import IntegrityError
 from modelcrate.registry.blobs import BlobStore, FileBlobStore
-from modelcrate.registry.db import ChunkRow, PackRow, read_session, values_in, write_session
+from modelcrate.registry.db import Database
 
 MAGIC, END = b"MCPACK1\n", b"MCPACKND"
 _ENTRY = struct.Struct("<32sQI")
@@ -64,11 +62,11 @@ class PackWriter:
     already has, so they are not stored twice."""
 
     def __init__(
-        self, engine: Engine, blobs: BlobStore, *, target: int | None = None, move: bool = False
+        self, db: Database, blobs: BlobStore, *, target: int | None = None, move: bool = False
     ) -> None:
         """``move``: the chunks are already indexed elsewhere (gc rewriting a pack), so
         sealing points their index rows at the new pack."""
-        self.engine, self.blobs, self.move = engine, blobs, move
+        self.db, self.blobs, self.move = db, blobs, move
         self.target = PACK_TARGET if target is None else target
         self.tmp = blobs.tmp if isinstance(blobs, FileBlobStore) else Path(tempfile.gettempdir())
         self.handle: IO[bytes] | None = None
@@ -81,8 +79,9 @@ class PackWriter:
         """Which of ``shas`` are stored already (indexed, or written by this writer)."""
         wanted = set(shas)
         found = wanted & (self.pending | self.sealed)
-        with read_session(self.engine) as session:
-            return found | values_in(session, ChunkRow.sha256, ChunkRow.sha256, wanted - found)
+        query = "SELECT sha256 FROM chunks WHERE sha256 IN (?)"
+        with self.db.read() as tx:
+            return found | {row[0] for row in tx.values_in(query, wanted - found)}
 
     def add(self, sha256: str, data: bytes | memoryview) -> None:
         """Append one chunk (the caller hashed it and checked it is not stored yet)."""
@@ -119,12 +118,16 @@ class PackWriter:
         rows = [
             {"sha256": s, "pack": self.pack, "offset": o, "size": n} for s, o, n in self.entries
         ]
-        with write_session(self.engine) as session, session.begin():
-            session.add(PackRow(id=self.pack, size=size, created_at=time.time()))
-            for start in range(0, len(rows), 5000):
-                session.execute(
-                    _upsert(session.get_bind().dialect.name, self.move), rows[start : start + 5000]
-                )
+        # A racing writer may have indexed the same chunk (keep theirs); a moved chunk's
+        # row is pointed at its new place.
+        conflict = (
+            'ON CONFLICT (sha256) DO UPDATE SET pack = excluded.pack, "offset" = excluded."offset"'
+            if self.move
+            else "ON CONFLICT (sha256) DO NOTHING"
+        )
+        with self.db.write() as tx:
+            tx.insert("packs", id=self.pack, size=size, created_at=time.time())
+            tx.insert_rows("chunks", rows, conflict)
         self.sealed |= self.pending
         self.pending, self.entries = set(), []
 
@@ -144,21 +147,6 @@ class PackWriter:
             self.seal()
         else:
             self.abort()
-
-
-def _upsert(dialect: str, move: bool) -> Any:
-    """INSERT … ON CONFLICT: a racing writer may have indexed the same chunk (keep theirs);
-    a moved chunk's row is pointed at its new place."""
-    import importlib
-
-    name = "postgresql" if dialect == "postgresql" else "sqlite"
-    statement = importlib.import_module(f"sqlalchemy.dialects.{name}").insert(ChunkRow)
-    if not move:
-        return statement.on_conflict_do_nothing(index_elements=["sha256"])
-    return statement.on_conflict_do_update(
-        index_elements=["sha256"],
-        set_={"pack": statement.excluded.pack, "offset": statement.excluded.offset},
-    )
 
 
 def stage_stream(

@@ -21,39 +21,35 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
-
 from modelcrate.compatibility import check_move
 from modelcrate.errors import NotFound, RegistryError, UsageError
 from modelcrate.refs import Ref, check_alias
 from modelcrate.registry.audit import record
-from modelcrate.registry.db import AliasRow, RolloutRow, read_session, write_session
+from modelcrate.registry.db import Database, Row, Transaction, columns, stored_manifest
 from modelcrate.registry.records import AliasEvent, Rollout, VersionInfo
-
-if TYPE_CHECKING:
-    from modelcrate.registry.db import VersionRow
 
 MODES = ("canary", "shadow")
 SLOS = ("max_error_rate", "max_p99_ms", "max_disagreement")
 Figures = dict[str, dict[str, float]]
+State = dict[str, Any]  # a rollouts row, changed in place and saved by _save
+SELECT = f"SELECT {', '.join(columns('rollouts'))} FROM rollouts"
 
 
 class RolloutMixin:
     """The registry's rollout methods (mixed into ``Registry``)."""
 
-    engine: Engine
+    db: Database
     actor: str
 
     if TYPE_CHECKING:  # provided by Registry and AliasMixin
 
         def resolve(self, ref: str | Ref) -> VersionInfo: ...
 
-        def _resolve_row(self, session: Session, ref: Ref) -> VersionRow: ...
+        def _resolve_row(self, tx: Transaction, ref: Ref) -> Row: ...
 
         def _move(
             self,
-            session: Session,
+            tx: Transaction,
             name: str,
             alias: str,
             version: str,
@@ -95,58 +91,58 @@ class RolloutMixin:
         if any(v < 0 for v in slos.values()):
             raise UsageError(f"SLO limits cannot be negative: {slos}")
         target = self.resolve(f"{name}@{candidate}")
-        with write_session(self.engine) as session, session.begin():
-            current = session.get(AliasRow, (name, alias))
+        with self.db.write() as tx:
+            current = tx.scalar(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", name, alias
+            )
             if current is None:
                 raise NotFound(f"{name}@{alias}: no such alias (set it to the stable version)")
-            if current.version == target.version:
+            if current == target.version:
                 raise UsageError(f"{name}@{alias} already points at {target.version}")
-            if _running(session, name, alias) is not None:
+            if _running(tx, name, alias) is not None:
                 raise RegistryError(
                     f"a rollout on {name}@{alias} is running; promote or abort it first"
                 )
-            stable_row = self._resolve_row(session, Ref(name, version=current.version))
-            candidate_row = self._resolve_row(session, Ref(name, version=target.version))
+            stable_row = self._resolve_row(tx, Ref(name, version=current))
+            candidate_row = self._resolve_row(tx, Ref(name, version=target.version))
             note = check_move(
                 f"{name}@{alias}",
-                stable_row.stored_manifest(),
-                candidate_row.stored_manifest(),
+                stored_manifest(stable_row),
+                stored_manifest(candidate_row),
                 allow_breaking,
             )
             now = time.time()
-            row = RolloutRow(
-                name=name,
-                alias=alias,
-                stable=current.version,
-                candidate=target.version,
-                mode=mode,
-                steps=json.dumps(plan),
-                step=0,
-                interval_s=float(interval_s),
-                slos=json.dumps(slos),
-                state="running",
-                started_at=now,
-                step_started_at=now,
-                reason="",
-                figures="{}",
-                lease_until=0.0,
-                started_by=self.actor,
-            )
-            session.add(row)
-            session.flush()
-            _audit(self.actor, session, row, "rollout-start", note)
+            row: State = {
+                "name": name,
+                "alias": alias,
+                "stable": current,
+                "candidate": target.version,
+                "mode": mode,
+                "steps": json.dumps(plan),
+                "step": 0,
+                "interval_s": float(interval_s),
+                "slos": json.dumps(slos),
+                "state": "running",
+                "started_at": now,
+                "step_started_at": now,
+                "ended_at": None,
+                "reason": "",
+                "figures": "{}",
+                "decider": None,
+                "lease_until": 0.0,
+                "started_by": self.actor,
+            }
+            row["id"] = tx.insert("rollouts", **row)
+            _audit(self.actor, tx, row, "rollout-start", note)
             return _rollout(row)
 
     def rollout(self, name: str, alias: str) -> Rollout | None:
         """The latest rollout on ``name@alias`` (running or ended), or None."""
-        with read_session(self.engine) as session:
-            row = session.scalars(
-                select(RolloutRow)
-                .where(RolloutRow.name == name, RolloutRow.alias == alias)
-                .order_by(RolloutRow.id.desc())
-                .limit(1)
-            ).first()
-            return _rollout(row) if row is not None else None
+        with self.db.read() as tx:
+            row = tx.first(
+                f"{SELECT} WHERE name = ? AND alias = ? ORDER BY id DESC LIMIT 1", name, alias
+            )
+        return _rollout(row._asdict()) if row is not None else None
 
     def promote_rollout(
         self,
@@ -157,77 +153,81 @@ class RolloutMixin:
         figures: Figures | None = None,
     ) -> Rollout:
         """Move the alias to the candidate now and end the rollout ``promoted``."""
-        with write_session(self.engine) as session, session.begin():
-            row = _require_running(session, name, alias)
+        with self.db.write() as tx:
+            row = _require_running(tx, name, alias)
             # the signature check passed (or was allowed) when the rollout started
-            self._move(session, name, alias, row.candidate, "set", True)
-            return _end(self.actor, session, row, "promoted", reason, figures)
+            self._move(tx, name, alias, row["candidate"], "set", True)
+            return _end(self.actor, tx, row, "promoted", reason, figures)
 
     def abort_rollout(self, name: str, alias: str, *, reason: str = "aborted by hand") -> Rollout:
         """End the rollout ``aborted``: all traffic back on the stable version now."""
-        with write_session(self.engine) as session, session.begin():
-            row = _require_running(session, name, alias)
-            return _end(self.actor, session, row, "aborted", reason, None)
+        with self.db.write() as tx:
+            row = _require_running(tx, name, alias)
+            return _end(self.actor, tx, row, "aborted", reason, None)
 
     def rollback_rollout(self, rollout_id: int, reason: str, figures: Figures) -> Rollout | None:
         """End a running rollout ``rolled_back`` after an SLO breach (audited with the
         figures, and an ``alert`` to webhooks); None if it already ended."""
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(RolloutRow, rollout_id)
-            if row is None or row.state != "running":
+        with self.db.write() as tx:
+            row = _running_by_id(tx, rollout_id)
+            if row is None:
                 return None
-            ended = _end(self.actor, session, row, "rolled_back", reason, figures)
+            ended = _end(self.actor, tx, row, "rolled_back", reason, figures)
             measured = "; ".join(
                 f"{version}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()))
                 for version, values in figures.items()
             )
             record(
-                session,
+                tx,
                 self.actor,
                 "slo-breach",
-                name=row.name,
-                version=row.candidate,
-                detail=f"{row.alias}: {reason} (measured {measured})",
-                facts={"alias": row.alias, "figures": figures, "rollout": row.id},
+                name=row["name"],
+                version=row["candidate"],
+                detail=f"{row['alias']}: {reason} (measured {measured})",
+                facts={"alias": row["alias"], "figures": figures, "rollout": row["id"]},
             )
             return ended
 
     def advance_rollout(self, rollout_id: int, figures: Figures) -> Rollout | None:
         """The candidate stayed healthy for an interval: take the next step, or promote it
         after the last. None if the rollout already ended."""
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(RolloutRow, rollout_id)
-            if row is None or row.state != "running":
+        with self.db.write() as tx:
+            row = _running_by_id(tx, rollout_id)
+            if row is None:
                 return None
-            steps = json.loads(row.steps)
-            if row.step + 1 >= len(steps):
-                self._move(session, row.name, row.alias, row.candidate, "set", True)
+            steps = json.loads(row["steps"])
+            if row["step"] + 1 >= len(steps):
+                self._move(tx, row["name"], row["alias"], row["candidate"], "set", True)
                 reason = f"healthy through {len(steps)} step(s)"
-                return _end(self.actor, session, row, "promoted", reason, figures)
-            row.step += 1
-            row.step_started_at = time.time()
-            row.figures = json.dumps(figures)
-            _audit(self.actor, session, row, "rollout-step", f"now {steps[row.step]}%")
+                return _end(self.actor, tx, row, "promoted", reason, figures)
+            row["step"] += 1
+            row["step_started_at"] = time.time()
+            row["figures"] = json.dumps(figures)
+            _save(tx, row)
+            _audit(self.actor, tx, row, "rollout-step", f"now {steps[row['step']]}%")
             return _rollout(row)
 
     def report_rollout(self, rollout_id: int, figures: Figures) -> None:
         """Keep the latest live figures (what ``rollout status`` shows)."""
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(RolloutRow, rollout_id)
-            if row is not None and row.state == "running":
-                row.figures = json.dumps(figures)
+        with self.db.write() as tx:
+            tx.execute(
+                "UPDATE rollouts SET figures = ? WHERE id = ? AND state = 'running'",
+                json.dumps(figures),
+                rollout_id,
+            )
 
     def claim_rollout(self, rollout_id: int, holder: str, lease_s: float) -> bool:
         """Whether ``holder`` decides for this rollout: it holds (or now takes) the lease,
         so with several servers or workers on one registry the decision is made once."""
         now = time.time()
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(RolloutRow, rollout_id, with_for_update=True)
-            if row is None or row.state != "running":
+        with self.db.write() as tx:
+            row = _running_by_id(tx, rollout_id)
+            if row is None:
                 return False
-            if row.decider not in (None, holder) and row.lease_until > now:
+            if row["decider"] not in (None, holder) and row["lease_until"] > now:
                 return False
-            row.decider, row.lease_until = holder, now + lease_s
+            row["decider"], row["lease_until"] = holder, now + lease_s
+            _save(tx, row)
             return True
 
 
@@ -239,79 +239,104 @@ def _check_steps(steps: list[int]) -> list[int]:
     return steps
 
 
-def _running(session: Session, name: str, alias: str) -> RolloutRow | None:
-    return session.scalars(
-        select(RolloutRow).where(
-            RolloutRow.name == name, RolloutRow.alias == alias, RolloutRow.state == "running"
-        )
-    ).first()
+def _running(tx: Transaction, name: str, alias: str) -> State | None:
+    row = tx.first(f"{SELECT} WHERE name = ? AND alias = ? AND state = 'running'", name, alias)
+    return None if row is None else dict(row._asdict())
 
 
-def _require_running(session: Session, name: str, alias: str) -> RolloutRow:
-    row = _running(session, name, alias)
+def _running_by_id(tx: Transaction, rollout_id: int) -> State | None:
+    """The rollout, locked for this transaction, if it is still running."""
+    row = tx.first(f"{SELECT} WHERE id = ? AND state = 'running'{tx.for_update()}", rollout_id)
+    return None if row is None else dict(row._asdict())
+
+
+def _require_running(tx: Transaction, name: str, alias: str) -> State:
+    row = _running(tx, name, alias)
     if row is None:
         raise NotFound(f"no rollout is running on {name}@{alias}")
     return row
 
 
+def _save(tx: Transaction, row: State) -> None:
+    """Write back what a rollout's life changes."""
+    changing = (
+        "step",
+        "step_started_at",
+        "state",
+        "ended_at",
+        "reason",
+        "figures",
+        "decider",
+        "lease_until",
+    )
+    tx.execute(
+        f"UPDATE rollouts SET {', '.join(f'{c} = ?' for c in changing)} WHERE id = ?",
+        *(row[c] for c in changing),
+        row["id"],
+    )
+
+
 def _end(
-    actor: str, session: Session, row: RolloutRow, state: str, reason: str, figures: Figures | None
+    actor: str, tx: Transaction, row: State, state: str, reason: str, figures: Figures | None
 ) -> Rollout:
-    row.state, row.reason, row.ended_at = state, reason, time.time()
+    row["state"], row["reason"], row["ended_at"] = state, reason, time.time()
     if figures is not None:
-        row.figures = json.dumps(figures)
+        row["figures"] = json.dumps(figures)
+    _save(tx, row)
     action = {"promoted": "rollout-promote", "aborted": "rollout-abort"}.get(
         state, "rollout-rollback"
     )
-    _audit(actor, session, row, action, reason)
+    _audit(actor, tx, row, action, reason)
     return _rollout(row)
 
 
-def _audit(actor: str, session: Session, row: RolloutRow, action: str, detail: str) -> None:
+def _audit(actor: str, tx: Transaction, row: State, action: str, detail: str) -> None:
     facts: dict[str, Any] = {
-        "alias": row.alias,
-        "rollout": row.id,
-        "stable": row.stable,
-        "candidate": row.candidate,
-        "mode": row.mode,
-        "state": row.state,
+        "alias": row["alias"],
+        "rollout": row["id"],
+        "stable": row["stable"],
+        "candidate": row["candidate"],
+        "mode": row["mode"],
+        "state": row["state"],
         "weight": _weight(row),
-        "figures": json.loads(row.figures),
+        "figures": json.loads(row["figures"]),
     }
-    summary = f"{row.alias}: {row.stable} -> {row.candidate} ({row.mode}, {_weight(row)}%)"
+    summary = (
+        f"{row['alias']}: {row['stable']} -> {row['candidate']} ({row['mode']}, {_weight(row)}%)"
+    )
     record(
-        session,
+        tx,
         actor,
         action,
-        name=row.name,
-        version=row.candidate,
+        name=row["name"],
+        version=row["candidate"],
         detail=f"{summary}; {detail}" if detail else summary,
         facts=facts,
     )
 
 
-def _weight(row: RolloutRow) -> int:
-    return int(json.loads(row.steps)[row.step]) if row.mode == "canary" else 0
+def _weight(row: State) -> int:
+    return int(json.loads(row["steps"])[row["step"]]) if row["mode"] == "canary" else 0
 
 
-def _rollout(row: RolloutRow) -> Rollout:
+def _rollout(row: State) -> Rollout:
     return Rollout(
-        id=row.id,
-        name=row.name,
-        alias=row.alias,
-        stable=row.stable,
-        candidate=row.candidate,
-        mode=row.mode,
-        steps=json.loads(row.steps),
-        step=row.step,
+        id=row["id"],
+        name=row["name"],
+        alias=row["alias"],
+        stable=row["stable"],
+        candidate=row["candidate"],
+        mode=row["mode"],
+        steps=json.loads(row["steps"]),
+        step=row["step"],
         weight=_weight(row),
-        interval_s=row.interval_s,
-        slos=json.loads(row.slos),
-        state=row.state,
-        started_at=row.started_at,
-        step_started_at=row.step_started_at,
-        ended_at=row.ended_at,
-        reason=row.reason,
-        figures=json.loads(row.figures),
-        started_by=row.started_by,
+        interval_s=row["interval_s"],
+        slos=json.loads(row["slos"]),
+        state=row["state"],
+        started_at=row["started_at"],
+        step_started_at=row["step_started_at"],
+        ended_at=row["ended_at"],
+        reason=row["reason"],
+        figures=json.loads(row["figures"]),
+        started_by=row["started_by"],
     )

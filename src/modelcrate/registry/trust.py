@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
-
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.orm import Session
 
 from modelcrate.errors import NotFound, UsageError
 from modelcrate.refs import Ref
 from modelcrate.registry.audit import audit_entries, record
-from modelcrate.registry.db import (
-    SettingRow,
-    SignatureRow,
-    TrustedKeyRow,
-    read_session,
-    write_session,
-)
+from modelcrate.registry.db import Database, Transaction
 from modelcrate.registry.records import AuditEntry, VersionInfo
 from modelcrate.trust.signing import SignatureInfo
 
@@ -36,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class _Registry(Protocol):
-    engine: Engine
+    db: Database
     actor: str
 
     def resolve(self, ref: str | Ref) -> VersionInfo: ...
@@ -68,14 +60,14 @@ class TrustMixin:
         crate = self._crate(ref)
         check_bundle(crate, bundle)
         kid = signer_id(bundle) or "unknown"
-        with write_session(self.engine) as session, session.begin():
-            _store_signature(session, self.actor, crate, bundle, kid)
+        with self.db.write() as tx:
+            _store_signature(tx, self.actor, crate, bundle, kid)
         return SignatureInfo(crate.manifest.ref, crate.digest, kid)
 
     def signatures(self: _Registry, ref: str | Ref) -> list[bytes]:
         """The signature bundles stored for ``ref``'s digest, oldest first."""
         digest = self.resolve(ref).digest
-        return signatures_of(self.engine, digest)
+        return signatures_of(self.db, digest)
 
     def check_signature(self: _Registry, ref: str, trust: Policy | None = None) -> str:
         """The id of a trusted key (registry's and ``trust``'s) that signed ``ref``, else
@@ -83,7 +75,7 @@ class TrustMixin:
         from modelcrate.trust.signing import verify
 
         crate = self._crate(ref)
-        return verify(crate, signatures_of(self.engine, crate.digest), self._policy(trust).keys)
+        return verify(crate, signatures_of(self.db, crate.digest), self._policy(trust).keys)
 
     # -- policy ----------------------------------------------------------------
 
@@ -92,15 +84,15 @@ class TrustMixin:
         from modelcrate.trust.keys import TrustedKeys
         from modelcrate.trust.signing import Policy
 
-        with read_session(self.engine) as session:
-            required = session.get(SettingRow, "require_signature")
-            keys = session.scalars(select(TrustedKeyRow)).all()
-            return Policy(
-                require_signature=required is not None and required.value == "true",
-                keys=TrustedKeys(
-                    {k.key_id: k.pem.encode() for k in keys}, {k.key_id: k.name for k in keys}
-                ),
-            )
+        with self.db.read() as tx:
+            required = tx.scalar('SELECT value FROM settings WHERE "key" = ?', "require_signature")
+            keys = tx.all("SELECT key_id, name, pem FROM trusted_keys")
+        return Policy(
+            require_signature=required == "true",
+            keys=TrustedKeys(
+                {k.key_id: k.pem.encode() for k in keys}, {k.key_id: k.name for k in keys}
+            ),
+        )
 
     def set_policy(
         self: _Registry,
@@ -114,45 +106,57 @@ class TrustMixin:
         from modelcrate.trust.keys import TrustedKeys
 
         added = TrustedKeys.from_paths(trust)
-        with write_session(self.engine) as session, session.begin():
+        with self.db.write() as tx:
             if require_signature is not None:
-                session.merge(
-                    SettingRow(key="require_signature", value=str(require_signature).lower())
+                tx.execute(
+                    'INSERT INTO settings ("key", value) VALUES (?, ?) '
+                    'ON CONFLICT ("key") DO UPDATE SET value = excluded.value',
+                    "require_signature",
+                    str(require_signature).lower(),
                 )
-                record(
-                    session, self.actor, "policy", detail=f"require_signature={require_signature}"
-                )
+                record(tx, self.actor, "policy", detail=f"require_signature={require_signature}")
             for kid, pem in added.pems.items():
-                session.merge(TrustedKeyRow(key_id=kid, name=added.names[kid], pem=pem.decode()))
-                record(session, self.actor, "trust-key", detail=f"{added.names[kid]} {kid}")
+                tx.execute(
+                    "INSERT INTO trusted_keys (key_id, name, pem, added_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, pem = excluded.pem",
+                    kid,
+                    added.names[kid],
+                    pem.decode(),
+                    time.time(),
+                )
+                record(tx, self.actor, "trust-key", detail=f"{added.names[kid]} {kid}")
             for wanted in untrust:
-                kid = _find_key(session, wanted)
-                session.execute(delete(TrustedKeyRow).where(TrustedKeyRow.key_id == kid))
-                record(session, self.actor, "untrust-key", detail=kid)
+                kid = _find_key(tx, wanted)
+                tx.execute("DELETE FROM trusted_keys WHERE key_id = ?", kid)
+                record(tx, self.actor, "untrust-key", detail=kid)
         return TrustMixin.policy(self)
 
     def audit(self: _Registry, name: str | None = None, *, limit: int = 200) -> list[AuditEntry]:
         """The latest ``limit`` audit entries (of model ``name``), oldest first (audit.py)."""
-        return audit_entries(self.engine, name, limit)
+        return audit_entries(self.db, name, limit)
 
 
-def signatures_of(engine: Engine, digest: str) -> list[bytes]:
-    with read_session(engine) as session:
-        rows = session.scalars(
-            select(SignatureRow).where(SignatureRow.digest == digest).order_by(SignatureRow.id)
-        ).all()
-        return [row.bundle.encode() for row in rows]
+def signatures_of(db: Database, digest: str) -> list[bytes]:
+    with db.read() as tx:
+        rows = tx.column("SELECT bundle FROM signatures WHERE digest = ? ORDER BY id", digest)
+    return [bundle.encode() for bundle in rows]
 
 
-def _store_signature(session: Session, actor: str, crate: Crate, bundle: bytes, kid: str) -> None:
-    existing = session.scalars(
-        select(SignatureRow).where(SignatureRow.digest == crate.digest, SignatureRow.key_id == kid)
-    ).first()
+def _store_signature(tx: Transaction, actor: str, crate: Crate, bundle: bytes, kid: str) -> None:
+    existing = tx.scalar(
+        "SELECT id FROM signatures WHERE digest = ? AND key_id = ?", crate.digest, kid
+    )
     if existing is not None:
         return  # this key already signed this version
-    session.add(SignatureRow(digest=crate.digest, key_id=kid, bundle=bundle.decode()))
+    tx.insert(
+        "signatures",
+        digest=crate.digest,
+        key_id=kid,
+        bundle=bundle.decode(),
+        created_at=time.time(),
+    )
     record(
-        session,
+        tx,
         actor,
         "sign",
         name=crate.name,
@@ -162,16 +166,16 @@ def _store_signature(session: Session, actor: str, crate: Crate, bundle: bytes, 
     )
 
 
-def store_signatures(session: Session, actor: str, crate: Crate, bundles: Sequence[bytes]) -> None:
+def store_signatures(tx: Transaction, actor: str, crate: Crate, bundles: Sequence[bytes]) -> None:
     """Store checked bundles for ``crate`` inside the caller's (publish) transaction."""
     from modelcrate.trust.signing import signer_id
 
     for bundle in bundles:
-        _store_signature(session, actor, crate, bundle, signer_id(bundle) or "unknown")
+        _store_signature(tx, actor, crate, bundle, signer_id(bundle) or "unknown")
 
 
-def _find_key(session: Session, wanted: str) -> str:
-    rows = session.scalars(select(TrustedKeyRow)).all()
+def _find_key(tx: Transaction, wanted: str) -> str:
+    rows = tx.all("SELECT key_id, name FROM trusted_keys")
     matches = [
         r.key_id
         for r in rows
@@ -181,4 +185,4 @@ def _find_key(session: Session, wanted: str) -> str:
         raise NotFound(f"no trusted key named or starting with {wanted!r}")
     if len(matches) > 1:
         raise UsageError(f"{wanted!r} matches {len(matches)} trusted keys; give more of the id")
-    return matches[0]
+    return str(matches[0])

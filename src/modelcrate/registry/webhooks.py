@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Engine, func, select
-
 from modelcrate.errors import NotFound, UsageError
 from modelcrate.registry.audit import record
-from modelcrate.registry.db import DeliveryRow, WebhookRow, read_session, write_session
+from modelcrate.registry.db import Database
 from modelcrate.registry.outbox import EVENTS, deliver, queue
 from modelcrate.registry.records import Delivery, Webhook
 
@@ -25,7 +23,7 @@ MIN_SECRET = 16
 class WebhookMixin:
     """The registry's webhook methods (mixed into ``Registry``)."""
 
-    engine: Engine
+    db: Database
     actor: str
 
     def add_webhook(self, url: str, events: list[str], secret: str) -> Webhook:
@@ -41,65 +39,66 @@ class WebhookMixin:
             )
         if len(secret.strip()) < MIN_SECRET:
             raise UsageError(f"a webhook secret needs at least {MIN_SECRET} characters")
-        with write_session(self.engine) as session, session.begin():
-            row = WebhookRow(
+        subscribed = ",".join(e for e in EVENTS if e in events)
+        with self.db.write() as tx:
+            hook_id = tx.insert(
+                "webhooks",
                 url=url,
-                events=",".join(e for e in EVENTS if e in events),
+                events=subscribed,
                 secret=secret.strip(),
                 created_at=time.time(),
                 created_by=self.actor,
             )
-            session.add(row)
-            session.flush()
-            record(session, self.actor, "webhook-add", detail=f"{row.id} {url} {row.events}")
-            hook_id = row.id
+            record(tx, self.actor, "webhook-add", detail=f"{hook_id} {url} {subscribed}")
+        assert hook_id is not None
         return self._webhook(hook_id)
 
     def webhooks(self) -> list[Webhook]:
-        with read_session(self.engine) as session:
-            ids = list(session.scalars(select(WebhookRow.id).order_by(WebhookRow.id)))
+        with self.db.read() as tx:
+            ids = tx.column("SELECT id FROM webhooks ORDER BY id")
         return [self._webhook(i) for i in ids]
 
     def remove_webhook(self, hook_id: int) -> None:
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(WebhookRow, hook_id)
-            if row is None:
+        with self.db.write() as tx:
+            url = tx.scalar("SELECT url FROM webhooks WHERE id = ?", hook_id)
+            if url is None:
                 raise NotFound(f"no webhook {hook_id}")
-            session.query(DeliveryRow).filter(DeliveryRow.webhook_id == hook_id).delete()
-            session.delete(row)
-            record(session, self.actor, "webhook-remove", detail=f"{hook_id} {row.url}")
+            tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", hook_id)
+            tx.execute("DELETE FROM webhooks WHERE id = ?", hook_id)
+            record(tx, self.actor, "webhook-remove", detail=f"{hook_id} {url}")
 
     def test_webhook(self, hook_id: int) -> Delivery:
         """Send a ``test`` event to one hook now (queued like any other if it fails)."""
-        with write_session(self.engine) as session, session.begin():
-            row = session.get(WebhookRow, hook_id)
-            if row is None:
+        with self.db.write() as tx:
+            if tx.scalar("SELECT id FROM webhooks WHERE id = ?", hook_id) is None:
                 raise NotFound(f"no webhook {hook_id}")
-            session.info["webhooks-after-commit"] = True  # sent below, not after the commit
-            queue(session, [row], "test", {"actor": self.actor})
-        sent = deliver(self.engine, webhook=hook_id)
+            tx.info["webhooks-after-commit"] = True  # sent below, not after the commit
+            queue(tx, [hook_id], "test", {"actor": self.actor})
+        sent = deliver(self.db, webhook=hook_id)
         return sent[-1]
 
     def deliver_webhooks(self) -> list[Delivery]:
         """Send every delivery that is due (retries included)."""
-        return deliver(self.engine)
+        return deliver(self.db)
 
     def _webhook(self, hook_id: int) -> Webhook:
-        with read_session(self.engine) as session:
-            row = session.get(WebhookRow, hook_id)
+        with self.db.read() as tx:
+            row = tx.first(
+                "SELECT id, url, events, created_at, created_by FROM webhooks WHERE id = ?",
+                hook_id,
+            )
             if row is None:
                 raise NotFound(f"no webhook {hook_id}")
-            pending = session.scalar(
-                select(func.count())
-                .select_from(DeliveryRow)
-                .where(DeliveryRow.webhook_id == hook_id, DeliveryRow.delivered_at.is_(None))
+            pending = tx.scalar(
+                "SELECT count(*) FROM webhook_deliveries "
+                "WHERE webhook_id = ? AND delivered_at IS NULL",
+                hook_id,
             )
-            last = session.scalars(
-                select(DeliveryRow)
-                .where(DeliveryRow.webhook_id == hook_id, DeliveryRow.attempts > 0)
-                .order_by(DeliveryRow.id.desc())
-                .limit(1)
-            ).first()
+            last = tx.first(
+                "SELECT event, last_status, last_error, delivered_at FROM webhook_deliveries "
+                "WHERE webhook_id = ? AND attempts > 0 ORDER BY id DESC LIMIT 1",
+                hook_id,
+            )
             return Webhook(
                 id=row.id,
                 url=row.url,
