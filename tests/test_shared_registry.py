@@ -165,8 +165,7 @@ def test_migrations_build_exactly_the_tables_the_queries_use(
 def test_a_registry_from_before_migrations_is_adopted_with_its_data(
     tmp_path: Path, tiny_crate: Path
 ) -> None:
-    from modelcrate.registry.db import SCHEMA_HEAD
-    from modelcrate.registry.migrate import upgrade
+    from modelcrate.registry.migrate import SCHEMA_HEAD, upgrade
 
     root = tmp_path / "old"
     root.mkdir()

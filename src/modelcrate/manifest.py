@@ -49,7 +49,7 @@ Precision = Literal["fp32", "fp16", "bf16", "int8", "mixed"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class TensorSpec(_Strict):
@@ -223,6 +223,7 @@ class Manifest(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        defer_build=True,
         json_schema_extra={
             "anyOf": [
                 {"required": ["composition"]},

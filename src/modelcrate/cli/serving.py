@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Annotated
 
@@ -206,6 +205,8 @@ def bench_command(
     seconds = parse_duration(duration)
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    import asyncio
+
     result = asyncio.run(run_load(url, ref, concurrency=concurrency, duration=seconds, token=token))
     summary = {**vars(result), "rps": result.rps}
     if as_json:

@@ -25,11 +25,10 @@ from typing import Any
 
 from modelcrate.errors import IntegrityError, RegistryError, UsageError
 from modelcrate.manifest import Manifest, parse_manifest
+from modelcrate.registry.migrate import SCHEMA_HEAD, upgrade
 
 BUSY_TIMEOUT_MS = 60_000
-SCHEMA_HEAD = "0008"  # the newest migration in registry/migrations/versions
-MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock keys: migrations, writes
-WRITE_LOCK = 0x6D637262
+WRITE_LOCK = 0x6D637262  # PostgreSQL advisory lock key of writers that must not interleave
 BATCH = 500  # keys per IN (...): under every database's parameter limit
 POOL_SIZE = 8
 Row = Any  # a named tuple of the selected columns
@@ -353,6 +352,4 @@ def _migrate(database: Database) -> None:
         migrated = tx.scalar(tables, "alembic_version") is not None
         if migrated and tx.scalar("SELECT version_num FROM alembic_version") == SCHEMA_HEAD:
             return
-    from modelcrate.registry.migrate import upgrade
-
-    upgrade(database.url, SCHEMA_HEAD)
+    upgrade(database.url, SCHEMA_HEAD, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)

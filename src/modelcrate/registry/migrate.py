@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from modelcrate.errors import RegistryError
-from modelcrate.registry.db import BUSY_TIMEOUT_MS, MIGRATION_LOCK
+
+SCHEMA_HEAD = "0008"  # the newest migration in registry/migrations/versions
+MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock key
 
 
-def upgrade(url: str, head: str) -> None:
+def upgrade(url: str, head: str = SCHEMA_HEAD, *, busy_timeout_s: float = 60.0) -> None:
     """Migrate the database at ``url`` (a SQLAlchemy URL) to ``head`` under the write lock,
     so concurrent openers migrate once. A database made by a release without migrations
     (tables but no ``alembic_version``) is adopted first."""
@@ -20,7 +22,7 @@ def upgrade(url: str, head: str) -> None:
     from sqlalchemy.exc import OperationalError
 
     engine = create_engine(
-        url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if url.startswith("sqlite") else {}
+        url, connect_args={"timeout": busy_timeout_s} if url.startswith("sqlite") else {}
     )
     if engine.dialect.name == "sqlite":
 

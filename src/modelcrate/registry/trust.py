@@ -20,11 +20,10 @@ from modelcrate.refs import Ref
 from modelcrate.registry.audit import audit_entries, record
 from modelcrate.registry.db import Database, Transaction
 from modelcrate.registry.records import AuditEntry, VersionInfo
-from modelcrate.trust.signing import SignatureInfo
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
-    from modelcrate.trust.signing import Policy
+    from modelcrate.trust.signing import Policy, SignatureInfo
 
 
 class _Registry(Protocol):
@@ -55,7 +54,7 @@ class TrustMixin:
 
     def add_signature(self: _Registry, ref: str, bundle: bytes) -> SignatureInfo:
         """Store a sigstore bundle made over ``ref``'s files (checked to list exactly them)."""
-        from modelcrate.trust.signing import check_bundle, signer_id
+        from modelcrate.trust.signing import SignatureInfo, check_bundle, signer_id
 
         crate = self._crate(ref)
         check_bundle(crate, bundle)
