@@ -12,6 +12,7 @@ import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "tensorflow", "onnx", "onnxruntime", "starlette", "uvicorn", "numpy")
+METADATA_FREE = (*FRAMEWORKS, "sqlalchemy", "alembic")  # what metadata commands never import
 
 
 def test_no_module_imports_itself_through_others() -> None:
@@ -63,7 +64,8 @@ def test_the_layer_contracts_hold() -> None:
 
 
 def test_metadata_commands_import_no_framework(tmp_path: Path) -> None:
-    """`--help` and `list` answer without torch, ONNX, ONNX Runtime, numpy or the server."""
+    """`--help` and `list` answer without torch, ONNX, ONNX Runtime, numpy, the server or
+    SQLAlchemy."""
     registry = tmp_path / "registry"
     subprocess.run(
         [sys.executable, "-m", "modelcrate", "list", "--registry", str(registry)],
@@ -74,10 +76,25 @@ def test_metadata_commands_import_no_framework(tmp_path: Path) -> None:
         "import json, sys\n"
         "from modelcrate.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r})),"
-        " file=sys.stderr)\n"
+        f"heavy = {{m.split('.')[0] for m in sys.modules}} & {set(METADATA_FREE)!r}\n"
+        "print(json.dumps(sorted(heavy)), file=sys.stderr)\n"
     )
     for args in (["--help"], ["list", "--registry", str(registry)]):
         run = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         imported = json.loads(run.stderr.strip().splitlines()[-1])
         assert imported == [], (args, imported)
+
+
+def test_the_command_table_names_the_module_of_every_command() -> None:
+    """`modelcrate X` builds only the module COMMANDS names for X: it must be the one that
+    registers X, and every command must be in the table."""
+    import typer
+
+    from modelcrate.cli import COMMANDS, build
+
+    every = typer.main.get_group(build())
+    assert set(every.commands) == set(COMMANDS)
+    for name in COMMANDS:
+        alone = typer.main.get_group(build(name))
+        assert name in alone.commands, name
+        assert len(alone.commands) < len(every.commands), name

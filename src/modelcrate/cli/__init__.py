@@ -1,69 +1,87 @@
 """The ``modelcrate`` command. Each command parses options, calls the Python API, renders.
 
 Errors from modelcrate become one line on stderr and the error's exit code
-(1, or 2 for usage errors); ``--debug`` shows the traceback instead.
+(1, or 2 for usage errors); ``--debug`` shows the traceback instead. Only the module that
+defines the command being run is imported and built (``COMMANDS``); ``--help`` and
+unknown commands get every module.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from modelcrate.cli import (
-    aliases,
-    crates,
-    deploy,
-    diff,
-    optimizing,
-    predict,
-    registry,
-    reuse,
-    rollouts,
-    serving,
-    trust,
-    webhooks,
-)
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
-app = typer.Typer(
-    name="modelcrate",
-    help="Package, publish and reuse neural-network models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+MODULES = (  # the order --help lists them in
+    "crates",
+    "registry",
+    "aliases",
+    "predict",
+    "serving",
+    "optimizing",
+    "trust",
+    "reuse",
+    "deploy",
+    "diff",
+    "webhooks",
+    "rollouts",
 )
+COMMANDS = {  # command (or command group) -> the module whose register() adds it
+    **dict.fromkeys(("pack", "inspect"), "crates"),
+    **dict.fromkeys(
+        ("publish", "list", "show", "pull", "verify", "delete", "gc", "backup", "restore"),
+        "registry",
+    ),
+    **dict.fromkeys(("du", "push"), "registry"),
+    **dict.fromkeys(("alias", "rollback"), "aliases"),
+    "predict": "predict",
+    **dict.fromkeys(("serve", "ui", "bench"), "serving"),
+    **dict.fromkeys(("optimize", "compare", "convert", "eval"), "optimizing"),
+    **dict.fromkeys(("keys", "policy", "sign", "encrypt", "audit"), "trust"),
+    **dict.fromkeys(("finetune", "features", "layers", "pipeline", "ensemble", "lineage"), "reuse"),
+    "export": "deploy",
+    "diff": "diff",
+    "webhooks": "webhooks",
+    "rollout": "rollouts",
+}
 
 
-@app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Package, publish and reuse neural-network models."""
 
 
-crates.register(app)
-registry.register(app)
-aliases.register(app)
-predict.register(app)
-serving.register(app)
-optimizing.register(app)
-trust.register(app)
-reuse.register(app)
-deploy.register(app)
-diff.register(app)
-webhooks.register(app)
-rollouts.register(app)
+def build(command: str | None = None) -> typer.Typer:
+    """The CLI app with the module that defines ``command``, or with every module."""
+    app = typer.Typer(
+        name="modelcrate",
+        help="Package, publish and reuse neural-network models.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    for module in [COMMANDS[command]] if command in COMMANDS else MODULES:
+        importlib.import_module(f"modelcrate.cli.{module}").register(app)
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    command = next(
+        (a for a in args if not a.startswith("-")), None
+    )  # --debug: the only root option
     try:
+        app = build(command)
         app(args=args, prog_name="modelcrate")  # standalone: usage errors exit 2 by themselves
     except ModelcrateError as exc:
         if debug:
