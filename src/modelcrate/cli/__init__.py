@@ -2,8 +2,8 @@
 
 Errors from modelcrate become one line on stderr and the error's exit code
 (1, or 2 for usage errors); ``--debug`` shows the traceback instead. Only the module that
-defines the command being run is imported and built (``COMMANDS``); ``--help`` and
-unknown commands get every module.
+defines the command being run is imported, and only that command is built (``COMMANDS``);
+``--help`` and unknown commands get every one.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _root(
 
 
 def build(command: str | None = None) -> typer.Typer:
-    """The CLI app with the module that defines ``command``, or with every module."""
+    """The CLI app with just ``command`` (from the module that defines it), or with every
+    command when ``command`` is None or unknown."""
     app = typer.Typer(
         name="modelcrate",
         help="Package, publish and reuse neural-network models.",
@@ -68,8 +69,14 @@ def build(command: str | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(_root)
-    for module in [COMMANDS[command]] if command in COMMANDS else MODULES:
-        importlib.import_module(f"modelcrate.cli.{module}").register(app)
+    if command not in COMMANDS:
+        for module in MODULES:
+            importlib.import_module(f"modelcrate.cli.{module}").register(app)
+        return app
+    importlib.import_module(f"modelcrate.cli.{COMMANDS[command]}").register(app)
+    # typer inspects every option of every registered command on each call: keep just one
+    app.registered_commands = [c for c in app.registered_commands if c.name == command]
+    app.registered_groups = [g for g in app.registered_groups if g.name == command]
     return app
 
 
