@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import corrupt_stored, make_onnx, stored_chunk
+from conftest import corrupt_stored, make_onnx, run_cli, stored_chunk
 from modelcrate.errors import IntegrityError, NotFound, RegistryError, UsageError, VersionConflict
 
 
@@ -333,3 +333,23 @@ def test_an_empty_file_round_trips(registry: mc.Registry, tmp_path: Path) -> Non
     pulled = registry.pull("tiny@1.0.0", tmp_path / "out")
     assert (pulled / "README.md").read_bytes() == b""
     assert registry.files.stored(hashlib.sha256(b"").hexdigest())
+
+
+def test_a_damaged_database_file_is_one_clear_error_and_is_left_as_it_was(
+    tmp_path: Path, tiny_crate: Path
+) -> None:
+    """The database driver's errors come out as a RegistryError naming the problem (one
+    line from the CLI, no traceback), and nothing rewrites the file."""
+    root = tmp_path / "registry"
+    mc.Registry.open(root).publish(tiny_crate)
+    damaged = b"this is not a database " * 200
+    (root / "registry.db").write_bytes(damaged)
+    for path in root.glob("registry.db-*"):  # the WAL and its index
+        path.unlink()
+    with pytest.raises(RegistryError, match="not a database"):
+        mc.Registry.open(root)
+    listed = run_cli("list", "--registry", str(root))
+    assert listed.returncode == 1, listed.stderr
+    assert "not a database" in listed.stderr and "Traceback" not in listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1
+    assert (root / "registry.db").read_bytes() == damaged

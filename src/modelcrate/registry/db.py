@@ -205,9 +205,16 @@ class Database:
     """Connections to one registry database, pooled; ``read()`` and ``write()`` give a
     transaction that commits when the block ends and rolls back if it raises."""
 
-    def __init__(self, connect: Callable[[], Any], dialect: str, url: str) -> None:
-        """``url``: where the database is, as SQLAlchemy spells it for the migrations."""
-        self.connect, self.dialect, self.url = connect, dialect, url
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        dialect: str,
+        url: str,
+        errors: tuple[type[Exception], ...],
+    ) -> None:
+        """``url``: where the database is, as SQLAlchemy spells it for the migrations;
+        ``errors``: the driver's exceptions, reported as RegistryError."""
+        self.connect, self.dialect, self.url, self.errors = connect, dialect, url, errors
         self.idle: collections.deque[tuple[Any, float]] = collections.deque()
         self.lock = threading.Lock()
 
@@ -224,20 +231,27 @@ class Database:
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Transaction]:
-        connection = self._take()
+        try:
+            connection = self._take()
+        except self.errors as exc:
+            raise RegistryError(f"cannot open the registry database: {exc}") from exc
         tx = Transaction(connection.cursor(), self)
         try:
             if self.dialect == "sqlite":
                 tx.cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield tx
             connection.commit()
-        except BaseException:
+        except BaseException as exc:
             try:
                 connection.rollback()
+                self._give(connection)
             except Exception:
                 connection.close()  # broken: not returned to the pool
-                raise
-            self._give(connection)
+            if isinstance(exc, self.errors):
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RegistryError(
+                    f"registry database: {problem or type(exc).__name__}; nothing was changed"
+                ) from exc
             raise
         self._give(connection)
         for callback in tx.after_commit:
@@ -301,7 +315,7 @@ def sqlite_database(path: Path) -> Database:
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return connection
 
-    database = Database(connect, "sqlite", f"sqlite:///{path}")
+    database = Database(connect, "sqlite", f"sqlite:///{path}", (sqlite3.Error,))
     _migrate(database)
     return database
 
@@ -313,7 +327,7 @@ def postgres_database(url: str) -> tuple[Database, str]:
         from psycopg.rows import namedtuple_row
     except ImportError:
         raise UsageError(
-            "a PostgreSQL registry needs psycopg: pip install 'modelcrate[postgres]'"
+            "a PostgreSQL registry needs psycopg: pip install 'modelcrate[shared]'"
         ) from None
     parts = urllib.parse.urlsplit(url.replace("postgres://", "postgresql://", 1))
     query = urllib.parse.parse_qsl(parts.query)
@@ -334,9 +348,8 @@ def postgres_database(url: str) -> tuple[Database, str]:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RegistryError(f"cannot reach PostgreSQL at {shown}: {first}") from None
 
-    database = Database(
-        connect, "postgresql", conninfo.replace("postgresql://", "postgresql+psycopg://", 1)
-    )
+    url_for_migrations = conninfo.replace("postgresql://", "postgresql+psycopg://", 1)
+    database = Database(connect, "postgresql", url_for_migrations, (psycopg.Error,))
     _migrate(database)
     return database, blobs
 
