@@ -6,6 +6,7 @@ registry.evaluations("digits")            # every version's, oldest first
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -37,20 +38,11 @@ class EvaluationMixin:
             self.actor,
             data,
             samples,
-            json.loads(json.dumps(metrics, sort_keys=True)),
+            dict(sorted(metrics.items())),
         )
         with self.db.write() as tx:
-            tx.insert(
-                "evaluations",
-                name=evaluation.name,
-                version=evaluation.version,
-                digest=evaluation.digest,
-                at=evaluation.at,
-                actor=evaluation.actor,
-                data=data,
-                samples=samples,
-                metrics=json.dumps(metrics, sort_keys=True),
-            )
+            row = {**dataclasses.asdict(evaluation), "metrics": json.dumps(evaluation.metrics)}
+            tx.insert("evaluations", **row)
             summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
             record(
                 tx,

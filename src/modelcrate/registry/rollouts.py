@@ -17,6 +17,7 @@ a breach also as ``alert``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from modelcrate.registry.records import AliasEvent, Rollout, VersionInfo
 MODES = ("canary", "shadow")
 SLOS = ("max_error_rate", "max_p99_ms", "max_disagreement")
 Figures = dict[str, dict[str, float]]
+JSON_COLUMNS = ("steps", "slos", "figures")
 State = dict[str, Any]  # a rollouts row, changed in place and saved by _save
 SELECT = f"SELECT {', '.join(columns('rollouts'))} FROM rollouts"
 
@@ -320,23 +322,9 @@ def _weight(row: State) -> int:
 
 
 def _rollout(row: State) -> Rollout:
+    stored = {f.name for f in dataclasses.fields(Rollout)} - {"weight", *JSON_COLUMNS}
     return Rollout(
-        id=row["id"],
-        name=row["name"],
-        alias=row["alias"],
-        stable=row["stable"],
-        candidate=row["candidate"],
-        mode=row["mode"],
-        steps=json.loads(row["steps"]),
-        step=row["step"],
+        **{k: row[k] for k in stored},
+        **{k: json.loads(row[k]) for k in JSON_COLUMNS},
         weight=_weight(row),
-        interval_s=row["interval_s"],
-        slos=json.loads(row["slos"]),
-        state=row["state"],
-        started_at=row["started_at"],
-        step_started_at=row["step_started_at"],
-        ended_at=row["ended_at"],
-        reason=row["reason"],
-        figures=json.loads(row["figures"]),
-        started_by=row["started_by"],
     )
