@@ -103,7 +103,7 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
             raise UsageError("a registry needs a directory, or a database and a blob store")
         else:
             self.db, self.blobs = db, blobs
-            self.location = location or db.dialect
+            self.location = location or db.location
         # A shared registry's cache is per machine and per registry (gc prunes it).
         cache_root = (
             root / "cache"

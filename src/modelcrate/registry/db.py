@@ -211,10 +211,13 @@ class Database:
         dialect: str,
         url: str,
         errors: tuple[type[Exception], ...],
+        location: str = "",
     ) -> None:
         """``url``: where the database is, as SQLAlchemy spells it for the migrations;
-        ``errors``: the driver's exceptions, reported as RegistryError."""
+        ``errors``: the driver's exceptions, reported as RegistryError; ``location``: the
+        database as shown to people (no password; default ``url``)."""
         self.connect, self.dialect, self.url, self.errors = connect, dialect, url, errors
+        self.location = location or url
         self.idle: collections.deque[tuple[Any, float]] = collections.deque()
         self.lock = threading.Lock()
 
@@ -349,7 +352,7 @@ def postgres_database(url: str) -> tuple[Database, str]:
             raise RegistryError(f"cannot reach PostgreSQL at {shown}: {first}") from None
 
     url_for_migrations = conninfo.replace("postgresql://", "postgresql+psycopg://", 1)
-    database = Database(connect, "postgresql", url_for_migrations, (psycopg.Error,))
+    database = Database(connect, "postgresql", url_for_migrations, (psycopg.Error,), shown)
     _migrate(database)
     return database, blobs
 
