@@ -68,6 +68,8 @@ def main() -> None:
         sections[fresh[0]] = fresh
     for heading in sorted(sections, key=order):
         lines += sections[heading]
+        if lines[-1]:
+            lines.append("")  # a blank line before the next heading
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -2,17 +2,16 @@
 
 Errors from modelcrate become one line on stderr and the error's exit code
 (1, or 2 for usage errors); ``--debug`` shows the traceback instead. Only the module that
-defines the command being run is imported, and only that command is built (``COMMANDS``);
-``--help`` and unknown commands get every one.
+defines the command being run is imported (``COMMANDS``); ``--help`` and unknown commands
+get every one.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
 
-import typer
+import click
 from rich.markup import escape
 
 from modelcrate.cli.output import errors
@@ -52,32 +51,21 @@ COMMANDS = {  # command (or command group) -> the module whose register() adds i
 }
 
 
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-) -> None:
-    """Package, publish and reuse neural-network models."""
-
-
-def build(command: str | None = None) -> typer.Typer:
-    """The CLI app with just ``command`` (from the module that defines it), or with every
+def build(command: str | None = None) -> click.Group:
+    """The CLI with just ``command`` (from the module that defines it), or with every
     command when ``command`` is None or unknown."""
-    app = typer.Typer(
-        name="modelcrate",
+    group = click.Group(
+        "modelcrate",
         help="Package, publish and reuse neural-network models.",
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
+        params=[click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors.")],
+        callback=lambda debug: None,  # main() reads --debug itself
+        context_settings={"show_default": True},
     )
-    app.callback()(_root)
-    if command not in COMMANDS:
-        for module in MODULES:
-            importlib.import_module(f"modelcrate.cli.{module}").register(app)
-        return app
-    importlib.import_module(f"modelcrate.cli.{COMMANDS[command]}").register(app)
-    # typer inspects every option of every registered command on each call: keep just one
-    app.registered_commands = [c for c in app.registered_commands if c.name == command]
-    app.registered_groups = [g for g in app.registered_groups if g.name == command]
-    return app
+    for module in [COMMANDS[command]] if command in COMMANDS else MODULES:
+        importlib.import_module(f"modelcrate.cli.{module}").register(group)
+    if command in COMMANDS:
+        group.commands = {command: group.commands[command]}
+    return group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         (a for a in args if not a.startswith("-")), None
     )  # --debug: the only root option
     try:
-        app = build(command)
-        app(args=args, prog_name="modelcrate")  # standalone: usage errors exit 2 by themselves
+        build(command).main(args, prog_name="modelcrate")  # usage errors exit 2 by themselves
     except ModelcrateError as exc:
         if debug:
             raise

@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
+import click
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import json_option, local_registry, registry_option
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 
-alias_app = typer.Typer(help="Movable names for versions (prod, staging, …).", no_args_is_help=True)
+
+@click.group("alias", no_args_is_help=True)
+def alias_group() -> None:
+    """Movable names for versions (prod, staging, …)."""
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(alias_app, name="alias")
-    app.command("rollback")(rollback_command)
+def register(group: click.Group) -> None:
+    group.add_command(alias_group)
+    group.add_command(rollback_command)
 
 
-AllowBreaking = Annotated[
-    bool,
-    typer.Option(
-        "--allow-breaking",
-        help="Move even if the target's signature breaks the current target's clients "
-        "(recorded in the audit log).",
-    ),
-]
+allow_breaking_option = click.option(
+    "--allow-breaking",
+    is_flag=True,
+    help="Move even if the target's signature breaks the current target's clients "
+    "(recorded in the audit log).",
+)
 
 
-@alias_app.command("set")
+@alias_group.command("set")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version")
+@registry_option
+@allow_breaking_option
 def set_command(
-    name: str,
-    alias: str,
-    version: str,
-    registry: RegistryOption = None,
-    allow_breaking: AllowBreaking = False,
+    name: str, alias: str, version: str, registry: str | None, allow_breaking: bool
 ) -> None:
     """Point NAME@ALIAS at VERSION (refused if VERSION breaks the current target's clients)."""
     from modelcrate.registry import open_registry
@@ -49,10 +49,12 @@ def set_command(
     console.print(f"{name}@{alias} → {event.version}{before}")
 
 
-@alias_app.command("history")
-def history_command(
-    name: str, alias: str, registry: RegistryOption = None, as_json: JsonOption = False
-) -> None:
+@alias_group.command("history")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+@json_option
+def history_command(name: str, alias: str, registry: str | None, as_json: bool) -> None:
     """Every move of NAME@ALIAS, oldest first."""
     events = local_registry(registry).alias_history(name, alias)
     if as_json:
@@ -66,16 +68,22 @@ def history_command(
     console.print(table)
 
 
-@alias_app.command("delete")
-def delete_command(name: str, alias: str, registry: RegistryOption = None) -> None:
+@alias_group.command("delete")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+def delete_command(name: str, alias: str, registry: str | None) -> None:
     """Remove NAME@ALIAS (the move is recorded in its history)."""
     local_registry(registry).delete_alias(name, alias)
     console.print(f"deleted alias {name}@{alias}")
 
 
-def rollback_command(
-    name: str, alias: str, registry: RegistryOption = None, allow_breaking: AllowBreaking = False
-) -> None:
+@click.command("rollback")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+@allow_breaking_option
+def rollback_command(name: str, alias: str, registry: str | None, allow_breaking: bool) -> None:
     """Move NAME@ALIAS back to its previous target (refused if that breaks current clients)."""
     event = local_registry(registry).rollback(name, alias, allow_breaking=allow_breaking)
     console.print(f"{name}@{alias} → {event.version} (was {event.previous})")

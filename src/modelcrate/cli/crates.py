@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.markup import escape
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import PATH, json_option, listed, local_registry, registry_option
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.display import human_size
 from modelcrate.errors import UsageError
@@ -19,55 +19,59 @@ if TYPE_CHECKING:
     from modelcrate.manifest import Manifest
 
 
-def register(app: typer.Typer) -> None:
-    app.command("pack")(pack_command)
-    app.command("inspect")(inspect_command)
+def register(group: click.Group) -> None:
+    group.add_command(pack_command)
+    group.add_command(inspect_command)
 
 
+@click.command("pack")
+@click.argument("source", type=PATH)
+@click.option("--name", required=True, help="Model name.")
+@click.option("--version", required=True, help="Version, like 1.0.0.")
+@click.option("--output", "-o", type=PATH, help="Where to write (default ./NAME-VERSION.crate).")
+@click.option("--labels", type=PATH, help="Text file, one label per line.")
+@click.option("--description", default="")
+@click.option("--license")
+@click.option("--tag", multiple=True, callback=listed, help="A tag; repeatable.")
+@click.option("--metric", multiple=True, callback=listed, help="name=value; repeatable.")
+@click.option("--model-card", type=PATH, help="README.md for the crate.")
+@click.option(
+    "--keras-allow",
+    multiple=True,
+    callback=listed,
+    help="Keras class to trust (Lambda, a custom layer).",
+)
+@click.option(
+    "--source-dir",
+    type=PATH,
+    help="The training code's directory, for provenance (default: the current one).",
+)
+@click.option(
+    "--provenance/--no-provenance",
+    default=True,
+    help="Record the Git commit, branch, remote and changed files, the command line "
+    "and the environment.",
+)
+@json_option
 def pack_command(
-    source: Annotated[
-        Path, typer.Argument(help="A model file (.onnx .pt2 .ort .keras .h5 .tflite) or dir.")
-    ],
-    name: Annotated[str, typer.Option("--name", help="Model name.")],
-    version: Annotated[str, typer.Option("--version", help="Version, like 1.0.0.")],
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Where to write (default ./NAME-VERSION.crate)."),
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help="Text file, one label per line.")
-    ] = None,
-    description: Annotated[str, typer.Option("--description")] = "",
-    license: Annotated[str | None, typer.Option("--license")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeatable.")] = None,
-    metric: Annotated[
-        list[str] | None, typer.Option("--metric", help="name=value; repeatable.")
-    ] = None,
-    model_card: Annotated[
-        Path | None, typer.Option("--model-card", help="README.md for the crate.")
-    ] = None,
-    keras_allow: Annotated[
-        list[str] | None,
-        typer.Option("--keras-allow", help="Keras class to trust (Lambda, a custom layer)."),
-    ] = None,
-    source_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--source-dir",
-            help="The training code's directory, for provenance (default: the current one).",
-        ),
-    ] = None,
-    provenance: Annotated[
-        bool,
-        typer.Option(
-            "--provenance/--no-provenance",
-            help="Record the Git commit, branch, remote and changed files, the command line "
-            "and the environment.",
-        ),
-    ] = True,
-    as_json: JsonOption = False,
+    source: Path,
+    name: str,
+    version: str,
+    output: Path | None,
+    labels: Path | None,
+    description: str,
+    license: str | None,
+    tag: list[str] | None,
+    metric: list[str] | None,
+    model_card: Path | None,
+    keras_allow: list[str] | None,
+    source_dir: Path | None,
+    provenance: bool,
+    as_json: bool,
 ) -> None:
-    """Pack a model file (.onnx, .pt2, .ort, .keras, .h5, .tflite) or SavedModel directory."""
+    """Pack a model file (.onnx, .pt2, .ort, .keras, .h5, .tflite) or SavedModel directory.
+
+    SOURCE is the model file or directory."""
     from modelcrate.pack import pack
 
     with errors.status(f"packing {source.name}…"):
@@ -109,14 +113,14 @@ def parse_metrics(pairs: list[str]) -> dict[str, float]:
     return metrics
 
 
-def inspect_command(
-    target: Annotated[
-        str, typer.Argument(help="A .crate file, a crate directory, or a reference.")
-    ],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show a crate's manifest, signature and files."""
+@click.command("inspect")
+@click.argument("target")
+@registry_option
+@json_option
+def inspect_command(target: str, registry: str | None, as_json: bool) -> None:
+    """Show a crate's manifest, signature and files.
+
+    TARGET is a .crate file, a crate directory, or a reference (name@version)."""
     from modelcrate.crate import Crate
 
     if is_local_crate(target):

@@ -4,41 +4,45 @@ or the crate as an installable Python wheel."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import PATH, json_option, local_registry, registry_option
 from modelcrate.cli.output import console, print_json
 
 
-def register(app: typer.Typer) -> None:
-    app.command("export")(export_command)
+def register(group: click.Group) -> None:
+    group.add_command(export_command)
 
 
+@click.command("export")
+@click.argument("ref")
+@click.option(
+    "--format",
+    "-f",
+    "format",
+    required=True,
+    help="docker | kserve | triton | tfserving | wheel | prometheus-rules",
+)
+@click.option("--to", type=PATH, required=True, help="Directory to write into.")
+@click.option("--image", help="Container image (kserve).")
+@click.option("--max-error-rate", type=float, help="prometheus-rules: alert above this 5xx share.")
+@click.option("--max-p99-ms", type=float, help="prometheus-rules: alert above this p99.")
+@registry_option
+@json_option
 def export_command(
-    ref: Annotated[str, typer.Argument(help="The version to deploy, like digits@1.0.0.")],
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            "-f",
-            help="docker | kserve | triton | tfserving | wheel | prometheus-rules",
-        ),
-    ],
-    to: Annotated[Path, typer.Option("--to", help="Directory to write into.")],
-    image: Annotated[str | None, typer.Option("--image", help="Container image (kserve).")] = None,
-    max_error_rate: Annotated[
-        float | None,
-        typer.Option("--max-error-rate", help="prometheus-rules: alert above this 5xx share."),
-    ] = None,
-    max_p99_ms: Annotated[
-        float | None, typer.Option("--max-p99-ms", help="prometheus-rules: alert above this p99.")
-    ] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    format: str,
+    to: Path,
+    image: str | None,
+    max_error_rate: float | None,
+    max_p99_ms: float | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Write what another platform needs to serve a version (or alert on it)."""
+    """Write what another platform needs to serve a version (or alert on it).
+
+    REF is the version to deploy, like digits@1.0.0."""
     from modelcrate.deploy import export
 
     thresholds = {

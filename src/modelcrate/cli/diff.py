@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.markup import escape
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption
+from modelcrate.cli.options import json_option, registry_option
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.display import human_size
 
@@ -18,17 +18,19 @@ if TYPE_CHECKING:
 SHOWN_TENSORS = 20
 
 
-def register(app: typer.Typer) -> None:
-    app.command("diff")(diff_command)
+def register(group: click.Group) -> None:
+    group.add_command(diff_command)
 
 
-def diff_command(
-    a: Annotated[str, typer.Argument(help="The old version: a reference, .crate or directory.")],
-    b: Annotated[str, typer.Argument(help="The new version: a reference, .crate or directory.")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Signature (breaking or not), files, weights, metrics, lineage and provenance of B vs A."""
+@click.command("diff")
+@click.argument("a")
+@click.argument("b")
+@registry_option
+@json_option
+def diff_command(a: str, b: str, registry: str | None, as_json: bool) -> None:
+    """Signature (breaking or not), files, weights, metrics, lineage and provenance of B vs A.
+
+    A (the old version) and B (the new) are each a reference, a .crate file or a directory."""
     from modelcrate.diff import diff
 
     with errors.status(f"comparing {a} and {b}…"):

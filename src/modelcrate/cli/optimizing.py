@@ -4,13 +4,13 @@ side-by-side figures, and a version's measured accuracy and latency."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.table import Table
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import PATH, json_option, local_registry, registry_option
 from modelcrate.cli.output import console, errors, print_json
 
 if TYPE_CHECKING:
@@ -20,33 +20,39 @@ if TYPE_CHECKING:
     from modelcrate.optimize import Optimized
 
 
-def register(app: typer.Typer) -> None:
-    app.command("optimize")(optimize_command)
-    app.command("compare")(compare_command)
-    app.command("convert")(convert_command)
-    app.command("eval")(eval_command)
+def register(group: click.Group) -> None:
+    for command in (optimize_command, compare_command, convert_command, eval_command):
+        group.add_command(command)
 
 
+@click.command("optimize")
+@click.argument("ref")
+@click.option("--quantize", help="int8")
+@click.option("--calibrate", type=PATH, help=".npz of inputs: static int8 (QDQ).")
+@click.option("--fp16", is_flag=True, help="float16 weights.")
+@click.option("--prune", type=float, help="Fraction of each weight matrix to zero.")
+@click.option("--data", type=PATH, help=".npz of inputs (+ y) to measure on.")
+@click.option("--version", help="Default: PARENT-int8 …")
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--min-agreement", type=float)
+@registry_option
+@json_option
 def optimize_command(
-    ref: Annotated[str, typer.Argument(help="The parent, like digits@1.0.0.")],
-    quantize: Annotated[str | None, typer.Option("--quantize", help="int8")] = None,
-    calibrate: Annotated[
-        Path | None, typer.Option("--calibrate", help=".npz of inputs: static int8 (QDQ).")
-    ] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights.")] = False,
-    prune: Annotated[
-        float | None, typer.Option("--prune", help="Fraction of each weight matrix to zero.")
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help=".npz of inputs (+ y) to measure on.")
-    ] = None,
-    version: Annotated[str | None, typer.Option("--version", help="Default: PARENT-int8 …")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop")] = None,
-    min_agreement: Annotated[float | None, typer.Option("--min-agreement")] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    quantize: str | None,
+    calibrate: Path | None,
+    fp16: bool,
+    prune: float | None,
+    data: Path | None,
+    version: str | None,
+    max_accuracy_drop: float | None,
+    min_agreement: float | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Optimize a version into a new one (lineage + parity report) and publish it."""
+    """Optimize a version into a new one (lineage + parity report) and publish it.
+
+    REF is the parent, like digits@1.0.0."""
     from modelcrate.optimize import optimize
 
     with errors.status(f"optimizing {ref}…"):
@@ -65,14 +71,18 @@ def optimize_command(
     render_result(result, as_json)
 
 
+@click.command("convert")
+@click.argument("ref")
+@click.option("--to", required=True, help="ort | onnx (ORT-optimized) | tflite")
+@click.option("--version", help="Default: PARENT-ort …")
+@registry_option
+@json_option
 def convert_command(
-    ref: Annotated[str, typer.Argument(help="The source version, like digits@1.0.0.")],
-    to: Annotated[str, typer.Option("--to", help="ort | onnx (ORT-optimized) | tflite")],
-    version: Annotated[str | None, typer.Option("--version", help="Default: PARENT-ort …")] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str, to: str, version: str | None, registry: str | None, as_json: bool
 ) -> None:
-    """Convert a version to another format as a new, parity-checked version."""
+    """Convert a version to another format as a new, parity-checked version.
+
+    REF is the source version, like digits@1.0.0."""
     from modelcrate.optimize import convert
 
     with errors.status(f"converting {ref} to {to}…"):
@@ -80,16 +90,16 @@ def convert_command(
     render_result(result, as_json)
 
 
-def eval_command(
-    ref: Annotated[str, typer.Argument(help="The version, like digits@1.1.0.")],
-    data: Annotated[Path, typer.Option("--data", help=".npz of inputs (+ labels y).")],
-    record: Annotated[
-        bool, typer.Option("--record/--no-record", help="Keep it in the evaluation history.")
-    ] = True,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Accuracy (labels y) and latency of a version, kept with the time and data fingerprint."""
+@click.command("eval")
+@click.argument("ref")
+@click.option("--data", type=PATH, required=True, help=".npz of inputs (+ labels y).")
+@click.option("--record/--no-record", default=True, help="Keep it in the evaluation history.")
+@registry_option
+@json_option
+def eval_command(ref: str, data: Path, record: bool, registry: str | None, as_json: bool) -> None:
+    """Accuracy (labels y) and latency of a version, kept with the time and data fingerprint.
+
+    REF is the version, like digits@1.1.0."""
     from modelcrate.optimize.evaluate import evaluate
 
     arrays = read_npz(data) or {}
@@ -116,14 +126,18 @@ def eval_command(
         console.print("not recorded")
 
 
+@click.command("compare")
+@click.argument("first")
+@click.argument("second")
+@click.option("--data", type=PATH, help=".npz of inputs (+ y).")
+@registry_option
+@json_option
 def compare_command(
-    first: Annotated[str, typer.Argument(help="Baseline, like digits@1.0.0.")],
-    second: Annotated[str, typer.Argument(help="Candidate, like digits@1.0.0-int8.")],
-    data: Annotated[Path | None, typer.Option("--data", help=".npz of inputs (+ y).")] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    first: str, second: str, data: Path | None, registry: str | None, as_json: bool
 ) -> None:
-    """Size, speed, accuracy and agreement of SECOND against FIRST."""
+    """Size, speed, accuracy and agreement of SECOND against FIRST.
+
+    FIRST is the baseline (digits@1.0.0), SECOND the candidate (digits@1.0.0-int8)."""
     from modelcrate.optimize import compare
 
     report = compare(first, second, data=read_npz(data), registry=local_registry(registry))

@@ -4,35 +4,49 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 from rich.table import Table
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import IdentityOption, JsonOption, RegistryOption, TrustOption
+from modelcrate.cli.options import (
+    PATH,
+    identity_option,
+    json_option,
+    registry_option,
+    trust_option,
+)
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
 
 
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)
+def register(group: click.Group) -> None:
+    group.add_command(predict_command)
 
 
+@click.command("predict")
+@click.argument("ref")
+@click.option(
+    "--input", "-i", "input_path", type=PATH, help=".npy (one input) or .npz (by input name)."
+)
+@click.option("--data", "-d", help="JSON nested list, or {name: list}.")
+@trust_option
+@identity_option
+@registry_option
+@json_option
 def predict_command(
-    ref: Annotated[str, typer.Argument(help="A reference (digits@prod) or a .crate file.")],
-    input_path: Annotated[
-        Path | None, typer.Option("--input", "-i", help=".npy (one input) or .npz (by input name).")
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option("--data", "-d", help="JSON nested list, or {name: list}.")
-    ] = None,
-    trust: TrustOption = None,
-    identity: IdentityOption = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    input_path: Path | None,
+    data: str | None,
+    trust: list[str] | None,
+    identity: str | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Run a model and print its outputs."""
+    """Run a model and print its outputs.
+
+    REF is a reference (digits@prod) or a .crate file."""
     import numpy as np
 
     from modelcrate.model import load

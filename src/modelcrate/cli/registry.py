@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from modelcrate.cli.crates import render_manifest
-from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, local_registry
+from modelcrate.cli.options import (
+    PATH,
+    json_option,
+    local_registry,
+    registry_option,
+    trust_option,
+)
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.display import human_size, when
 from modelcrate.errors import IntegrityError, UsageError
@@ -21,36 +27,41 @@ if TYPE_CHECKING:
     from modelcrate.registry.records import Evaluation
 
 
-def register(app: typer.Typer) -> None:
-    app.command("publish")(publish_command)
-    app.command("list")(list_command)
-    app.command("show")(show_command)
-    app.command("pull")(pull_command)
-    app.command("verify")(verify_command)
-    app.command("delete")(delete_command)
-    app.command("gc")(gc_command)
-    app.command("backup")(backup_command)
-    app.command("restore")(restore_command)
-    app.command("du")(du_command)
-    app.command("push")(push_command)
+def register(group: click.Group) -> None:
+    for command in (
+        publish_command,
+        list_command,
+        show_command,
+        pull_command,
+        verify_command,
+        delete_command,
+        gc_command,
+        backup_command,
+        restore_command,
+        du_command,
+        push_command,
+    ):
+        group.add_command(command)
 
 
+@click.command("publish")
+@click.argument("crate_path", metavar="CRATE", type=PATH)
+@click.option("--signature", type=PATH, help="Signature bundle (default: <CRATE>.sig).")
+@click.option("--require-signature", is_flag=True, help="Refuse it unless signed by a --trust key.")
+@trust_option
+@registry_option
+@json_option
 def publish_command(
-    crate_path: Annotated[
-        Path, typer.Argument(metavar="CRATE", help="A .crate file or crate directory.")
-    ],
-    signature: Annotated[
-        Path | None,
-        typer.Option("--signature", help="Signature bundle (default: <CRATE>.sig)."),
-    ] = None,
-    require_signature: Annotated[
-        bool, typer.Option("--require-signature", help="Refuse it unless signed by a --trust key.")
-    ] = False,
-    trust: TrustOption = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    crate_path: Path,
+    signature: Path | None,
+    require_signature: bool,
+    trust: list[str] | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Publish a crate into the registry (immutable; identical republish is a no-op)."""
+    """Publish a crate into the registry (immutable; identical republish is a no-op).
+
+    CRATE is a .crate file or a crate directory."""
     from modelcrate.crate import Crate
     from modelcrate.trust.keys import TrustedKeys
     from modelcrate.trust.signing import Policy, local_signatures
@@ -75,13 +86,15 @@ def publish_command(
     console.print(f"{state} [bold]{result.name}@{result.version}[/bold] {result.digest}")
 
 
-def list_command(
-    query: Annotated[str | None, typer.Argument(help="Substring of name or description.")] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="Only models with this tag.")] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List models (optionally searched by name/description and tag)."""
+@click.command("list")
+@click.argument("query", required=False)
+@click.option("--tag", help="Only models with this tag.")
+@registry_option
+@json_option
+def list_command(query: str | None, tag: str | None, registry: str | None, as_json: bool) -> None:
+    """List models (optionally searched by name/description and tag).
+
+    QUERY is a substring of the name or description."""
     models = local_registry(registry).list_models(query, tag=tag)
     if as_json:
         print_json([vars(m) for m in models])
@@ -95,12 +108,14 @@ def list_command(
     console.print(table if models else "no models")
 
 
-def show_command(
-    ref: Annotated[str, typer.Argument(help="name (all versions) or name@version/alias.")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show a model's versions and aliases, or one version's manifest."""
+@click.command("show")
+@click.argument("ref")
+@registry_option
+@json_option
+def show_command(ref: str, registry: str | None, as_json: bool) -> None:
+    """Show a model's versions and aliases, or one version's manifest.
+
+    REF is a name (all versions) or name@version / name@alias."""
     reg = local_registry(registry)
     parsed = parse_ref(ref)
     if parsed.version or parsed.alias or parsed.digest:
@@ -147,25 +162,20 @@ def render_evaluations(evaluations: list[Evaluation]) -> None:
     console.print(table)
 
 
-def pull_command(
-    ref: Annotated[
-        str,
-        typer.Argument(
-            help="name@version or name@alias; https://host/name@version; oci://host/repo:tag."
-        ),
-    ],
-    to: Annotated[
-        Path | None,
-        typer.Option(
-            "--to",
-            help="Directory to write (new or empty). For oci:// refs, "
-            "leave it out to publish into the registry instead.",
-        ),
-    ] = None,
-    trust: TrustOption = None,
-    registry: RegistryOption = None,
-) -> None:
-    """Write a version's verified files into a directory (its signature to <dir>.sig)."""
+@click.command("pull")
+@click.argument("ref")
+@click.option(
+    "--to",
+    type=PATH,
+    help="Directory to write (new or empty). For oci:// refs, "
+    "leave it out to publish into the registry instead.",
+)
+@trust_option
+@registry_option
+def pull_command(ref: str, to: Path | None, trust: list[str] | None, registry: str | None) -> None:
+    """Write a version's verified files into a directory (its signature to <dir>.sig).
+
+    REF is name@version or name@alias; https://host/name@version; oci://host/repo:tag."""
     import tempfile
 
     from modelcrate import pull
@@ -184,20 +194,18 @@ def pull_command(
     console.print(f"pulled {ref} → {path}")
 
 
+@click.command("verify")
+@click.argument("target", required=False)
+@trust_option
+@registry_option
+@json_option
 def verify_command(
-    target: Annotated[
-        str | None,
-        typer.Argument(
-            help="A reference, a .crate file or a crate directory (default: every "
-            "pack of the registry)."
-        ),
-    ] = None,
-    trust: TrustOption = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    target: str | None, trust: list[str] | None, registry: str | None, as_json: bool
 ) -> None:
     """Re-hash every file of a version (or crate); with --trust, also check its signature.
-    Without a target, re-read every pack and name the versions a damaged one affects."""
+    Without a target, re-read every pack and name the versions a damaged one affects.
+
+    TARGET is a reference, a .crate file or a crate directory."""
     from modelcrate.crate import Crate
     from modelcrate.trust.signing import as_policy, verify_local
 
@@ -251,25 +259,28 @@ def verify_store(reg: Registry, as_json: bool) -> None:
         console.print("[green]ok[/green]  every pack reads back intact")
 
 
-def delete_command(
-    ref: Annotated[str, typer.Argument(help="name@version to delete.")],
-    force: Annotated[
-        bool, typer.Option("--force", help="Also remove aliases pointing at it.")
-    ] = False,
-    registry: RegistryOption = None,
-) -> None:
-    """Delete a version. Its blobs are freed by `modelcrate gc`."""
+@click.command("delete")
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Also remove aliases pointing at it.")
+@registry_option
+def delete_command(ref: str, force: bool, registry: str | None) -> None:
+    """Delete a version. Its blobs are freed by `modelcrate gc`.
+
+    REF is name@version."""
     info = local_registry(registry).delete(ref, force=force)
     console.print(f"deleted {info.ref}; run `modelcrate gc` to free {human_size(info.size)}")
 
 
-def gc_command(
-    grace: Annotated[
-        float, typer.Option("--grace", help="Keep unreferenced blobs younger than this (seconds).")
-    ] = 3600.0,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@click.command("gc")
+@click.option(
+    "--grace",
+    type=float,
+    default=3600.0,
+    help="Keep unreferenced blobs younger than this (seconds).",
+)
+@registry_option
+@json_option
+def gc_command(grace: float, registry: str | None, as_json: bool) -> None:
     """Remove blobs that no version references."""
     report = local_registry(registry).gc(grace_seconds=grace)
     if as_json:
@@ -278,11 +289,11 @@ def gc_command(
     console.print(f"removed {report.blobs_removed} blob(s), freed {human_size(report.bytes_freed)}")
 
 
-def backup_command(
-    to: Annotated[Path, typer.Option("--to", help="The backup file to write (.tar).")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@click.command("backup")
+@click.option("--to", type=PATH, required=True, help="The backup file to write (.tar).")
+@registry_option
+@json_option
+def backup_command(to: Path, registry: str | None, as_json: bool) -> None:
     """Write the whole registry (metadata and blobs) to one reproducible tar file."""
     with errors.status("backing up…"):
         report = local_registry(registry).backup(to)
@@ -295,12 +306,14 @@ def backup_command(
     )
 
 
-def restore_command(
-    source: Annotated[Path, typer.Argument(help="A file written by `modelcrate backup`.")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Restore a backup into an empty registry (every blob and manifest is verified)."""
+@click.command("restore")
+@click.argument("source", type=PATH)
+@registry_option
+@json_option
+def restore_command(source: Path, registry: str | None, as_json: bool) -> None:
+    """Restore a backup into an empty registry (every blob and manifest is verified).
+
+    SOURCE is a file written by `modelcrate backup`."""
     with errors.status("restoring…"):
         report = local_registry(registry).restore(source)
     if as_json:
@@ -309,12 +322,14 @@ def restore_command(
     console.print(f"restored {report.versions} version(s), {report.blobs} blob(s)")
 
 
-def du_command(
-    name: Annotated[str | None, typer.Argument(help="One model (default: all).")] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Logical bytes (what the versions hold) vs stored bytes (shared blobs counted once)."""
+@click.command("du")
+@click.argument("name", required=False)
+@registry_option
+@json_option
+def du_command(name: str | None, registry: str | None, as_json: bool) -> None:
+    """Logical bytes (what the versions hold) vs stored bytes (shared blobs counted once).
+
+    NAME: one model (default: all)."""
     usage = local_registry(registry).du(name)
     if as_json:
         print_json(
@@ -339,18 +354,19 @@ def du_command(
     )
 
 
+@click.command("push")
+@click.argument("ref")
+@click.argument("target")
+@click.option("--token", envvar="MODELCRATE_TOKEN", show_envvar=True, help="Bearer token.")
+@registry_option
+@json_option
 def push_command(
-    ref: Annotated[str, typer.Argument(help="The version to copy, like digits@1.0.0.")],
-    target: Annotated[
-        str, typer.Argument(help="https://host (a modelcrate server), a directory or a URL.")
-    ],
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="MODELCRATE_TOKEN", help="Bearer token.")
-    ] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str, target: str, token: str | None, registry: str | None, as_json: bool
 ) -> None:
-    """Copy a version and its signatures to another registry (only missing files move)."""
+    """Copy a version and its signatures to another registry (only missing files move).
+
+    REF is the version to copy, like digits@1.0.0; TARGET is https://host (a modelcrate
+    server), a directory or a URL."""
     from modelcrate import push
 
     with errors.status(f"pushing {ref}…"):

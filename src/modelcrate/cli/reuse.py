@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.table import Table
 from rich.tree import Tree
 
 from modelcrate.cli.arrays import read_arrays
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import PATH, json_option, local_registry, registry_option
 from modelcrate.cli.output import console, print_json
 from modelcrate.errors import InputError, UsageError
 
@@ -18,37 +18,59 @@ if TYPE_CHECKING:
     from modelcrate.registry.lineage import LineageGraph
 
 
-def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune_command)
-    app.command("features")(features_command)
-    app.command("layers")(layers_command)
-    app.command("pipeline")(pipeline_command)
-    app.command("ensemble")(ensemble_command)
-    app.command("lineage")(lineage_command)
+def register(group: click.Group) -> None:
+    for command in (
+        finetune_command,
+        features_command,
+        layers_command,
+        pipeline_command,
+        ensemble_command,
+        lineage_command,
+    ):
+        group.add_command(command)
 
 
+@click.command("finetune")
+@click.argument("ref")
+@click.option(
+    "--data",
+    type=PATH,
+    required=True,
+    help=".npz with the inputs (x, or the input name) and targets y.",
+)
+@click.option("--epochs", type=int, default=3)
+@click.option("--name", help="Default: the parent's.")
+@click.option("--version")
+@click.option("--head", type=int, help="Outputs of a new head.")
+@click.option(
+    "--freeze", default="backbone", help="backbone | none | comma-separated name prefixes."
+)
+@click.option("--lr", type=float, default=1e-3)
+@click.option("--batch-size", type=int, default=64)
+@click.option("--val-split", type=float, default=0.2)
+@click.option("--patience", type=int, default=2, help="Early stop after N epochs.")
+@click.option("--seed", type=int, default=0)
+@registry_option
+@json_option
 def finetune_command(
-    ref: Annotated[str, typer.Argument(help="The parent, like digits@prod.")],
-    data: Annotated[
-        Path,
-        typer.Option("--data", help=".npz with the inputs (x, or the input name) and targets y."),
-    ],
-    epochs: Annotated[int, typer.Option("--epochs")] = 3,
-    name: Annotated[str | None, typer.Option("--name", help="Default: the parent's.")] = None,
-    version: Annotated[str | None, typer.Option("--version")] = None,
-    head: Annotated[int | None, typer.Option("--head", help="Outputs of a new head.")] = None,
-    freeze: Annotated[
-        str, typer.Option("--freeze", help="backbone | none | comma-separated name prefixes.")
-    ] = "backbone",
-    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    val_split: Annotated[float, typer.Option("--val-split")] = 0.2,
-    patience: Annotated[int, typer.Option("--patience", help="Early stop after N epochs.")] = 2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    data: Path,
+    epochs: int,
+    name: str | None,
+    version: str | None,
+    head: int | None,
+    freeze: str,
+    lr: float,
+    batch_size: int,
+    val_split: float,
+    patience: int,
+    seed: int,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Fine-tune a published model on new data and publish the child with its lineage."""
+    """Fine-tune a published model on new data and publish the child with its lineage.
+
+    REF is the parent, like digits@prod."""
     from modelcrate.reuse.finetune import finetune
 
     reg = local_registry(registry)
@@ -83,14 +105,18 @@ def finetune_command(
     console.print(f"published [bold]{result.name}@{result.version}[/bold] ({shown})")
 
 
+@click.command("features")
+@click.argument("ref")
+@click.option("--layer", required=True, help="Torch module path or ONNX tensor name.")
+@click.option("--name")
+@click.option("--version")
+@registry_option
 def features_command(
-    ref: Annotated[str, typer.Argument(help="The model to cut, like digits@1.0.0.")],
-    layer: Annotated[str, typer.Option("--layer", help="Torch module path or ONNX tensor name.")],
-    name: Annotated[str | None, typer.Option("--name")] = None,
-    version: Annotated[str | None, typer.Option("--version")] = None,
-    registry: RegistryOption = None,
+    ref: str, layer: str, name: str | None, version: str | None, registry: str | None
 ) -> None:
-    """Publish a feature extractor: the model up to LAYER, as its own crate."""
+    """Publish a feature extractor: the model up to LAYER, as its own crate.
+
+    REF is the model to cut, like digits@1.0.0."""
     from modelcrate.reuse.features import feature_extractor
 
     reg = local_registry(registry)
@@ -100,12 +126,14 @@ def features_command(
     console.print(f"published [bold]{result.name}@{result.version}[/bold] → {output.describe()}")
 
 
-def layers_command(
-    ref: Annotated[str, typer.Argument(help="A reference or a .crate file.")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List the layers a feature extractor can stop at."""
+@click.command("layers")
+@click.argument("ref")
+@registry_option
+@json_option
+def layers_command(ref: str, registry: str | None, as_json: bool) -> None:
+    """List the layers a feature extractor can stop at.
+
+    REF is a reference or a .crate file."""
     from modelcrate.model import load
     from modelcrate.reuse.features import layers
 
@@ -121,13 +149,15 @@ def layers_command(
     console.print(table)
 
 
-def pipeline_command(
-    refs: Annotated[list[str], typer.Argument(help="Stages in order, like prep@1 digits@prod.")],
-    name: Annotated[str, typer.Option("--name")],
-    version: Annotated[str, typer.Option("--version")],
-    registry: RegistryOption = None,
-) -> None:
-    """Publish a pipeline: each stage's outputs feed the next (members pinned by digest)."""
+@click.command("pipeline")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--name", required=True)
+@click.option("--version", required=True)
+@registry_option
+def pipeline_command(refs: tuple[str, ...], name: str, version: str, registry: str | None) -> None:
+    """Publish a pipeline: each stage's outputs feed the next (members pinned by digest).
+
+    REFS are the stages in order, like prep@1 digits@prod."""
     from modelcrate.reuse.compose import pipeline
 
     reg = local_registry(registry)
@@ -135,21 +165,25 @@ def pipeline_command(
     console.print(f"published [bold]{result.name}@{result.version}[/bold] (pipeline)")
 
 
+@click.command("ensemble")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--name", required=True)
+@click.option("--version", required=True)
+@click.option("--combine", default="mean", help="mean | vote")
+@registry_option
 def ensemble_command(
-    refs: Annotated[list[str], typer.Argument(help="Members, like a@1 b@1 c@1.")],
-    name: Annotated[str, typer.Option("--name")],
-    version: Annotated[str, typer.Option("--version")],
-    combine: Annotated[str, typer.Option("--combine", help="mean | vote")] = "mean",
-    registry: RegistryOption = None,
+    refs: tuple[str, ...], name: str, version: str, combine: str, registry: str | None
 ) -> None:
-    """Publish an ensemble: every member gets the inputs; outputs are combined."""
+    """Publish an ensemble: every member gets the inputs; outputs are combined.
+
+    REFS are the members, like a@1 b@1 c@1."""
     from modelcrate.reuse.compose import ensemble
 
     reg = local_registry(registry)
     if combine not in ("mean", "vote"):
         raise UsageError(f"--combine {combine!r}: expected mean or vote")
     crate = ensemble(
-        refs,
+        list(refs),
         combine="vote" if combine == "vote" else "mean",
         name=name,
         version=version,
@@ -159,12 +193,14 @@ def ensemble_command(
     console.print(f"published [bold]{result.name}@{result.version}[/bold] (ensemble, {combine})")
 
 
-def lineage_command(
-    ref: Annotated[str, typer.Argument(help="A version, like digits@2.0.0.")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show where a version came from and what was made from it."""
+@click.command("lineage")
+@click.argument("ref")
+@registry_option
+@json_option
+def lineage_command(ref: str, registry: str | None, as_json: bool) -> None:
+    """Show where a version came from and what was made from it.
+
+    REF is a version, like digits@2.0.0."""
     graph = local_registry(registry).lineage(ref)
     if as_json:
         print_json(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import json_option, local_registry, registry_option
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import NotFound, UsageError
@@ -15,39 +15,44 @@ from modelcrate.errors import NotFound, UsageError
 if TYPE_CHECKING:
     from modelcrate.registry.records import Rollout
 
-rollout_app = typer.Typer(
-    help="Canary and shadow rollouts on an alias, rolled back automatically on an SLO breach.",
-    no_args_is_help=True,
-)
+
+@click.group("rollout", no_args_is_help=True)
+def rollout_group() -> None:
+    """Canary and shadow rollouts on an alias, rolled back automatically on an SLO breach."""
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(rollout_app, name="rollout")
+def register(group: click.Group) -> None:
+    group.add_command(rollout_group)
 
 
-@rollout_app.command("start")
+@rollout_group.command("start")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version")
+@click.option("--canary", type=int, help="Percent of traffic for the first step.")
+@click.option("--steps", help="Percentages, like 10,50,100 (ends at 100).")
+@click.option("--shadow", is_flag=True, help="Copies of every request only; stable answers.")
+@click.option("--interval", default="60s", help="Per step: 60s, 5m, 1h.")
+@click.option("--max-error-rate", type=float)
+@click.option("--max-p99-ms", type=float)
+@click.option("--max-disagreement", type=float)
+@click.option("--allow-breaking", is_flag=True, help="Allow a breaking signature change.")
+@registry_option
+@json_option
 def start_command(
     name: str,
     alias: str,
     version: str,
-    canary: Annotated[
-        int | None, typer.Option("--canary", help="Percent of traffic for the first step.")
-    ] = None,
-    steps: Annotated[
-        str | None, typer.Option("--steps", help="Percentages, like 10,50,100 (ends at 100).")
-    ] = None,
-    shadow: Annotated[
-        bool, typer.Option("--shadow", help="Copies of every request only; stable answers.")
-    ] = False,
-    interval: Annotated[str, typer.Option("--interval", help="Per step: 60s, 5m, 1h.")] = "60s",
-    max_error_rate: Annotated[float | None, typer.Option("--max-error-rate")] = None,
-    max_p99_ms: Annotated[float | None, typer.Option("--max-p99-ms")] = None,
-    max_disagreement: Annotated[float | None, typer.Option("--max-disagreement")] = None,
-    allow_breaking: Annotated[
-        bool, typer.Option("--allow-breaking", help="Allow a breaking signature change.")
-    ] = False,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    canary: int | None,
+    steps: str | None,
+    shadow: bool,
+    interval: str,
+    max_error_rate: float | None,
+    max_p99_ms: float | None,
+    max_disagreement: float | None,
+    allow_breaking: bool,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
     """Start a rollout of VERSION on NAME@ALIAS; servers following the alias carry it out."""
     from modelcrate.publishing import rollout
@@ -81,10 +86,12 @@ def start_command(
     )
 
 
-@rollout_app.command("status")
-def status_command(
-    name: str, alias: str, registry: RegistryOption = None, as_json: JsonOption = False
-) -> None:
+@rollout_group.command("status")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+@json_option
+def status_command(name: str, alias: str, registry: str | None, as_json: bool) -> None:
     """The rollout's state (running, promoted, rolled_back, aborted) and its figures."""
     found = local_registry(registry).rollout(name, alias)
     if found is None:
@@ -95,15 +102,21 @@ def status_command(
     render(found)
 
 
-@rollout_app.command("promote")
-def promote_command(name: str, alias: str, registry: RegistryOption = None) -> None:
+@rollout_group.command("promote")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+def promote_command(name: str, alias: str, registry: str | None) -> None:
     """Move the alias to the candidate now."""
     ended = local_registry(registry).promote_rollout(name, alias)
     console.print(f"{name}@{alias} → {ended.candidate} (promoted)")
 
 
-@rollout_app.command("abort")
-def abort_command(name: str, alias: str, registry: RegistryOption = None) -> None:
+@rollout_group.command("abort")
+@click.argument("name")
+@click.argument("alias")
+@registry_option
+def abort_command(name: str, alias: str, registry: str | None) -> None:
     """Stop the rollout; all traffic goes back to the stable version."""
     ended = local_registry(registry).abort_rollout(name, alias)
     console.print(f"rollout on {name}@{alias} aborted; {ended.stable} answers everything")

@@ -3,116 +3,112 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
-import typer
+import click
 
-from modelcrate.cli.options import JsonOption, RegistryOption
+from modelcrate.cli.options import json_option, listed, registry_option
 from modelcrate.cli.output import console, errors, print_json
 from modelcrate.errors import UsageError
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_command)
-    app.command("ui")(ui_command)
-    app.command("bench")(bench_command)
+def register(group: click.Group) -> None:
+    group.add_command(serve_command)
+    group.add_command(ui_command)
+    group.add_command(bench_command)
 
 
+@click.command("serve")
+@click.argument("refs", nargs=-1)
+@click.option("--port", "-p", type=int, default=8000)
+@click.option("--host", default="127.0.0.1", help="Interface (default loopback only).")
+@click.option("--workers", type=int, default=1, help="Processes sharing the port.")
+@click.option("--token-file", help="TOML bearer tokens.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback host without tokens.")
+@click.option("--max-batch-size", type=int, help="Default: the crate's, else 32.")
+@click.option("--max-delay-ms", type=float, help="Default: the crate's, else 0.")
+@click.option(
+    "--prepack/--no-prepack",
+    default=None,
+    show_default=False,
+    help="ONNX Runtime weight prepacking (default: "
+    "only for models under 1 GiB; off halves a big model's memory).",
+)
+@click.option("--grpc-port", type=int, help="Also serve OIP v2 over gRPC on this port (same host).")
+@click.option(
+    "--max-queue",
+    type=int,
+    help="Requests waiting per model before new ones get 503 / RESOURCE_EXHAUSTED "
+    "(default: two batches, at least 64).",
+)
+@click.option(
+    "--cache-size",
+    type=int,
+    default=0,
+    help="Cache this many responses per model version, keyed by the input tensors (0: off).",
+)
+@click.option("--max-body-mb", type=float, default=64.0)
+@click.option("--request-timeout", type=float, default=30.0)
+@click.option(
+    "--header-timeout", type=float, default=10.0, help="Seconds a client has to send headers."
+)
+@click.option(
+    "--allowed-host",
+    multiple=True,
+    callback=listed,
+    help="Also answer this Host name (repeatable; '*' for any). Without it a "
+    "loopback server with no tokens answers loopback names only (DNS rebinding).",
+)
+@click.option(
+    "--max-connections",
+    type=int,
+    default=4096,
+    help="Open connections before new requests get 503.",
+)
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf in inputs.")
+@click.option("--poll-interval", type=float, default=0.2, help="Seconds.")
+@click.option("--access-log", is_flag=True, help="JSON line per request.")
+@click.option(
+    "--trust",
+    multiple=True,
+    callback=listed,
+    help="Serve only crates signed by these keys (.pub or dir).",
+)
+@click.option("--identity", help="Private key that decrypts encrypted crates (in memory).")
+@click.option("--ray", is_flag=True, help="Run as a Ray Serve deployment (local Ray instance).")
+@click.option("--replicas", type=int, default=1, help="Ray Serve replicas.")
+@click.option("--autoscale", help="Ray Serve autoscaling MIN:MAX.")
+@registry_option
 def serve_command(
-    refs: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Models to serve: digits@prod resnet@1.2.0 … (none: registry API only)"
-        ),
-    ] = None,
-    port: Annotated[int, typer.Option("--port", "-p")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Interface (default loopback only).")] = (
-        "127.0.0.1"
-    ),
-    workers: Annotated[int, typer.Option("--workers", help="Processes sharing the port.")] = 1,
-    token_file: Annotated[str | None, typer.Option("--token-file", help="TOML bearer tokens.")] = (
-        None
-    ),
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Allow a non-loopback host without tokens.")
-    ] = False,
-    max_batch_size: Annotated[
-        int | None, typer.Option("--max-batch-size", help="Default: the crate's, else 32.")
-    ] = None,
-    max_delay_ms: Annotated[
-        float | None, typer.Option("--max-delay-ms", help="Default: the crate's, else 0.")
-    ] = None,
-    prepack: Annotated[
-        bool | None,
-        typer.Option(
-            "--prepack/--no-prepack",
-            help="ONNX Runtime weight prepacking (default: "
-            "only for models under 1 GiB; off halves a big model's memory).",
-            show_default=False,
-        ),
-    ] = None,
-    grpc_port: Annotated[
-        int | None,
-        typer.Option("--grpc-port", help="Also serve OIP v2 over gRPC on this port (same host)."),
-    ] = None,
-    max_queue: Annotated[
-        int | None,
-        typer.Option(
-            "--max-queue",
-            help="Requests waiting per model before new ones get 503 / RESOURCE_EXHAUSTED "
-            "(default: two batches, at least 64).",
-        ),
-    ] = None,
-    cache_size: Annotated[
-        int,
-        typer.Option(
-            "--cache-size",
-            help="Cache this many responses per model version, keyed by the input tensors "
-            "(0: off).",
-        ),
-    ] = 0,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb")] = 64.0,
-    request_timeout: Annotated[float, typer.Option("--request-timeout")] = 30.0,
-    header_timeout: Annotated[
-        float, typer.Option("--header-timeout", help="Seconds a client has to send headers.")
-    ] = 10.0,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allowed-host",
-            help="Also answer this Host name (repeatable; '*' for any). Without it a "
-            "loopback server with no tokens answers loopback names only (DNS rebinding).",
-        ),
-    ] = None,
-    max_connections: Annotated[
-        int,
-        typer.Option("--max-connections", help="Open connections before new requests get 503."),
-    ] = 4096,
-    allow_nonfinite: Annotated[
-        bool, typer.Option("--allow-nonfinite", help="Accept NaN/Inf in inputs.")
-    ] = False,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds.")] = 0.2,
-    access_log: Annotated[bool, typer.Option("--access-log", help="JSON line per request.")] = (
-        False
-    ),
-    trust: Annotated[
-        list[str] | None,
-        typer.Option("--trust", help="Serve only crates signed by these keys (.pub or dir)."),
-    ] = None,
-    identity: Annotated[
-        str | None,
-        typer.Option("--identity", help="Private key that decrypts encrypted crates (in memory)."),
-    ] = None,
-    ray: Annotated[
-        bool, typer.Option("--ray", help="Run as a Ray Serve deployment (local Ray instance).")
-    ] = False,
-    replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve replicas.")] = 1,
-    autoscale: Annotated[
-        str | None, typer.Option("--autoscale", help="Ray Serve autoscaling MIN:MAX.")
-    ] = None,
-    registry: RegistryOption = None,
+    refs: tuple[str, ...],
+    port: int,
+    host: str,
+    workers: int,
+    token_file: str | None,
+    insecure: bool,
+    max_batch_size: int | None,
+    max_delay_ms: float | None,
+    prepack: bool | None,
+    grpc_port: int | None,
+    max_queue: int | None,
+    cache_size: int,
+    max_body_mb: float,
+    request_timeout: float,
+    header_timeout: float,
+    allowed_host: list[str] | None,
+    max_connections: int,
+    allow_nonfinite: bool,
+    poll_interval: float,
+    access_log: bool,
+    trust: list[str] | None,
+    identity: str | None,
+    ray: bool,
+    replicas: int,
+    autoscale: str | None,
+    registry: str | None,
 ) -> None:
-    """Serve models over the Open Inference Protocol v2; aliases are followed live."""
+    """Serve models over the Open Inference Protocol v2; aliases are followed live.
+
+    REFS are the models to serve: digits@prod resnet@1.2.0 … (none: the registry API only)."""
     from modelcrate.server.app import AppSettings
     from modelcrate.server.hot_swap import BatchConfig
     from modelcrate.server.oip import Limits
@@ -129,7 +125,7 @@ def serve_command(
             "--workers, --max-connections, --max-batch-size and --max-queue must be at least 1"
         )
     settings = ServeSettings(
-        refs=refs or [],
+        refs=list(refs),
         registry=registry,
         host=host,
         port=port,
@@ -156,7 +152,7 @@ def serve_command(
         allowed_hosts=allowed_host or [],
         max_connections=max_connections,
     )
-    served = ", ".join(refs or []) or "the registry API"
+    served = ", ".join(refs) or "the registry API"
     if ray:
         from modelcrate.server.auth import Tokens
         from modelcrate.server.ray import Scaling, serve_with_ray
@@ -174,16 +170,12 @@ def serve_command(
     serve(settings)
 
 
-def ui_command(
-    port: Annotated[int, typer.Option("--port", "-p")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Interface (default loopback only).")] = (
-        "127.0.0.1"
-    ),
-    token_file: Annotated[str | None, typer.Option("--token-file", help="TOML bearer tokens.")] = (
-        None
-    ),
-    registry: RegistryOption = None,
-) -> None:
+@click.command("ui")
+@click.option("--port", "-p", type=int, default=8000)
+@click.option("--host", default="127.0.0.1", help="Interface (default loopback only).")
+@click.option("--token-file", help="TOML bearer tokens.")
+@registry_option
+def ui_command(port: int, host: str, token_file: str | None, registry: str | None) -> None:
     """Browse the registry in a web browser (http://HOST:PORT/ui); serves no models."""
     from modelcrate.server.runner import ServeSettings, serve
 
@@ -191,15 +183,19 @@ def ui_command(
     serve(ServeSettings(refs=[], registry=registry, host=host, port=port, token_file=token_file))
 
 
+@click.command("bench")
+@click.argument("url")
+@click.argument("ref")
+@click.option("--concurrency", "-c", type=int, default=16)
+@click.option("--duration", "-d", default="10s", help="Like 20s or 1m.")
+@click.option("--token", envvar="MODELCRATE_TOKEN", show_envvar=True)
+@json_option
 def bench_command(
-    url: Annotated[str, typer.Argument(help="Server URL, like http://127.0.0.1:8000")],
-    ref: Annotated[str, typer.Argument(help="Model (digits, digits@prod).")],
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 16,
-    duration: Annotated[str, typer.Option("--duration", "-d", help="Like 20s or 1m.")] = "10s",
-    token: Annotated[str | None, typer.Option("--token", envvar="MODELCRATE_TOKEN")] = None,
-    as_json: JsonOption = False,
+    url: str, ref: str, concurrency: int, duration: str, token: str | None, as_json: bool
 ) -> None:
-    """Load-test a server for a fixed time and report req/s and latency percentiles."""
+    """Load-test a server for a fixed time and report req/s and latency percentiles.
+
+    URL is the server (http://127.0.0.1:8000); REF the model (digits, digits@prod)."""
     from modelcrate.loadtest import run_load
 
     seconds = parse_duration(duration)

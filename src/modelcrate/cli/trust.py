@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, TrustOption, local_registry
+from modelcrate.cli.options import (
+    PATH,
+    json_option,
+    listed,
+    local_registry,
+    registry_option,
+    trust_option,
+)
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import UsageError
@@ -17,25 +24,28 @@ from modelcrate.errors import UsageError
 if TYPE_CHECKING:
     from modelcrate.trust.signing import Policy
 
-keys_app = typer.Typer(help="Make key pairs for signing and encryption.", no_args_is_help=True)
-policy_app = typer.Typer(help="The registry's signing policy.", no_args_is_help=True)
+
+@click.group("keys", no_args_is_help=True)
+def keys_group() -> None:
+    """Make key pairs for signing and encryption."""
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(keys_app, name="keys")
-    app.add_typer(policy_app, name="policy")
-    app.command("sign")(sign_command)
-    app.command("encrypt")(encrypt_command)
-    app.command("audit")(audit_command)
+@click.group("policy", no_args_is_help=True)
+def policy_group() -> None:
+    """The registry's signing policy."""
 
 
-@keys_app.command("generate")
-def keys_generate_command(
-    out: Annotated[Path, typer.Option("--out", help="Writes OUT.key (0600) and OUT.pub.")],
-    kind: Annotated[
-        str, typer.Option("--type", help="ec (signs and decrypts), x25519 or rsa (decrypt).")
-    ] = "ec",
-) -> None:
+def register(group: click.Group) -> None:
+    for command in (keys_group, policy_group, sign_command, encrypt_command, audit_command):
+        group.add_command(command)
+
+
+@keys_group.command("generate")
+@click.option("--out", type=PATH, required=True, help="Writes OUT.key (0600) and OUT.pub.")
+@click.option(
+    "--type", "kind", default="ec", help="ec (signs and decrypts), x25519 or rsa (decrypt)."
+)
+def keys_generate_command(out: Path, kind: str) -> None:
     """Generate a key pair (the private key is encrypted if MODELCRATE_KEY_PASSPHRASE is set)."""
     from modelcrate.trust.keys import KeyKind, generate
 
@@ -46,13 +56,15 @@ def keys_generate_command(
     console.print(f"wrote {private} (private, keep it secret) and {public} (public, share it)")
 
 
-def sign_command(
-    target: Annotated[str, typer.Argument(help="name@version, or a .crate file / crate dir.")],
-    key: Annotated[Path, typer.Option("--key", help="EC private key (.key).")],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Sign a version (stored with it) or a local crate (written to <crate>.sig)."""
+@click.command("sign")
+@click.argument("target")
+@click.option("--key", type=PATH, required=True, help="EC private key (.key).")
+@registry_option
+@json_option
+def sign_command(target: str, key: Path, registry: str | None, as_json: bool) -> None:
+    """Sign a version (stored with it) or a local crate (written to <crate>.sig).
+
+    TARGET is name@version, or a .crate file / crate directory."""
     from modelcrate import sign
 
     info = sign(target, key, registry=registry)
@@ -62,26 +74,32 @@ def sign_command(
     console.print(f"signed [bold]{info.ref}[/bold] {info.digest[:19]}… with key {info.key_id[:16]}")
 
 
+@click.command("encrypt")
+@click.argument("ref")
+@click.option(
+    "--recipient",
+    type=PATH,
+    multiple=True,
+    callback=listed,
+    help="Public key that may decrypt it (repeatable).",
+)
+@click.option("--passphrase-env", help="Also allow the passphrase in this env variable.")
+@click.option("--version", help="New version (default: <version>-enc).")
+@click.option("--key", type=PATH, help="Sign the encrypted version with this EC key.")
+@registry_option
+@json_option
 def encrypt_command(
-    ref: Annotated[str, typer.Argument(help="name@version to encrypt.")],
-    recipient: Annotated[
-        list[Path] | None,
-        typer.Option("--recipient", help="Public key that may decrypt it (repeatable)."),
-    ] = None,
-    passphrase_env: Annotated[
-        str | None,
-        typer.Option("--passphrase-env", help="Also allow the passphrase in this env variable."),
-    ] = None,
-    version: Annotated[
-        str | None, typer.Option("--version", help="New version (default: <version>-enc).")
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option("--key", help="Sign the encrypted version with this EC key.")
-    ] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    ref: str,
+    recipient: list[Path] | None,
+    passphrase_env: str | None,
+    version: str | None,
+    key: Path | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
-    """Publish a copy of a version whose files are encrypted at rest (AES-256-GCM)."""
+    """Publish a copy of a version whose files are encrypted at rest (AES-256-GCM).
+
+    REF is the name@version to encrypt."""
     from modelcrate import encrypt
 
     passphrase = None
@@ -103,28 +121,31 @@ def encrypt_command(
     console.print(f"published [bold]{result.name}@{result.version}[/bold] (encrypted)")
 
 
-@policy_app.command("show")
-def policy_show_command(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+@policy_group.command("show")
+@registry_option
+@json_option
+def policy_show_command(registry: str | None, as_json: bool) -> None:
     """Show whether signatures are required and which keys are trusted."""
     render_policy(local_registry(registry).policy(), as_json)
 
 
-@policy_app.command("set")
+@policy_group.command("set")
+@click.option(
+    "--require-signature/--no-require-signature",
+    default=None,
+    show_default=False,
+    help="Require a trusted signature on publish, pull, load and serve.",
+)
+@trust_option
+@click.option("--untrust", multiple=True, callback=listed, help="Key name or id prefix to drop.")
+@registry_option
+@json_option
 def policy_set_command(
-    require_signature: Annotated[
-        bool | None,
-        typer.Option(
-            "--require-signature/--no-require-signature",
-            help="Require a trusted signature on publish, pull, load and serve.",
-            show_default=False,
-        ),
-    ] = None,
-    trust: TrustOption = None,
-    untrust: Annotated[
-        list[str] | None, typer.Option("--untrust", help="Key name or id prefix to drop.")
-    ] = None,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    require_signature: bool | None,
+    trust: list[str] | None,
+    untrust: list[str] | None,
+    registry: str | None,
+    as_json: bool,
 ) -> None:
     """Change the registry's signing policy (every change goes to the audit log)."""
     if require_signature is None and not trust and not untrust:
@@ -146,13 +167,15 @@ def render_policy(policy: Policy, as_json: bool) -> None:
         console.print(f"  {key['name'] or '-'}  {key['key_id']}")
 
 
-def audit_command(
-    name: Annotated[str | None, typer.Argument(help="Only entries about this model.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="Latest N entries.")] = 200,
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List who published, moved, deleted, signed and changed policy, and when."""
+@click.command("audit")
+@click.argument("name", required=False)
+@click.option("--limit", type=int, default=200, help="Latest N entries.")
+@registry_option
+@json_option
+def audit_command(name: str | None, limit: int, registry: str | None, as_json: bool) -> None:
+    """List who published, moved, deleted, signed and changed policy, and when.
+
+    NAME: only entries about this model."""
     entries = local_registry(registry).audit(name, limit=limit)
     if as_json:
         print_json([vars(e) for e in entries])

@@ -3,41 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 from rich.table import Table
 
-from modelcrate.cli.options import JsonOption, RegistryOption, local_registry
+from modelcrate.cli.options import PATH, json_option, local_registry, registry_option
 from modelcrate.cli.output import console, print_json
 from modelcrate.display import when
 from modelcrate.errors import UsageError
 
-webhooks_app = typer.Typer(
-    help="Send registry events (publish, alias moves, deletes) to HTTP receivers, signed.",
-    no_args_is_help=True,
+
+@click.group("webhooks", no_args_is_help=True)
+def webhooks_group() -> None:
+    """Send registry events (publish, alias moves, deletes) to HTTP receivers, signed."""
+
+
+def register(group: click.Group) -> None:
+    group.add_command(webhooks_group)
+
+
+@webhooks_group.command("add")
+@click.argument("url")
+@click.option("--events", required=True, help="Comma-separated: publish,alias,delete,rollout,alert")
+@click.option(
+    "--secret-file",
+    type=PATH,
+    required=True,
+    help="File holding the HMAC secret (16+ characters).",
 )
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(webhooks_app, name="webhooks")
-
-
-@webhooks_app.command("add")
+@registry_option
+@json_option
 def add_command(
-    url: Annotated[
-        str, typer.Argument(help="Where to POST events, like https://hooks.example/mc.")
-    ],
-    events: Annotated[
-        str, typer.Option("--events", help="Comma-separated: publish,alias,delete,rollout,alert")
-    ],
-    secret_file: Annotated[
-        Path, typer.Option("--secret-file", help="File holding the HMAC secret (16+ characters).")
-    ],
-    registry: RegistryOption = None,
-    as_json: JsonOption = False,
+    url: str, events: str, secret_file: Path, registry: str | None, as_json: bool
 ) -> None:
-    """Subscribe URL to EVENTS; deliveries are signed with the secret (X-Modelcrate-Signature)."""
+    """Subscribe URL to EVENTS; deliveries are signed with the secret (X-Modelcrate-Signature).
+
+    URL is where to POST events, like https://hooks.example/mc."""
     try:
         secret = secret_file.read_text()
     except OSError as exc:
@@ -50,8 +51,10 @@ def add_command(
     console.print(f"webhook {hook.id}: {hook.url} ← {', '.join(hook.events)}")
 
 
-@webhooks_app.command("list")
-def list_command(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+@webhooks_group.command("list")
+@registry_option
+@json_option
+def list_command(registry: str | None, as_json: bool) -> None:
     """Every webhook with its pending deliveries and its latest attempt."""
     hooks = local_registry(registry).webhooks()
     if as_json:
@@ -75,10 +78,10 @@ def list_command(registry: RegistryOption = None, as_json: JsonOption = False) -
     console.print(table)
 
 
-@webhooks_app.command("test")
-def test_command(
-    hook_id: Annotated[int, typer.Argument(metavar="ID")], registry: RegistryOption = None
-) -> None:
+@webhooks_group.command("test")
+@click.argument("hook_id", metavar="ID", type=int)
+@registry_option
+def test_command(hook_id: int, registry: str | None) -> None:
     """Send a test event to webhook ID now."""
     result = local_registry(registry).test_webhook(hook_id)
     if not result.delivered:
@@ -86,17 +89,18 @@ def test_command(
     console.print(f"webhook {hook_id}: test event delivered (HTTP {result.status})")
 
 
-@webhooks_app.command("remove")
-def remove_command(
-    hook_id: Annotated[int, typer.Argument(metavar="ID")], registry: RegistryOption = None
-) -> None:
+@webhooks_group.command("remove")
+@click.argument("hook_id", metavar="ID", type=int)
+@registry_option
+def remove_command(hook_id: int, registry: str | None) -> None:
     """Remove webhook ID and its undelivered events."""
     local_registry(registry).remove_webhook(hook_id)
     console.print(f"webhook {hook_id} removed")
 
 
-@webhooks_app.command("deliver")
-def deliver_command(registry: RegistryOption = None) -> None:
+@webhooks_group.command("deliver")
+@registry_option
+def deliver_command(registry: str | None) -> None:
     """Send every delivery that is due now (what a running `serve` does every second)."""
     results = local_registry(registry).deliver_webhooks()
     sent = sum(r.delivered for r in results)
