@@ -97,9 +97,10 @@ def main() -> list[str]:
     lines += [
         "",
         "The metadata commands import no framework (torch, ONNX, ONNX Runtime, numpy, the "
-        "server) and no SQLAlchemy (only a schema migration imports it). What is left is "
-        "the command-line layer: typer (whose import brings pydantic, and which inspects "
-        "the options of every command on each call), rich and the manifest models.",
+        "server) and no SQLAlchemy (only a schema migration imports it); only the module of "
+        "the command being run is imported. The CLI is built on click: Typer, which "
+        "DESIGN.md names, builds a pydantic validator for every option on each call "
+        "(docs/design-notes.md).",
         "",
     ]
     return lines
