@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from modelcrate.compatibility import check_move
 from modelcrate.errors import NotFound, RegistryError
 from modelcrate.refs import Ref, check_alias
 from modelcrate.registry.audit import record
@@ -61,6 +60,8 @@ class AliasMixin:
                 stored_manifest(self._resolve_row(tx, Ref(name, version=v)))
                 for v in (previous, version)
             )
+            from modelcrate.compatibility import check_move
+
             note = check_move(f"{name}@{alias}", old, new, allow_breaking)
         now = time.time()
         if previous is None:

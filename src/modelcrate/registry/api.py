@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from modelcrate.crate import Crate
 from modelcrate.errors import NotFound, RegistryError, UsageError, VersionConflict
-from modelcrate.manifest import Manifest
 from modelcrate.refs import Ref, check_name, parse_ref, registry_kind
 from modelcrate.registry.aliases import AliasMixin
 from modelcrate.registry.audit import record
@@ -54,6 +52,8 @@ from modelcrate.registry.trust import TrustMixin, signatures_of, store_signature
 from modelcrate.registry.webhooks import WebhookMixin
 
 if TYPE_CHECKING:
+    from modelcrate.crate import Crate
+    from modelcrate.manifest import Manifest
     from modelcrate.registry.backup import BackupReport, DiskUsage
     from modelcrate.trust.signing import Policy
 
@@ -164,6 +164,7 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         policy or ``trust`` requires a signature, one of them (or one already stored) must be
         by a trusted key, or nothing is published. ``progress`` is called with the byte count
         of each file as it is stored."""
+        from modelcrate.crate import Crate
         from modelcrate.trust.signing import check_bundle, enforce
 
         if not isinstance(crate, Crate):
@@ -366,6 +367,8 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         return crate
 
     def _crate(self, ref: str | Ref) -> Crate:
+        from modelcrate.crate import Crate
+
         manifest = self.manifest(ref)
         return Crate(manifest, self.files.source(manifest))
 

@@ -21,11 +21,13 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelcrate.errors import IntegrityError, RegistryError, UsageError
-from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.registry.migrate import SCHEMA_HEAD, upgrade
+
+if TYPE_CHECKING:
+    from modelcrate.manifest import Manifest
 
 BUSY_TIMEOUT_MS = 60_000
 WRITE_LOCK = 0x6D637262  # PostgreSQL advisory lock key of writers that must not interleave
@@ -109,7 +111,9 @@ def quoted(column: str) -> str:
 
 def stored_manifest(row: Row) -> Manifest:
     """A ``versions`` row's manifest as published (checked against the schema then),
-    matched to its digest."""
+    matched to its digest (pydantic is imported here, not by commands that only list)."""
+    from modelcrate.manifest import parse_manifest
+
     manifest = parse_manifest(row.manifest.encode(), stored=True)
     if manifest.digest != row.digest:
         raise IntegrityError(f"{row.name}@{row.version}: stored manifest does not match its digest")

@@ -12,10 +12,12 @@ recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.registry.db import Database, Row, Transaction
+
+if TYPE_CHECKING:
+    from modelcrate.manifest import Manifest
 
 MAX_NODES = 1000  # per direction
 
@@ -77,6 +79,8 @@ def lineage_of(db: Database, manifest: Manifest, limit: int = MAX_NODES) -> Line
 
 def dependents(tx: Transaction, digest: str) -> list[str]:
     """Refs of the compositions that run the version ``digest``."""
+    from modelcrate.manifest import parse_manifest
+
     # A digest is hex and "sha256:": no LIKE wildcards to escape.
     rows = tx.column("SELECT manifest FROM versions WHERE manifest LIKE ?", f"%{digest}%")
     found = []

@@ -22,7 +22,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from modelcrate.compatibility import check_move
 from modelcrate.errors import NotFound, RegistryError, UsageError
 from modelcrate.refs import Ref, check_alias
 from modelcrate.registry.audit import record
@@ -107,6 +106,8 @@ class RolloutMixin:
                 )
             stable_row = self._resolve_row(tx, Ref(name, version=current))
             candidate_row = self._resolve_row(tx, Ref(name, version=target.version))
+            from modelcrate.compatibility import check_move
+
             note = check_move(
                 f"{name}@{alias}",
                 stored_manifest(stable_row),
