@@ -233,3 +233,21 @@ def test_du_counts_shared_blobs_once(tmp_path: Path, registry: mc.Registry) -> N
     assert [v.new_bytes for v in usage.versions] == [usage.stored_bytes, 0]
     shown = run_cli("du", "tiny", "--registry", str(registry.root), check=True).stdout
     assert "(0.50x)" in shown
+
+
+def test_a_backup_restored_into_postgresql_takes_new_versions(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Restored rows keep their ids; the next publish, alias move and audit entry on
+    PostgreSQL must not collide with them (the id sequences move past the restored ids)."""
+    source = mc.Registry.open(tmp_path / "embedded")
+    source.publish(tiny(tmp_path, "1.0.0"))
+    source.set_alias("tiny", "prod", "1.0.0")
+    source.backup(tmp_path / "backup.tar")
+    shared = mc.Registry.open(f"{postgres.database()}?blobs={tmp_path / 'blobs'}")
+    shared.restore(tmp_path / "backup.tar")
+    shared.publish(tiny(tmp_path, "2.0.0", seed=1))
+    shared.set_alias("tiny", "prod", "2.0.0")
+    assert [v.version for v in shared.versions("tiny")] == ["1.0.0", "2.0.0"]
+    assert [e.action for e in shared.audit()][-2:] == ["publish", "alias-set"]
+    shared.close()
