@@ -17,7 +17,7 @@ from rich.markup import escape
 from modelcrate.cli.output import errors
 from modelcrate.errors import ModelcrateError
 
-MODULES = (  # the order --help lists them in
+MODULES = (  # every module that registers commands
     "crates",
     "registry",
     "aliases",
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    command = next(
-        (a for a in args if not a.startswith("-")), None
-    )  # --debug: the only root option
+    # The first word that is not an option names the command (--debug is the only root one).
+    command = next((a for a in args if not a.startswith("-")), None)
     try:
         build(command).main(args, prog_name="modelcrate")  # usage errors exit 2 by themselves
     except ModelcrateError as exc:
