@@ -409,10 +409,12 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
                 *params,
             )
             tags: dict[int, list[str]] = {}
-            for version_id, tag_name in tx.all("SELECT version_id, tag FROM version_tags"):
+            tagged = "SELECT version_id, tag FROM version_tags WHERE version_id IN (?)"
+            for version_id, tag_name in tx.values_in(tagged, [row.id for row in rows]):
                 tags.setdefault(version_id, []).append(tag_name)
             aliases: dict[str, dict[str, str]] = {}
-            for name, alias, version in tx.all("SELECT name, alias, version FROM aliases"):
+            moved = "SELECT name, alias, version FROM aliases WHERE name IN (?)"
+            for name, alias, version in tx.values_in(moved, [row.name for row in rows]):
                 aliases.setdefault(name, {})[alias] = version
         by_name: dict[str, list[Row]] = {}
         for row in rows:

@@ -40,14 +40,14 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
         tx.lock_writes()
         referenced = set(tx.column("SELECT sha256 FROM version_files"))
         recipes = set(tx.column("SELECT DISTINCT file_sha FROM file_chunks"))
-        for sha in recipes - referenced:
-            tx.execute("DELETE FROM file_chunks WHERE file_sha = ?", sha)
+        unused = [(sha,) for sha in recipes - referenced]
+        tx.executemany("DELETE FROM file_chunks WHERE file_sha = ?", unused)
         live = set(tx.column("SELECT chunk_sha FROM file_chunks"))
         packs = {row.id: row for row in tx.all("SELECT id, size, created_at FROM packs")}
         by_pack: dict[str, list[Row]] = defaultdict(list)
         for chunk in tx.all(CHUNKS):
             by_pack[chunk.pack].append(chunk)
-        dead, rewrite = [], []
+        dead, rewrite, dead_chunks = [], [], []
         small = pack_files.PACK_TARGET * SMALL_SHARE
         old_small = [p for p in packs.values() if p.created_at <= cutoff and p.size < small]
         for pack in packs.values():
@@ -63,11 +63,11 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
                 rewrite.append(pack.id)
             for chunk in chunks:
                 if chunk.sha256 not in live:
-                    tx.execute("DELETE FROM chunks WHERE sha256 = ?", chunk.sha256)
+                    dead_chunks.append((chunk.sha256,))
                     removed += 1
                     freed += chunk.size
-        for pack_id in dead:
-            tx.execute("DELETE FROM packs WHERE id = ?", pack_id)
+        tx.executemany("DELETE FROM chunks WHERE sha256 = ?", dead_chunks)
+        tx.executemany("DELETE FROM packs WHERE id = ?", [(p,) for p in dead])
         indexed = {c.sha256 for chunks in by_pack.values() for c in chunks}
         loose = list(live - indexed)
         whole = referenced - recipes
@@ -101,8 +101,7 @@ def collect(files: FileStore, *, grace_seconds: float) -> GcReport:
             r.pack for r in tx.values_in("SELECT pack FROM chunks WHERE pack IN (?)", rewrite)
         }
         retired = [p for p in rewrite if p not in still_used]
-        for pack_id in retired:
-            tx.execute("DELETE FROM packs WHERE id = ?", pack_id)
+        tx.executemany("DELETE FROM packs WHERE id = ?", [(p,) for p in retired])
     for pack_id in dead + retired:
         blobs.delete_pack(pack_id)
     for sha in moved_loose + list(rechunked):
@@ -194,10 +193,8 @@ def _versions_using(files: FileStore, chunks: set[str]) -> list[str]:
     if not chunks:
         return []
     with files.db.read() as tx:
-        shas = {
-            r[0]
-            for r in tx.values_in("SELECT file_sha FROM file_chunks WHERE chunk_sha IN (?)", chunks)
-        }
+        query = "SELECT file_sha FROM file_chunks WHERE chunk_sha IN (?)"
+        shas = {row.file_sha for row in tx.values_in(query, chunks)}
         rows = tx.values_in(
             "SELECT DISTINCT v.name, v.version FROM versions v "
             "JOIN version_files f ON f.version_id = v.id WHERE f.sha256 IN (?)",

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelcrate.errors import IntegrityError, RegistryError, UsageError
+from modelcrate.errors import IntegrityError, RegistryError, UsageError, first_line
 from modelcrate.registry.migrate import SCHEMA_HEAD, upgrade
 
 if TYPE_CHECKING:
@@ -255,9 +255,8 @@ class Database:
             except Exception:
                 connection.close()  # broken: not returned to the pool
             if isinstance(exc, self.errors):
-                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise RegistryError(
-                    f"registry database: {problem or type(exc).__name__}; nothing was changed"
+                    f"registry database: {first_line(exc)}; nothing was changed"
                 ) from exc
             raise
         self._give(connection)
@@ -352,8 +351,7 @@ def postgres_database(url: str) -> tuple[Database, str]:
         try:
             return psycopg.connect(conninfo, row_factory=namedtuple_row)
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RegistryError(f"cannot reach PostgreSQL at {shown}: {first}") from None
+            raise RegistryError(f"cannot reach PostgreSQL at {shown}: {first_line(exc)}") from None
 
     url_for_migrations = conninfo.replace("postgresql://", "postgresql+psycopg://", 1)
     database = Database(connect, "postgresql", url_for_migrations, (psycopg.Error,), shown)

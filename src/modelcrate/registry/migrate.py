@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelcrate.errors import RegistryError
+from modelcrate.errors import RegistryError, first_line
 
 SCHEMA_HEAD = "0008"  # the newest migration in registry/migrations/versions
 MIGRATION_LOCK = 0x6D637261  # PostgreSQL advisory lock key
@@ -56,7 +56,7 @@ def upgrade(url: str, head: str = SCHEMA_HEAD, *, busy_timeout_s: float = 60.0) 
             command.upgrade(config, head)
     except OperationalError as exc:
         raise RegistryError(
-            f"cannot migrate the registry database: {str(exc.orig or exc).strip().splitlines()[0]}"
+            f"cannot migrate the registry database: {first_line(exc.orig or exc)}"
         ) from None
     finally:
         engine.dispose()

@@ -158,14 +158,14 @@ def _record(db: Database, results: list[Delivery]) -> None:
                 continue
             attempts += 1
             delivered = now if result.delivered else None
-            retry = now + min(2.0 ** (attempts - 1), MAX_BACKOFF_S)
+            retry = None if result.delivered else now + min(2.0 ** (attempts - 1), MAX_BACKOFF_S)
             tx.execute(
                 "UPDATE webhook_deliveries SET attempts = ?, last_status = ?, last_error = ?, "
-                "delivered_at = ?, next_attempt_at = ? WHERE id = ?",
+                "delivered_at = ?, next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ?",
                 attempts,
                 result.status,
                 result.error,
                 delivered,
-                now if result.delivered else retry,
+                retry,
                 result.id,
             )
