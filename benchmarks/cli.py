@@ -97,9 +97,10 @@ def main() -> list[str]:
     lines += [
         "",
         "The metadata commands import no framework (torch, ONNX, ONNX Runtime, numpy, the "
-        "server) and no SQLAlchemy (only a schema migration imports it); only the module of "
-        "the command being run is imported. The CLI is built on click: Typer, which "
-        "DESIGN.md names, builds a pydantic validator for every option on each call "
+        "server), no SQLAlchemy (only a schema migration imports it) and no pydantic or "
+        "jsonschema (the manifest's msgspec records check crate.json in one pass); only the "
+        "module of the command being run is imported. The CLI is built on click: Typer, "
+        "which DESIGN.md names, builds a pydantic validator for every option on each call "
         "(docs/design-notes.md).",
         "",
     ]

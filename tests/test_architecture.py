@@ -12,7 +12,9 @@ import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "tensorflow", "onnx", "onnxruntime", "starlette", "uvicorn", "numpy")
-METADATA_FREE = (*FRAMEWORKS, "sqlalchemy", "alembic")  # what metadata commands never import
+# What metadata commands never import (validation libraries included: the manifest's
+# records check crate.json themselves).
+METADATA_FREE = (*FRAMEWORKS, "sqlalchemy", "alembic", "pydantic", "jsonschema")
 
 
 def test_no_module_imports_itself_through_others() -> None:
@@ -64,14 +66,16 @@ def test_the_layer_contracts_hold() -> None:
 
 
 def test_metadata_commands_import_no_framework(tmp_path: Path) -> None:
-    """`--help` and `list` answer without torch, ONNX, ONNX Runtime, numpy, the server or
-    SQLAlchemy."""
+    """`--help`, `list`, `show` and `inspect` answer without torch, ONNX, ONNX Runtime,
+    numpy, the server, SQLAlchemy, pydantic or jsonschema."""
+    import modelcrate as mc
+    from conftest import make_onnx
+
+    crate = mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0")
+    crate.save(tmp_path / "tiny.crate")
     registry = tmp_path / "registry"
-    subprocess.run(
-        [sys.executable, "-m", "modelcrate", "list", "--registry", str(registry)],
-        check=True,
-        capture_output=True,
-    )
+    with mc.Registry.open(registry) as opened:
+        opened.publish(crate)
     probe = (
         "import json, sys\n"
         "from modelcrate.cli import main\n"
@@ -79,7 +83,13 @@ def test_metadata_commands_import_no_framework(tmp_path: Path) -> None:
         f"heavy = {{m.split('.')[0] for m in sys.modules}} & {set(METADATA_FREE)!r}\n"
         "print(json.dumps(sorted(heavy)), file=sys.stderr)\n"
     )
-    for args in (["--help"], ["list", "--registry", str(registry)]):
+    for args in (
+        ["--help"],
+        ["list", "--registry", str(registry)],
+        ["show", "tiny", "--registry", str(registry)],
+        ["inspect", "tiny@1.0.0", "--registry", str(registry)],
+        ["inspect", str(tmp_path / "tiny.crate")],
+    ):
         run = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         imported = json.loads(run.stderr.strip().splitlines()[-1])
         assert imported == [], (args, imported)

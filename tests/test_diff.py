@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from msgspec.structs import replace
 from torch import nn
 
 import modelcrate as mc
 from conftest import Server, git_repo, make_onnx, run_cli
 from modelcrate.compatibility import signature_changes
-from modelcrate.manifest import Signature
+from modelcrate.manifest import Signature, checked
 
 
 def spec(name: str, shape: list[int], dtype: str = "float32") -> dict[str, object]:
@@ -25,7 +26,7 @@ def spec(name: str, shape: list[int], dtype: str = "float32") -> dict[str, objec
 
 
 def signature(inputs: list[dict[str, object]], outputs: list[dict[str, object]]) -> Signature:
-    return Signature.model_validate({"inputs": inputs, "outputs": outputs})
+    return checked(Signature, {"inputs": inputs, "outputs": outputs})
 
 
 OLD = signature([spec("x", [-1, 4])], [spec("y", [-1, 2])])
@@ -261,7 +262,7 @@ def test_bfloat16_safetensors_are_measured(tmp_path: Path) -> None:
             file_entry(directory / f.path, f.path) if f.path == "model.safetensors" else f
             for f in crate.manifest.files
         ]
-        manifest = crate.manifest.model_copy(update={"files": files, "version": version})
+        manifest = replace(crate.manifest, files=files, version=version)
         (directory / "crate.json").write_bytes(manifest.file_bytes())
         directories.append(directory)
     result = mc.diff(*directories)

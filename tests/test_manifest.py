@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
+import jsonschema
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelcrate.errors import CrateFormatError, UnsupportedSchemaError
-from modelcrate.manifest import Manifest, json_schema, parse_manifest, shipped_schema
+from modelcrate.manifest import (
+    RUNNABLE,
+    Manifest,
+    Serving,
+    TensorSpec,
+    json_schema,
+    parse_manifest,
+    shipped_schema,
+)
 
 MINIMAL: dict[str, Any] = {
     "schema_version": 1,
@@ -80,10 +91,10 @@ def test_newer_schema_version_is_refused_clearly() -> None:
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ({"module": "os.system"}, "Additional properties"),
+        ({"module": "os.system"}, "at \\(top level\\): unknown field 'module'"),
         (
             {"artifacts": [{"kind": "onnx", "path": "model.onnx", "class_name": "Evil"}]},
-            "Additional properties",
+            "at artifacts/0: unknown field 'class_name'",
         ),
         ({"artifacts": [{"kind": "pickle", "path": "model.pkl"}]}, "kind"),
         ({"files": [{"path": "../etc/passwd", "size": 1, "sha256": "0" * 64}]}, "files/0/path"),
@@ -154,6 +165,152 @@ def test_parser_never_crashes_on_bytes(data: bytes) -> None:
 
 def test_manifest_model_is_immutable() -> None:
     manifest = parse_manifest(encode(MINIMAL))
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(AttributeError, match="immutable"):
         manifest.name = "other"  # type: ignore[misc]
     assert isinstance(manifest, Manifest)
+
+
+# Every optional section filled in, so mutations reach every record of the schema.
+FULL: dict[str, Any] = {
+    **MINIMAL,
+    "description": "d",
+    "license": "MIT",
+    "tags": ["a"],
+    "framework": {"name": "onnx", "version": "1.0"},
+    "artifacts": [
+        {
+            "kind": "onnx",
+            "path": "model.onnx",
+            "precision": "fp16",
+            "data_files": ["w.bin"],
+            "opset": 17,
+            "parity": {"reference": "torch", "max_abs_diff": 0.5, "samples": 2},
+        }
+    ],
+    "labels": ["zero", "one"],
+    "metrics": {"accuracy": 0.9},
+    "dependencies": {"onnx": "1.0"},
+    "lineage": {
+        "parents": [{"digest": "sha256:" + "a" * 64, "ref": "t@1"}],
+        "operation": "quantize",
+        "parameters": {"bits": 8, "scheme": "int8", "ratio": 0.5, "fast": True},
+    },
+    "provenance": {
+        "source": {"commit": "b" * 40, "branch": "main", "dirty": True, "changed_files": ["x"]},
+        "command": "train",
+        "python": "3.11",
+        "platform": "linux",
+        "packages": {"numpy": "2"},
+    },
+    "report": {
+        "parent": "sha256:" + "c" * 64,
+        "data": "random",
+        "samples": 4,
+        "size_ratio": 0.5,
+        "max_abs_diff": 0.1,
+        "mean_abs_diff": 0.01,
+        "latency_ratio": 1.0,
+    },
+    "serving": {"max_batch_size": 8, "max_delay_ms": 2.5},
+    "samples": "samples.safetensors",
+    "model_card": "README.md",
+}
+
+
+def _places(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key and list index in a JSON document, as a path from the top."""
+    found = [at] if at else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _places(value, (*at, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _places(value, (*at, index))
+    return found
+
+
+PLACES = _places(FULL)
+mutations = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70_000)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["", "a", "tiny", "x\n", "model.onnx", "../x", "fp32", "0" * 64, "ec"])
+    | st.sampled_from(["3", "1.5", "true", "null", "-1"])
+    | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+# What the records refuse and the schema cannot say: no artifact with a null composition,
+# file names that collide, and 3.0 where an integer goes (JSON Schema counts it as one).
+STRICTER = re.compile(f"{RUNNABLE}|collide|expected `int( \\| null)?`, got `float`")
+
+
+@settings(max_examples=400, deadline=None)
+@given(place=st.sampled_from(PLACES), value=mutations, drop=st.booleans())
+def test_the_records_and_the_published_schema_give_one_verdict(
+    place: tuple[Any, ...], value: Any, drop: bool
+) -> None:
+    """The records are the only check at run time; the JSON Schema other tools validate
+    crate.json with is generated from them. Whatever one refuses, the other refuses, but
+    for the few STRICTER checks."""
+    raw = json.loads(json.dumps(FULL))
+    holder = raw
+    for step in place[:-1]:
+        holder = holder[step]
+    if drop and isinstance(holder, dict):
+        del holder[place[-1]]
+    else:
+        holder[place[-1]] = value
+    schema_accepts = jsonschema.Draft202012Validator(shipped_schema()).is_valid(raw)
+    try:
+        parse_manifest(encode(raw))
+    except CrateFormatError as exc:
+        assert not schema_accepts or STRICTER.search(str(exc)), str(exc)
+    else:
+        assert schema_accepts
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"name": "tiny\n"}, "name"),
+        ({"version": "1.0.0\n"}, "version"),
+        ({"files": [{"path": "model.onnx\n", "size": 3, "sha256": "0" * 64}]}, "files/0/path"),
+        ({"files": [{"path": "model.onnx", "size": "3", "sha256": "0" * 64}]}, "files/0/size"),
+        ({"files": [{"path": "model.onnx", "size": 3.0, "sha256": "0" * 64}]}, "files/0/size"),
+        ({"serving": {"max_batch_size": True}}, "serving/max_batch_size"),
+        ({"metrics": {"accuracy": "0.9"}}, "metrics"),
+    ],
+    ids=[
+        "name-newline",
+        "version-newline",
+        "path-newline",
+        "size-text",
+        "size-float",
+        "bool",
+        "text",
+    ],
+)
+def test_values_are_checked_strictly(patch: dict[str, Any], where: str) -> None:
+    """No trailing newline slips past an anchored pattern, no text or bool is read as a
+    number (either would change what the digest covers)."""
+    with pytest.raises(CrateFormatError, match=f"invalid at {where}"):
+        parse_manifest(encode({**MINIMAL, **patch}))
+
+
+def test_records_built_in_code_are_checked_like_parsed_ones() -> None:
+    spec = TensorSpec(name="x", dtype="float32", shape=[np.int64(-1), np.int32(4)])
+    assert spec == parse_manifest(encode(MINIMAL)).signature.inputs[0]
+    assert type(spec.shape[1]) is int
+    assert Serving(max_delay_ms=2).max_delay_ms == 2.0  # a number, as JSON would hold it
+    with pytest.raises(CrateFormatError, match="Serving is invalid at max_batch_size"):
+        Serving(max_batch_size=0)
+    with pytest.raises(CrateFormatError, match="TensorSpec is invalid at dtype"):
+        TensorSpec(name="x", dtype="pickle", shape=[1])  # type: ignore[arg-type]
+    parsed = parse_manifest(encode(FULL))
+    assert Manifest(**{k: getattr(parsed, k) for k in parsed.__struct_fields__}) == parsed
+    with pytest.raises(CrateFormatError, match=RUNNABLE):
+        Manifest(name="t", version="1", signature=parsed.signature)

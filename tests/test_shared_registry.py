@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from msgspec.structs import replace
 from sqlalchemy import create_engine
 
 import modelcrate as mc
@@ -227,7 +228,7 @@ def test_du_counts_shared_blobs_once(tmp_path: Path, registry: mc.Registry) -> N
     crate = mc.Crate.open(tiny(tmp_path, "1.0.0"))
     registry.publish(crate)
     # Same files, new version: the logical size doubles, the stored size does not.
-    registry.publish(mc.Crate(crate.manifest.model_copy(update={"version": "1.0.1"}), crate.source))
+    registry.publish(mc.Crate(replace(crate.manifest, version="1.0.1"), crate.source))
     usage = registry.du("tiny")
     assert usage.logical_bytes == 2 * usage.stored_bytes
     assert [v.new_bytes for v in usage.versions] == [usage.stored_bytes, 0]

@@ -142,7 +142,7 @@ def compare_command(
 
     report = compare(first, second, data=read_npz(data), registry=local_registry(registry))
     if as_json:
-        print_json(report.model_dump(mode="json"))
+        print_json(report.to_dict())
         return
     render_report(report)
 
@@ -153,7 +153,7 @@ def render_result(result: Optimized, as_json: bool) -> None:
             {
                 "ref": result.crate.manifest.ref,
                 "digest": result.crate.digest,
-                "report": result.report.model_dump(mode="json"),
+                "report": result.report.to_dict(),
             }
         )
         return

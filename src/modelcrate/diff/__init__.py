@@ -144,7 +144,7 @@ def _parity(manifest: Manifest) -> dict[str, float]:
         if artifact.parity is not None
     }
     if manifest.report is not None:
-        report = manifest.report.model_dump(exclude_none=True)
+        report = manifest.report.to_dict()
         figures.update(
             {f"report {key}": float(value) for key, value in report.items() if _number(value)}
         )
@@ -175,8 +175,8 @@ def _descent(a: Manifest, b: Manifest) -> dict[str, bool]:
 
 def _provenance(a: Manifest, b: Manifest) -> dict[str, Any]:
     """Both sides' provenance, and each field that differs: {field: {"a": …, "b": …}}."""
-    one = a.provenance.model_dump(mode="json") if a.provenance else None
-    two = b.provenance.model_dump(mode="json") if b.provenance else None
+    one = a.provenance.to_dict() if a.provenance else None
+    two = b.provenance.to_dict() if b.provenance else None
     left, right = _flat(one), _flat(two)
     changed = {
         key: {"a": left.get(key), "b": right.get(key)}

@@ -24,6 +24,7 @@ from modelcrate.manifest import (
     Manifest,
     Report,
     Serving,
+    checked,
 )
 from modelcrate.pack.build import Build
 from modelcrate.pack.provenance import collect as collect_provenance
@@ -99,7 +100,7 @@ def pack(
         lineage=lineage,
         provenance=origin,
         report=report,
-        serving=Serving.model_validate(serving) if isinstance(serving, dict) else serving,
+        serving=checked(Serving, serving, "serving") if isinstance(serving, dict) else serving,
         samples=sample_file,
         model_card=card,
         files=[file_entry(p, p.relative_to(workdir).as_posix()) for p in _files(workdir)],

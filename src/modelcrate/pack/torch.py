@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from msgspec.structs import replace
 
 from modelcrate.errors import PackError, UsageError, first_line
 from modelcrate.manifest import Artifact, Framework, Parity, Precision, Signature, TensorSpec
@@ -193,7 +194,7 @@ def _parity(
 
 def _signature(onnx_signature: Signature, ins: list[str], outs: list[str]) -> Signature:
     def rename(specs: list[TensorSpec], names: list[str]) -> list[TensorSpec]:
-        return [s.model_copy(update={"name": n}) for s, n in zip(specs, names, strict=True)]
+        return [replace(s, name=n) for s, n in zip(specs, names, strict=True)]
 
     return Signature(
         inputs=rename(onnx_signature.inputs, ins), outputs=rename(onnx_signature.outputs, outs)

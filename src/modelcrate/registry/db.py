@@ -110,11 +110,11 @@ def quoted(column: str) -> str:
 
 
 def stored_manifest(row: Row) -> Manifest:
-    """A ``versions`` row's manifest as published (checked against the schema then),
-    matched to its digest (pydantic is imported here, not by commands that only list)."""
+    """A ``versions`` row's manifest, checked and matched to its digest (the manifest module
+    is imported here, not by commands that only list)."""
     from modelcrate.manifest import parse_manifest
 
-    manifest = parse_manifest(row.manifest.encode(), stored=True)
+    manifest = parse_manifest(row.manifest.encode())
     if manifest.digest != row.digest:
         raise IntegrityError(f"{row.name}@{row.version}: stored manifest does not match its digest")
     return manifest

@@ -85,7 +85,7 @@ def dependents(tx: Transaction, digest: str) -> list[str]:
     rows = tx.column("SELECT manifest FROM versions WHERE manifest LIKE ?", f"%{digest}%")
     found = []
     for text in rows:
-        manifest = parse_manifest(text.encode(), stored=True)
+        manifest = parse_manifest(text.encode())
         members = manifest.composition.members if manifest.composition else []
         if any(m.digest == digest for m in members):
             found.append(manifest.ref)

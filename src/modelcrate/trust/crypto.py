@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from msgspec.structs import replace
 
 from modelcrate.crate import Crate, DirectorySource, check_path, temporary_directory
 from modelcrate.errors import DecryptionError, UsageError
@@ -96,19 +97,17 @@ def encrypt(
             FileEntry(path=entry.path, size=len(sealed), sha256=hashlib.sha256(sealed).hexdigest())
         )
         encrypted.append(EncryptedFile(path=entry.path, size=len(plaintext), salt=_b64(salt)))
-    manifest = source.model_copy(
-        update={
-            "version": new_version,
-            "files": entries,
-            "encryption": Encryption(chunk_size=chunk_size, recipients=wrapped, files=encrypted),
-            "lineage": Lineage(
-                parents=[Parent(digest=source.digest, ref=source.ref)],
-                operation="encrypt",
-                parameters={"scheme": "aes-256-gcm-chunked-v1", "recipients": len(wrapped)},
-            ),
-        }
-    )
-    manifest = Manifest.model_validate(manifest.to_dict())
+    manifest = replace(
+        source,
+        version=new_version,
+        files=entries,
+        encryption=Encryption(chunk_size=chunk_size, recipients=wrapped, files=encrypted),
+        lineage=Lineage(
+            parents=[Parent(digest=source.digest, ref=source.ref)],
+            operation="encrypt",
+            parameters={"scheme": "aes-256-gcm-chunked-v1", "recipients": len(wrapped)},
+        ),
+    )  # replacing checks the new manifest, as building one does
     (root / MANIFEST_NAME).write_bytes(manifest.file_bytes())
     return Crate(manifest, target)
 

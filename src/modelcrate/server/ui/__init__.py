@@ -269,7 +269,7 @@ def _version_view(registry: Registry, ref: str) -> dict[str, Any]:
     first = manifest.signature.inputs[0]
     image_input = len(first.shape) == 4 and first.shape[1] in (1, 3)
     example = _example(crate, manifest)
-    report = manifest.report.model_dump(exclude_none=True) if manifest.report else {}
+    report = manifest.report.to_dict() if manifest.report else {}
     return {
         "m": manifest,
         "aliases": info.aliases,
@@ -370,7 +370,7 @@ def _compare_view(registry: Registry, name: str, a: str, b: str) -> dict[str, An
         values["source commit"] = source.commit[:12] if source and source.commit else "–"
         values.update({f"metric: {k}": f"{v:.4g}" for k, v in manifest.metrics.items()})
         if manifest.report:
-            report = manifest.report.model_dump(exclude_none=True)
+            report = manifest.report.to_dict()
             values.update({f"report: {k}": str(v) for k, v in report.items() if k != "parent"})
         return values
 
