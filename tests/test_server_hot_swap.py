@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import statistics
+import sys
 import threading
 import time
 import weakref
@@ -17,7 +19,7 @@ import pytest
 
 import modelcrate as mc
 from conftest import Server, corrupt_stored, make_onnx, tiny_weights
-from modelcrate.server.hot_swap import BatchConfig, ModelManager
+from modelcrate.server.hot_swap import LOADER_NICENESS, BatchConfig, ModelManager
 from modelcrate.server.metrics import Metrics
 
 SWAPS = 20
@@ -172,3 +174,32 @@ def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) ->
     assert version == "1.0.1"
     assert freed, "the retired version's model is still referenced"
     assert collections == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path) -> None:
+    """Loading a new version (hashing, building the session; threads it starts included)
+    yields the CPU to the version answering requests meanwhile."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0"))
+    manager = ModelManager(registry, ["tiny@1.0.0"], batch=BatchConfig(), metrics=Metrics())
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def started_by_the_loader() -> int:
+        found: list[int] = []
+        child = threading.Thread(target=lambda: found.append(niceness()))
+        child.start()
+        child.join()
+        return found[0]
+
+    try:
+        serving = manager.executor.submit(niceness).result()
+        loading = manager.loader.submit(niceness).result()
+        child = manager.loader.submit(started_by_the_loader).result()
+    finally:
+        manager.executor.shutdown()
+        manager.loader.shutdown()
+        registry.close()
+    assert loading == child == min(19, serving + LOADER_NICENESS)

@@ -16,6 +16,9 @@ import asyncio
 import gc
 import logging
 import math
+import os
+import sys
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +160,9 @@ class ModelManager:
         self.poll_interval = poll_interval
         self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self.loader = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="load", initializer=_in_background
+        )
         self.models: dict[str, ServedModel] = {}
         for text in refs:
             ref = parse_ref(text)
@@ -512,3 +517,19 @@ def _available_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+LOADER_NICENESS = 10  # added to the server's: a busy server still gives a load ~10% of a core
+
+
+def _in_background() -> None:
+    """Lower the loader thread's CPU priority (Linux: niceness is per thread, and threads it
+    starts, such as the hash check, inherit it). Loading a new version then takes the CPU
+    that serving leaves, instead of slowing the version that answers requests meanwhile."""
+    if sys.platform == "linux":
+        try:
+            thread = threading.get_native_id()
+            niceness = os.getpriority(os.PRIO_PROCESS, thread) + LOADER_NICENESS
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness))
+        except OSError:  # not permitted here: load at normal priority
+            pass
