@@ -179,7 +179,7 @@ def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) ->
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
 def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path) -> None:
     """Loading a new version (hashing, building the session; threads it starts included)
-    yields the CPU to the version answering requests meanwhile."""
+    yields the CPU to the version answering requests meanwhile; registry reads do not."""
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0"))
     manager = ModelManager(registry, ["tiny@1.0.0"], batch=BatchConfig(), metrics=Metrics())
@@ -198,8 +198,10 @@ def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path)
         serving = manager.executor.submit(niceness).result()
         loading = manager.loader.submit(niceness).result()
         child = manager.loader.submit(started_by_the_loader).result()
+        lookup = manager.lookups.submit(niceness).result()
     finally:
-        manager.executor.shutdown()
-        manager.loader.shutdown()
+        for pool in (manager.executor, manager.loader, manager.lookups):
+            pool.shutdown()
         registry.close()
     assert loading == child == min(19, serving + LOADER_NICENESS)
+    assert lookup == serving

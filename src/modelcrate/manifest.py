@@ -346,9 +346,14 @@ def json_schema() -> dict[str, Any]:
 
 
 def _close_objects(node: Any) -> None:
+    """No extra key in any record; descriptions (docstrings) without their indentation."""
+    import inspect  # only `make schema` and its test come here
+
     if isinstance(node, dict):
         if node.get("type") == "object" and "properties" in node:
             node.setdefault("additionalProperties", False)
+        if isinstance(node.get("description"), str):
+            node["description"] = inspect.cleandoc(node["description"])
         for value in node.values():
             _close_objects(value)
     elif isinstance(node, list):

@@ -160,6 +160,10 @@ class ModelManager:
         self.poll_interval = poll_interval
         self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
+        # Registry reads (what an alias points to, rollouts) at normal priority; loading
+        # versions on a thread of lower priority (a niced thread holding the GIL while
+        # others wait for it would stall the event loop, so it runs only loads).
+        self.lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
         self.loader = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="load", initializer=_in_background
         )
@@ -190,6 +194,7 @@ class ModelManager:
                     loaded.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
+        self.lookups.shutdown(wait=False, cancel_futures=True)
 
     async def _watch(self) -> None:
         while True:
@@ -207,7 +212,7 @@ class ModelManager:
         """Swap in the version the selector points to now, if it changed and can be loaded."""
         loop = asyncio.get_running_loop()
         try:
-            info = await loop.run_in_executor(self.loader, self.registry.resolve, served.selector)
+            info = await loop.run_in_executor(self.lookups, self.registry.resolve, served.selector)
         except ModelcrateError as exc:
             if served.current is None and not served.unloaded:
                 served.error = str(exc)

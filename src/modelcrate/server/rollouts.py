@@ -174,8 +174,8 @@ class Rollouts:
         if alias is None or not hasattr(registry, "rollout") or served.current is None:
             return
         loop = asyncio.get_running_loop()
-        loader = self.manager.loader
-        rollout = await loop.run_in_executor(loader, registry.rollout, served.name, alias)
+        lookups, loader = self.manager.lookups, self.manager.loader
+        rollout = await loop.run_in_executor(lookups, registry.rollout, served.name, alias)
         trial: Trial | None = served.trial
         running = rollout is not None and rollout.state == "running"
         if not running or served.current.version != rollout.stable:
@@ -188,7 +188,7 @@ class Rollouts:
                 self.drop(served)
             try:
                 info = await loop.run_in_executor(
-                    loader, registry.resolve, f"{served.name}@{rollout.candidate}"
+                    lookups, registry.resolve, f"{served.name}@{rollout.candidate}"
                 )
                 loaded = await loop.run_in_executor(
                     loader, self.manager._load, served.name, info.digest
@@ -197,7 +197,7 @@ class Rollouts:
                 reason = f"the candidate failed to load: {exc}"
                 log.error("%s: %s", served.name, reason)
                 await loop.run_in_executor(
-                    loader, registry.rollback_rollout, rollout.id, reason, {}
+                    lookups, registry.rollback_rollout, rollout.id, reason, {}
                 )
                 return
             served.trial = trial = Trial(rollout, loaded)
@@ -208,11 +208,11 @@ class Rollouts:
     async def decide(self, served: ServedModel, trial: Trial) -> None:
         registry: Any = self.manager.registry
         loop = asyncio.get_running_loop()
-        loader = self.manager.loader
+        lookups = self.manager.lookups
         lease = max(5.0, 3 * self.manager.poll_interval)
         rollout = trial.rollout
         if not await loop.run_in_executor(
-            loader, registry.claim_rollout, rollout.id, self.holder, lease
+            lookups, registry.claim_rollout, rollout.id, self.holder, lease
         ):
             return
         figures = trial.figures()
@@ -221,18 +221,18 @@ class Rollouts:
         if breach is not None:
             log.warning("%s: rolling back %s: %s", served.name, rollout.candidate, breach)
             await loop.run_in_executor(
-                loader, registry.rollback_rollout, rollout.id, breach, figures
+                lookups, registry.rollback_rollout, rollout.id, breach, figures
             )
             self.drop(served)
         elif time.time() - rollout.step_started_at >= rollout.interval_s and trial.enough(mine):
             ended = await loop.run_in_executor(
-                loader, registry.advance_rollout, rollout.id, figures
+                lookups, registry.advance_rollout, rollout.id, figures
             )
             if ended is not None:
                 trial.update(ended)
         elif time.monotonic() - trial.reported_at >= REPORT_EVERY_S:  # live figures
             trial.reported_at = time.monotonic()
-            await loop.run_in_executor(loader, registry.report_rollout, rollout.id, figures)
+            await loop.run_in_executor(lookups, registry.report_rollout, rollout.id, figures)
 
     def drop(self, served: ServedModel) -> None:
         trial: Trial | None = served.trial
