@@ -49,6 +49,7 @@ from modelcrate.trust.signing import Policy
 log = logging.getLogger("modelcrate.server")
 MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
 PREPACK_BELOW = 1024**3  # bigger models are served without prepacked weight copies
+LOADER_NICENESS = 10  # added to the server's: a busy server still gives a load ~10% of a core
 
 
 @dataclass(frozen=True)
@@ -522,9 +523,6 @@ def _available_memory() -> int | None:
     except OSError:
         return None
     return None
-
-
-LOADER_NICENESS = 10  # added to the server's: a busy server still gives a load ~10% of a core
 
 
 def _in_background() -> None:
