@@ -270,10 +270,10 @@ class ModelManager:
             self.executor,
             max_batch_size=max_batch_size if batchable else 1,
             max_delay_ms=max_delay_ms,
-            on_batch=lambda rows: self.metrics.batch_size.labels(name).observe(rows),
+            on_batch=self.metrics.batch_size.labels(name).observe,
             concurrency=self.threads,
             max_queue=self.batch.max_queue,
-            on_refused=lambda: self.metrics.rejected.labels(name, "queue_full").inc(),
+            on_refused=self.metrics.rejected.labels(name, "queue_full").inc,
         )
         cache = ResponseCache(self.batch.cache_size) if self.batch.cache_size > 0 else None
         return LoadedVersion(model, batcher, cache)
