@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
 python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
-    [overload] [migration]
+    [overload] [migration] [breakdown]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -21,6 +21,7 @@ import modelcrate as mc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import breakdown  # noqa: E402
 import changes  # noqa: E402
 import cli  # noqa: E402
 import foundation  # noqa: E402
@@ -38,6 +39,7 @@ SUITES = {
     "registry": registry.main,
     "cli": cli.main,
     "overload": overload.main,
+    "breakdown": breakdown.main,
     "changes": lambda: changes.main(
         [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
     ),
