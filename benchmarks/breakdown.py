@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
 from models import mlp_25mb  # noqa: E402
-from serving import Process, wrk  # noqa: E402
+from serving import Process, require_wrk, wrk  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
 REPEATS = 3
@@ -57,17 +57,24 @@ def contenders(
             serve = [python, "-m", "modelcrate", "serve", ref, "--port", "{port}"]
             found[label] = ([*serve, "--registry", str(registry)], "/v2/health/ready", "GET")
         else:
-            stages = str(HERE / "baselines" / "stages.py")
-            found[label] = ([python, stages, "{port}", stage, str(registry), ref], "/x", "POST")
+            script = str(HERE / "baselines" / "stages.py")
+            found[label] = ([python, script, "{port}", stage, str(registry), ref], "/x", "POST")
     return found
 
 
 def bench(
-    title: str, model: nn.Module, shape: tuple[int, ...], name: str, high: int, work: Path
+    title: str,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    name: str,
+    high: int,
+    work: Path,
+    *,
+    call_alone: bool,
 ) -> list[str]:
-    """Every stage, except the unbatched model call on the event loop for models whose
-    call takes milliseconds (the loop would then wait on the model, not on itself)."""
-    stages = {k: v for k, v in STAGES.items() if v != "run" or name == "digits"}
+    """Every stage; the unbatched model call on the event loop only with ``call_alone``
+    (not for models whose call takes milliseconds: the loop would wait on the model)."""
+    stages = {k: v for k, v in STAGES.items() if v != "run" or call_alone}
     registry = mc.Registry.open(work / f"registry-{name}")
     torch.manual_seed(0)
     crate = mc.pack(model, example_inputs=(torch.zeros(shape),), name=name, version="1.0.0")
@@ -109,8 +116,7 @@ def bench(
 
 
 def main() -> list[str]:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is needed for this benchmark: apt-get install wrk")
+    require_wrk()
     work = Path(tempfile.mkdtemp(prefix="modelcrate-breakdown-"))
     try:
         lines = [
@@ -122,8 +128,9 @@ def main() -> list[str]:
             "(1/throughput) is the loop's time per request.",
             "",
         ]
-        lines += bench("digits CNN", DigitsCNN().eval(), (1, 1, 8, 8), "digits", 16, work)
-        lines += bench("MLP, ~26 MB", mlp_25mb().eval(), (1, 1024), "mlp", 32, work)
+        cnn, mlp = DigitsCNN().eval(), mlp_25mb().eval()
+        lines += bench("digits CNN", cnn, (1, 1, 8, 8), "digits", 16, work, call_alone=True)
+        lines += bench("MLP, ~26 MB", mlp, (1, 1024), "mlp", 32, work, call_alone=False)
         return lines
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -309,9 +309,13 @@ def render(
     return lines
 
 
-def main() -> list[str]:
+def require_wrk() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the serving benchmarks: apt-get install wrk")
+
+
+def main() -> list[str]:
+    require_wrk()
     work = Path(tempfile.mkdtemp(prefix="modelcrate-serving-"))
     try:
         lines = [
