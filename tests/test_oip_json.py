@@ -1,0 +1,92 @@
+"""JSON tensor data decodes to exactly the numbers written, flat or nested as the shape
+says, whichever path reads it (numbers straight from the parser, or the general path for
+booleans, strings, mixed and ragged lists)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from modelcrate.errors import InputError
+from modelcrate.server.oip import DATATYPES, Limits, decode_request
+
+NUMERIC = [
+    *("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"),
+    *("FP16", "FP32", "FP64"),
+]
+
+
+def decode(datatype: str, shape: list[int], data: object) -> np.ndarray:
+    body = {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
+    return decode_request(json.dumps(body).encode(), None, Limits()).inputs["x"]
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> tuple[str, np.ndarray]:
+    datatype = draw(st.sampled_from(NUMERIC))
+    dtype = DATATYPES[datatype]
+    elements = (
+        st.floats(width=dtype.itemsize * 8, allow_nan=False, allow_infinity=False)
+        if dtype.kind == "f"
+        else None
+    )
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5))
+    return datatype, draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(tensor=tensors(), nested=st.booleans())
+def test_numbers_decode_exactly_flat_or_nested(
+    tensor: tuple[str, np.ndarray], nested: bool
+) -> None:
+    datatype, array = tensor
+    data = array.tolist() if nested else array.ravel().tolist()
+    got = decode(datatype, list(array.shape), data)
+    assert got.dtype == array.dtype and got.shape == array.shape
+    np.testing.assert_array_equal(got, array)
+
+
+def test_the_full_range_of_64_bit_integers() -> None:
+    top = np.iinfo(np.uint64).max
+    assert decode("UINT64", [2], [int(top), 0]).tolist() == [top, 0]
+    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    assert decode("INT64", [2], [int(low), int(high)]).tolist() == [low, high]
+
+
+def test_numbers_past_64_bits_still_decode_as_floats() -> None:
+    got = decode("FP64", [2], [2**100, 1])
+    assert got.tolist() == [float(2**100), 1.0]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "message"),
+    [
+        ("FP32", [2, 2], [[1, 2, 3], [4]], "ragged"),  # right count, wrong nesting
+        ("FP32", [2, 2], [[1, 2], [3]], "ragged"),
+        ("FP32", [2, 2], [1, 2, [3, 4]], "ragged"),
+        ("FP32", [3], [1, 2], "shape holds 3 elements but data has 2"),
+        ("INT8", [3], [1, 2, 300], "does not fit int8"),
+        ("UINT8", [2], [-1, 2], "does not fit uint8"),
+        ("INT32", [2], [1, 2.5], "must be integers"),
+        ("INT64", [2], [2**63, 1], "must be integers"),
+        ("FP32", [2], ["a", "b"], "must be numbers"),
+        ("FP16", [2], [1e6, 1], "does not fit float16"),
+        ("FP32", [1], [1e300], "does not fit float32"),
+    ],
+)
+def test_bad_numbers_are_refused_with_the_reason(
+    datatype: str, shape: list[int], data: object, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        decode(datatype, shape, data)
+
+
+def test_booleans_and_strings_take_the_general_path() -> None:
+    assert decode("BOOL", [3], [True, False, 1]).tolist() == [True, False, True]
+    assert decode("BYTES", [1, 2], [["a", "é"]]).tolist() == [[b"a", "é".encode()]]
+    assert decode("FP32", [2], [1, True]).tolist() == [1.0, 1.0]
