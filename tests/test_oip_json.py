@@ -1,10 +1,12 @@
 """JSON tensor data decodes to exactly the numbers written, flat or nested as the shape
-says, whichever path reads it (numbers straight from the parser, or the general path for
-booleans, strings, mixed and ragged lists)."""
+says, whichever path reads it: simdjson (bodies of 2 KiB and more; numbers straight from
+the parser, or the general path for booleans, strings, mixed and ragged lists) or orjson
+(smaller bodies). Each test runs both."""
 
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from modelcrate.errors import InputError
+from modelcrate.server import oip
 from modelcrate.server.oip import DATATYPES, Limits, decode_request
 
 NUMERIC = [
@@ -21,9 +24,20 @@ NUMERIC = [
 ]
 
 
-def decode(datatype: str, shape: list[int], data: object) -> np.ndarray:
+PARSERS = {"simdjson": 0, "orjson": 1 << 30}  # the body size from which simdjson reads
+
+
+def decode(datatype: str, shape: list[int], data: object, parser: str) -> np.ndarray:
     body = {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
-    return decode_request(json.dumps(body).encode(), None, Limits()).inputs["x"]
+    with mock.patch.object(oip, "SIMDJSON_FROM_BYTES", PARSERS[parser]):
+        return decode_request(json.dumps(body).encode(), None, Limits()).inputs["x"]
+
+
+def test_bodies_of_a_few_numbers_go_to_orjson_larger_ones_to_simdjson() -> None:
+    small = json.dumps({"inputs": [{"data": [0.5] * 16}]}).encode()
+    large = json.dumps({"inputs": [{"data": [0.5] * 1024}]}).encode()
+    assert isinstance(oip._load_json(small)["inputs"][0]["data"], list)
+    assert not isinstance(oip._load_json(large)["inputs"][0]["data"], list)
 
 
 @st.composite
@@ -40,26 +54,28 @@ def tensors(draw: st.DrawFn) -> tuple[str, np.ndarray]:
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(tensor=tensors(), nested=st.booleans())
+@given(tensor=tensors(), nested=st.booleans(), parser=st.sampled_from(list(PARSERS)))
 def test_numbers_decode_exactly_flat_or_nested(
-    tensor: tuple[str, np.ndarray], nested: bool
+    tensor: tuple[str, np.ndarray], nested: bool, parser: str
 ) -> None:
     datatype, array = tensor
     data = array.tolist() if nested else array.ravel().tolist()
-    got = decode(datatype, list(array.shape), data)
+    got = decode(datatype, list(array.shape), data, parser)
     assert got.dtype == array.dtype and got.shape == array.shape
     np.testing.assert_array_equal(got, array)
 
 
-def test_the_full_range_of_64_bit_integers() -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_the_full_range_of_64_bit_integers(parser: str) -> None:
     top = np.iinfo(np.uint64).max
-    assert decode("UINT64", [2], [int(top), 0]).tolist() == [top, 0]
+    assert decode("UINT64", [2], [int(top), 0], parser).tolist() == [top, 0]
     low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    assert decode("INT64", [2], [int(low), int(high)]).tolist() == [low, high]
+    assert decode("INT64", [2], [int(low), int(high)], parser).tolist() == [low, high]
 
 
-def test_numbers_past_64_bits_still_decode_as_floats() -> None:
-    got = decode("FP64", [2], [2**100, 1])
+@pytest.mark.parametrize("parser", PARSERS)
+def test_numbers_past_64_bits_still_decode_as_floats(parser: str) -> None:
+    got = decode("FP64", [2], [2**100, 1], parser)
     assert got.tolist() == [float(2**100), 1.0]
 
 
@@ -73,20 +89,22 @@ def test_numbers_past_64_bits_still_decode_as_floats() -> None:
         ("INT8", [3], [1, 2, 300], "does not fit int8"),
         ("UINT8", [2], [-1, 2], "does not fit uint8"),
         ("INT32", [2], [1, 2.5], "must be integers"),
-        ("INT64", [2], [2**63, 1], "must be integers"),
+        ("INT64", [2], [2**63, 1], "does not fit int64"),
         ("FP32", [2], ["a", "b"], "must be numbers"),
         ("FP16", [2], [1e6, 1], "does not fit float16"),
         ("FP32", [1], [1e300], "does not fit float32"),
     ],
 )
+@pytest.mark.parametrize("parser", PARSERS)
 def test_bad_numbers_are_refused_with_the_reason(
-    datatype: str, shape: list[int], data: object, message: str
+    datatype: str, shape: list[int], data: object, message: str, parser: str
 ) -> None:
     with pytest.raises(InputError, match=message):
-        decode(datatype, shape, data)
+        decode(datatype, shape, data, parser)
 
 
-def test_booleans_and_strings_take_the_general_path() -> None:
-    assert decode("BOOL", [3], [True, False, 1]).tolist() == [True, False, True]
-    assert decode("BYTES", [1, 2], [["a", "é"]]).tolist() == [[b"a", "é".encode()]]
-    assert decode("FP32", [2], [1, True]).tolist() == [1.0, 1.0]
+@pytest.mark.parametrize("parser", PARSERS)
+def test_booleans_and_strings_take_the_general_path(parser: str) -> None:
+    assert decode("BOOL", [3], [True, False, 1], parser).tolist() == [True, False, True]
+    assert decode("BYTES", [1, 2], [["a", "é"]], parser).tolist() == [[b"a", "é".encode()]]
+    assert decode("FP32", [2], [1, True], parser).tolist() == [1.0, 1.0]
