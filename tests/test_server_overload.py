@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 import modelcrate as mc
 from conftest import Server, free_port, matmul_chain
+from modelcrate.server.requests import RefusalPacer
 
 WIDTH, LAYERS, ROWS = 512, 12, 256  # about 0.8 GFLOP per request: tens of ms on one thread
 
@@ -142,3 +143,69 @@ def test_admitted_requests_never_wait_past_the_request_timeout(
     time.sleep(1.0)  # batches already running finish; their answers are dropped
     assert queue_depth(server) == 0
     assert rejected(server) == 0
+
+
+def test_a_client_asking_again_before_retry_after_waits_it_out(
+    registry: mc.Registry, start_server: Callable[..., Server]
+) -> None:
+    """Refused at once the first time; asked again on the same connection before the
+    Retry-After second has passed, refused only once it has (other connections unaffected)."""
+    server = start_server(registry.root, "slow", "--max-queue", "1", "--max-batch-size", "1")
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(HEADER)),
+    }
+    url = f"{server.url}/v2/models/slow/infer"
+    stop = time.monotonic() + 8
+
+    async def keep_full() -> None:  # 12 connections asking again at once, for up to 8 s
+        async with httpx.AsyncClient(timeout=30) as http:
+            while time.monotonic() < stop:
+                await http.post(url, content=BODY, headers=headers)
+
+    async def probe() -> list[tuple[int, float, float]]:
+        """(status, seconds since the previous answer on this connection, seconds taken)."""
+        seen: list[tuple[int, float, float]] = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            last = time.monotonic()
+            while time.monotonic() < stop and sum(s == 503 for s, _, _ in seen) < 3:
+                started = time.monotonic()
+                answer = await http.post(url, content=BODY, headers=headers)
+                now = time.monotonic()
+                seen.append((answer.status_code, now - last, now - started))
+                last = now
+        return seen
+
+    async def run() -> list[tuple[int, float, float]]:
+        background = [asyncio.ensure_future(keep_full()) for _ in range(12)]
+        await asyncio.sleep(0.5)  # the queue is full from here on
+        try:
+            return await probe()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    seen = asyncio.run(run())
+    refusals = [i for i, (status, _, _) in enumerate(seen) if status == 503]
+    assert len(refusals) >= 2, seen
+    first = refusals[0]
+    assert seen[first][2] < 0.8, seen  # a first refusal is answered at once
+    again = [i for i in refusals[1:] if seen[i - 1][0] == 503]  # asked again after a 503
+    assert again, seen
+    for i in again:  # answered once Retry-After (1 s) had passed since the previous refusal
+        assert seen[i][1] >= 0.9, seen
+    assert {s for s, _, _ in seen} <= {200, 503}
+
+
+def test_the_pacer_forgets_connections_whose_wait_is_over() -> None:
+    pacer = RefusalPacer(wait_s=0.2, connections=3)
+    assert pacer.delay(("a", 1)) == 0  # refused at once; its wait starts
+    assert 0.1 < pacer.delay(("a", 1)) <= 0.2  # asked again at once: held back
+    assert 0.3 < pacer.delay(("a", 1)) <= 0.4  # and again: after that refusal's wait too
+    assert pacer.delay(("b", 2)) == 0  # another connection is not held back
+    time.sleep(0.65)  # the last refusal's wait ends 0.6 s after the first
+    assert pacer.delay(("a", 1)) == 0  # its wait is over
+    for port in range(10):  # memory stays bounded: the oldest are forgotten
+        pacer.delay(("c", port))
+    assert len(pacer.until) <= 3 and ("c", 9) in pacer.until

@@ -17,7 +17,13 @@ from modelcrate.errors import ModelcrateError, RequestRefused
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens, authorize
 from modelcrate.server.hot_swap import ModelManager
-from modelcrate.server.requests import check_name, error_json, read_body, retry_headers
+from modelcrate.server.requests import (
+    RefusalPacer,
+    check_name,
+    error_json,
+    read_body,
+    retry_headers,
+)
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
@@ -54,6 +60,7 @@ class InferApp:
     ) -> None:
         self.app, self.manager, self.tokens = app, manager, tokens
         self.limits, self.request_timeout = limits, request_timeout
+        self.pacer = RefusalPacer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = infer_target(scope["path"]) if scope["type"] == "http" else None
@@ -65,6 +72,9 @@ class InferApp:
             status, extra, payload = await self.handle(target, headers, receive)
         except ModelcrateError as exc:
             status, extra, payload = exc.http_status, retry_headers(exc), error_json(exc)
+            client = scope.get("client")
+            if status == 503 and client is not None and (pause := self.pacer.delay(client)):
+                await asyncio.sleep(pause)  # asked again before its Retry-After passed
         media = "application/octet-stream" if oip.HEADER_LENGTH in extra else "application/json"
         response_headers = [
             (b"content-type", media.encode()),

@@ -86,6 +86,33 @@ def retry_headers(exc: ModelcrateError) -> dict[str, str]:
     return {"retry-after": str(RETRY_AFTER_S)} if exc.http_status == 503 else {}
 
 
+class RefusalPacer:
+    """Enforces ``Retry-After`` per connection: a client refused (503) that asks again on
+    the same connection before the wait it was told has passed gets its next refusal only
+    once that wait is over. A client that honours Retry-After, or a load balancer trying
+    another replica, is refused at once; one that retries at once can no longer spend the
+    event loop's time on refusals (at 256 such connections they took most of it, and the
+    requests admitted meanwhile waited several times longer)."""
+
+    def __init__(self, wait_s: float = RETRY_AFTER_S, connections: int = 10_000) -> None:
+        self.wait_s = wait_s
+        self.connections = connections  # remembered at most (the oldest are forgotten)
+        self.until: dict[object, float] = {}  # connection -> when its wait is over
+
+    def delay(self, connection: object) -> float:
+        """Seconds to hold this refusal back (0: refuse now). Either way the connection is
+        told to wait ``wait_s`` from when it gets the refusal."""
+        now = time.monotonic()
+        until = self.until.pop(connection, None)
+        pause = 0.0 if until is None else max(0.0, until - now)
+        if len(self.until) >= self.connections:
+            self.until = {c: t for c, t in self.until.items() if t > now}
+            while len(self.until) >= self.connections:  # all waiting: forget the oldest
+                del self.until[next(iter(self.until))]
+        self.until[connection] = now + pause + self.wait_s  # last in: oldest first, roughly
+        return pause
+
+
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The request body, refused with 413 before reading when it is declared too large."""
     if declared is not None:
