@@ -4,9 +4,10 @@ what the model can serve, and whether every request is answered.
 The ~26 MB MLP (compute-bound: one batch of 32 takes milliseconds on this machine) served
 with default settings (batching on, the default --max-queue: two batches, at least 64), then
 with --max-queue 32, loaded from 32 and then 256 keep-alive connections for SECONDS each.
-The client is a small asyncio HTTP/1.1 loop on uvloop (wrk cannot report latency per status): it records each
-request's latency and status, so the p99 below is over admitted (2xx) requests only, and
-"unanswered" counts connections that got no HTTP answer at all. Same run, same server.
+The client is a small asyncio HTTP/1.1 loop on uvloop (wrk cannot report latency per
+status): it records each request's latency and status, so the p99 below is over admitted
+(2xx) requests only, and "unanswered" counts connections that got no HTTP answer at all.
+One run; each configuration is its own server.
 
 python benchmarks/overload.py
 """

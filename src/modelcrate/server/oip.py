@@ -190,11 +190,9 @@ def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
 def _from_json(name: str, data: Any, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray:
     count = math.prod(shape)
     if isinstance(data, simdjson.Array):
-        array = _numbers(data, dtype, shape)
+        array = _numbers(data, dtype, shape, count)
         if array is not None:
-            if not fits(array, dtype):
-                raise InputError(f"input {name!r}: data does not fit {dtype.name}")
-            return array.astype(dtype, copy=False)
+            return _fitted(name, array, dtype)
         data = data.as_list()  # nested, booleans, strings or mixed: the general path
     if dtype.kind == "O":
         flat = _flatten(data if isinstance(data, list) else [data], count, name)
@@ -207,30 +205,32 @@ def _from_json(name: str, data: Any, dtype: np.dtype[Any], shape: list[int]) -> 
     except (ValueError, TypeError):
         raise InputError(f"input {name!r}: data is ragged (lists of different lengths)") from None
     if dtype.kind in "iu" and parsed.dtype.kind in "fO":
-        exact = _large_integers(name, data, dtype, count)  # numpy reads them as floats
+        exact = _exact_integers(name, data, count)  # past 63 bits numpy reads them as floats
         if exact is not None:
-            return exact
+            return _fitted(name, exact, dtype)
     if parsed.dtype.kind not in "biuf":
         raise InputError(f"input {name!r}: data must be numbers")
     if parsed.size != count:
         raise InputError(f"input {name!r}: shape holds {count} elements but data has {parsed.size}")
     if dtype.kind in "iub" and parsed.dtype.kind == "f":
         raise InputError(f"input {name!r}: {_BY_DTYPE[dtype.name]} data must be integers")
-    if not fits(parsed, dtype):
+    return _fitted(name, parsed, dtype)
+
+
+def _fitted(name: str, values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``values`` cast to ``dtype``, refused when a number is outside its range."""
+    if not fits(values, dtype):
         raise InputError(f"input {name!r}: data does not fit {dtype.name}")
-    return parsed.astype(dtype, copy=False)
+    return values.astype(dtype, copy=False)
 
 
-def _large_integers(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.ndarray | None:
-    """Integer data with values past 63 bits, checked against ``dtype``'s range exactly;
+def _exact_integers(name: str, data: Any, count: int) -> np.ndarray | None:
+    """Integer data as Python ints (an object array: compared exactly, past 63 bits too);
     None when something in it is not an integer."""
     flat = _flatten(data if isinstance(data, list) else [data], count, name)
     if len(flat) != count or not all(isinstance(v, int) for v in flat):
         return None
-    info = np.iinfo(dtype)
-    if not all(info.min <= v <= info.max for v in flat):
-        raise InputError(f"input {name!r}: data does not fit {dtype.name}")
-    return np.array(flat, dtype=dtype)
+    return np.array(flat, dtype=object)
 
 
 # simdjson's buffer type, and what it holds, per numpy kind
@@ -241,12 +241,11 @@ _BUFFERS = {
 }
 
 
-def _numbers(data: Any, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray | None:
+def _numbers(data: Any, dtype: np.dtype[Any], shape: list[int], count: int) -> np.ndarray | None:
     """JSON numbers, flat or nested as ``shape`` says, straight from the parser into an
     array (for 1,024 of them about half the time of Python floats, then an array); None
     for anything else (booleans, strings, ragged or mixed lists: the general path)."""
     buffer = _BUFFERS.get(dtype.kind)
-    count = math.prod(shape)
     if buffer is None or not (len(data) == count or (len(shape) > 1 and _nested_as(data, shape))):
         return None
     try:  # as_buffer flattens nested lists
