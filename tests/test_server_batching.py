@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 
 import modelcrate as mc
 from conftest import Digits, Server, matmul_chain
+from modelcrate.server.oip import SIMDJSON_FROM_BYTES
 
 
 async def fire(url: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -63,8 +65,11 @@ def test_concurrent_requests_are_batched_and_split_exactly(
         registry.root, "digits", "--max-batch-size", "16", "--max-delay-ms", delay
     )
     rng = np.random.default_rng(0)
-    # Mixed batch sizes (1..3 rows): rows must come back to the request that sent them.
-    inputs = [digits.x_test[rng.integers(0, 400, size=rng.integers(1, 4))] for _ in range(96)]
+    # Mixed batch sizes (1..12 rows): rows must come back to the request that sent them.
+    # Bodies of 2 KiB and more are parsed by simdjson, smaller ones by orjson: both here.
+    inputs = [digits.x_test[rng.integers(0, 400, size=rng.integers(1, 13))] for _ in range(96)]
+    sizes = [len(json.dumps(x.ravel().tolist())) for x in inputs]
+    assert min(sizes) < SIMDJSON_FROM_BYTES <= max(sizes)
     for _ in range(3):
         outputs = asyncio.run(fire(server.url + "/v2/models/digits/infer", inputs))
         for x, y in zip(inputs, outputs, strict=True):
