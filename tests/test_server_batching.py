@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -16,6 +17,8 @@ import torch
 
 import modelcrate as mc
 from conftest import Digits, Server, matmul_chain
+from modelcrate.server.hot_swap import BatchConfig, ModelManager
+from modelcrate.server.metrics import Metrics
 from modelcrate.server.oip import SIMDJSON_FROM_BYTES
 
 
@@ -162,3 +165,48 @@ def test_an_idle_model_starts_at_once_and_the_next_batch_forms_while_it_runs(
     outputs = asyncio.run(fire(url, [np.ones((20, 4), np.float32), np.ones((3, 4), np.float32)]))
     assert [y.shape for y in outputs] == [(20, 2), (3, 2)]
     assert batch_sizes(httpx.get(server.url + "/metrics").text, "slow")[0] == 35
+
+
+def test_a_model_computes_one_batch_at_a_time(tmp_path: Path) -> None:
+    """48 concurrent requests to a slow batchable model: its batches never overlap (two
+    side by side would only lengthen every queued request's wait), each request still
+    gets its own rows, and the version's thread ends when the server stops."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1024] * 6 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    expected = mc.load("slow@1.0.0", registry=registry)
+    manager = ModelManager(
+        registry, ["slow@1.0.0"], batch=BatchConfig(max_batch_size=8), metrics=Metrics()
+    )
+    spans: list[tuple[float, float]] = []
+    rows = [np.full((1, 4), i, np.float32) for i in range(48)]
+
+    async def scenario() -> list[dict[str, np.ndarray]]:
+        await manager.start()
+        loaded = manager.models["slow"].current
+        assert loaded is not None
+        run = loaded.batcher.run
+
+        def timed(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            try:
+                return run(feeds)
+            finally:
+                spans.append((started, time.perf_counter()))
+
+        loaded.batcher.run = timed
+        try:
+            return await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
+        finally:
+            await manager.stop()
+            assert loaded.executor._shutdown  # type: ignore[attr-defined]
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert len(spans) >= 6  # 48 requests in batches of at most 8
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    for x, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer["y"], expected.predict(x)["y"], rtol=1e-5)

@@ -179,7 +179,8 @@ def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) ->
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
 def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path) -> None:
     """Loading a new version (hashing, building the session; threads it starts included)
-    yields the CPU to the version answering requests meanwhile; registry reads do not."""
+    yields the CPU to the version answering requests meanwhile; registry reads do not, and
+    the thread a version's batches run on starts at serving priority."""
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(mc.pack(make_onnx(tmp_path / "m.onnx"), name="tiny", version="1.0.0"))
     manager = ModelManager(registry, ["tiny@1.0.0"], batch=BatchConfig(), metrics=Metrics())
@@ -194,14 +195,26 @@ def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path)
         child.join()
         return found[0]
 
+    async def scenario() -> tuple[int, int, int, int, int]:
+        await manager.start()
+        loaded = manager.models["tiny"].current
+        assert loaded is not None
+        await manager.infer(loaded, {"x": X})
+        loop = asyncio.get_running_loop()
+        try:
+            return (
+                niceness(),
+                await loop.run_in_executor(loaded.executor, niceness),
+                await loop.run_in_executor(manager.loader, niceness),
+                await loop.run_in_executor(manager.loader, started_by_the_loader),
+                await loop.run_in_executor(manager.lookups, niceness),
+            )
+        finally:
+            await manager.stop()
+
     try:
-        serving = manager.executor.submit(niceness).result()
-        loading = manager.loader.submit(niceness).result()
-        child = manager.loader.submit(started_by_the_loader).result()
-        lookup = manager.lookups.submit(niceness).result()
+        serving, batches, loading, child, lookup = asyncio.run(scenario())
     finally:
-        for pool in (manager.executor, manager.loader, manager.lookups):
-            pool.shutdown()
         registry.close()
     assert loading == child == min(19, serving + LOADER_NICENESS)
-    assert lookup == serving
+    assert batches == lookup == serving

@@ -2,10 +2,12 @@
 
 Requests queue per loaded model version. A batch starts at once when the model is idle
 (so batches stay at 1 when load is light); while a batch computes, the requests arriving
-meanwhile form the next one, which starts the moment that batch ends (or as soon as it
-is full, on another worker thread). So the event loop decodes and answers one group of
-requests while the model runs the next, and batches grow with load to what arrived
-during one run. ``max_delay_ms`` makes an idle model wait up to that long for more.
+meanwhile form the next one, which starts the moment that batch ends. So the event loop
+decodes and answers one group of requests while the model runs the next, and batches
+grow with load to what arrived during one run. One batch computes at a time (on all the
+model's threads): two side by side bring a compute-bound model no more throughput and
+double the rows in the system, so the wait of every queued request. ``max_delay_ms``
+makes an idle model wait up to that long for more.
 Requests are merged only when every input has the same trailing shape and dtype.
 Models run in worker threads, except those whose batches take microseconds, which run
 on the event loop (a thread hop would cost more than the run).
@@ -52,7 +54,6 @@ class Batcher:
         max_batch_size: int,
         max_delay_ms: float,
         on_batch: Callable[[int], None] | None = None,
-        concurrency: int = 1,
         max_queue: int | None = None,
         on_refused: Callable[[], None] | None = None,
     ) -> None:
@@ -63,13 +64,13 @@ class Batcher:
         self.on_batch = on_batch
         self.on_refused = on_refused
         # Requests admitted but not yet running; past max_queue new ones are refused (503),
-        # so what is admitted waits for at most about max_queue / max_batch_size batches.
+        # so what is admitted waits for at most about max_queue / max_batch_size batches
+        # besides the one running.
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
         self.waiting = 0
         self.queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
-        self.concurrency = max(1, concurrency)  # batches computing at once
-        self.running: set[asyncio.Task[None]] = set()
+        self.running: asyncio.Task[None] | None = None  # the batch computing now
         self.timer: asyncio.TimerHandle | None = None  # max_delay's wake-up
         self.soon = False  # a deferred dispatch is scheduled
         # Until batches are measured fast they run in a worker thread (see _timed).
@@ -139,8 +140,8 @@ class Batcher:
         self.run = _unloaded  # drop the model: nothing here may keep its memory alive
         if self.timer is not None:
             self.timer.cancel()
-        for task in self.running:
-            task.cancel()
+        if self.running is not None:
+            self.running.cancel()
         while self.queue:
             pending = self.queue.popleft()
             if not pending.future.done():
@@ -152,14 +153,12 @@ class Batcher:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start the batches that are due: while the model is idle, whatever is queued (after
-        ``max_delay``); while a batch computes, the next only once it is full (else it goes
-        when that batch ends, from ``_run_batch``)."""
+        """Start the next batch if the model is idle: whatever is queued (once ``max_delay``
+        has passed, unless a full batch waits). While a batch computes, the next forms and
+        starts when it ends (from ``_run_batch``)."""
         loop = asyncio.get_running_loop()
-        while self.queue and len(self.running) < self.concurrency:
+        while self.queue and self.running is None:
             if self.queued_rows < self.max_batch_size:
-                if self.running:
-                    return
                 due = self.queue[0].queued_at + self.max_delay - time.monotonic()
                 if due > 0:
                     if self.timer is None:
@@ -167,9 +166,8 @@ class Batcher:
                     return
             batch = self._take()
             if batch:
-                task = loop.create_task(self._run_batch(loop, batch))
-                self.running.add(task)
-                task.add_done_callback(self._finished)
+                self.running = loop.create_task(self._run_batch(loop, batch))
+                self.running.add_done_callback(self._finished)
 
     def _delay_passed(self) -> None:
         self.timer = None
@@ -201,13 +199,13 @@ class Batcher:
     def _ended(self) -> None:
         """This batch's model call is over: start the next before answering this one's
         requests, so the model computes while the event loop answers them."""
-        task = asyncio.current_task()
-        if task is not None:
-            self.running.discard(task)
+        if self.running is asyncio.current_task():
+            self.running = None
         self._dispatch()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
+        if self.running is task:
+            self.running = None
         if not task.cancelled():
             self._dispatch()  # the next batch was forming while this one ran
 
@@ -254,7 +252,8 @@ class Batcher:
 
 
 def default_max_queue(max_batch_size: int) -> int:
-    """Requests a model lets wait by default: two full batches, and at least 64."""
+    """Requests a model lets wait by default: two full batches, and at least 64 (a burst to
+    a fast model is not refused; ``--max-queue`` of one batch bounds the wait tighter)."""
     return max(64, 2 * max_batch_size)
 
 
