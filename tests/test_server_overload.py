@@ -91,7 +91,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_counts_it(
     answers = asyncio.run(burst(server.url, 40))
     statuses = Counter(a.status_code for a in answers)
     assert set(statuses) == {200, 503}, statuses
-    assert statuses[503] >= 20  # 2 running (one per thread) + 2 waiting admitted at a time
+    assert statuses[503] >= 20  # 1 batch running + 2 waiting admitted at a time
     refused = next(a for a in answers if a.status_code == 503)
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["code"] == "queue_full" and "queue is full" in refused.json()["error"]
@@ -120,6 +120,48 @@ def test_a_full_queue_answers_503_with_retry_after_and_counts_it(
     assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
     assert codes["StatusCode.RESOURCE_EXHAUSTED"] >= 1 and codes["OK"] >= 2
     assert rejected(server) == statuses[503] + codes["StatusCode.RESOURCE_EXHAUSTED"]
+
+
+def test_a_burst_is_admitted_and_a_saturated_model_lets_one_batch_wait(
+    registry: mc.Registry, start_server: Callable[..., Server]
+) -> None:
+    """Default queue: a burst to an idle model is admitted whole (up to 64 requests may
+    wait); under load that keeps it starting full batches, a request is admitted only while
+    less than a full batch waits; once the load is gone, a burst is admitted whole again."""
+    server = start_server(registry.root, "slow", "--max-batch-size", str(ROWS))
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(HEADER)),
+    }
+    url = f"{server.url}/v2/models/slow/infer"
+
+    async def sustained(clients: int, seconds: float) -> Counter[str]:
+        """Each client asks again as soon as it is answered, on a new connection (so its
+        refusals are not held back): answers by status and error message."""
+        stop = time.monotonic() + seconds
+        seen: Counter[str] = Counter()
+
+        async def client() -> None:
+            fresh = httpx.Limits(max_keepalive_connections=0)
+            async with httpx.AsyncClient(timeout=60, limits=fresh) as http:
+                while time.monotonic() < stop:
+                    answer = await http.post(url, content=BODY, headers=headers)
+                    ok = answer.status_code == 200
+                    seen["200" if ok else f"{answer.status_code} {answer.json()['error']}"] += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return seen
+
+    def statuses() -> Counter[int]:
+        return Counter(a.status_code for a in asyncio.run(burst(server.url, 12)))
+
+    assert statuses() == {200: 12}  # ~12 batches of work, all admitted
+    seen = asyncio.run(sustained(12, 2.0))
+    saturated = f"503 the model is saturated and a full batch ({ROWS} rows) already waits"
+    assert set(seen) == {"200", f"{saturated}; retry shortly"}, seen
+    time.sleep(0.5)
+    assert statuses() == {200: 12}
+    assert rejected(server) == seen[f"{saturated}; retry shortly"]
 
 
 def test_admitted_requests_never_wait_past_the_request_timeout(

@@ -30,6 +30,9 @@ Feeds = dict[str, np.ndarray]
 # Batches that take less than this run on the event loop itself: handing them to a worker
 # thread and back costs the loop more than running them (the digits CNN: ~60 us a batch).
 INLINE_BELOW_S = 0.0002
+# A model that has started only full batches for this long is saturated: by default it then
+# admits a request only while less than a full batch waits (see check_room).
+SATURATED_AFTER_S = 0.1
 RunFn = Callable[[Feeds], Feeds]
 
 
@@ -65,8 +68,10 @@ class Batcher:
         self.on_refused = on_refused
         # Requests admitted but not yet running; past max_queue new ones are refused (503),
         # so what is admitted waits for at most about max_queue / max_batch_size batches
-        # besides the one running.
+        # besides the one running. None: the default (see check_room).
+        self.fixed = max_queue is not None
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
+        self.full_since: float | None = None  # when the current run of full batches began
         self.waiting = 0
         self.queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
@@ -79,6 +84,12 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self.waiting
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the model has started only full batches for SATURATED_AFTER_S."""
+        since = self.full_since
+        return since is not None and time.monotonic() - since >= SATURATED_AFTER_S
 
     @property
     def inline(self) -> bool:
@@ -120,15 +131,24 @@ class Batcher:
             self._start(pending)  # no longer waiting, whether it ran or timed out
 
     def check_room(self) -> None:
-        """Refuse (ServerError 503, code ``queue_full``; counted) when ``max_queue`` wait."""
+        """Refuse (ServerError 503, code ``queue_full``; counted) when ``max_queue`` requests
+        wait, or by default also when the model is saturated and a full batch already waits.
+        A saturated model cannot catch up: a second batch waiting brings it no throughput
+        and doubles the wait of every admitted request, while one batch waiting is all it
+        needs to start a full batch the moment one ends. An idle or keeping-up model takes
+        a burst of up to ``max_queue`` (default_max_queue) requests."""
         if self.waiting >= self.max_queue:
-            if self.on_refused is not None:
-                self.on_refused()
-            raise ServerError(
-                f"the model's queue is full ({self.max_queue} requests waiting); retry shortly",
-                status=503,
-                code="queue_full",
+            reason = f"the model's queue is full ({self.max_queue} requests waiting)"
+        elif not self.fixed and self.queued_rows >= self.max_batch_size and self.saturated:
+            reason = (
+                f"the model is saturated and a full batch ({self.max_batch_size} rows) "
+                "already waits"
             )
+        else:
+            return
+        if self.on_refused is not None:
+            self.on_refused()
+        raise ServerError(f"{reason}; retry shortly", status=503, code="queue_full")
 
     def _start(self, pending: _Pending) -> None:
         """Count ``pending`` out of the waiting requests (once; on the event loop)."""
@@ -157,6 +177,8 @@ class Batcher:
         has passed, unless a full batch waits). While a batch computes, the next forms and
         starts when it ends (from ``_run_batch``)."""
         loop = asyncio.get_running_loop()
+        if not self.queue and self.running is None:
+            self.full_since = None  # idle: whatever comes next is a burst, not a backlog
         while self.queue and self.running is None:
             if self.queued_rows < self.max_batch_size:
                 due = self.queue[0].queued_at + self.max_delay - time.monotonic()
@@ -164,6 +186,9 @@ class Batcher:
                     if self.timer is None:
                         self.timer = loop.call_later(due, self._delay_passed)
                     return
+                self.full_since = None
+            elif self.full_since is None:
+                self.full_since = time.monotonic()
             batch = self._take()
             if batch:
                 self.running = loop.create_task(self._run_batch(loop, batch))
@@ -252,8 +277,8 @@ class Batcher:
 
 
 def default_max_queue(max_batch_size: int) -> int:
-    """Requests a model lets wait by default: two full batches, and at least 64 (a burst to
-    a fast model is not refused; ``--max-queue`` of one batch bounds the wait tighter)."""
+    """Requests a model lets wait by default: two full batches, and at least 64 (a burst is
+    not refused; a saturated model refuses sooner, see ``Batcher.check_room``)."""
     return max(64, 2 * max_batch_size)
 
 
