@@ -38,7 +38,7 @@ def register(group: click.Group) -> None:
     "--max-queue",
     type=int,
     help="Requests waiting per model before new ones get 503 / RESOURCE_EXHAUSTED "
-    "(default: two batches, at least 64).",
+    "(default: two batches, at least 64; a saturated model, less than one batch).",
 )
 @click.option(
     "--cache-size",

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +31,9 @@ Feeds = dict[str, np.ndarray]
 # Batches that take less than this run on the event loop itself: handing them to a worker
 # thread and back costs the loop more than running them (the digits CNN: ~60 us a batch).
 INLINE_BELOW_S = 0.0002
-# A model that has started only full batches for this long is saturated: by default it then
-# admits a request only while less than a full batch waits (see check_room).
+# A model is saturated once, for this long since it started a full batch, it has started no
+# batch half empty nor been idle: by default it then admits a request only while less than
+# a full batch waits (see check_room).
 SATURATED_AFTER_S = 0.1
 RunFn = Callable[[Feeds], Feeds]
 
@@ -71,11 +73,11 @@ class Batcher:
         # besides the one running. None: the default (see check_room).
         self.fixed = max_queue is not None
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
-        self.full_since: float | None = None  # when the current run of full batches began
+        self.full_since: float | None = None  # when the current busy run began (see _note)
         self.waiting = 0
         self.queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
-        self.running: asyncio.Task[None] | None = None  # the batch computing now
+        self.running: Future[Feeds] | None = None  # the batch computing on the model's thread
         self.timer: asyncio.TimerHandle | None = None  # max_delay's wake-up
         self.soon = False  # a deferred dispatch is scheduled
         # Until batches are measured fast they run in a worker thread (see _timed).
@@ -87,7 +89,7 @@ class Batcher:
 
     @property
     def saturated(self) -> bool:
-        """Whether the model has started only full batches for SATURATED_AFTER_S."""
+        """Whether the model has been busy since a full batch SATURATED_AFTER_S ago."""
         since = self.full_since
         return since is not None and time.monotonic() - since >= SATURATED_AFTER_S
 
@@ -175,7 +177,7 @@ class Batcher:
     def _dispatch(self) -> None:
         """Start the next batch if the model is idle: whatever is queued (once ``max_delay``
         has passed, unless a full batch waits). While a batch computes, the next forms and
-        starts when it ends (from ``_run_batch``)."""
+        starts when it ends (from ``_batch_done``)."""
         loop = asyncio.get_running_loop()
         if not self.queue and self.running is None:
             self.full_since = None  # idle: whatever comes next is a burst, not a backlog
@@ -186,13 +188,20 @@ class Batcher:
                     if self.timer is None:
                         self.timer = loop.call_later(due, self._delay_passed)
                     return
-                self.full_since = None
-            elif self.full_since is None:
-                self.full_since = time.monotonic()
-            batch = self._take()
+            self._note(self.queued_rows)
+            batch = self._take()  # requests that timed out while waiting drop out
             if batch:
-                self.running = loop.create_task(self._run_batch(loop, batch))
-                self.running.add_done_callback(self._finished)
+                self._run_batch(batch)
+
+    def _note(self, rows: int) -> None:
+        """Saturation: a busy run starts with a full batch and ends with one started at most
+        half full (a single batch a little short, as clients refill the queue, does not end
+        it), or when the model is idle."""
+        if rows >= self.max_batch_size:
+            if self.full_since is None:
+                self.full_since = time.monotonic()
+        elif 2 * rows <= self.max_batch_size:
+            self.full_since = None
 
     def _delay_passed(self) -> None:
         self.timer = None
@@ -221,25 +230,13 @@ class Batcher:
             self.queued_rows += item.rows
         return batch
 
-    def _ended(self) -> None:
-        """This batch's model call is over: start the next before answering this one's
-        requests, so the model computes while the event loop answers them."""
-        if self.running is asyncio.current_task():
-            self.running = None
-        self._dispatch()
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        if self.running is task:
-            self.running = None
-        if not task.cancelled():
-            self._dispatch()  # the next batch was forming while this one ran
-
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]  # cancelled requests drop out
+    def _run_batch(self, live: list[_Pending]) -> None:
+        """Start one batch: on the event loop when batches take microseconds (answered at
+        once), else on the model's thread, which hands back to the loop once, in
+        ``_batch_done`` (one turn of a busy loop, not three: a task's wake-ups each wait
+        their turn, and the model would sit idle meanwhile)."""
         for pending in live:
             self._start(pending)
-        if not live:
-            return
         merged = (
             live[0].feeds
             if len(live) == 1
@@ -247,24 +244,40 @@ class Batcher:
         )
         if self.on_batch is not None:
             self.on_batch(sum(p.rows for p in live))
-        try:
-            if self.inline:
-                outputs = self._timed(merged)  # a thread hop would cost more than the run
+        if self.inline:  # a thread hop would cost more than the run
+            try:
+                outputs = self._timed(merged)
+            except Exception as exc:  # the model failed: every request in the batch gets it
+                _answer(live, exc)
             else:
-                outputs = await loop.run_in_executor(self.executor, self._timed, merged)
-        except Exception as exc:  # the model failed: every request in the batch gets the error
-            self._ended()
-            for pending in live:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+                _answer(live, outputs)
             return
-        self._ended()
-        start = 0
-        for pending in live:
-            end = start + pending.rows
-            if not pending.future.done():
-                pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
-            start = end
+        loop = asyncio.get_running_loop()
+        try:
+            work = self.executor.submit(self._timed, merged)
+        except RuntimeError as exc:  # the version was closed: its threads are gone
+            _answer(live, exc)
+            return
+        self.running = work
+
+        def done(_: Future[Feeds]) -> None:
+            with contextlib.suppress(RuntimeError):  # a stopped loop: nobody waits for these
+                loop.call_soon_threadsafe(self._batch_done, work, live)
+
+        work.add_done_callback(done)
+
+    def _batch_done(self, work: Future[Feeds], live: list[_Pending]) -> None:
+        """A batch's model call is over (on the event loop): start the next before answering
+        this one's requests, so the model computes while the loop answers them."""
+        if self.running is work:
+            self.running = None
+        self._dispatch()
+        if work.cancelled():
+            _answer(live, RuntimeError("model was unloaded"))
+        elif (exc := work.exception()) is not None:
+            _answer(live, exc)
+        else:
+            _answer(live, work.result())
 
     def _timed(self, feeds: Feeds) -> Feeds:
         """``run``, keeping a moving average of how long a batch takes."""
@@ -289,6 +302,19 @@ def _rows(feeds: Feeds) -> int | None:
         return None
     size = sizes.pop()
     return size if size > 0 else None
+
+
+def _answer(live: list[_Pending], outputs: Feeds | BaseException) -> None:
+    """Each request of a batch gets its own rows of ``outputs``, or the model's error."""
+    start = 0
+    for pending in live:
+        end = start + pending.rows
+        if not pending.future.done():  # else it timed out meanwhile
+            if isinstance(outputs, BaseException):
+                pending.future.set_exception(outputs)
+            else:
+                pending.future.set_result({n: v[start:end] for n, v in outputs.items()})
+        start = end
 
 
 def _unloaded(feeds: Feeds) -> Feeds:
