@@ -138,8 +138,9 @@ def test_a_version_that_fails_to_load_never_replaces_the_running_one(
 
 
 def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) -> None:
-    """A swap frees the old session by dropping references; a full cycle collection (which
-    stalls every request for ~100 ms on a server's heap) is only the fallback."""
+    """A swap frees the old session by dropping references (and ends its model thread); a
+    full cycle collection (which stalls every request for ~100 ms on a server's heap) is
+    only the fallback."""
     registry = mc.Registry.open(tmp_path / "registry")
     for seed in range(2):
         source = make_onnx(tmp_path / f"v{seed}" / "m.onnx", seed=seed)
@@ -149,30 +150,34 @@ def test_a_retired_version_is_freed_without_a_full_collection(tmp_path: Path) ->
     collections: list[int] = []
     manager._collect = lambda: collections.append(1)  # type: ignore[method-assign]
 
-    async def scenario() -> tuple[bool, str]:
+    async def scenario() -> tuple[bool, str, bool]:
         await manager.start()
         served = manager.models["tiny"]
         assert served.current is not None and served.current.model is not None
         old = weakref.ref(served.current.model)
         await manager.infer(served.current, {"x": X})
+        loop = asyncio.get_running_loop()
+        its_thread = await loop.run_in_executor(served.current.executor, threading.get_ident)
         registry.set_alias("tiny", "prod", "1.0.1")
         await manager.refresh(served)
         for _ in range(100):  # retirement runs as its own task
             await asyncio.sleep(0.01)
-            if old() is None:
+            threads = {t.ident for t in threading.enumerate()}
+            if old() is None and its_thread not in threads:
                 break
         version = served.current.version
         await manager.stop()
-        return old() is None, version
+        return old() is None, version, its_thread in threads
 
     gc.disable()
     try:
-        freed, version = asyncio.run(scenario())
+        freed, version, thread_alive = asyncio.run(scenario())
     finally:
         gc.enable()
         registry.close()
     assert version == "1.0.1"
     assert freed, "the retired version's model is still referenced"
+    assert not thread_alive, "the retired version's model thread is still running"
     assert collections == []
 
 
