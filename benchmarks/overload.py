@@ -2,9 +2,10 @@
 what the model can serve, and whether every request is answered.
 
 The ~26 MB MLP (compute-bound: one batch of 32 takes milliseconds on this machine) served
-with default settings (batching on; up to 64 requests wait, and once the model has run only
-full batches for 0.1 s, less than one full batch), then with a fixed --max-queue 64 (two
-batches, no saturation rule: the default before it), loaded from 32 and then 256 keep-alive connections for SECONDS each.
+with default settings (batching on; up to 64 requests wait, and less than one full batch
+once the model is saturated), then with a fixed --max-queue 64 (two batches, no saturation
+rule: the default before it), loaded from 32 and then 256 keep-alive connections for
+SECONDS each.
 The client is a small asyncio HTTP/1.1 loop on uvloop (wrk cannot report latency per
 status): it records each request's latency and status, so the p99 below is over admitted
 (2xx) requests only, and "unanswered" counts connections that got no HTTP answer at all.
