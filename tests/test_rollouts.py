@@ -22,16 +22,24 @@ from services import Postgres
 
 
 class Load:
-    """Clients sending /v2/models/tiny/infer (the alias) until stopped; every status kept."""
+    """Clients sending /v2/models/tiny/infer (the alias) until stopped; every status kept.
+    Returns once every client has had an answer, so the test runs under load from its start."""
 
     def __init__(self, url: str, clients: int = 4) -> None:
         self.url = url + "/v2/models/tiny/infer"
         self.statuses: list[int] = []
         self.versions: set[str] = set()  # model_version of each answer
+        self.answered: set[int] = set()  # clients that have had an answer
         self.running = True
         self.threads = [threading.Thread(target=self.send, args=(i,)) for i in range(clients)]
         for thread in self.threads:
             thread.start()
+        deadline = time.monotonic() + 30
+        while len(self.answered) < clients and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if len(self.answered) < clients:
+            self.stop()
+            raise AssertionError("a client of the load never got an answer")
 
     def send(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -41,6 +49,7 @@ class Load:
                 body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x}]}
                 response = client.post(self.url, json=body)
                 self.statuses.append(response.status_code)
+                self.answered.add(seed)
                 if response.status_code == 200:
                     self.versions.add(response.json()["model_version"])
 
