@@ -261,6 +261,40 @@ def test_onnx_external_data_not_listed_for_the_artifact_is_refused(tmp_path: Pat
         mc.load(target)
 
 
+@pytest.mark.parametrize("shift", [-8, -5, -1])
+def test_undeclared_external_data_is_found_across_the_search_blocks(
+    tmp_path: Path, shift: int
+) -> None:
+    """The model file is searched for external-data entries a block at a time: an entry
+    (here the only one) whose key straddles the end of the first block is found as well."""
+    import onnx
+    from onnx import numpy_helper
+
+    from modelcrate.runtimes.onnxruntime import SEARCH_BLOCK
+
+    source = make_onnx(tmp_path / "model" / "m.onnx", external="weights.bin")
+    model = onnx.load(str(source), load_external_data=False)
+    inline = {t.name: t for t in onnx.load(str(source)).graph.initializer}
+    entries = [t if t.name == "W" else inline[t.name] for t in model.graph.initializer]
+    target, length = SEARCH_BLOCK + shift, SEARCH_BLOCK // 2
+    for _ in range(3):  # an inline tensor before the entries moves the key to ``target``
+        del model.graph.initializer[:]
+        padding = numpy_helper.from_array(np.zeros(length, np.uint8), "padding")
+        model.graph.initializer.extend([padding, *entries])
+        onnx.save_model(model, str(source))
+        length += target - source.read_bytes().find(b"location")
+    assert source.read_bytes().find(b"location") == target
+    assert source.read_bytes().count(b"location") == 1
+    crate = mc.pack(source, name="evil", version="1.0.0")
+    assert crate.manifest.artifacts[0].data_files == ["weights.bin"]
+    manifest = crate.manifest.to_dict()
+    manifest["artifacts"][0]["data_files"] = []
+    crate.unpack(tmp_path / "dir")
+    (tmp_path / "dir" / "crate.json").write_text(json.dumps(manifest))
+    with pytest.raises(CrateFormatError, match="does not list"):
+        mc.load(tmp_path / "dir")
+
+
 def test_onnx_with_external_data_packs_and_runs(tmp_path: Path) -> None:
     from conftest import tiny_weights
 

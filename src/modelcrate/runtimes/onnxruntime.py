@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from modelcrate.manifest import Artifact
 
 
+SEARCH_BLOCK = 16 * 1024 * 1024  # bytes of a model file searched at a time (_mentions_location)
+_KEY = b"location"
+_KEY_HEAD = int.from_bytes(_KEY[:4], "little")
+
+
 class OnnxRuntime:
     """Runs a crate's ONNX artifact. ONNX Runtime opens the model by path from the crate's
     local copy (its cache entry or directory), with external data beside it, while the
@@ -121,15 +126,32 @@ def external_data_files(model: Any) -> list[str]:
 
 
 def _mentions_location(path: Path) -> bool:
-    """Whether the file holds b"location" (read in blocks, never whole). The search holds
-    the GIL, so blocks are small: a server loading a new version in the background stalls
-    its event loop for a fraction of a millisecond per block, not for the whole file."""
-    tail = b""
-    with path.open("rb") as stream:
-        while block := stream.read(256 * 1024):
-            if b"location" in tail + block[:16] or b"location" in block:
+    """Whether the file holds b"location" (every external-data entry has this key), read in
+    blocks, never whole. A server loads new versions on a low-priority thread, and a
+    low-priority thread that holds the GIL while the OS runs others stalls the event loop.
+    So numpy compares the key's first four bytes at each of the four offsets, in loops that
+    release the GIL, and only a block where they match is searched exactly. Searching a
+    512 MiB model on a niced thread beside two busy processes, a thread ticking every
+    0.5 ms stalled over 5 ms 322-367 times (up to 96 ms) with a byte-string search, and
+    46-54 times (20-25 with no search at all) this way; alone, 0.34 s against 0.43 s."""
+    buffer = bytearray(min(SEARCH_BLOCK, path.stat().st_size) + len(_KEY) - 1)
+    view = memoryview(buffer)
+    kept = 0  # the previous block's last bytes, which a key may straddle
+    with path.open("rb", buffering=0) as stream:
+        while read := stream.readinto(view[kept : kept + SEARCH_BLOCK]):
+            size = kept + read
+            data = np.frombuffer(buffer, np.uint8, count=size)
+            if (
+                any(
+                    (data[start : start + (size - start) // 4 * 4].view("<u4") == _KEY_HEAD).any()
+                    for start in range(4)
+                )
+                and buffer.find(_KEY, 0, size) >= 0
+            ):
                 return True
-            tail = block[-16:]
+            del data  # numpy lets go of the buffer before it is written again
+            kept = min(len(_KEY) - 1, size)
+            buffer[:kept] = buffer[size - kept : size]
     return False
 
 
