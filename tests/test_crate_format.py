@@ -270,7 +270,7 @@ def test_undeclared_external_data_is_found_across_the_search_blocks(
     import onnx
     from onnx import numpy_helper
 
-    from modelcrate.runtimes.onnxruntime import SEARCH_BLOCK
+    from modelcrate.runtimes.onnxruntime import SEARCH_BLOCK, external_data_files
 
     source = make_onnx(tmp_path / "model" / "m.onnx", external="weights.bin")
     model = onnx.load(str(source), load_external_data=False)
@@ -285,6 +285,7 @@ def test_undeclared_external_data_is_found_across_the_search_blocks(
         length += target - source.read_bytes().find(b"location")
     assert source.read_bytes().find(b"location") == target
     assert source.read_bytes().count(b"location") == 1
+    assert external_data_files(source.read_bytes()) == ["weights.bin"]  # in memory, too
     crate = mc.pack(source, name="evil", version="1.0.0")
     assert crate.manifest.artifacts[0].data_files == ["weights.bin"]
     manifest = crate.manifest.to_dict()

@@ -112,7 +112,10 @@ def external_data_files(model: Any) -> list[str]:
         except Exception as exc:  # protobuf DecodeError
             raise CrateFormatError(f"not a valid ONNX model: {first_line(exc)}") from None
     elif isinstance(model, bytes):
-        if b"location" not in model:  # every external-data entry carries this key
+        if not any(  # blocks overlap by the key's length less one: none is missed
+            _holds_key(model, start, min(len(model), start + SEARCH_BLOCK + len(_KEY) - 1))
+            for start in range(0, len(model), SEARCH_BLOCK)
+        ):
             return []
         try:
             model = onnx.load_from_string(model)
@@ -128,29 +131,35 @@ def external_data_files(model: Any) -> list[str]:
 
 def _mentions_location(path: Path) -> bool:
     """Whether the file holds b"location" (every external-data entry has this key), read in
-    blocks, never whole. A server loads new versions on a low-priority thread, and each
-    time such a thread takes the GIL, or holds it while the OS runs others, the event loop
-    may wait for it. So the search takes the GIL few times and holds it briefly: per block,
-    one numpy comparison of the key's first four bytes at all four offsets and one
-    reduction (loops that release the GIL); only a block where they match is searched
-    exactly. Searching a 512 MiB model on a niced thread beside two busy processes, a
-    thread ticking every 0.5 ms was late by over 5 ms 273-367 times (up to 97 ms) with a
-    byte-string search, and 19 times in 7 s this way (about 6 per 2 s with no search)."""
+    blocks, never whole (a model in memory is searched in the same blocks). A server loads
+    new versions on a low-priority thread, and each time such a thread takes the GIL, or
+    holds it while the OS runs others, the event loop may wait for it. So the search takes
+    the GIL few times and holds it briefly: per block, one numpy comparison of the key's
+    first four bytes at all four offsets and one reduction (loops that release the GIL);
+    only a block where they match is searched exactly. Searching a 512 MiB model on a
+    niced thread beside two busy processes, a thread ticking every 0.5 ms was late by
+    over 5 ms 273-367 times (up to 97 ms) with a byte-string search, and 19 times in 7 s
+    this way (about 6 per 2 s with no search)."""
     with path.open("rb", buffering=0) as stream:
         buffer = bytearray(min(SEARCH_BLOCK, os.fstat(stream.fileno()).st_size) + len(_KEY) - 1)
         view = memoryview(buffer)
         kept = 0  # the previous block's last bytes, which a key may straddle
         while read := stream.readinto(view[kept : kept + SEARCH_BLOCK]):
             size = kept + read
-            if size >= len(_KEY):
-                # Row k holds the four bytes at k, k + 4, k + 8, ... as one number each.
-                words = np.ndarray((4, (size - 3) // 4), "<u4", buffer, strides=(1, 4))
-                if (words == _KEY_HEAD).any() and buffer.find(_KEY, 0, size) >= 0:
-                    return True
-                del words  # numpy lets go of the buffer before it is written again
+            if _holds_key(buffer, 0, size):
+                return True
             kept = min(len(_KEY) - 1, size)
             buffer[:kept] = buffer[size - kept : size]
     return False
+
+
+def _holds_key(data: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether ``data[start:end]`` holds b"location" (see ``_mentions_location``)."""
+    if end - start < len(_KEY):
+        return False
+    # Row k holds the four bytes at start + k, start + k + 4, ... as one number each.
+    words = np.ndarray((4, (end - start - 3) // 4), "<u4", data, start, strides=(1, 4))
+    return bool((words == _KEY_HEAD).any()) and data.find(_KEY, start, end) >= 0
 
 
 def check_data_location(location: str) -> str:
