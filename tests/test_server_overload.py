@@ -237,14 +237,24 @@ def test_a_client_asking_again_before_retry_after_waits_it_out(
         assert after - before >= 0.9, seen  # each a Retry-After (1 s) after the previous
 
 
+def test_the_pacer_counts_each_wait_from_when_its_refusal_was_sent() -> None:
+    pacer = RefusalPacer(wait_s=0.2, connections=3)
+    assert pacer.delay(("a", 1)) == 0  # never refused: refused at once
+    pacer.refused(("a", 1))  # its wait starts
+    assert 0.1 < pacer.delay(("a", 1)) <= 0.2  # asked again at once: held back
+    assert pacer.delay(("b", 2)) == 0  # another connection is not held back
+    time.sleep(0.3)  # that refusal was sent late (a busy event loop)
+    pacer.refused(("a", 1))
+    assert 0.1 < pacer.delay(("a", 1)) <= 0.2  # a whole wait from when it was sent
+    time.sleep(0.25)
+    assert pacer.delay(("a", 1)) == 0  # its wait is over
+
+
 def test_the_pacer_forgets_connections_whose_wait_is_over() -> None:
     pacer = RefusalPacer(wait_s=0.2, connections=3)
-    assert pacer.delay(("a", 1)) == 0  # refused at once; its wait starts
-    assert 0.1 < pacer.delay(("a", 1)) <= 0.2  # asked again at once: held back
-    assert 0.3 < pacer.delay(("a", 1)) <= 0.4  # and again: after that refusal's wait too
-    assert pacer.delay(("b", 2)) == 0  # another connection is not held back
-    time.sleep(0.65)  # the last refusal's wait ends 0.6 s after the first
-    assert pacer.delay(("a", 1)) == 0  # its wait is over
+    pacer.refused(("a", 1))
+    pacer.refused(("b", 2))
+    time.sleep(0.25)
     for port in range(10):  # memory stays bounded: the oldest are forgotten
-        pacer.delay(("c", port))
+        pacer.refused(("c", port))
     assert len(pacer.until) <= 3 and ("c", 9) in pacer.until

@@ -83,6 +83,8 @@ class InferApp:
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
+        if status == 503 and (client := scope.get("client")) is not None:
+            self.pacer.refused(client)
 
     async def handle(
         self, target: tuple[str, str | None], headers: dict[str, str], receive: Receive

@@ -92,7 +92,11 @@ class RefusalPacer:
     once that wait is over. A client that honours Retry-After, or a load balancer trying
     another replica, is refused at once; one that retries at once can no longer spend the
     event loop's time on refusals (at 256 such connections they took most of it, and the
-    requests admitted meanwhile waited several times longer)."""
+    requests admitted meanwhile waited several times longer).
+
+    The wait starts when a refusal is sent (``refused``), not when it was decided: a
+    refusal held back, or delayed by a busy event loop, still buys its client the whole
+    wait it was told."""
 
     def __init__(self, wait_s: float = RETRY_AFTER_S, connections: int = 10_000) -> None:
         self.wait_s = wait_s
@@ -100,17 +104,19 @@ class RefusalPacer:
         self.until: dict[object, float] = {}  # connection -> when its wait is over
 
     def delay(self, connection: object) -> float:
-        """Seconds to hold this refusal back (0: refuse now). Either way the connection is
-        told to wait ``wait_s`` from when it gets the refusal."""
+        """Seconds to hold this connection's refusal back (0: refuse now)."""
+        until = self.until.get(connection)
+        return 0.0 if until is None else max(0.0, until - time.monotonic())
+
+    def refused(self, connection: object) -> None:
+        """The connection has just been sent a refusal: its wait starts now."""
         now = time.monotonic()
-        until = self.until.pop(connection, None)
-        pause = 0.0 if until is None else max(0.0, until - now)
+        self.until.pop(connection, None)  # re-inserted last: oldest first, roughly
         if len(self.until) >= self.connections:
             self.until = {c: t for c, t in self.until.items() if t > now}
             while len(self.until) >= self.connections:  # all waiting: forget the oldest
                 del self.until[next(iter(self.until))]
-        self.until[connection] = now + pause + self.wait_s  # last in: oldest first, roughly
-        return pause
+        self.until[connection] = now + self.wait_s
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
