@@ -234,7 +234,9 @@ def test_a_client_asking_again_before_retry_after_waits_it_out(
     assert len(refusals) >= 2, seen
     assert refusals[0][1] < 0.8, seen  # the first refusal is answered at once
     for (before, _), (after, _) in itertools.pairwise(refusals):
-        assert after - before >= 0.9, seen  # each a Retry-After (1 s) after the previous
+        # each a Retry-After (1 s) after the previous was sent; times are taken here, where
+        # this loop's 12 other clients may delay noticing an answer (unpaced: 0.2 s at most)
+        assert after - before >= 0.8, seen
 
 
 def test_the_pacer_counts_each_wait_from_when_its_refusal_was_sent() -> None:
