@@ -210,3 +210,54 @@ def test_a_model_computes_one_batch_at_a_time(tmp_path: Path) -> None:
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     for x, answer in zip(rows, answers, strict=True):
         np.testing.assert_allclose(answer["y"], expected.predict(x)["y"], rtol=1e-5)
+
+
+def test_the_next_batch_starts_on_the_models_thread_without_waiting_for_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """While a batch computes, a next batch as large goes to the model's thread at once,
+    behind it: the thread starts it the moment the first ends, even while the event loop
+    is busy (here: blocked). It still counts as waiting until then."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1024] * 6 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    expected = mc.load("slow@1.0.0", registry=registry)
+    manager = ModelManager(
+        registry, ["slow@1.0.0"], batch=BatchConfig(max_batch_size=8), metrics=Metrics()
+    )
+    spans: list[tuple[float, float]] = []
+    rows = [np.full((1, 4), i, np.float32) for i in range(2)]
+
+    async def scenario() -> tuple[list[dict[str, np.ndarray]], float, int]:
+        await manager.start()
+        loaded = manager.models["slow"].current
+        assert loaded is not None
+        run = loaded.batcher.run
+
+        def timed(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            try:
+                return run(feeds)
+            finally:
+                spans.append((started, time.perf_counter()))
+
+        loaded.batcher.run = timed
+        try:
+            calls = [asyncio.ensure_future(manager.infer(loaded, {"x": x})) for x in rows]
+            await asyncio.sleep(0)  # both submitted: the first runs, the second is behind it
+            waiting = loaded.batcher.depth
+            time.sleep(1.0)  # the event loop is busy for a second
+            unblocked = time.perf_counter()
+            return list(await asyncio.gather(*calls)), unblocked, waiting
+        finally:
+            await manager.stop()
+
+    try:
+        answers, unblocked, waiting = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert waiting == 1  # the second request, behind the running batch
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0]  # one after the other
+    assert spans[1][0] < unblocked  # started by the thread while the loop was busy
+    for x, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer["y"], expected.predict(x)["y"], rtol=1e-5)
