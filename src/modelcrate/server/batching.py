@@ -2,16 +2,12 @@
 
 Requests queue per loaded model version. A batch starts at once when the model is idle
 (so batches stay at 1 when load is light); while a batch computes, the requests arriving
-meanwhile form the next one. Once as many rows wait as the running batch has, that next
-batch is handed to the model's thread at once, queued behind the running one, so the
-thread starts it the moment the running one ends: it never waits for the event loop's
-turn (a busy loop reached the batch's answer 0.1-4.5 ms after it was ready, and the
-model sat idle meanwhile). So the event loop decodes and answers one group of requests
-while the model runs the next, and batches grow with load to what arrived during one
-run. One batch computes at a time (on all the model's threads): two side by side bring
-a compute-bound model no more throughput and double the rows in the system, so the wait
-of every queued request. ``max_delay_ms`` makes an idle model wait up to that long for
-more.
+meanwhile form the next one, which starts the moment that batch ends. So the event loop
+decodes and answers one group of requests while the model runs the next, and batches
+grow with load to what arrived during one run. One batch computes at a time (on all the
+model's threads): two side by side bring a compute-bound model no more throughput and
+double the rows in the system, so the wait of every queued request. ``max_delay_ms``
+makes an idle model wait up to that long for more.
 Requests are merged only when every input has the same trailing shape and dtype.
 Models run in worker threads, except those whose batches take microseconds, which run
 on the event loop (a thread hop would cost more than the run).
@@ -40,13 +36,6 @@ INLINE_BELOW_S = 0.0002
 # a full batch waits (see check_room).
 SATURATED_AFTER_S = 0.1
 RunFn = Callable[[Feeds], Feeds]
-
-
-@dataclass
-class _Batch:
-    work: Future[Feeds]
-    live: list[_Pending]
-    rows: int
 
 
 @dataclass
@@ -88,8 +77,7 @@ class Batcher:
         self.waiting = 0
         self.queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
-        self.running: _Batch | None = None  # the batch computing on the model's thread
-        self.next: _Batch | None = None  # handed to the thread, to start when ``running`` ends
+        self.running: Future[Feeds] | None = None  # the batch computing on the model's thread
         self.timer: asyncio.TimerHandle | None = None  # max_delay's wake-up
         self.soon = False  # a deferred dispatch is scheduled
         # Until batches are measured fast they run in a worker thread (see _timed).
@@ -153,7 +141,7 @@ class Batcher:
         a burst of up to ``max_queue`` (default_max_queue) requests."""
         if self.waiting >= self.max_queue:
             reason = f"the model's queue is full ({self.max_queue} requests waiting)"
-        elif not self.fixed and self.rows_waiting >= self.max_batch_size and self.saturated:
+        elif not self.fixed and self.queued_rows >= self.max_batch_size and self.saturated:
             reason = (
                 f"the model is saturated and a full batch ({self.max_batch_size} rows) "
                 "already waits"
@@ -163,12 +151,6 @@ class Batcher:
         if self.on_refused is not None:
             self.on_refused()
         raise ServerError(f"{reason}; retry shortly", status=503, code="queue_full")
-
-    @property
-    def rows_waiting(self) -> int:
-        """Rows not yet computing: queued, or in the batch handed to the thread behind the
-        running one."""
-        return self.queued_rows + (0 if self.next is None else self.next.rows)
 
     def _start(self, pending: _Pending) -> None:
         """Count ``pending`` out of the waiting requests (once; on the event loop)."""
@@ -180,9 +162,8 @@ class Batcher:
         self.run = _unloaded  # drop the model: nothing here may keep its memory alive
         if self.timer is not None:
             self.timer.cancel()
-        for batch in (self.running, self.next):
-            if batch is not None:
-                batch.work.cancel()
+        if self.running is not None:
+            self.running.cancel()
         while self.queue:
             pending = self.queue.popleft()
             if not pending.future.done():
@@ -195,9 +176,8 @@ class Batcher:
 
     def _dispatch(self) -> None:
         """Start the next batch if the model is idle: whatever is queued (once ``max_delay``
-        has passed, unless a full batch waits). While a batch computes, the next forms; it
-        goes to the thread behind it once as many rows wait as it has, else it starts when
-        it ends (from ``_batch_done``)."""
+        has passed, unless a full batch waits). While a batch computes, the next forms and
+        starts when it ends (from ``_batch_done``)."""
         loop = asyncio.get_running_loop()
         if not self.queue and self.running is None:
             self.full_since = None  # idle: whatever comes next is a burst, not a backlog
@@ -210,18 +190,6 @@ class Batcher:
                     return
             self._note(self.queued_rows)
             batch = self._take()  # requests that timed out while waiting drop out
-            if batch:
-                self._run_batch(batch)
-        running = self.running
-        if (
-            running is not None
-            and self.next is None
-            and not self.inline
-            and self.queue
-            and self.queued_rows >= min(running.rows, self.max_batch_size)
-        ):  # the next batch is as large as the running one: queue it behind on the thread
-            self._note(self.queued_rows)
-            batch = self._take()
             if batch:
                 self._run_batch(batch)
 
@@ -264,13 +232,11 @@ class Batcher:
 
     def _run_batch(self, live: list[_Pending]) -> None:
         """Start one batch: on the event loop when batches take microseconds (answered at
-        once), else on the model's thread (behind the running batch, if one is), which
-        hands back to the loop once, in ``_batch_done`` (one turn of a busy loop, not
-        three: a task's wake-ups each wait their turn, and the model would sit idle
-        meanwhile). A batch queued behind another still counts as waiting."""
-        if self.running is None:
-            for pending in live:
-                self._start(pending)
+        once), else on the model's thread, which hands back to the loop once, in
+        ``_batch_done`` (one turn of a busy loop, not three: a task's wake-ups each wait
+        their turn, and the model would sit idle meanwhile)."""
+        for pending in live:
+            self._start(pending)
         merged = (
             live[0].feeds
             if len(live) == 1
@@ -292,11 +258,7 @@ class Batcher:
         except RuntimeError as exc:  # the version was closed: its threads are gone
             _answer(live, exc)
             return
-        batch = _Batch(work, live, sum(p.rows for p in live))
-        if self.running is None:
-            self.running = batch
-        else:
-            self.next = batch
+        self.running = work
 
         def done(_: Future[Feeds]) -> None:
             with contextlib.suppress(RuntimeError):  # a stopped loop: nobody waits for these
@@ -305,18 +267,10 @@ class Batcher:
         work.add_done_callback(done)
 
     def _batch_done(self, work: Future[Feeds], live: list[_Pending]) -> None:
-        """A batch's model call is over (on the event loop): the batch behind it, already
-        computing, becomes the running one, and the next is formed before this one's
-        requests are answered, so the model computes while the loop answers them."""
-        if self.running is not None and self.running.work is work:
-            self.running, self.next = self.next, None
-            if self.running is not None:
-                for pending in self.running.live:
-                    self._start(pending)
-                if self.running.work.done():  # cancelled, or already computed too
-                    self.running = None
-        elif self.next is not None and self.next.work is work:  # cancelled while queued
-            self.next = None
+        """A batch's model call is over (on the event loop): start the next before answering
+        this one's requests, so the model computes while the loop answers them."""
+        if self.running is work:
+            self.running = None
         self._dispatch()
         if work.cancelled():
             _answer(live, RuntimeError("model was unloaded"))
