@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 bench-scale: $(STAMP)  ## the size benchmark at 0.1, 1 and 4 GiB (about 40 GB of disk, 10 min)
-	SCALE_GIB="0.1 1 4" $(PY) benchmarks/run.py scale changes
+	SCALE_GIB="0.1 1 4" $(PY) benchmarks/run.py scale changes stalls
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/digits/out benchmarks/.work

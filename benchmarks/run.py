@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
 python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
-    [overload] [migration] [breakdown]
+    [overload] [migration] [breakdown] [stalls]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -31,6 +31,7 @@ import overload  # noqa: E402
 import registry  # noqa: E402
 import scale  # noqa: E402
 import serving  # noqa: E402
+import stalls  # noqa: E402
 
 SUITES = {
     "foundation": foundation.main,
@@ -47,6 +48,9 @@ SUITES = {
         [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
     ),
     "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
+    "stalls": lambda: stalls.main(
+        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
+    ),
 }
 
 
@@ -100,6 +104,7 @@ def order(heading: str) -> int:
         "CLI",
         "Diff",
         "Overload",
+        "Loader stalls",
         "Migration",
     ]
     return next((i for i, w in enumerate(words) if heading.startswith(f"## {w}")), len(words))

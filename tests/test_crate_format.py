@@ -261,16 +261,24 @@ def test_onnx_external_data_not_listed_for_the_artifact_is_refused(tmp_path: Pat
         mc.load(target)
 
 
+@pytest.mark.parametrize("search", ["memmem", "byte-string"])
 @pytest.mark.parametrize("shift", [-8, -5, -1])
 def test_undeclared_external_data_is_found_across_the_search_blocks(
-    tmp_path: Path, shift: int
+    tmp_path: Path, shift: int, search: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model file is searched for external-data entries a block at a time: an entry
-    (here the only one) whose key straddles the end of the first block is found as well."""
+    (here the only one) whose key straddles the end of the first block is found as well,
+    by the C library's memmem or, where it has none, a byte-string search."""
     import onnx
     from onnx import numpy_helper
 
+    from modelcrate.runtimes import onnxruntime
     from modelcrate.runtimes.onnxruntime import SEARCH_BLOCK, external_data_files
+
+    if search == "byte-string":
+        monkeypatch.setattr(onnxruntime, "_memmem", lambda: None)
+    else:
+        assert onnxruntime._memmem() is not None  # this machine's C library has it
 
     source = make_onnx(tmp_path / "model" / "m.onnx", external="weights.bin")
     model = onnx.load(str(source), load_external_data=False)

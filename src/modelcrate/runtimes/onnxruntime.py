@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,6 @@ if TYPE_CHECKING:
 
 SEARCH_BLOCK = 16 * 1024 * 1024  # bytes of a model file searched at a time (_mentions_location)
 _KEY = b"location"
-_KEY_HEAD = int.from_bytes(_KEY[:4], "little")
 
 
 class OnnxRuntime:
@@ -134,12 +136,9 @@ def _mentions_location(path: Path) -> bool:
     blocks, never whole (a model in memory is searched in the same blocks). A server loads
     new versions on a low-priority thread, and each time such a thread takes the GIL, or
     holds it while the OS runs others, the event loop may wait for it. So the search takes
-    the GIL few times and holds it briefly: per block, one numpy comparison of the key's
-    first four bytes at all four offsets and one reduction (loops that release the GIL);
-    only a block where they match is searched exactly. Searching a 512 MiB model on a
-    niced thread beside two busy processes, a thread ticking every 0.5 ms was late by
-    over 5 ms 273-367 times (up to 97 ms) with a byte-string search, and 19 times in 7 s
-    this way (about 6 per 2 s with no search)."""
+    the GIL twice per block and holds it only briefly: the read and the C library's
+    ``memmem`` (see ``_holds_key``) both run without it. benchmarks/stalls.py measures
+    the event loop's stalls beside it."""
     with path.open("rb", buffering=0) as stream:
         buffer = bytearray(min(SEARCH_BLOCK, os.fstat(stream.fileno()).st_size) + len(_KEY) - 1)
         view = memoryview(buffer)
@@ -154,12 +153,29 @@ def _mentions_location(path: Path) -> bool:
 
 
 def _holds_key(data: bytes | bytearray, start: int, end: int) -> bool:
-    """Whether ``data[start:end]`` holds b"location" (see ``_mentions_location``)."""
+    """Whether ``data[start:end]`` holds b"location": one call of the C library's
+    ``memmem``, which ctypes makes without the GIL; a byte-string search (holding the
+    GIL) where the C library has none."""
     if end - start < len(_KEY):
         return False
-    # Row k holds the four bytes at start + k, start + k + 4, ... as one number each.
-    words = np.ndarray((4, (end - start - 3) // 4), "<u4", data, start, strides=(1, 4))
-    return bool((words == _KEY_HEAD).any()) and data.find(_KEY, start, end) >= 0
+    memmem = _memmem()
+    if memmem is None:
+        return data.find(_KEY, start, end) >= 0
+    address = np.frombuffer(data, np.uint8).ctypes.data + start
+    return memmem(address, end - start, _KEY, len(_KEY)) is not None
+
+
+@functools.cache
+def _memmem() -> Callable[[int, int, bytes, int], int | None] | None:
+    """libc's ``memmem`` (glibc, musl, macOS), or None (Windows)."""
+    try:
+        memmem = ctypes.CDLL(None).memmem
+    except (AttributeError, OSError, TypeError):
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    found: Callable[[int, int, bytes, int], int | None] = memmem
+    return found
 
 
 def check_data_location(location: str) -> str:
