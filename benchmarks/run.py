@@ -48,9 +48,7 @@ SUITES = {
         [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
     ),
     "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
-    "stalls": lambda: stalls.main(
-        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
-    ),
+    "stalls": lambda: stalls.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
 }
 
 
