@@ -10,9 +10,9 @@ python benchmarks/stalls.py [GiB ...]      (default 0.1 1; run.py: SCALE_GIB)
 Each run is a fresh process: its main thread ticks every 0.5 ms (the event loop's stand-in)
 while a niced thread searches a file of that size from the page cache, with two busy
 processes beside it (a loaded 2-core machine). A tick more than 5 ms late is a stall.
-Contenders, alternated, medians of REPEATS runs (one at 4 GiB and more): our search; the byte-string search it
-replaced (``b"location" in block``, 256 KiB blocks); and, as the baseline, a thread
-sleeping as long as our search took (the machine's own jitter). Memory is the child's peak
+Contenders, alternated, medians of REPEATS runs (one from 4 GiB): our search; the
+byte-string search it replaced (``b"location" in block``, 256 KiB blocks); and, as the
+baseline, a thread sleeping as long as our search took (the machine's own jitter). Memory is the child's peak
 RSS during the search (VmHWM, reset through /proc/self/clear_refs) less its RSS before.
 """
 
