@@ -33,6 +33,12 @@ import scale  # noqa: E402
 import serving  # noqa: E402
 import stalls  # noqa: E402
 
+
+def sizes() -> list[float]:
+    """Model sizes in GiB for the size suites: SCALE_GIB, by default 0.1 and 1."""
+    return [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
+
+
 SUITES = {
     "foundation": foundation.main,
     "optimizing": optimizing.main,
@@ -41,14 +47,10 @@ SUITES = {
     "cli": cli.main,
     "overload": overload.main,
     "breakdown": breakdown.main,
-    "changes": lambda: changes.main(
-        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
-    ),
-    "migration": lambda: migration.main(
-        [float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]
-    ),
-    "scale": lambda: scale.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
-    "stalls": lambda: stalls.main([float(g) for g in os.environ.get("SCALE_GIB", "0.1 1").split()]),
+    "changes": lambda: changes.main(sizes()),
+    "migration": lambda: migration.main(sizes()),
+    "scale": lambda: scale.main(sizes()),
+    "stalls": lambda: stalls.main(sizes()),
 }
 
 

@@ -68,12 +68,13 @@ class InferApp:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = None  # the connection told to wait (Retry-After), paced by self.pacer
         try:
             status, extra, payload = await self.handle(target, headers, receive)
         except ModelcrateError as exc:
             status, extra, payload = exc.http_status, retry_headers(exc), error_json(exc)
-            client = scope.get("client")
-            if status == 503 and client is not None and (pause := self.pacer.delay(client)):
+            refused = scope.get("client") if status == 503 else None
+            if refused is not None and (pause := self.pacer.delay(refused)):
                 await asyncio.sleep(pause)  # asked again before its Retry-After passed
         media = "application/octet-stream" if oip.HEADER_LENGTH in extra else "application/json"
         response_headers = [
@@ -83,8 +84,8 @@ class InferApp:
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
-        if status == 503 and (client := scope.get("client")) is not None:
-            self.pacer.refused(client)
+        if refused is not None:
+            self.pacer.refused(refused)  # its wait starts now that it has the refusal
 
     async def handle(
         self, target: tuple[str, str | None], headers: dict[str, str], receive: Receive
