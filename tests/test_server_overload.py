@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 import modelcrate as mc
 from conftest import Server, free_port, matmul_chain
+from modelcrate.server.batching import RETRY_AFTER_S
 from modelcrate.server.requests import RefusalPacer
 
 WIDTH, LAYERS, ROWS = 512, 12, 256  # about 0.8 GFLOP per request: tens of ms on one thread
@@ -127,7 +128,8 @@ def test_a_burst_is_admitted_and_a_saturated_model_lets_one_batch_wait(
 ) -> None:
     """Default queue: a burst to an idle model is admitted whole (up to 64 requests may
     wait); under load that keeps it starting full batches, a request is admitted only while
-    less than a full batch waits; once the load is gone, a burst is admitted whole again."""
+    less than a full batch waits, and so it stays for the Retry-After its refused clients
+    were told (they come back together); after that a burst is admitted whole again."""
     server = start_server(registry.root, "slow", "--max-batch-size", str(ROWS))
     headers = {
         "content-type": "application/octet-stream",
@@ -159,9 +161,12 @@ def test_a_burst_is_admitted_and_a_saturated_model_lets_one_batch_wait(
     seen = asyncio.run(sustained(12, 2.0))
     saturated = f"503 the model is saturated and a full batch ({ROWS} rows) already waits"
     assert set(seen) == {"200", f"{saturated}; retry shortly"}, seen
-    time.sleep(0.5)
+    # The load is gone and the model idle, but its refused clients may come back together.
+    soon = statuses()
+    assert soon[200] >= 1 and soon[503] >= 1, soon
+    time.sleep(RETRY_AFTER_S + 0.2)
     assert statuses() == {200: 12}
-    assert rejected(server) == seen[f"{saturated}; retry shortly"]
+    assert rejected(server) == seen[f"{saturated}; retry shortly"] + soon[503]
 
 
 def test_admitted_requests_never_wait_past_the_request_timeout(

@@ -35,6 +35,11 @@ INLINE_BELOW_S = 0.0002
 # batch half empty nor been idle: by default it then admits a request only while less than
 # a full batch waits (see check_room).
 SATURATED_AFTER_S = 0.1
+RETRY_AFTER_S = 1  # what a refused request is told to wait before trying again (any 503)
+# A model that has refused a request stays saturated for as long as that request's client
+# was told to wait (Retry-After): the clients it refused come back together then, and a
+# model that had meanwhile gone quiet would take all of them at once (see saturated).
+REFUSED_SATURATES_S = RETRY_AFTER_S
 RunFn = Callable[[Feeds], Feeds]
 
 
@@ -74,6 +79,7 @@ class Batcher:
         self.fixed = max_queue is not None
         self.max_queue = default_max_queue(self.max_batch_size) if max_queue is None else max_queue
         self.full_since: float | None = None  # when the current busy run began (see _note)
+        self.refused_at: float | None = None  # the last refusal (see saturated)
         self.waiting = 0
         self.queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
@@ -89,9 +95,17 @@ class Batcher:
 
     @property
     def saturated(self) -> bool:
-        """Whether the model has been busy since a full batch SATURATED_AFTER_S ago."""
+        """Whether the model has been busy since a full batch SATURATED_AFTER_S ago, or has
+        refused a request in the last REFUSED_SATURATES_S. Without the second, overload
+        came in waves once a second: refusing sent clients away, the model's batches shrank
+        below half full and it counted as keeping up, and when the refused clients came
+        back together a burst of up to max_queue was admitted (the slowest 1% at 256
+        connections were admitted that way, with ~40 requests waiting)."""
+        now = time.monotonic()
+        if self.refused_at is not None and now - self.refused_at < REFUSED_SATURATES_S:
+            return True
         since = self.full_since
-        return since is not None and time.monotonic() - since >= SATURATED_AFTER_S
+        return since is not None and now - since >= SATURATED_AFTER_S
 
     @property
     def inline(self) -> bool:
@@ -148,6 +162,7 @@ class Batcher:
             )
         else:
             return
+        self.refused_at = time.monotonic()
         if self.on_refused is not None:
             self.on_refused()
         raise ServerError(f"{reason}; retry shortly", status=503, code="queue_full")

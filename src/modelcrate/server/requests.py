@@ -33,6 +33,7 @@ from modelcrate.errors import (
 )
 from modelcrate.registry.api import Registry
 from modelcrate.server.auth import authorize
+from modelcrate.server.batching import RETRY_AFTER_S
 from modelcrate.server.hot_swap import ModelManager
 
 SMALL_BODY = 64 * 1024  # alias moves, load requests
@@ -76,9 +77,6 @@ def error_json(exc: ModelcrateError) -> bytes:
 
 def error_response(exc: ModelcrateError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.http_status, headers=retry_headers(exc))
-
-
-RETRY_AFTER_S = 1  # what a refused request is told to wait before trying again
 
 
 def retry_headers(exc: ModelcrateError) -> dict[str, str]:
