@@ -3,9 +3,9 @@ what the model can serve, and whether every request is answered.
 
 The ~26 MB MLP (compute-bound: one batch of 32 takes milliseconds on this machine) served
 with default settings (batching on; up to 64 requests wait, and less than one full batch
-once the model is saturated), then with a fixed --max-queue 64 (two batches, no saturation
-rule: the default before it), loaded from 32 and then 256 keep-alive connections for
-SECONDS each.
+once the model is saturated or has refused a request in the last second), then with a
+fixed --max-queue 64 (two batches, no saturation rule: the default before it), loaded
+from 32 and then 256 keep-alive connections for SECONDS each.
 The client is a small asyncio HTTP/1.1 loop on uvloop (wrk cannot report latency per
 status): it records each request's latency and status, so the p99 below is over admitted
 (2xx) requests only, and "unanswered" counts connections that got no HTTP answer at all.
@@ -40,7 +40,7 @@ SECONDS = 8
 LEVELS = ((32, True), (256, True), (256, False))
 # (serve flags, heading)
 CONFIGURATIONS = (
-    ([], "### Default settings (64 waiting; once saturated, less than one batch of 32)"),
+    ([], "### Default settings (64 waiting; saturated or refusing, less than one batch of 32)"),
     (["--max-queue", "64"], "### --max-queue 64 (two batches waiting, fixed)"),
 )
 
