@@ -8,19 +8,30 @@ full server with default settings. The event loop is the bottleneck on this 2-co
 machine, so 1/throughput is the loop's time per request, and the difference between two
 rows is what the later stage adds to each request.
 
+Then, without HTTP and without the noise of sharing two cores with wrk: the full server's
+ASGI app driven in-process (its lifespan started as uvicorn would, 16 coroutines sending
+the digits CNN's request, every batch on the event loop), against the least work such a
+request needs (orjson parse, the array, one ONNX Runtime call, the answer encoded), each
+timed alternately on one thread.
+
 python benchmarks/run.py breakdown
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import orjson
 import torch
 from torch import nn
 
@@ -33,8 +44,12 @@ from models import mlp_25mb  # noqa: E402
 from serving import Process, require_wrk, wrk  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
+from modelcrate.server.runner import ServeSettings, build_app  # noqa: E402
+
 REPEATS = 3
 SECONDS = 5
+IN_PROCESS_REQUESTS = 16_000  # per timing, from IN_PROCESS_CLIENTS coroutines
+IN_PROCESS_CLIENTS = 16
 STAGES = {
     "bare Starlette, reads the body": None,
     "ours: HTTP protocol, browser defences, body read": "read",
@@ -112,7 +127,117 @@ def bench(
         added = f"{micros - previous:+.0f}" if previous is not None else ""
         lines.append(f"| {label} | {rate:.0f} | {micros:.0f} | {added} |")
         previous = micros if stage is not None else None  # ours starts a new chain
-    return [*lines, ""]
+    lines.append("")
+    if call_alone:  # its batches run on the event loop, so timing the app times all of it
+        lines += in_process(registry.root, name, body, crate)
+    return lines
+
+
+def in_process(registry: Path, name: str, body: bytes, crate: mc.Crate) -> list[str]:
+    """Our full ASGI app in-process against the least work, alternated REPEATS times."""
+    least = least_work(crate, body)
+    ours_us, least_us = [], []
+    for _ in range(REPEATS):
+        ours_us.append(asyncio.run(drive(registry, name, body)))
+        least_us.append(least())
+    ours, floor = statistics.median(ours_us), statistics.median(least_us)
+    return [
+        f"### digits CNN in-process: our ASGI app without HTTP, {IN_PROCESS_CLIENTS} clients",
+        "",
+        "| what | µs per request |",
+        "| --- | --- |",
+        f"| full server app (decode, checks, manager, batching, metrics, encode) | {ours:.0f} |",
+        f"| least work: orjson parse, array, one ORT call, encode | {floor:.0f} |",
+        f"| ratio ours / least work | {ours / floor:.1f} |",
+        "",
+    ]
+
+
+async def drive(registry: Path, name: str, body: bytes) -> float:
+    """µs per infer request through the app ``modelcrate serve`` runs, without HTTP."""
+    app: Any = build_app(ServeSettings(refs=[name], registry=str(registry)))
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    life = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    assert started["type"] == "lifespan.startup.complete", started
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/v2/models/{name}/infer",
+        "raw_path": f"/v2/models/{name}/infer".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            await app(dict(scope), receive, send)
+
+    each = IN_PROCESS_REQUESTS // IN_PROCESS_CLIENTS
+    await asyncio.gather(*(client(each // 10) for _ in range(IN_PROCESS_CLIENTS)))  # warm-up
+    statuses.clear()
+    started_at = time.perf_counter()
+    await asyncio.gather(*(client(each) for _ in range(IN_PROCESS_CLIENTS)))
+    micros = (time.perf_counter() - started_at) / (each * IN_PROCESS_CLIENTS) * 1e6
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    await life
+    assert set(statuses) == {200}, set(statuses)
+    return micros
+
+
+def least_work(crate: mc.Crate, body: bytes) -> Any:
+    """A timer of the least an OIP JSON request needs: parse, array, model call, answer."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        crate.read_bytes("model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    input_name = session.get_inputs()[0].name
+
+    def one() -> bytes:
+        tensor = orjson.loads(body)["inputs"][0]
+        x = np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        (y,) = session.run(None, {input_name: x})
+        output = {
+            "name": "y",
+            "datatype": "FP32",
+            "shape": list(y.shape),
+            "data": y.ravel().tolist(),
+        }
+        return orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [output]})
+
+    def timed() -> float:
+        for _ in range(IN_PROCESS_REQUESTS // 10):
+            one()
+        started_at = time.perf_counter()
+        for _ in range(IN_PROCESS_REQUESTS):
+            one()
+        return (time.perf_counter() - started_at) / IN_PROCESS_REQUESTS * 1e6
+
+    return timed
 
 
 def main() -> list[str]:
