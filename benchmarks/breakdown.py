@@ -26,11 +26,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
 from models import mlp_25mb  # noqa: E402
-from serving import Process, require_wrk, wrk  # noqa: E402
+from serving import Process, one_thread_session, require_wrk, wrk  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
 from modelcrate.server.runner import ServeSettings, build_app  # noqa: E402
@@ -208,13 +208,9 @@ async def drive(registry: Path, name: str, body: bytes) -> float:
     return micros
 
 
-def least_work(crate: mc.Crate, body: bytes) -> Any:
+def least_work(crate: mc.Crate, body: bytes) -> Callable[[], float]:
     """A timer of the least an OIP JSON request needs: parse, array, model call, answer."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        crate.read_bytes("model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
+    session = one_thread_session(crate)
     input_name = session.get_inputs()[0].name
 
     def one() -> bytes:

@@ -112,13 +112,18 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
-    """In-process session.run on one thread: calls/s at batch 1 and samples/s at batch 32."""
+def one_thread_session(crate: mc.Crate) -> ort.InferenceSession:
+    """The crate's ONNX model in ONNX Runtime alone, on one thread: the in-process baseline."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         crate.read_bytes("model.onnx"), options, providers=["CPUExecutionProvider"]
     )
+
+
+def raw_ort(crate: mc.Crate, sample: np.ndarray) -> dict[str, float]:
+    """In-process session.run on one thread: calls/s at batch 1 and samples/s at batch 32."""
+    session = one_thread_session(crate)
     name = session.get_inputs()[0].name
     result = {}
     for batch in (1, 32):

@@ -36,10 +36,6 @@ INLINE_BELOW_S = 0.0002
 # a full batch waits (see check_room).
 SATURATED_AFTER_S = 0.1
 RETRY_AFTER_S = 1  # what a refused request is told to wait before trying again (any 503)
-# A model that has refused a request stays saturated for as long as that request's client
-# was told to wait (Retry-After): the clients it refused come back together then, and a
-# model that had meanwhile gone quiet would take all of them at once (see saturated).
-REFUSED_SATURATES_S = RETRY_AFTER_S
 RunFn = Callable[[Feeds], Feeds]
 
 
@@ -96,13 +92,14 @@ class Batcher:
     @property
     def saturated(self) -> bool:
         """Whether the model has been busy since a full batch SATURATED_AFTER_S ago, or has
-        refused a request in the last REFUSED_SATURATES_S. Without the second, overload
+        refused a request in the last RETRY_AFTER_S (the wait its client was told: the
+        clients it refused come back together then). Without the second, overload
         came in waves once a second: refusing sent clients away, the model's batches shrank
         below half full and it counted as keeping up, and when the refused clients came
         back together a burst of up to max_queue was admitted (the slowest 1% at 256
         connections were admitted that way, with ~40 requests waiting)."""
         now = time.monotonic()
-        if self.refused_at is not None and now - self.refused_at < REFUSED_SATURATES_S:
+        if self.refused_at is not None and now - self.refused_at < RETRY_AFTER_S:
             return True
         since = self.full_since
         return since is not None and now - since >= SATURATED_AFTER_S
