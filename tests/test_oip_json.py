@@ -108,3 +108,23 @@ def test_booleans_and_strings_take_the_general_path(parser: str) -> None:
     assert decode("BOOL", [3], [True, False, 1], parser).tolist() == [True, False, True]
     assert decode("BYTES", [1, 2], [["a", "é"]], parser).tolist() == [[b"a", "é".encode()]]
     assert decode("FP32", [2], [1, True], parser).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("allow_nonfinite", [False, True])
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_number_beyond_the_float_is_refused_whether_or_not_nan_is_allowed(
+    parser: str, allow_nonfinite: bool
+) -> None:
+    """Narrowed floats are checked by casting them (out of range becomes Inf): that must
+    still say which number is wrong, and still refuse it where NaN and Inf are allowed."""
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -1e39]}]}
+    limits = Limits(allow_nonfinite=allow_nonfinite)
+    with (
+        mock.patch.object(oip, "SIMDJSON_FROM_BYTES", PARSERS[parser]),
+        pytest.raises(InputError, match="does not fit float32"),
+    ):
+        decode_request(json.dumps(body).encode(), None, limits)
+    fine = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP16", "data": [1.5, -65504]}]}
+    with mock.patch.object(oip, "SIMDJSON_FROM_BYTES", PARSERS[parser]):
+        decoded = decode_request(json.dumps(fine).encode(), None, limits).inputs["x"]
+    assert decoded.dtype == np.float16 and decoded.tolist() == [1.5, -65504.0]

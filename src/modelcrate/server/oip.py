@@ -158,13 +158,13 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
         if not isinstance(size, int) or size < 0 or size > len(binary):
             raise InputError(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
         array = from_binary(name, bytes(binary[:size]), dtype, count)
+        check_finite(name, array, limits)
         used = size
     else:
         if "data" not in raw:
             raise InputError(f"input {name!r}: no 'data' and no binary_data_size")
-        array = _from_json(name, raw["data"], dtype, shape)
+        array = _from_json(name, raw["data"], dtype, shape, limits)  # checked as it is cast
         used = 0
-    check_finite(name, array, limits)
     return name, array.reshape(shape), used
 
 
@@ -187,12 +187,14 @@ def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
     return count
 
 
-def _from_json(name: str, data: Any, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray:
+def _from_json(
+    name: str, data: Any, dtype: np.dtype[Any], shape: list[int], limits: Limits
+) -> np.ndarray:
     count = math.prod(shape)
     if isinstance(data, simdjson.Array):
         array = _numbers(data, dtype, shape, count)
         if array is not None:
-            return _fitted(name, array, dtype)
+            return fitted(name, array, dtype, limits)
         data = data.as_list()  # nested, booleans, strings or mixed: the general path
     if dtype.kind == "O":
         flat = _flatten(data if isinstance(data, list) else [data], count, name)
@@ -207,21 +209,34 @@ def _from_json(name: str, data: Any, dtype: np.dtype[Any], shape: list[int]) -> 
     if dtype.kind in "iu" and parsed.dtype.kind in "fO":
         exact = _exact_integers(name, data, count)  # past 63 bits numpy reads them as floats
         if exact is not None:
-            return _fitted(name, exact, dtype)
+            return fitted(name, exact, dtype, limits)
     if parsed.dtype.kind not in "biuf":
         raise InputError(f"input {name!r}: data must be numbers")
     if parsed.size != count:
         raise InputError(f"input {name!r}: shape holds {count} elements but data has {parsed.size}")
     if dtype.kind in "iub" and parsed.dtype.kind == "f":
         raise InputError(f"input {name!r}: {_BY_DTYPE[dtype.name]} data must be integers")
-    return _fitted(name, parsed, dtype)
+    return fitted(name, parsed, dtype, limits)
 
 
-def _fitted(name: str, values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """``values`` cast to ``dtype``, refused when a number is outside its range."""
+def fitted(name: str, values: np.ndarray, dtype: np.dtype[Any], limits: Limits) -> np.ndarray:
+    """``values`` cast to ``dtype``; refused when a number is outside its range, or (unless
+    the limits allow it) is NaN or Inf. Numbers cast to a float are cast first and checked
+    once: the cast turns a number beyond the float's range into Inf, so one pass over the
+    cast values replaces a minimum, a maximum and a finiteness check."""
+    if dtype.kind == "f" and values.dtype.kind in "biuf" and not limits.allow_nonfinite:
+        with np.errstate(over="ignore"):
+            cast = values.astype(dtype, copy=False)
+        if not np.isfinite(cast).all():
+            if values.dtype.kind != "f" or np.isfinite(values).all():
+                raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
+            check_finite(name, values, limits)
+        return cast
     if not fits(values, dtype):
-        raise InputError(f"input {name!r}: data does not fit {dtype.name}")
-    return values.astype(dtype, copy=False)
+        raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
+    cast = values.astype(dtype, copy=False)
+    check_finite(name, cast, limits)
+    return cast
 
 
 def _exact_integers(name: str, data: Any, count: int) -> np.ndarray | None:

@@ -227,9 +227,9 @@ def decode_request(request: Any, limits: oip.Limits) -> oip.InferRequest:
         dtype = oip.DATATYPES[tensor.datatype]
         if raw:
             array = oip.from_binary(tensor.name, raw[index], dtype, count)
+            oip.check_finite(tensor.name, array, limits)
         else:
-            array = _from_contents(tensor, dtype, count)
-        oip.check_finite(tensor.name, array, limits)
+            array = _from_contents(tensor, dtype, count, limits)
         inputs[tensor.name] = array.reshape(shape)
     decoded = oip.InferRequest(inputs=inputs, id=request.id or None)
     for output in request.outputs:
@@ -242,7 +242,7 @@ def decode_request(request: Any, limits: oip.Limits) -> oip.InferRequest:
     return decoded
 
 
-def _from_contents(tensor: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
+def _from_contents(tensor: Any, dtype: np.dtype[Any], count: int, limits: oip.Limits) -> np.ndarray:
     field = CONTENTS.get(tensor.datatype)
     if field is None:
         raise InputError(f"input {tensor.name!r}: {tensor.datatype} travels only as raw contents")
@@ -253,10 +253,7 @@ def _from_contents(tensor: Any, dtype: np.dtype[Any], count: int) -> np.ndarray:
         )
     if dtype.kind == "O":
         return np.array(list(values), dtype=object)
-    array = np.asarray(values)
-    if not oip.fits(array, dtype):
-        raise InputError(f"input {tensor.name!r}: contents do not fit {dtype.name}")
-    return array.astype(dtype, copy=False)
+    return oip.fitted(tensor.name, np.asarray(values), dtype, limits)
 
 
 def _tensor_metadata(name: str, dtype: str, shape: list[int]) -> Any:
