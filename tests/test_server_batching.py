@@ -264,3 +264,52 @@ def test_a_model_of_microseconds_runs_on_the_event_loop_while_the_gil_is_busy(
         registry.close()
     assert on_loop[0] is False  # unmeasured: the first batch runs on the model's thread
     assert all(on_loop[-10:]), on_loop
+
+
+def test_requests_queued_behind_a_long_batch_time_out_at_their_deadline(tmp_path: Path) -> None:
+    """One batch takes 0.6 s; three requests with a 0.1 s timeout, one running and two
+    queued behind it, are each answered 504 at their deadline, not when the batch ends.
+    The model then serves on, and nothing is kept of the requests that timed out."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(mc.pack(matmul_chain(tmp_path / "m.onnx", [4, 8, 2]), name="m", version="1"))
+    expected = mc.load("m@1", registry=registry)
+    manager = ModelManager(registry, ["m@1"], batch=BatchConfig(max_batch_size=8), metrics=Metrics())
+    rows = [np.full((1, 4), i, np.float32) for i in range(3)]
+
+    async def scenario() -> tuple[list[object], list[float], dict[str, np.ndarray]]:
+        await manager.start()
+        loaded = manager.models["m"].current
+        assert loaded is not None
+        run = loaded.batcher.run
+
+        def slow(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            time.sleep(0.6)
+            return run(feeds)
+
+        loaded.batcher.run = slow
+        loaded.batcher.seconds_per_batch = 1.0  # runs on the model's thread, not the loop
+        started = time.perf_counter()
+
+        async def one(x: np.ndarray) -> tuple[object, float]:
+            try:
+                await manager.infer(loaded, {"x": x}, 0.1)
+            except Exception as exc:
+                return exc, time.perf_counter() - started
+            return None, time.perf_counter() - started
+
+        try:
+            outcomes = await asyncio.gather(*(one(x) for x in rows))
+            loaded.batcher.run = run
+            answer = await manager.infer(loaded, {"x": rows[2]}, 5.0)
+            assert not any(loaded.batcher.deadlines.lines.values())  # nothing kept
+            return [o for o, _ in outcomes], [t for _, t in outcomes], answer
+        finally:
+            await manager.stop()
+
+    try:
+        errors, times, answer = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert all(isinstance(e, mc.errors.ServerError) and e.http_status == 504 for e in errors)
+    assert max(times) < 0.45, times  # at the 0.1 s deadline, not after the 0.6 s batch
+    np.testing.assert_allclose(answer["y"], expected.predict(rows[2])["y"], rtol=1e-5)

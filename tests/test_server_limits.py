@@ -8,6 +8,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -191,7 +192,22 @@ def test_request_timeout_gives_504_and_the_server_recovers(
     }
     response = httpx.post(server.url + "/v2/models/slow/infer", json=body, timeout=30)
     assert response.status_code == 504 and "longer than 0.05 s" in response.json()["error"]
+    # Several at once: each times out or, while the model is still busy with a batch of
+    # 512 rows, is refused (503); the timed-out ones are counted as such.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: httpx.post(server.url + "/v2/models/slow/infer", json=body, timeout=30),
+                range(4),
+            )
+        )
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {503, 504}, statuses
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    metrics = httpx.get(server.url + "/metrics").text
+    timed_out = 1 + statuses.count(504)
+    counted = f'modelcrate_requests_total{{code="504",model="slow",version="1.0.0"}} {timed_out}.0'
+    assert counted in metrics
 
 
 def test_slow_header_clients_are_cut_off_and_do_not_starve_others(

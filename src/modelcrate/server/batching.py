@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -47,6 +48,7 @@ class _Pending:
     future: asyncio.Future[Feeds] = field(repr=False)
     started: bool = False  # taken into a running batch (no longer waiting)
     queued_at: float = 0.0
+    deadline: float = 0.0  # when it is answered with TimeoutError (loop time; see Deadlines)
 
 
 class Batcher:
@@ -82,6 +84,7 @@ class Batcher:
         self.running: Future[Feeds] | None = None  # the batch computing on the model's thread
         self.timer: asyncio.TimerHandle | None = None  # max_delay's wake-up
         self.soon = False  # a deferred dispatch is scheduled
+        self.deadlines = Deadlines()
         # Until batches are measured fast they run in a worker thread (see _timed).
         self.seconds_per_batch: float | None = None
 
@@ -109,9 +112,10 @@ class Batcher:
         """Whether batches run on the event loop (measured to take microseconds)."""
         return self.seconds_per_batch is not None and self.seconds_per_batch < INLINE_BELOW_S
 
-    async def submit(self, feeds: Feeds) -> Feeds:
+    async def submit(self, feeds: Feeds, timeout: float | None = None) -> Feeds:
         """Run ``feeds`` (batch dimension first) as part of some batch; returns its own rows.
-        Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait."""
+        Raises ServerError (503, code ``queue_full``) when ``max_queue`` requests wait, and
+        TimeoutError when no answer came within ``timeout`` seconds."""
         self.check_room()
         rows = _rows(feeds)
         loop = asyncio.get_running_loop()
@@ -124,11 +128,14 @@ class Batcher:
                 return self.run(feeds)
 
             try:
-                return await loop.run_in_executor(self.executor, run_alone)
+                async with asyncio.timeout(timeout):
+                    return await loop.run_in_executor(self.executor, run_alone)
             finally:
                 self._start(alone)  # no longer waiting, whether it ran or timed out
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
         pending = _Pending(feeds, rows, key, loop.create_future(), queued_at=time.monotonic())
+        if timeout is not None:
+            self.deadlines.add(pending, timeout, loop)
         self.queue.append(pending)
         self.queued_rows += rows
         if self.inline:
@@ -142,6 +149,8 @@ class Batcher:
             return await pending.future
         finally:
             self._start(pending)  # no longer waiting, whether it ran or timed out
+            if timeout is not None:
+                self.deadlines.forget(timeout)
 
     def check_room(self) -> None:
         """Refuse (ServerError 503, code ``queue_full``; counted) when ``max_queue`` requests
@@ -174,6 +183,7 @@ class Batcher:
         self.run = _unloaded  # drop the model: nothing here may keep its memory alive
         if self.timer is not None:
             self.timer.cancel()
+        self.deadlines.close()
         if self.running is not None:
             self.running.cancel()
         while self.queue:
@@ -302,6 +312,65 @@ class Batcher:
         average = self.seconds_per_batch
         self.seconds_per_batch = seconds if average is None else average + (seconds - average) / 10
         return outputs
+
+
+class Deadlines:
+    """Answers requests that wait past their timeout with TimeoutError, on one timer for all
+    of them: an ``asyncio.timeout`` per request (a timer scheduled, then cancelled) cost
+    ~7 us of a request that takes ~100 in all. Requests of one timeout are kept in the
+    order they came, so their deadlines are in order too: the timer is set for the earliest
+    of each line's first, and when it fires, the requests whose deadline has passed are
+    answered (those already answered leave the lines as later requests finish)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[float, collections.deque[_Pending]] = {}  # timeout -> requests
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = math.inf  # when the timer fires
+
+    def add(self, pending: _Pending, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        pending.deadline = loop.time() + timeout
+        line = self.lines.get(timeout)
+        if line is None:
+            line = self.lines[timeout] = collections.deque()
+        line.append(pending)
+        if pending.deadline < self.due:
+            self._set(loop)
+
+    def forget(self, timeout: float) -> None:
+        """Let go of the answered requests at the front of ``timeout``'s line (a request
+        calls this once answered: lines stay about as long as the requests in flight)."""
+        line = self.lines.get(timeout)
+        while line and line[0].future.done():
+            line.popleft()
+
+    def _expire(self) -> None:
+        self.timer, self.due = None, math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for line in self.lines.values():
+            while line and (line[0].future.done() or line[0].deadline <= now):
+                late = line.popleft().future
+                if not late.done():
+                    late.set_exception(TimeoutError())
+        self._set(loop)
+
+    def _set(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Set the timer for the earliest deadline of the requests still waiting."""
+        due = min((line[0].deadline for line in self.lines.values() if line), default=math.inf)
+        if due == self.due:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.due = due
+        if due < math.inf:
+            self.timer = loop.call_at(due, self._expire)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.due = None, math.inf
+        self.lines.clear()
 
 
 def default_max_queue(max_batch_size: int) -> int:

@@ -23,7 +23,6 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -188,7 +187,6 @@ class ModelManager:
             self.models[ref.name] = ServedModel(ref.name, ref)
         self._watcher: asyncio.Task[None] | None = None
         self.rollouts = Rollouts(self, self._run)
-        self._counters: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -403,16 +401,7 @@ class ModelManager:
 
     def record(self, name: str, version: str | None, status: int, seconds: float) -> None:
         """Count one infer request in the metrics and the model's stats."""
-        key = (name, version or "", status)
-        counters = self._counters.get(key)
-        if counters is None:  # prometheus_client's labels() costs more than the counting
-            counters = (
-                self.metrics.requests.labels(name, version or "", str(status)),
-                self.metrics.latency.labels(name, version or ""),
-            )
-            self._counters[key] = counters
-        counters[0].inc()
-        counters[1].observe(seconds)
+        self.metrics.requests.record(name, version or "", status, seconds)
         served = self.models.get(name)
         if served is not None:
             served.stats["requests"] += 1
@@ -454,11 +443,10 @@ class ModelManager:
             if hit is not None:
                 return hit
         try:
-            async with asyncio.timeout(timeout):
-                outputs = await loaded.batcher.submit(feeds)
-                return outputs if key is None or cache is None else cache.put(key, outputs)
+            outputs = await loaded.batcher.submit(feeds, timeout)
         except TimeoutError:
             raise ServerError(f"inference took longer than {timeout} s", status=504) from None
+        return outputs if key is None or cache is None else cache.put(key, outputs)
 
 
 class Use:
