@@ -318,6 +318,12 @@ def test_host_names_are_checked_and_security_headers_sent(
         headers={"Host": "attacker.example:80"},
     )
     assert infer.status_code == 421
+    answered = httpx.post(url + "/v2/models/digits/infer", json={"inputs": []})
+    refused = httpx.post(url + "/v2/models/digits/infer", content=b"x", headers={"Host": "x.y"})
+    for response in (answered, refused):  # the infer route answers outside the middleware
+        assert response.headers["x-frame-options"] == "DENY", response.status_code
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert (answered.status_code, refused.status_code) == (400, 421)
     for host in (f"localhost:{served_digits.port}", "127.0.0.1", "[::1]:1", "app.localhost"):
         assert httpx.get(url + "/ui/", headers={"Host": host}).status_code == 200, host
     page = httpx.get(url + "/ui/models/digits/1.0.0")

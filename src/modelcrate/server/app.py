@@ -84,8 +84,14 @@ def create_app(manager: ModelManager, tokens: Tokens, settings: AppSettings) -> 
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
     starlette.state.manager, starlette.state.tokens = manager, tokens
-    app: ASGIApp = InferApp(starlette, manager, tokens, settings.limits, settings.request_timeout)
-    app = BrowserDefences(app, settings.hosts)
+    app: ASGIApp = InferApp(
+        BrowserDefences(starlette, settings.hosts),
+        manager,
+        tokens,
+        settings.limits,
+        settings.request_timeout,
+        settings.hosts,
+    )
     if settings.access_log:
         app = AccessLog(app)
     return app

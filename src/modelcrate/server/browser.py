@@ -63,6 +63,13 @@ class AllowedHosts:
             return cls(None)  # tokens authenticate each request; a network bind names itself
         return cls(frozenset({host_name(bind), *(host_name(n) for n in extra)}))
 
+    def admits(self, scope: Scope) -> bool:
+        """Whether an HTTP request's Host header names this server."""
+        if self.names is None:
+            return True
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        return self.allows(host.decode("latin-1"))
+
     def allows(self, header: str | None) -> bool:
         if self.names is None:
             return True
@@ -73,7 +80,8 @@ class AllowedHosts:
 
 
 class BrowserDefences:
-    """ASGI middleware: refuse disallowed Host names, add security headers to responses."""
+    """ASGI middleware: refuse disallowed Host names, add security headers to responses.
+    (The infer route, ``infer.py``, does both itself: wrapping each response cost it ~6%.)"""
 
     def __init__(self, app: ASGIApp, hosts: AllowedHosts) -> None:
         self.app, self.hosts = app, hosts
@@ -82,11 +90,9 @@ class BrowserDefences:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.hosts.names is not None:
-            host = next((v for k, v in scope["headers"] if k == b"host"), b"")
-            if not self.hosts.allows(host.decode("latin-1")):
-                await _misdirected(send)
-                return
+        if not self.hosts.admits(scope):
+            await misdirected(send)
+            return
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -96,7 +102,8 @@ class BrowserDefences:
         await self.app(scope, receive, with_headers)
 
 
-async def _misdirected(send: Send) -> None:
+async def misdirected(send: Send) -> None:
+    """Answer 421: the Host header names a server this is not."""
     message = "this server does not answer to that Host name (allow it with --allowed-host)"
     body = json.dumps({"error": message, "code": REFUSALS[421]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelcrate.errors import ModelcrateError, RequestRefused
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens, authorize
+from modelcrate.server.browser import SECURITY_HEADERS, AllowedHosts, misdirected
 from modelcrate.server.hot_swap import ModelManager
 from modelcrate.server.requests import (
     RefusalPacer,
@@ -48,7 +49,9 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
 
 
 class InferApp:
-    """Serves infer requests directly and passes everything else to ``app``."""
+    """Serves infer requests directly and passes everything else to ``app``. Infer requests
+    get the browser defences here (allowed Host names, security headers), the same as
+    ``app``'s behind ``BrowserDefences``."""
 
     def __init__(
         self,
@@ -57,8 +60,9 @@ class InferApp:
         tokens: Tokens,
         limits: oip.Limits,
         request_timeout: float,
+        hosts: AllowedHosts,
     ) -> None:
-        self.app, self.manager, self.tokens = app, manager, tokens
+        self.app, self.manager, self.tokens, self.hosts = app, manager, tokens, hosts
         self.limits, self.request_timeout = limits, request_timeout
         self.pacer = RefusalPacer()
 
@@ -66,6 +70,9 @@ class InferApp:
         target = infer_target(scope["path"]) if scope["type"] == "http" else None
         if target is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        if not self.hosts.admits(scope):
+            await misdirected(send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         refused = None  # the connection told to wait (Retry-After), paced by self.pacer
@@ -81,6 +88,7 @@ class InferApp:
             (b"content-type", media.encode()),
             (b"content-length", str(len(payload)).encode()),
             *((k.encode(), v.encode()) for k, v in extra.items()),
+            *SECURITY_HEADERS,
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
