@@ -239,6 +239,11 @@ def read_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
 
 def prepare_inputs(specs: Sequence[TensorSpec], inputs: Any) -> dict[str, np.ndarray]:
     """Match inputs to the signature by name or position; cast safely; check shapes."""
+    if type(inputs) is dict and len(inputs) == len(specs):  # a server's decoded request
+        try:
+            return {spec.name: conform(spec, inputs[spec.name]) for spec in specs}
+        except KeyError:  # named otherwise: the general path says how
+            pass
     names = [s.name for s in specs]
     if isinstance(inputs, Mapping):
         unknown = sorted(set(inputs) - set(names))
