@@ -128,3 +128,27 @@ def test_a_number_beyond_the_float_is_refused_whether_or_not_nan_is_allowed(
     with mock.patch.object(oip, "SIMDJSON_FROM_BYTES", PARSERS[parser]):
         decoded = decode_request(json.dumps(fine).encode(), None, limits).inputs["x"]
     assert decoded.dtype == np.float16 and decoded.tolist() == [1.5, -65504.0]
+
+
+@pytest.mark.parametrize("size", [3, 300])  # a few numbers are checked by their sum
+def test_nan_and_inf_outputs_are_answered_as_strings_and_large_finite_ones_as_numbers(
+    size: int,
+) -> None:
+    """JSON has no NaN or Inf. Finite numbers whose sum overflows stay numbers."""
+    request = decode_request(
+        json.dumps(
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        ).encode(),
+        None,
+        Limits(),
+    )
+    outputs = {
+        "odd": np.array([np.nan, -np.inf, 0.5] * (size // 3), np.float32),
+        "big": np.full(size, 1e308),
+    }
+    body, _ = oip.encode_response(
+        model_name="m", model_version="1", outputs=outputs, request=request, labels=None
+    )
+    answer = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+    assert answer["odd"][:3] == ["nan", "-inf", 0.5] and len(answer["odd"]) == size
+    assert answer["big"] == [1e308] * size

@@ -132,7 +132,8 @@ class Batcher:
                     return await loop.run_in_executor(self.executor, run_alone)
             finally:
                 self._start(alone)  # no longer waiting, whether it ran or timed out
-        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
+        # Inputs in another order only form batches of their own: still each its own rows.
+        key = tuple([(n, a.shape[1:], a.dtype) for n, a in feeds.items()])
         pending = _Pending(feeds, rows, key, loop.create_future(), queued_at=time.monotonic())
         if timeout is not None:
             self.deadlines.add(pending, timeout, loop)

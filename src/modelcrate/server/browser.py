@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelcrate.errors import REFUSALS
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+SEEN_HOSTS = 256  # Host headers whose answer is remembered (the rest are checked each time)
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -52,6 +53,7 @@ class AllowedHosts:
 
     def __init__(self, names: frozenset[str] | None) -> None:
         self.names = names
+        self.seen: dict[bytes, bool] = {}  # Host header -> allowed (clients repeat theirs)
 
     @classmethod
     def for_server(cls, bind: str, extra: list[str], tokens: bool) -> AllowedHosts:
@@ -68,7 +70,12 @@ class AllowedHosts:
         if self.names is None:
             return True
         host = next((v for k, v in scope["headers"] if k == b"host"), b"")
-        return self.allows(host.decode("latin-1"))
+        allowed = self.seen.get(host)
+        if allowed is None:
+            allowed = self.allows(host.decode("latin-1"))
+            if len(self.seen) < SEEN_HOSTS:
+                self.seen[host] = allowed
+        return allowed
 
     def allows(self, header: str | None) -> bool:
         if self.names is None:

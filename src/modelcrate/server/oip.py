@@ -174,9 +174,7 @@ def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
         raise InputError(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     count = math.prod(shape)  # Python ints: no overflow
     if count > limits.max_elements:
@@ -428,8 +426,12 @@ def _to_json_list(array: np.ndarray) -> list[Any]:
     if array.dtype.kind in "OSU":
         return [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
     values: list[Any] = flat.tolist()
-    if array.dtype.kind == "f" and not np.isfinite(flat).all():
-        values = [v if math.isfinite(v) else str(v) for v in values]  # JSON has no NaN
+    # JSON has no NaN or Inf: they become strings. For a few numbers, a sum that is not
+    # finite says one may be there (or the sum overflowed), and then each is looked at.
+    if array.dtype.kind == "f":
+        finite = math.isfinite(sum(values)) if len(values) < 256 else np.isfinite(flat).all()
+        if not finite:
+            values = [v if math.isfinite(v) else str(v) for v in values]
     return values
 
 
