@@ -273,7 +273,9 @@ def test_requests_queued_behind_a_long_batch_time_out_at_their_deadline(tmp_path
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(mc.pack(matmul_chain(tmp_path / "m.onnx", [4, 8, 2]), name="m", version="1"))
     expected = mc.load("m@1", registry=registry)
-    manager = ModelManager(registry, ["m@1"], batch=BatchConfig(max_batch_size=8), metrics=Metrics())
+    manager = ModelManager(
+        registry, ["m@1"], batch=BatchConfig(max_batch_size=8), metrics=Metrics()
+    )
     rows = [np.full((1, 4), i, np.float32) for i in range(3)]
 
     async def scenario() -> tuple[list[object], list[float], dict[str, np.ndarray]]:

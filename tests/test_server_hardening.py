@@ -222,6 +222,34 @@ def test_idle_connections_are_closed_and_health_stays_answerable(
     assert httpx.get(server.url + "/v2/models/digits", timeout=5).status_code == 200
 
 
+def test_a_kept_alive_connection_has_the_header_deadline_for_its_next_request(
+    tmp_path: Path, digits_crate_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """After a response, the next request's head is due within --header-timeout of it,
+    however it trickles in (the deadline's timer was set when the connection opened)."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(digits_crate_path)
+    server = start_server(registry.root, "digits", "--header-timeout", "2")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with sock:
+        time.sleep(1.5)  # most of the first head's time gone before it is sent
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = sock.recv(65536)
+        while not answer.endswith(b'{"live":true}'):
+            answer += sock.recv(65536)
+        assert status_of(answer) == 200
+        answered, closed = time.monotonic(), False
+        sock.sendall(b"GET /")
+        while time.monotonic() - answered < 6 and not closed:
+            try:
+                closed = select.select([sock], [], [], 0.3)[0] != [] and sock.recv(1) == b""
+                sock.sendall(b"a")  # one more byte of a request line that never ends
+            except OSError:
+                closed = True
+        elapsed = time.monotonic() - answered
+    assert closed and 1.5 < elapsed < 3.5, elapsed
+
+
 def test_duplicate_requested_outputs_are_refused(served_digits: Server) -> None:
     """Finding 4: one output listed 20,000 times does not make a 20,000-fold response."""
     body = {**X, "outputs": [{"name": "output"}] * 20_000}
