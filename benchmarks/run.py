@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one results table (benchmarks/results.md).
 
 python benchmarks/run.py [foundation] [optimizing] [serving] [registry] [scale] [cli] [changes]
-    [overload] [migration] [breakdown] [stalls]
+    [overload] [migration] [breakdown] [instructions] [stalls]
 SCALE_GIB="0.1 1 4" python benchmarks/run.py scale                          # make bench-scale
 """
 
@@ -25,6 +25,7 @@ import breakdown  # noqa: E402
 import changes  # noqa: E402
 import cli  # noqa: E402
 import foundation  # noqa: E402
+import instructions  # noqa: E402
 import migration  # noqa: E402
 import optimizing  # noqa: E402
 import overload  # noqa: E402
@@ -47,6 +48,7 @@ SUITES = {
     "cli": cli.main,
     "overload": overload.main,
     "breakdown": breakdown.main,
+    "instructions": instructions.main,
     "changes": lambda: changes.main(sizes()),
     "migration": lambda: migration.main(sizes()),
     "scale": lambda: scale.main(sizes()),
