@@ -9,6 +9,7 @@ the JSON header; BYTES elements are each prefixed by a 4-byte length.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -152,8 +153,9 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
     datatype, shape = raw.get("datatype"), raw.get("shape")
     count = check_shape(name, datatype, shape, limits)
     dtype = DATATYPES[datatype]
-    params = _object(raw.get("parameters", {}), f"input {name!r} parameters")
-    size = params.get("binary_data_size")
+    size, params = None, raw.get("parameters")
+    if params is not None:
+        size = _object(params, f"input {name!r} parameters").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(binary):
             raise InputError(f"input {name!r}: binary_data_size {size!r} exceeds the binary data")
@@ -163,7 +165,7 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
     else:
         if "data" not in raw:
             raise InputError(f"input {name!r}: no 'data' and no binary_data_size")
-        array = _from_json(name, raw["data"], dtype, shape, limits)  # checked as it is cast
+        array = _from_json(name, raw["data"], dtype, shape, count, limits)  # checked as cast
         used = 0
     return name, array.reshape(shape), used
 
@@ -186,9 +188,8 @@ def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
 
 
 def _from_json(
-    name: str, data: Any, dtype: np.dtype[Any], shape: list[int], limits: Limits
+    name: str, data: Any, dtype: np.dtype[Any], shape: list[int], count: int, limits: Limits
 ) -> np.ndarray:
-    count = math.prod(shape)
     if isinstance(data, simdjson.Array):
         array = _numbers(data, dtype, shape, count)
         if array is not None:
@@ -219,17 +220,25 @@ def _from_json(
 
 def fitted(name: str, values: np.ndarray, dtype: np.dtype[Any], limits: Limits) -> np.ndarray:
     """``values`` cast to ``dtype``; refused when a number is outside its range, or (unless
-    the limits allow it) is NaN or Inf. Numbers cast to a float are cast first and checked
-    once: the cast turns a number beyond the float's range into Inf, so one pass over the
-    cast values replaces a minimum, a maximum and a finiteness check."""
+    the limits allow it) is NaN or Inf. For a float, one pass checks both: the largest
+    magnitude must be at most the float's largest (NaN and Inf are not), which replaces a
+    minimum, a maximum and a finiteness check."""
     if dtype.kind == "f" and values.dtype.kind in "biuf" and not limits.allow_nonfinite:
-        with np.errstate(over="ignore"):
-            cast = values.astype(dtype, copy=False)
-        if not np.isfinite(cast).all():
+        if values.size and not np.abs(values).max() <= _largest(dtype):
             if values.dtype.kind != "f" or np.isfinite(values).all():
                 raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
             check_finite(name, values, limits)
-        return cast
+        return values.astype(dtype, copy=False)
+    if not fits(values, dtype):
+        raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
+    cast = values.astype(dtype, copy=False)
+    check_finite(name, cast, limits)
+    return cast
+
+
+@functools.cache
+def _largest(dtype: np.dtype[Any]) -> float:
+    return float(np.finfo(dtype).max)
     if not fits(values, dtype):
         raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
     cast = values.astype(dtype, copy=False)
