@@ -63,6 +63,9 @@ def test_server_errors_carry_codes_and_clients_raise_the_same_classes(
         headers={"Content-Type": "text/plain"},
     )
     assert typed.status_code == 415 and typed.json()["code"] == "unsupported_media_type"
+    for ragged in ({"x": [[None], -5e-324]}, [[1.0], 2.0]):  # found by the fuzz test: was 500
+        tried = httpx.post(url + "/ui/api/models/digits/1.0.0/predict", json={"inputs": ragged})
+        assert tried.status_code == 400 and "not an array" in tried.json()["error"], tried.text
     with mc.Client(url) as client:
         with pytest.raises(mc.NotFound, match="not served here"):
             client.predict("nope", np.zeros((1, 1, 8, 8), np.float32))

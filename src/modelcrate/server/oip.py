@@ -239,11 +239,6 @@ def fitted(name: str, values: np.ndarray, dtype: np.dtype[Any], limits: Limits) 
 @functools.cache
 def _largest(dtype: np.dtype[Any]) -> float:
     return float(np.finfo(dtype).max)
-    if not fits(values, dtype):
-        raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
-    cast = values.astype(dtype, copy=False)
-    check_finite(name, cast, limits)
-    return cast
 
 
 def _exact_integers(name: str, data: Any, count: int) -> np.ndarray | None:

@@ -167,10 +167,8 @@ async def predict(request: Request) -> Response:
     manager = manager_of(request)
     name, version = check_name(request.path_params["name"]), request.path_params["version"]
     document = await read_model(request, TryRequest, MAX_TRY_BODY, '{"inputs": [...]}')
-    inputs = document.inputs
-    feeds = {k: np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs
-    async with manager.using(name, version) as loaded:
-        outputs = await manager.infer(loaded, feeds)
+    async with manager.using(name, version) as loaded:  # lists become arrays when checked
+        outputs = await manager.infer(loaded, document.inputs)
     labels = loaded.manifest.labels
     return JSONResponse({"outputs": {n: _describe(v, labels) for n, v in outputs.items()}})
 
