@@ -2,8 +2,8 @@
 
 On this 2-core machine a server's requests per second move by up to 2x between runs of
 identical code, so a change worth 5% needs many alternated wrk runs to show. The
-instructions a server process executes per request do not move: the same run repeated
-differs by under 0.1%. Each server runs under callgrind, gets WARM requests, has its
+instructions a server process executes per request hardly move: repeated runs of the
+same code differ by under 1% (0.2-0.6% seen). Each server runs under callgrind, gets WARM requests, has its
 counters zeroed (``callgrind_control -z``), answers COUNT requests of the digits CNN (JSON,
 one sample) from CONNECTIONS keep-alive connections, and has its counters dumped. The
 count leaves out time in the kernel (reading and writing sockets, about the same for
@@ -184,7 +184,7 @@ def main() -> list[str]:
         "",
         f"digits CNN, JSON body of one sample, {COUNT} requests from {CONNECTIONS} "
         "keep-alive connections after a warm-up; instructions the server process executed "
-        "(user space; the same run repeated differs by under 0.1%).",
+        "(user space; repeated runs of the same code differ by under 1%).",
         "",
         "| server | thousand instructions per request | bare Starlette ÷ this |",
         "| --- | --- | --- |",
