@@ -11,8 +11,8 @@ rows is what the later stage adds to each request.
 Then, without HTTP and without the noise of sharing two cores with wrk: the full server's
 ASGI app driven in-process on uvloop, the server's event loop (its lifespan started as
 uvicorn would, 16 coroutines sending the digits CNN's request, every batch on the event
-loop), against the least work such a request needs (orjson parse, the array, one ONNX Runtime call, the answer encoded), each
-timed alternately on one thread.
+loop), against the least work such a request needs (orjson parse, the array, one ONNX
+Runtime call, the answer encoded), each timed alternately on one thread.
 
 python benchmarks/run.py breakdown
 """

@@ -39,6 +39,7 @@ import modelcrate as mc
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
+from overload import content_length  # noqa: E402
 from serving import free_port  # noqa: E402
 from train import DigitsCNN  # noqa: E402
 
@@ -70,12 +71,7 @@ async def send(port: int, path: str, body: bytes, count: int) -> list[int]:
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 statuses.append(int(head[9:12]))
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                await reader.readexactly(content_length(head))
         finally:
             writer.close()
 

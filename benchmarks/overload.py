@@ -66,15 +66,10 @@ async def load(
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                await reader.readexactly(content_length(head))
                 latencies.setdefault(status, []).append(time.perf_counter() - started)
                 if polite and status == 503:
-                    await asyncio.sleep(float(_header(head, b"retry-after") or 1))
+                    await asyncio.sleep(float(header(head, b"retry-after") or 1))
         except (OSError, asyncio.IncompleteReadError):
             unanswered += 1
         finally:
@@ -93,7 +88,16 @@ async def load(
     }
 
 
-def _header(head: bytes, name: bytes) -> bytes | None:
+def content_length(head: bytes) -> int:
+    """The body length an HTTP response head declares (every server here declares one)."""
+    value = header(head, b"content-length")
+    if value is None:
+        raise RuntimeError(f"response without Content-Length: {head[:80]!r}")
+    return int(value)
+
+
+def header(head: bytes, name: bytes) -> bytes | None:
+    """A header's value in an HTTP response head (``name`` in lower case), or None."""
     for line in head.split(b"\r\n"):
         key, _, value = line.partition(b":")
         if key.strip().lower() == name:

@@ -107,12 +107,14 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         now = self.loop.time()
         self._phase, self._due = phase, now + seconds
         if self._timer is None or self._timer_at > self._due:
-            self._set_timer(now)
+            self._set_timer(now, self._due)
 
-    def _set_timer(self, now: float) -> None:
+    def _set_timer(self, now: float, due: float) -> None:
+        """Fire at ``due``, or ``header_timeout`` from now if sooner (a shorter deadline set
+        meanwhile is then never missed)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = min(self._due, now + self.header_timeout)
+        self._timer_at = min(due, now + self.header_timeout)
         self._timer = self.loop.call_at(self._timer_at, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -124,8 +126,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         if self._phase == BODY:  # a body arriving fast enough earns the time it needs
             due += self._body_bytes / MIN_BODY_RATE
         if now < due:
-            self._timer_at = min(due, now + self.header_timeout)
-            self._timer = self.loop.call_at(self._timer_at, self._on_timer)
+            self._set_timer(now, due)
         elif self._phase == HEAD:
             self.transport.close()
         else:
