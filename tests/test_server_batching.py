@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import queue
 import re
 import threading
 import time
@@ -18,6 +19,8 @@ import torch
 
 import modelcrate as mc
 from conftest import Digits, Server, matmul_chain
+from modelcrate.errors import InputError
+from modelcrate.runtimes.onnxruntime import OnnxRuntime
 from modelcrate.server.hot_swap import BatchConfig, ModelManager
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.oip import SIMDJSON_FROM_BYTES
@@ -211,6 +214,95 @@ def test_a_model_computes_one_batch_at_a_time(tmp_path: Path) -> None:
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     for x, answer in zip(rows, answers, strict=True):
         np.testing.assert_allclose(answer["y"], expected.predict(x)["y"], rtol=1e-5)
+
+
+def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads(
+    tmp_path: Path,
+) -> None:
+    """Once its batches are measured to take milliseconds, an ONNX model's batches start
+    on ONNX Runtime's own threads (no Python thread of ours runs them): still one at a
+    time, each request still gets exactly its own rows, and stopping the server while a
+    batch runs there answers its requests without crashing."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1536] * 6 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    expected = mc.load("slow@1.0.0", registry=registry)
+    manager = ModelManager(
+        registry, ["slow@1.0.0"], batch=BatchConfig(max_batch_size=16), metrics=Metrics()
+    )
+    spans: list[tuple[float, float]] = []
+    finishers: set[str] = set()
+    rows = [np.full((1, 4), i, np.float32) for i in range(48)]
+
+    async def scenario() -> tuple[list[dict[str, np.ndarray]], list[object]]:
+        await manager.start()
+        loaded = manager.models["slow"].current
+        assert loaded is not None
+        start = loaded.batcher.start
+        assert start is not None
+
+        def recorded(feeds: dict[str, np.ndarray], done: Callable[[object], None]) -> None:
+            began = time.perf_counter()
+
+            def finished(outcome: object) -> None:
+                spans.append((began, time.perf_counter()))
+                finishers.add(threading.current_thread().name)
+                done(outcome)
+
+            start(feeds, finished)  # type: ignore[arg-type]
+
+        loaded.batcher.start = recorded  # type: ignore[assignment]
+        try:
+            for _ in range(2):  # at least 6 batches each
+                await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
+            assert loaded.batcher.on_own_threads, loaded.batcher.seconds_per_batch
+            spans.clear()
+            answers = await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
+            late = [asyncio.ensure_future(manager.infer(loaded, {"x": x})) for x in rows[:16]]
+            while loaded.batcher.running is None:  # stopped while a batch runs there
+                await asyncio.sleep(0.001)
+        finally:
+            await manager.stop()
+        outcomes = await asyncio.gather(*late, return_exceptions=True)
+        return answers, outcomes
+
+    try:
+        answers, outcomes = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert len(spans) >= 3  # 48 requests in batches of at most 16, all started there
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    assert finishers and not any(n.startswith("infer-") or n == "MainThread" for n in finishers)
+    for x, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer["y"], expected.predict(x)["y"], rtol=1e-5)
+    for x, outcome in zip(rows, outcomes, strict=False):  # answered, or told it was unloaded
+        if isinstance(outcome, dict):
+            np.testing.assert_allclose(outcome["y"], expected.predict(x)["y"], rtol=1e-5)
+        else:
+            assert "unloaded" in str(outcome), outcome
+
+
+def test_a_run_on_onnx_runtimes_own_threads_reports_refused_inputs(tmp_path: Path) -> None:
+    """``OnnxRuntime.start``: outputs come to the callback; inputs of the wrong shape come
+    back as the error the synchronous call raises, and a wrong name is refused at once."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    registry.publish(mc.pack(matmul_chain(tmp_path / "m.onnx", [4, 8, 2]), name="m", version="1"))
+    crate = registry.get("m@1")
+    runtime = mc.Model(crate, threads=2).runtime
+    assert isinstance(runtime, OnnxRuntime)
+    got: queue.Queue[object] = queue.Queue()
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    runtime.start({"x": x}, got.put)
+    outputs = got.get(timeout=10)
+    assert isinstance(outputs, dict)
+    np.testing.assert_allclose(outputs["y"], runtime.run({"x": x})["y"], rtol=1e-6)
+    runtime.start({"x": np.ones((2, 5), np.float32)}, got.put)
+    refused = got.get(timeout=10)
+    assert isinstance(refused, InputError) and "rejected the inputs" in str(refused), refused
+    with pytest.raises(InputError, match="rejected the inputs"):
+        runtime.start({"nope": x}, got.put)
+    registry.close()
 
 
 def test_a_model_of_microseconds_runs_on_the_event_loop_while_the_gil_is_busy(

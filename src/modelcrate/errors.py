@@ -231,7 +231,7 @@ def _by_code() -> dict[str, type[ModelcrateError]]:
     return found
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException | str) -> str:
     """The first line of a foreign library's error, capped: for messages that name it."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

@@ -88,8 +88,32 @@ class OnnxRuntime:
         try:
             results = self.session.run(self.output_names, inputs)
         except Exception as exc:  # shape errors inside the graph surface here
-            raise InputError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
+            raise _rejected(exc) from None
         return dict(zip(self.output_names, results, strict=True))
+
+    def start(self, inputs: dict[str, np.ndarray], done: Callable[[Outcome], None]) -> None:
+        """Run ``inputs`` on ONNX Runtime's own threads and return at once; ``done`` is
+        called on one of them with the outputs, or the error. No Python thread waits for
+        the run, so none has to take the GIL to begin it. Only for a session of two or
+        more threads: an asynchronous run takes one of its pool's threads as its caller."""
+
+        def finished(results: list[np.ndarray], _: object, error: str) -> None:
+            if error:
+                done(_rejected(error))
+            else:
+                done(dict(zip(self.output_names, results, strict=True)))
+
+        try:
+            self.session.run_async(self.output_names, inputs, finished, None)
+        except Exception as exc:  # inputs of the wrong name or type are refused at once
+            raise _rejected(exc) from None
+
+
+Outcome = dict[str, np.ndarray] | BaseException
+
+
+def _rejected(error: BaseException | str) -> InputError:
+    return InputError(f"ONNX Runtime rejected the inputs: {first_line(error)}")
 
 
 def _check_declared(crate: Crate, artifact: Artifact, found: list[str]) -> None:

@@ -38,6 +38,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
+from modelcrate.runtimes.onnxruntime import OnnxRuntime
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
@@ -263,10 +264,12 @@ class ModelManager:
         # priority: they take a core the event loop and the batch's own thread leave idle
         # (measured: more answers per second and a lower p99 under overload than helpers
         # at serving priority from a shared pool, which also spin between batches).
+        # A batch that starts on ONNX Runtime's own threads (Batcher.start) takes one of
+        # them as its caller: one more thread computes it on as many as a call would.
         side_by_side = 1 if batchable else self.threads
         model = Model(
             crate,
-            threads=self.threads // side_by_side,
+            threads=self.threads + 1 if batchable else 1,
             registry=self.registry,
             trust=self.trust,
             identity=self.identity,
@@ -291,6 +294,7 @@ class ModelManager:
             on_batch=self.metrics.batch_size.labels(name).observe,
             max_queue=self.batch.max_queue,
             on_refused=self.metrics.rejected.labels(name, "queue_full").inc,
+            start=model.runtime.start if isinstance(model.runtime, OnnxRuntime) else None,
         )
         cache = ResponseCache(self.batch.cache_size) if self.batch.cache_size > 0 else None
         return LoadedVersion(model, batcher, executor, cache)
