@@ -68,8 +68,15 @@ def test_concurrent_requests_are_batched_and_split_exactly(
 ) -> None:
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(digits_crate_path)
-    server = start_server(
-        registry.root, "digits", "--max-batch-size", "16", "--max-delay-ms", delay
+    server = start_server(  # a fixed queue long enough for the burst: none is refused
+        registry.root,
+        "digits",
+        "--max-batch-size",
+        "16",
+        "--max-delay-ms",
+        delay,
+        "--max-queue",
+        "1000",
     )
     rng = np.random.default_rng(0)
     # Mixed batch sizes (1..12 rows): rows must come back to the request that sent them.
@@ -255,7 +262,7 @@ def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads
         try:
             for _ in range(2):  # at least 6 batches each
                 await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
-            assert loaded.batcher.on_own_threads, loaded.batcher.seconds_per_batch
+            assert loaded.batcher.own_threads, loaded.batcher.seconds_per_batch
             spans.clear()
             answers = await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
             late = [asyncio.ensure_future(manager.infer(loaded, {"x": x})) for x in rows[:16]]

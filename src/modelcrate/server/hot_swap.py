@@ -264,12 +264,10 @@ class ModelManager:
         # priority: they take a core the event loop and the batch's own thread leave idle
         # (measured: more answers per second and a lower p99 under overload than helpers
         # at serving priority from a shared pool, which also spin between batches).
-        # A batch that starts on ONNX Runtime's own threads (Batcher.start) takes one of
-        # them as its caller: one more thread computes it on as many as a call would.
         side_by_side = 1 if batchable else self.threads
         model = Model(
             crate,
-            threads=self.threads + 1 if batchable else 1,
+            threads=self.threads // side_by_side,
             registry=self.registry,
             trust=self.trust,
             identity=self.identity,
