@@ -226,10 +226,11 @@ def test_a_model_computes_one_batch_at_a_time(tmp_path: Path) -> None:
 def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads(
     tmp_path: Path,
 ) -> None:
-    """Once its batches are measured to take milliseconds, an ONNX model's batches start
-    on ONNX Runtime's own threads (no Python thread of ours runs them): still one at a
-    time, each request still gets exactly its own rows, and stopping the server while a
-    batch runs there answers its requests without crashing."""
+    """Once its batches are measured to take milliseconds, an ONNX model's batches of
+    several requests start on ONNX Runtime's own threads (no Python thread of ours runs
+    them; a lone request is still called on the model's thread): still one at a time,
+    each request still gets exactly its own rows, and stopping the server while a batch
+    runs there answers its requests without crashing."""
     registry = mc.Registry.open(tmp_path / "registry")
     slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1536] * 6 + [2])
     registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
@@ -264,6 +265,9 @@ def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads
                 await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
             assert loaded.batcher.own_threads, loaded.batcher.seconds_per_batch
             spans.clear()
+            alone = await manager.infer(loaded, {"x": rows[5]})  # all threads compute it
+            assert not spans
+            np.testing.assert_allclose(alone["y"], expected.predict(rows[5])["y"], rtol=1e-5)
             answers = await asyncio.gather(*(manager.infer(loaded, {"x": x}) for x in rows))
             late = [asyncio.ensure_future(manager.infer(loaded, {"x": x})) for x in rows[:16]]
             while loaded.batcher.running is None:  # stopped while a batch runs there
