@@ -296,7 +296,8 @@ def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads
 
 def test_a_run_on_onnx_runtimes_own_threads_reports_refused_inputs(tmp_path: Path) -> None:
     """``OnnxRuntime.start``: outputs come to the callback; inputs of the wrong shape come
-    back as the error the synchronous call raises, and a wrong name is refused at once."""
+    back as the error the synchronous call raises, and a wrong name is refused at once. A
+    session of one thread cannot start runs there, and the server does not ask it to."""
     registry = mc.Registry.open(tmp_path / "registry")
     registry.publish(mc.pack(matmul_chain(tmp_path / "m.onnx", [4, 8, 2]), name="m", version="1"))
     crate = registry.get("m@1")
@@ -313,6 +314,21 @@ def test_a_run_on_onnx_runtimes_own_threads_reports_refused_inputs(tmp_path: Pat
     assert isinstance(refused, InputError) and "rejected the inputs" in str(refused), refused
     with pytest.raises(InputError, match="rejected the inputs"):
         runtime.start({"nope": x}, got.put)
+    assert runtime.can_start and not mc.Model(crate, threads=1).runtime.can_start  # type: ignore[attr-defined]
+
+    async def one_thread() -> object:  # a session of one thread has no pool to run on
+        manager = ModelManager(
+            registry, ["m@1"], batch=BatchConfig(max_batch_size=8), metrics=Metrics(), threads=1
+        )
+        await manager.start()
+        try:
+            loaded = manager.models["m"].current
+            assert loaded is not None
+            return loaded.batcher.start
+        finally:
+            await manager.stop()
+
+    assert asyncio.run(one_thread()) is None
     registry.close()
 
 

@@ -45,6 +45,9 @@ class OnnxRuntime:
         if not prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
         options.intra_op_num_threads = threads
+        # An asynchronous run takes one of the session's pool threads as its caller: a
+        # session of one thread has none (0 is ONNX Runtime's choice, maybe one).
+        self.can_start = threads >= 2
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         if artifact.kind == "ort":
@@ -94,8 +97,7 @@ class OnnxRuntime:
     def start(self, inputs: dict[str, np.ndarray], done: Callable[[Outcome], None]) -> None:
         """Run ``inputs`` on ONNX Runtime's own threads and return at once; ``done`` is
         called on one of them with the outputs, or the error. No Python thread waits for
-        the run, so none has to take the GIL to begin it. Only for a session of two or
-        more threads: an asynchronous run takes one of its pool's threads as its caller."""
+        the run, so none has to take the GIL to begin it. Only where ``can_start``."""
 
         def finished(results: list[np.ndarray], _: object, error: str) -> None:
             if error:

@@ -284,6 +284,7 @@ class ModelManager:
         # Its threads start on the first batch, from the event loop: at serving priority.
         executor = ThreadPoolExecutor(max_workers=side_by_side, thread_name_prefix=f"infer-{name}")
         max_batch_size, max_delay_ms = self.batch.for_crate(manifest)
+        runtime = model.runtime
         batcher = Batcher(
             run,
             executor,
@@ -292,7 +293,7 @@ class ModelManager:
             on_batch=self.metrics.batch_size.labels(name).observe,
             max_queue=self.batch.max_queue,
             on_refused=self.metrics.rejected.labels(name, "queue_full").inc,
-            start=model.runtime.start if isinstance(model.runtime, OnnxRuntime) else None,
+            start=runtime.start if isinstance(runtime, OnnxRuntime) and runtime.can_start else None,
         )
         cache = ResponseCache(self.batch.cache_size) if self.batch.cache_size > 0 else None
         return LoadedVersion(model, batcher, executor, cache)
