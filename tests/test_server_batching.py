@@ -178,17 +178,25 @@ def test_an_idle_model_starts_at_once_and_the_next_batch_forms_while_it_runs(
     assert batch_sizes(httpx.get(server.url + "/metrics").text, "slow")[0] == 35
 
 
+def slow_model(
+    tmp_path: Path, width: int, max_batch_size: int
+) -> tuple[mc.Registry, mc.Model, ModelManager]:
+    """A registry holding slow@1.0.0 (six ``width`` x ``width`` MatMuls: milliseconds a
+    batch), that model loaded directly, and a manager (not started) serving it."""
+    registry = mc.Registry.open(tmp_path / "registry")
+    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [width] * 6 + [2])
+    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
+    expected = mc.load("slow@1.0.0", registry=registry)
+    batch = BatchConfig(max_batch_size=max_batch_size)
+    manager = ModelManager(registry, ["slow@1.0.0"], batch=batch, metrics=Metrics())
+    return registry, expected, manager
+
+
 def test_a_model_computes_one_batch_at_a_time(tmp_path: Path) -> None:
     """48 concurrent requests to a slow batchable model: its batches never overlap (two
     side by side would only lengthen every queued request's wait), each request still
     gets its own rows, and the version's thread ends when the server stops."""
-    registry = mc.Registry.open(tmp_path / "registry")
-    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1024] * 6 + [2])
-    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
-    expected = mc.load("slow@1.0.0", registry=registry)
-    manager = ModelManager(
-        registry, ["slow@1.0.0"], batch=BatchConfig(max_batch_size=8), metrics=Metrics()
-    )
+    registry, expected, manager = slow_model(tmp_path, 1024, max_batch_size=8)
     spans: list[tuple[float, float]] = []
     rows = [np.full((1, 4), i, np.float32) for i in range(48)]
 
@@ -231,13 +239,7 @@ def test_a_model_of_milliseconds_starts_its_batches_on_onnx_runtimes_own_threads
     them; a lone request is still called on the model's thread): still one at a time,
     each request still gets exactly its own rows, and stopping the server while a batch
     runs there answers its requests without crashing."""
-    registry = mc.Registry.open(tmp_path / "registry")
-    slow = matmul_chain(tmp_path / "slow.onnx", [4] + [1536] * 6 + [2])
-    registry.publish(mc.pack(slow, name="slow", version="1.0.0"))
-    expected = mc.load("slow@1.0.0", registry=registry)
-    manager = ModelManager(
-        registry, ["slow@1.0.0"], batch=BatchConfig(max_batch_size=16), metrics=Metrics()
-    )
+    registry, expected, manager = slow_model(tmp_path, 1536, max_batch_size=16)
     spans: list[tuple[float, float]] = []
     finishers: set[str] = set()
     rows = [np.full((1, 4), i, np.float32) for i in range(48)]
