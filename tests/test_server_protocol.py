@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 
 import httpx
 import numpy as np
+import pytest
 import torch
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 import modelcrate as mc
 from conftest import Digits, Server
+from modelcrate.server.browser import SECURITY_HEADERS
+from modelcrate.server.http_protocol import write_whole
 
 
 def infer_body(x: np.ndarray, **extra: object) -> dict[str, object]:
@@ -164,3 +171,135 @@ def test_the_issue_curl_example(served_digits: Server) -> None:
         check=True,
     )
     assert json.loads(result.stdout)["outputs"][0]["shape"] == [1, 10]
+
+
+def request_bytes(path: str, body: bytes, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    return ("\r\n".join([*lines, *headers]) + "\r\n\r\n").encode() + body
+
+
+def read_answers(
+    sock: socket.socket, count: int
+) -> tuple[list[tuple[int, dict[str, str], bytes]], bool]:
+    """``count`` HTTP responses read off ``sock`` (status, headers, body), and whether the
+    server closed the connection after the last."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(answers)} answers"
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        names = [line.split(":", 1)[0].lower() for line in lines]
+        assert len(names) == len(set(names)), names  # no header twice
+        headers = {n: line.split(":", 1)[1].strip() for n, line in zip(names, lines, strict=True)}
+        length = int(headers["content-length"])
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed inside a body"
+            data += chunk
+        answers.append((int(status_line.split()[1]), headers, data[:length]))
+        data = data[length:]
+    assert data == b"", data  # nothing past the last answer
+    sock.settimeout(0.5)
+    try:
+        closed = sock.recv(1) == b""
+    except TimeoutError:
+        closed = False
+    return answers, closed
+
+
+def test_infer_answers_are_whole_on_pipelined_kept_alive_and_closed_connections(
+    served_digits: Server, digits: Digits
+) -> None:
+    """Infer answers are written in one write (http_protocol.write_whole): each carries
+    its status, the server's date and name, its content type and exact length, the model
+    version and the browser defences once; pipelined requests are answered in order, a
+    kept-alive connection stays open and `Connection: close` or HTTP/1.0 close it."""
+    path, x = "/v2/models/digits/versions/prod/infer", digits.x_test[:2]
+    good = json.dumps(infer_body(x)).encode()
+    binary = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    header_length = f"Inference-Header-Content-Length: {len(binary)}"
+    with socket.create_connection(("127.0.0.1", served_digits.port), timeout=10) as sock:
+        sock.sendall(
+            request_bytes(path, good)
+            + request_bytes(path, b'{"inputs": []}')
+            + request_bytes(path, binary + x.astype("<f4").tobytes(), header_length)
+        )
+        answers, closed = read_answers(sock, 3)
+        assert not closed
+        assert [status for status, _, _ in answers] == [200, 400, 200]
+        for _, headers, _ in answers:
+            assert {"date", "server", "content-type", "content-length"} <= headers.keys()
+            for name, value in SECURITY_HEADERS:
+                assert headers[name.decode()] == value.decode()
+        (_, first, body), (_, refused, error), (_, third, raw) = answers
+        assert first["content-type"] == "application/json" and first["model-version"] == "1.0.0"
+        got = np.asarray(json.loads(body)["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected(digits, x), atol=1e-4)
+        assert json.loads(error)["code"] == "bad_input" and "model-version" not in refused
+        assert third["content-type"] == "application/octet-stream"
+        split = int(third["inference-header-content-length"])
+        binary_out = np.frombuffer(raw[split:], "<f4").reshape(2, 10)
+        np.testing.assert_allclose(binary_out, expected(digits, x), atol=1e-4)
+        sock.settimeout(10)
+        sock.sendall(request_bytes(path, good, "Connection: close"))
+        (answer,), closed = read_answers(sock, 1)
+        assert answer[0] == 200 and answer[1]["connection"] == "close" and closed
+    with socket.create_connection(("127.0.0.1", served_digits.port), timeout=10) as sock:
+        sock.sendall(request_bytes(path, good, version="1.0"))
+        (answer,), closed = read_answers(sock, 1)
+        assert answer[0] == 200 and closed
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+
+def test_a_whole_answer_refuses_header_values_that_break_lines() -> None:
+    """write_whole checks the headers it is given as uvicorn's send would: a line break in
+    a value (header injection) is refused and nothing is written."""
+
+    async def attempt(value: bytes) -> list[bytes]:
+        transport = Transport()
+        cycle = RequestResponseCycle(
+            {"type": "http", "method": "POST"},  # type: ignore[arg-type]
+            transport,
+            FlowControl(transport),
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            False,
+            [(b"server", b"uvicorn")],
+            asyncio.Event(),
+            False,
+            True,
+            lambda: None,
+        )
+        await write_whole(cycle, 200, b"", [(b"model-version", value)], b"{}")
+        return transport.written
+
+    written = asyncio.run(attempt(b"1.0.0"))
+    assert written == [
+        b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\nmodel-version: 1.0.0\r\ncontent-length: 2\r\n\r\n{}"
+    ]
+    for bad in (b"1.0.0\r\nset-cookie: x=1", b"1\n2", b"1\r2"):
+        with pytest.raises(RuntimeError, match="line break"):
+            asyncio.run(attempt(bad))

@@ -21,7 +21,7 @@ from modelcrate.errors import ModelcrateError
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.server import oip
 from modelcrate.server.browser import AllowedHosts, BrowserDefences
-from modelcrate.server.deadlines import DeadlineHttpProtocol
+from modelcrate.server.http_protocol import DeadlineHttpProtocol
 from modelcrate.server.requests import error_json, read_body
 
 STAGES = ("read", "decode", "run")

@@ -32,6 +32,7 @@ from modelcrate.server import oip
 from modelcrate.server.auth import Tokens
 from modelcrate.server.browser import AllowedHosts, BrowserDefences
 from modelcrate.server.hot_swap import ModelManager, ServedModel
+from modelcrate.server.http_protocol import WHOLE
 from modelcrate.server.infer import InferApp
 from modelcrate.server.registry_api import registry_routes
 from modelcrate.server.requests import (
@@ -284,6 +285,9 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 0
+        if WHOLE in scope.get("extensions", {}):  # answers must come through capture
+            extensions = {k: v for k, v in scope["extensions"].items() if k != WHOLE}
+            scope = {**scope, "extensions": extensions}
 
         async def capture(message: Message) -> None:
             nonlocal status

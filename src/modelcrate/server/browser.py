@@ -29,6 +29,7 @@ SECURITY_HEADERS = [
         b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ),
 ]
+SECURITY_LINES = b"".join(b"%s: %s\r\n" % header for header in SECURITY_HEADERS)
 
 
 def host_name(header: str) -> str:

@@ -3,7 +3,8 @@
 ``POST /v2/models/{name}[/versions/{version}]/infer`` is answered here without
 Starlette's routing, middleware or Request/Response objects (a third of the
 per-request cost for a small model); every other route goes to the Starlette
-app. It decodes with ``oip``, runs through the ``ModelManager`` and encodes.
+app. It decodes with ``oip``, runs through the ``ModelManager``, encodes, and writes the
+answer in one write where our HTTP protocol offers it (``http_protocol.WHOLE``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelcrate.errors import ModelcrateError, RequestRefused
 from modelcrate.server import oip
 from modelcrate.server.auth import Tokens, authorize
-from modelcrate.server.browser import SECURITY_HEADERS, AllowedHosts, misdirected
+from modelcrate.server.browser import (
+    SECURITY_HEADERS,
+    SECURITY_LINES,
+    AllowedHosts,
+    misdirected,
+)
 from modelcrate.server.hot_swap import ModelManager
+from modelcrate.server.http_protocol import WHOLE
 from modelcrate.server.requests import (
     RefusalPacer,
     check_name,
@@ -27,6 +34,8 @@ from modelcrate.server.requests import (
 )
 
 ENCODE_OFF_LOOP_BYTES = 1024 * 1024  # larger responses are encoded in a thread
+HEAD_JSON = b"content-type: application/json\r\n" + SECURITY_LINES
+HEAD_BINARY = b"content-type: application/octet-stream\r\n" + SECURITY_LINES
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
 ACCEPTED_TYPES = frozenset(
     {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
@@ -46,6 +55,24 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     ):
         return parts[3], parts[5]
     return None
+
+
+async def respond(
+    scope: Scope, send: Send, status: int, extra: dict[str, str], payload: bytes
+) -> None:
+    """Send an infer answer: JSON, or binary tensors after a JSON header when ``extra`` says
+    where it ends; in one write where the HTTP protocol offers it."""
+    binary = oip.HEADER_LENGTH in extra
+    headers = [(k.encode(), v.encode()) for k, v in extra.items()]
+    whole = scope.get("extensions", {}).get(WHOLE)
+    if whole is not None:
+        await whole["write"](status, HEAD_BINARY if binary else HEAD_JSON, headers, payload)
+        return
+    media = b"application/octet-stream" if binary else b"application/json"
+    headers += [(b"content-type", media), (b"content-length", b"%d" % len(payload))]
+    headers += SECURITY_HEADERS
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class InferApp:
@@ -83,15 +110,7 @@ class InferApp:
             refused = scope.get("client") if status == 503 else None
             if refused is not None and (pause := self.pacer.delay(refused)):
                 await asyncio.sleep(pause)  # asked again before its Retry-After passed
-        media = "application/octet-stream" if oip.HEADER_LENGTH in extra else "application/json"
-        response_headers = [
-            (b"content-type", media.encode()),
-            (b"content-length", str(len(payload)).encode()),
-            *((k.encode(), v.encode()) for k, v in extra.items()),
-            *SECURITY_HEADERS,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
+        await respond(scope, send, status, extra, payload)
         if refused is not None:
             self.pacer.refused(refused)  # its wait starts now that it has the refusal
 

@@ -20,8 +20,8 @@ from modelcrate.registry import open_registry
 from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.browser import AllowedHosts
-from modelcrate.server.deadlines import DEFAULT_HEADER_TIMEOUT, DeadlineHttpProtocol
 from modelcrate.server.hot_swap import BatchConfig, ModelManager
+from modelcrate.server.http_protocol import DEFAULT_HEADER_TIMEOUT, DeadlineHttpProtocol
 from modelcrate.server.metrics import Metrics
 from modelcrate.trust.keys import load_private
 from modelcrate.trust.signing import as_policy
