@@ -124,6 +124,22 @@ def test_other_content_types_are_refused(served_digits: Server, content_type: st
         headers={"Content-Type": content_type},
     )
     assert response.status_code == 415
+    assert content_type in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "APPLICATION/JSON ;v=2"]
+)
+def test_json_content_types_with_parameters_or_capitals_are_accepted(
+    served_digits: Server, content_type: str
+) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0] * 64}]}
+    response = httpx.post(
+        served_digits.url + "/v2/models/digits/infer",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": content_type},
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_binary_extension_length_errors(served_digits: Server) -> None:

@@ -275,13 +275,17 @@ def conform(spec: TensorSpec, value: Any) -> np.ndarray:
         if not castable(array.dtype, expected):
             raise InputError(f"input {spec.name!r}: expected {spec.describe()}, got {_got(given)}")
         array = array.astype(expected)
-    if array.ndim != len(spec.shape) or any(
-        want not in (-1, have) for want, have in zip(spec.shape, array.shape, strict=True)
-    ):
+    if not _shape_fits(tuple(spec.shape), array.shape):
         raise InputError(
             f"input {spec.name!r}: expected shape {spec.describe()}, got {_got(given)}"
         )
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_fits(want: tuple[int, ...], have: tuple[int, ...]) -> bool:
+    """Whether an array's shape matches a spec's (-1: any size)."""
+    return len(want) == len(have) and all(w in (-1, h) for w, h in zip(want, have, strict=True))
 
 
 @functools.cache

@@ -38,8 +38,13 @@ HEAD_JSON = b"content-type: application/json\r\n" + SECURITY_LINES
 HEAD_BINARY = b"content-type: application/octet-stream\r\n" + SECURITY_LINES
 # curl -d sends form-urlencoded; anything else (pickle, YAML, ...) is refused with 415.
 ACCEPTED_TYPES = frozenset(
-    {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
+    {b"", b"application/json", b"application/octet-stream", b"application/x-www-form-urlencoded"}
 )
+HEADER_LENGTH = oip.HEADER_LENGTH.encode()
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def infer_target(path: str) -> tuple[str, str | None] | None:
@@ -101,7 +106,7 @@ class InferApp:
         if not self.hosts.admits(scope):
             await misdirected(send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = dict(scope["headers"])  # names in lower case (ASGI); values decoded on use
         refused = None  # the connection told to wait (Retry-After), paced by self.pacer
         try:
             status, extra, payload = await self.handle(target, headers, receive)
@@ -115,20 +120,26 @@ class InferApp:
             self.pacer.refused(refused)  # its wait starts now that it has the refusal
 
     async def handle(
-        self, target: tuple[str, str | None], headers: dict[str, str], receive: Receive
+        self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Receive
     ) -> tuple[int, dict[str, str], bytes]:
-        authorize(self.tokens, headers.get("authorization"), "infer")
-        name, version = check_name(target[0]), target[1]
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        authorize(self.tokens, _text(headers.get(b"authorization")), "infer")
+        name, version = target
+        if name not in self.manager.models:
+            check_name(name)  # a name that cannot exist: 404 without repeating it
+        content_type = headers.get(b"content-type", b"")
         if content_type not in ACCEPTED_TYPES:
-            raise RequestRefused(
-                f"content type {content_type!r} is not accepted; send JSON or the binary "
-                "tensor extension",
-                status=415,
-            )
+            content_type = content_type.split(b";")[0].strip().lower()
+            if content_type not in ACCEPTED_TYPES:
+                raise RequestRefused(
+                    f"content type {content_type.decode('latin-1')!r} is not accepted; send "
+                    "JSON or the binary tensor extension",
+                    status=415,
+                )
         self.manager.admit(name, version)  # a full queue refuses before the body is decoded
-        body = await read_body(receive, headers.get("content-length"), self.limits.max_body_bytes)
-        request = oip.decode_request(body, headers.get(oip.HEADER_LENGTH), self.limits)
+        declared, limit = _text(headers.get(b"content-length")), self.limits.max_body_bytes
+        body = await read_body(receive, declared, limit)
+        split = _text(headers.get(HEADER_LENGTH))
+        request = oip.decode_request(body, split, self.limits)
         manager = self.manager
         async with manager.using(name, version) as loaded:
             outputs = await manager.infer(

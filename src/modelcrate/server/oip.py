@@ -170,13 +170,16 @@ def _decode_tensor(raw: Any, binary: memoryview, limits: Limits) -> tuple[str, n
     return name, array.reshape(shape), used
 
 
+_INT = {int}  # a shape's dimensions: ints, not bools
+
+
 def check_shape(name: str, datatype: Any, shape: Any, limits: Limits) -> int:
     """Check an input's datatype and shape (before anything is allocated); its element count."""
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InputError(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )
-    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) is not list or not set(map(type, shape)) <= _INT or min(shape, default=0) < 0:
         raise InputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     count = math.prod(shape)  # Python ints: no overflow
     if count > limits.max_elements:
@@ -374,7 +377,9 @@ def select_outputs(
     outputs: dict[str, np.ndarray], request: InferRequest, labels: list[str] | None
 ) -> list[tuple[str, np.ndarray]]:
     """The outputs a request asked for (all when it named none), classified when asked."""
-    wanted = request.outputs or [RequestedOutput(name=n) for n in outputs]
+    if not request.outputs:
+        return list(outputs.items())
+    wanted = request.outputs
     if len(wanted) == 1 and wanted[0].name == "*":
         wanted = [RequestedOutput(name=n, classification=wanted[0].classification) for n in outputs]
     selected = []
