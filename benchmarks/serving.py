@@ -10,6 +10,13 @@ a body of one sample, alternating servers within each repetition:
 plus raw onnxruntime session.run in-process on one thread (the compute limit, measured in
 each repetition between the servers; the median is kept), and
 p99 latency while the alias moves 20 times vs without moves.
+
+The target ratios are then measured in pairs: this machine's speed moves by up to 2x
+within seconds (one server measured 4,000 and 7,300 req/s in consecutive 3 s runs), and
+a table row's median is taken minutes apart from another's. With ours and bare Starlette
+both up, PAIRS rounds of PAIR_SECONDS each run ours (JSON), bare Starlette, ours (binary)
+and ONNX Runtime in-process at batch 32, in alternating order; each round gives its own
+ratios, and the median round's ratio is the figure (with the lowest and highest).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from train import DigitsCNN  # noqa: E402
 
 REPEATS = 3
 SECONDS = 5
+PAIRS, PAIR_SECONDS = 8, 2
 OURS, BINARY = "ours, batching on", "ours, binary tensor extension"
 STARLETTE = "bare Starlette (reads body only)"
 
@@ -122,11 +130,13 @@ def one_thread_session(crate: mc.Crate) -> ort.InferenceSession:
     )
 
 
-def raw_ort(session: ort.InferenceSession, sample: np.ndarray) -> dict[str, float]:
+def raw_ort(
+    session: ort.InferenceSession, sample: np.ndarray, batches: tuple[int, ...] = (1, 32)
+) -> dict[str, float]:
     """In-process session.run on one thread: calls/s at batch 1 and samples/s at batch 32."""
     name = session.get_inputs()[0].name
     result = {}
-    for batch in (1, 32):
+    for batch in batches:
         x = np.repeat(sample, batch, axis=0)
         calls, started = 0, time.perf_counter()
         while time.perf_counter() - started < 2.0:
@@ -134,6 +144,44 @@ def raw_ort(session: ort.InferenceSession, sample: np.ndarray) -> dict[str, floa
             calls += 1
         result[f"batch{batch}"] = calls * batch / (time.perf_counter() - started)
     return result
+
+
+def paired(
+    ours: Process,
+    starlette: Process,
+    infer: str,
+    bodies: tuple[bytes, bytes, int],
+    session: ort.InferenceSession,
+    sample: np.ndarray,
+    high: int,
+    work: Path,
+    target: str,
+) -> dict[str, list[float]]:
+    """Per round, at concurrency ``high``: ours ÷ bare Starlette (JSON, binary) and ours ÷
+    ONNX Runtime's batch-32 samples/s, each measured seconds apart (the order alternates).
+    The target's two runs are next to each other: for the CNN ours and Starlette; for the
+    MLP ours and ONNX Runtime (2 s of it at full speed seemed to slow the run after it)."""
+    body, binary, split = bodies
+    steps = {
+        "json": lambda: wrk(ours.url + infer, body, high, PAIR_SECONDS, work)["rps"],
+        "starlette": lambda: wrk(starlette.url + "/x", body, high, PAIR_SECONDS, work)["rps"],
+        "binary": lambda: wrk(ours.url + infer, binary, high, PAIR_SECONDS, work, split)["rps"],
+        "ort": lambda: raw_ort(session, sample, (32,))["batch32"],
+    }
+    sequence = (
+        ["json", "starlette", "binary", "ort"]
+        if target == "starlette"
+        else ["ort", "json", "binary", "starlette"]
+    )
+    ratios: dict[str, list[float]] = {"starlette": [], "binary": [], "ort": [], "binary_ort": []}
+    for round_ in range(PAIRS):
+        order = sequence if round_ % 2 == 0 else sequence[::-1]
+        got = {step: steps[step]() for step in order}
+        ratios["starlette"].append(got["json"] / got["starlette"])
+        ratios["binary"].append(got["binary"] / got["starlette"])
+        ratios["ort"].append(got["json"] / got["ort"])
+        ratios["binary_ort"].append(got["binary"] / got["ort"])
+    return ratios
 
 
 def bench_model(
@@ -231,9 +279,20 @@ def bench_model(
                         )
             finally:
                 server.stop()
+    ours = Process(serve, "/v2/health/ready")
+    try:
+        starlette = Process(*contenders[STARLETTE])
+        try:
+            bodies = (body, binary, len(header))
+            target = "starlette" if kind == "digits" else "ort"
+            pairs = paired(ours, starlette, infer, bodies, session, sample, high, work, target)
+        finally:
+            starlette.stop()
+    finally:
+        ours.stop()
     swaps = bench_swaps(serve, registry, kind, body, infer, work)
     limit = {key: statistics.median(m[key] for m in limits) for key in limits[0]}
-    return render(label, results, swaps, limit, high, kind)
+    return render(label, results, swaps, limit, pairs, high, kind)
 
 
 def bench_swaps(
@@ -271,11 +330,16 @@ def render(
     results: dict[tuple[str, int], list[dict[str, float]]],
     swaps: dict[str, float],
     limit: dict[str, float],
+    pairs: dict[str, list[float]],
     high: int,
     kind: str,
 ) -> list[str]:
     def med(name: str, c: int, key: str = "rps") -> float:
         return statistics.median(r[key] for r in results[(name, c)])
+
+    def pair(key: str) -> str:
+        values = pairs[key]
+        return f"**{statistics.median(values):.2f}** ({min(values):.2f}–{max(values):.2f})"
 
     lines = [
         f"### {label}",
@@ -292,14 +356,20 @@ def render(
     peers = sorted({n for n, _ in results if n.startswith(("MLServer", "KServe"))})
     lines += [
         "",
+        f"Paired ratios at c={high}: the median of {PAIRS} rounds of {PAIR_SECONDS} s runs "
+        "(lowest–highest round); the table's medians, minutes apart, in brackets.",
+        "",
         "| ratio | figure | target |",
         "| --- | --- | --- |",
-        f"| ours ÷ bare Starlette, c={high}, JSON | {ours / starlette:.2f} | "
-        f"{'≥ 0.5' if kind == 'digits' else ''} |",
-        f"| ours ÷ bare Starlette, c={high}, binary extension | {med(BINARY, high) / starlette:.2f} | |",
+        f"| ours ÷ bare Starlette, c={high}, JSON | {pair('starlette')} "
+        f"[{ours / starlette:.2f}] | {'≥ 0.5' if kind == 'digits' else ''} |",
+        f"| ours ÷ bare Starlette, c={high}, binary extension | {pair('binary')} "
+        f"[{med(BINARY, high) / starlette:.2f}] | |",
         f"| ours ÷ ORT in-process batch-32 on one thread ({limit['batch32']:.0f} samples/s), "
-        f"c={high}, JSON | {ours / limit['batch32']:.2f} | {'≥ 0.5' if kind == 'mlp' else ''} |",
-        f"| same, binary extension | {med(BINARY, high) / limit['batch32']:.2f} | |",
+        f"c={high}, JSON | {pair('ort')} [{ours / limit['batch32']:.2f}] | "
+        f"{'≥ 0.5' if kind == 'mlp' else ''} |",
+        f"| same, binary extension | {pair('binary_ort')} "
+        f"[{med(BINARY, high) / limit['batch32']:.2f}] | |",
         f"| ours ÷ ORT in-process batch-1 calls/s ({limit['batch1']:.0f}), c=1 | "
         f"{med(OURS, 1) / limit['batch1']:.2f} | |",
         f"| batching on ÷ off, c={high} | {ours / med('ours, batching off', high):.2f} | > 1 |",
