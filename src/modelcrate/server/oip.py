@@ -119,15 +119,16 @@ def decode_request(body: bytes, header_length: str | None, limits: Limits) -> In
         raise InputError(
             f"{len(binary) - offset} bytes of binary data were not claimed by any input"
         )
-    parameters = _object(document.get("parameters", {}), "parameters")
+    parameters = document.get("parameters")
+    parameters = {} if parameters is None else _object(parameters, "parameters")
     request = InferRequest(
         inputs=inputs,
         id=_optional_str(document.get("id"), "id"),
         parameters=parameters,
-        binary_default=bool(parameters.get("binary_data_output", False)),
+        binary_default=bool(parameters.get("binary_data_output", False)) if parameters else False,
     )
     requested: set[str] = set()
-    for raw in document.get("outputs") or []:
+    for raw in document.get("outputs") or ():
         raw = _object(raw, "outputs[]")
         params = _object(raw.get("parameters", {}), "output parameters")
         output_name = _required_str(raw.get("name"), "output name")
@@ -141,7 +142,7 @@ def decode_request(body: bytes, header_length: str | None, limits: Limits) -> In
                 classification=_classification(params.get("classification", 0)),
             )
         )
-    top_k = _classification(parameters.get("classification", 0))
+    top_k = _classification(parameters.get("classification", 0)) if parameters else 0
     if top_k and not request.outputs:
         request.outputs = [RequestedOutput(name="*", classification=top_k)]
     return request
@@ -227,7 +228,8 @@ def fitted(name: str, values: np.ndarray, dtype: np.dtype[Any], limits: Limits) 
     magnitude must be at most the float's largest (NaN and Inf are not), which replaces a
     minimum, a maximum and a finiteness check."""
     if dtype.kind == "f" and values.dtype.kind in "biuf" and not limits.allow_nonfinite:
-        if values.size and not np.abs(values).max() <= _largest(dtype):
+        # np.maximum.reduce: .max() goes through a Python wrapper first
+        if values.size and not np.maximum.reduce(np.abs(values), axis=None) <= _largest(dtype):
             if values.dtype.kind != "f" or np.isfinite(values).all():
                 raise InputError(f"input {name!r}: a number does not fit {dtype.name}")
             check_finite(name, values, limits)
