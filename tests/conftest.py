@@ -321,6 +321,18 @@ def start_server() -> Iterator[Callable[..., Server]]:
         server.stop()
 
 
+def binary_header(x: np.ndarray, **extra: object) -> bytes:
+    """The JSON header of a binary tensor extension request that sends ``x`` as input "x"
+    (its bytes follow it); ``extra``: more top-level fields (outputs, parameters)."""
+    tensor = {
+        "name": "x",
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": x.nbytes},
+    }
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
 @pytest.fixture
 def served_digits(
     tmp_path: Path,

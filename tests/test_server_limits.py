@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import modelcrate as mc
-from conftest import Server, matmul_chain
+from conftest import Server, binary_header, matmul_chain
 
 GOOD = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
 
@@ -171,18 +171,7 @@ def test_binary_extension_length_errors(served_digits: Server) -> None:
 def test_nan_in_binary_data_is_refused(served_digits: Server) -> None:
     x = np.zeros((1, 1, 8, 8), np.float32)
     x[0, 0, 3, 3] = np.inf
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": [1, 1, 8, 8],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ]
-        }
-    ).encode()
+    header = binary_header(x)
     response = httpx.post(
         served_digits.url + "/v2/models/digits/infer",
         content=header + x.tobytes(),

@@ -14,7 +14,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 import modelcrate as mc
-from conftest import Digits, Server
+from conftest import Digits, Server, binary_header
 from modelcrate.server.browser import SECURITY_HEADERS
 from modelcrate.server.http_protocol import write_whole
 
@@ -78,19 +78,7 @@ def test_nested_json_data_is_accepted(served_digits: Server, digits: Digits) -> 
 
 def test_binary_tensor_extension_both_ways(served_digits: Server, digits: Digits) -> None:
     x = np.ascontiguousarray(digits.x_test[:3])
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": [3, 1, 8, 8],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    header = binary_header(x, outputs=[{"name": "output", "parameters": {"binary_data": True}}])
     response = httpx.post(
         served_digits.url + "/v2/models/digits/infer",
         content=header + x.tobytes(),
@@ -219,19 +207,7 @@ def test_infer_answers_are_whole_on_pipelined_kept_alive_and_closed_connections(
     kept-alive connection stays open and `Connection: close` or HTTP/1.0 close it."""
     path, x = "/v2/models/digits/versions/prod/infer", digits.x_test[:2]
     good = json.dumps(infer_body(x)).encode()
-    binary = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": [2, 1, 8, 8],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
+    binary = binary_header(x, parameters={"binary_data_output": True})
     header_length = f"Inference-Header-Content-Length: {len(binary)}"
     with socket.create_connection(("127.0.0.1", served_digits.port), timeout=10) as sock:
         sock.sendall(
