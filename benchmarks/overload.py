@@ -6,7 +6,7 @@ with default settings (batching on; up to 64 requests wait, and less than one fu
 once the model is saturated or has refused a request in the last second), then with a
 fixed --max-queue 64 (two batches, no saturation rule: the default before it), loaded
 from 32 and then 256 keep-alive connections for SECONDS each.
-The client is a small asyncio HTTP/1.1 loop on uvloop (wrk cannot report latency per
+The client is an asyncio protocol per connection on uvloop (wrk cannot report latency per
 status): it records each request's latency and status, so the p99 below is over admitted
 (2xx) requests only, and "unanswered" counts connections that got no HTTP answer at all.
 One run; each configuration is its own server.
@@ -54,38 +54,78 @@ async def load(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: dict[int, list[float]] = {}
-    unanswered = 0
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + seconds
-
-    async def connection() -> None:
-        nonlocal unanswered
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                await reader.readexactly(content_length(head))
-                latencies.setdefault(status, []).append(time.perf_counter() - started)
-                if polite and status == 503:
-                    await asyncio.sleep(float(header(head, b"retry-after") or 1))
-        except (OSError, asyncio.IncompleteReadError):
-            unanswered += 1
-        finally:
-            writer.close()
-
+    clients = [Client(request, deadline, polite, latencies) for _ in range(connections)]
     started = time.monotonic()
-    await asyncio.gather(*(connection() for _ in range(connections)))
+    for client in clients:
+        await loop.create_connection(lambda client=client: client, "127.0.0.1", port)
+    await asyncio.gather(*(client.finished for client in clients))
     elapsed = time.monotonic() - started
     admitted = np.array(latencies.get(200, [0.0])) * 1000
     return {
         "statuses": {s: len(v) for s, v in sorted(latencies.items())},
-        "unanswered": unanswered,
+        "unanswered": sum(client.unanswered for client in clients),
         "rps_2xx": len(latencies.get(200, [])) / elapsed,
         "p50": float(np.percentile(admitted, 50)),
         "p99": float(np.percentile(admitted, 99)),
     }
+
+
+class Client(asyncio.Protocol):
+    """One keep-alive connection asking again as soon as it has its answer (after a 503,
+    when ``polite``, once its Retry-After has passed), until ``deadline``. A protocol, not
+    streams: the client shares the server's cores, and the streams version spent ~41 us
+    of CPU a request against ~30 here (same server, 32 and 256 connections)."""
+
+    def __init__(
+        self, request: bytes, deadline: float, polite: bool, latencies: dict[int, list[float]]
+    ) -> None:
+        self.request, self.deadline, self.polite, self.latencies = (
+            request,
+            deadline,
+            polite,
+            latencies,
+        )
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.started, self.waiting = 0.0, False  # waiting: a request is out, unanswered
+        self.unanswered = 0  # 1 when the connection was lost with a request unanswered
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        if time.monotonic() >= self.deadline or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.started, self.waiting = time.perf_counter(), True
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buffer[:end]
+        if len(self.buffer) < end + 4 + content_length(head):
+            return
+        status, self.waiting = int(head[9:12]), False
+        self.latencies.setdefault(status, []).append(time.perf_counter() - self.started)
+        self.buffer = b""  # one answer per request: nothing follows it
+        if self.polite and status == 503:
+            wait = float(header(head, b"retry-after") or 1)
+            asyncio.get_running_loop().call_later(wait, self.send)
+        else:
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.unanswered = int(self.waiting)
+        if not self.finished.done():
+            self.finished.set_result(None)
 
 
 def content_length(head: bytes) -> int:

@@ -314,7 +314,7 @@ class Batcher:
             return
         self.running = work
 
-        def done(_: Future[Feeds]) -> None:
+        def done(work: Future[Feeds]) -> None:  # not closing over work: no reference cycle
             with contextlib.suppress(RuntimeError):  # a stopped loop: nobody waits for these
                 loop.call_soon_threadsafe(self._batch_done, work, live, start)
 

@@ -21,7 +21,11 @@ from modelcrate.server.app import AppSettings, create_app
 from modelcrate.server.auth import Tokens
 from modelcrate.server.browser import AllowedHosts
 from modelcrate.server.hot_swap import BatchConfig, ModelManager
-from modelcrate.server.http_protocol import DEFAULT_HEADER_TIMEOUT, DeadlineHttpProtocol
+from modelcrate.server.http_protocol import (
+    DEFAULT_HEADER_TIMEOUT,
+    DeadlineHttpProtocol,
+    Server,
+)
 from modelcrate.server.metrics import Metrics
 from modelcrate.trust.keys import load_private
 from modelcrate.trust.signing import as_policy
@@ -155,7 +159,7 @@ def _worker(settings: ServeSettings, sock: socket.socket) -> None:
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,
     )
-    # Server.run sets up uvicorn's event loop (uvloop when installed), which turns on
-    # TCP_NODELAY for accepted connections; plain asyncio with a passed-in socket does
-    # not, and Nagle + delayed ACK then add ~40 ms to every kept-alive request.
-    uvicorn.Server(config).run(sockets=[sock])
+    # Server.run sets up uvicorn's event loop (uvloop when installed); its Acceptor turns
+    # on TCP_NODELAY for each connection (Nagle + delayed ACK would add ~40 ms to every
+    # kept-alive request).
+    Server(config).run(sockets=[sock])
