@@ -178,7 +178,8 @@ def main(extra: list[str] | None = None) -> list[str]:
             "summed); an asyncio HTTP/1.1 client on uvloop records latency per status, so "
             "p50/p99 are over admitted (2xx) requests. The client shares the server's 2 "
             "cores. A connection that asks again before its Retry-After has passed gets its "
-            "next 503 only once it has (the server enforces Retry-After per connection).",
+            "next 503 only once it has (the server enforces Retry-After per connection); one "
+            "refused again is held a random part of another second.",
             "",
         ]
         for flags, title in CONFIGURATIONS:

@@ -248,13 +248,26 @@ def test_the_pacer_counts_each_wait_from_when_its_refusal_was_sent() -> None:
     pacer = RefusalPacer(wait_s=1.0, connections=3)
     assert pacer.delay(("a", 1)) == 0  # never refused: refused at once
     pacer.refused(("a", 1))  # its wait starts
-    assert 0.8 < pacer.delay(("a", 1)) <= 1.0  # asked again at once: held back
+    assert 0.8 < pacer.delay(("a", 1)) <= 2.0  # asked again at once: held back
     assert pacer.delay(("b", 2)) == 0  # another connection is not held back
     time.sleep(0.4)  # that refusal was sent late (a busy event loop)
     pacer.refused(("a", 1))
-    assert 0.8 < pacer.delay(("a", 1)) <= 1.0  # a whole wait from when it was sent
-    time.sleep(1.05)
-    assert pacer.delay(("a", 1)) == 0  # its wait is over
+    assert 0.8 < pacer.delay(("a", 1)) <= 2.0  # a whole wait from when it was sent
+    time.sleep(2.05)
+    assert pacer.delay(("a", 1)) == 0  # refused a while ago: refused at once again
+
+
+def test_the_pacer_spreads_clients_refused_together() -> None:
+    """Clients refused together that come back together, as Retry-After told them, are
+    each held a different random part of one more wait: they come back spread out."""
+    pacer = RefusalPacer(wait_s=0.2, connections=100)
+    clients = [("c", port) for port in range(50)]
+    for client in clients:
+        pacer.refused(client)
+    time.sleep(0.2)  # their wait is over: they all ask again
+    held = sorted(pacer.delay(client) for client in clients)
+    assert all(0 <= pause < 0.2 for pause in held)
+    assert held[-1] - held[0] > 0.1 and len(set(held)) == len(held)
 
 
 def test_the_pacer_forgets_connections_whose_wait_is_over() -> None:
