@@ -237,6 +237,9 @@ class Server(uvicorn.Server):
     docstring) instead of the event loop's own servers."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None:  # uvicorn binds host and port itself
+            await super().startup()
+            return
         await super().startup(sockets=[])  # the app's lifespan; no listener of uvicorn's
         loop = asyncio.get_running_loop()
         config, state = self.config, self.server_state
@@ -247,7 +250,7 @@ class Server(uvicorn.Server):
             )
 
         # uvicorn's shutdown closes and awaits what is here (close, wait_closed).
-        self.servers = [Acceptor(loop, sock, protocol) for sock in sockets or []]  # type: ignore[misc]
+        self.servers = [Acceptor(loop, sock, protocol) for sock in sockets]  # type: ignore[misc]
 
 
 class Acceptor:
@@ -280,7 +283,11 @@ class Acceptor:
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(ACCEPT_RETRY_S, self._resume)
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay
+            except OSError:  # reset by the client already
+                conn.close()
+                continue
             task = self.loop.create_task(self._connect(conn))
             self.connecting.add(task)
             task.add_done_callback(self.connecting.discard)

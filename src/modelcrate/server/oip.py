@@ -459,12 +459,15 @@ def _load_json(data: bytes) -> dict[str, Any]:
     if not isinstance(parsed, simdjson.Object):
         raise InputError("request body must be a JSON object")
     document = {}
-    for key in parsed.keys():  # noqa: SIM118 (items() would convert every value)
-        value = parsed[key]
-        if key == "inputs" and isinstance(value, simdjson.Array):
-            document[key] = [_input_fields(item) for item in value]
-        else:
-            document[key] = _plain(value)
+    try:
+        for key in parsed.keys():  # noqa: SIM118 (items() would convert every value)
+            value = parsed[key]
+            if key == "inputs" and isinstance(value, simdjson.Array):
+                document[key] = [_input_fields(item) for item in value]
+            else:
+                document[key] = _plain(value)
+    except KeyError:  # simdjson cannot look up a key holding NUL ("\u0000"): orjson can
+        return _load_with_orjson(data)
     return document
 
 
