@@ -359,6 +359,8 @@ def test_the_server_accepts_all_waiting_connections_in_a_few_turns_of_its_loop(
     with socket.create_server(("127.0.0.1", 0), backlog=512) as listener:
         clients = [socket.create_connection(listener.getsockname()) for _ in range(200)]
         try:
+            # asyncio's loop (the server runs the acceptor on uvloop in every HTTP test):
+            # under pytest, uvloop's close() hung after a failed assertion here
             asyncio.run(scenario(listener, clients))
         finally:
             for client in clients:
