@@ -209,6 +209,37 @@ def test_the_file_cache_is_checked_at_every_load_and_bounded(
     assert registry.du().cache_bytes >= 2 * N * N * 4
 
 
+def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
+    """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors): a load
+    through ONNX Runtime hashes model.onnx alone, so a damaged safetensors copy in the
+    cache does not stop it, while whoever reads that file is refused."""
+    import torch
+
+    registry = mc.Registry(tmp_path / "registry")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    registry.publish(
+        mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
+    )
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    want = module(torch.from_numpy(x)).detach().numpy()
+    model = mc.load("lin@1.0.0", registry=registry)
+    [name] = [s.name for s in model.manifest.signature.inputs]
+    np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
+    [entry] = list((tmp_path / "registry" / "cache" / "crates").iterdir())
+    damaged = entry / "model.safetensors"
+    damaged.chmod(0o644)
+    with damaged.open("r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\xff\xff\xff\xff")
+    again = mc.load("lin@1.0.0", registry=registry)
+    np.testing.assert_allclose(next(iter(again.predict({name: x}).values())), want, rtol=1e-5)
+    copy = registry.get("lin@1.0.0").localize()
+    assert copy is not None
+    with pytest.raises(mc.IntegrityError, match="model.safetensors is corrupted"):
+        copy.wait()
+
+
 def to_earlier_layout(registry: mc.Registry, ref: str) -> None:
     """Rewrite a registry as releases before packs left it: the first file of ``ref`` stored
     whole as a loose blob, the others as loose chunk blobs (schema 0003, no pack tables)."""

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -306,20 +306,26 @@ class Crate:
         holder.source = DirectorySource(self.unpack(scratch / "crate"))
         return holder
 
-    def localize(self) -> LocalCopy | None:
+    def localize(self, paths: Sequence[str] | None = None) -> LocalCopy | None:
         """The crate's files as local paths, for runtimes that open models by path (ONNX
         Runtime with external data, torch.export, safetensors mmap). Files in a registry's
-        cache or a crate directory are re-hashed in the background (``LocalCopy.wait``);
-        other sources are copied to a temporary directory, verified as they are written.
-        None for an encrypted crate: its plaintext never touches the disk."""
+        cache or a crate directory are re-hashed in the background (``LocalCopy.wait``):
+        ``paths``, the files the caller reads (None: every file). A runtime hashes only its
+        artifact's files, not the crate's other forms of the weights (two more copies of
+        the model's size in a packed torch model). Other sources are copied to a temporary
+        directory, verified as they are written. None for an encrypted crate: its plaintext
+        never touches the disk."""
         if self.encrypted:
             return None
+        read = [f.path for f in self.manifest.files] if paths is None else list(paths)
+        for path in read:
+            self.manifest.file(path)  # a path the manifest does not list is refused here
         cached = getattr(self.source, "local_directory", None)
         found = cached() if cached is not None else None
         if found is not None:
-            return LocalCopy(self, found, [f.path for f in self.manifest.files])
+            return LocalCopy(self, found, read)
         if isinstance(self.source, DirectorySource):
-            return LocalCopy(self, self.source.root, [f.path for f in self.manifest.files])
+            return LocalCopy(self, self.source.root, read)
         scratch = temporary_directory(self, "modelcrate-local-")
         return LocalCopy(self, self.unpack(scratch / "crate"), [])
 

@@ -26,7 +26,8 @@ _KEY = b"location"
 class OnnxRuntime:
     """Runs a crate's ONNX artifact. ONNX Runtime opens the model by path from the crate's
     local copy (its cache entry or directory), with external data beside it, while the
-    files are hashed on another thread; the session is kept only if every hash matches.
+    files it reads are hashed on another thread; the session is kept only if every hash
+    matches.
     An encrypted crate is decrypted in memory and loaded from bytes instead. Either way,
     external data can only come from files the manifest lists for the artifact."""
 
@@ -52,7 +53,7 @@ class OnnxRuntime:
         options.log_severity_level = 3
         if artifact.kind == "ort":
             options.add_session_config_entry("session.load_model_format", "ORT")
-        local = crate.localize()
+        local = crate.localize([artifact.path, *artifact.data_files])
         if local is None:
             model: bytes | str = self._in_memory(crate, artifact, options)
         else:
@@ -163,10 +164,13 @@ def _mentions_location(path: Path) -> bool:
     new versions on a low-priority thread, and each time such a thread takes the GIL, or
     holds it while the OS runs others, the event loop may wait for it. So the search takes
     the GIL twice per block and holds it only briefly: the read and the C library's
-    ``memmem`` (see ``_holds_key``) both run without it. benchmarks/stalls.py measures
-    the event loop's stalls beside it."""
+    ``memmem`` (see ``_holds_key``) both run without it. The block is left unwritten
+    until the first read fills it (``np.empty``, not a zeroed ``bytearray``, whose 16 MiB
+    of zeros and page faults held the GIL for 5-9 ms). benchmarks/stalls.py measures the
+    event loop's stalls beside it."""
     with path.open("rb", buffering=0) as stream:
-        buffer = bytearray(min(SEARCH_BLOCK, os.fstat(stream.fileno()).st_size) + len(_KEY) - 1)
+        size = min(SEARCH_BLOCK, os.fstat(stream.fileno()).st_size) + len(_KEY) - 1
+        buffer = np.empty(size, np.uint8)
         view = memoryview(buffer)
         kept = 0  # the previous block's last bytes, which a key may straddle
         while read := stream.readinto(view[kept : kept + SEARCH_BLOCK]):
@@ -178,7 +182,7 @@ def _mentions_location(path: Path) -> bool:
     return False
 
 
-def _holds_key(data: bytes | bytearray, start: int, end: int) -> bool:
+def _holds_key(data: bytes | np.ndarray, start: int, end: int) -> bool:
     """Whether ``data[start:end]`` holds b"location": one call of the C library's
     ``memmem``, which ctypes makes without the GIL; a byte-string search (holding the
     GIL) where the C library has none."""
@@ -186,7 +190,8 @@ def _holds_key(data: bytes | bytearray, start: int, end: int) -> bool:
         return False
     memmem = _memmem()
     if memmem is None:
-        return data.find(_KEY, start, end) >= 0
+        block = data if isinstance(data, bytes) else data.tobytes()  # an array: one block
+        return block.find(_KEY, start, end) >= 0
     address = np.frombuffer(data, np.uint8).ctypes.data + start
     return memmem(address, end - start, _KEY, len(_KEY)) is not None
 

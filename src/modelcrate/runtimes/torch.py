@@ -76,9 +76,9 @@ def _check_payload_config(config: dict[str, Any], label: str) -> None:
 def load_module(crate: Crate, artifact: Artifact) -> Any:
     """Return a torch.nn.Module rebuilt from the crate's .pt2 artifact: read by path from
     the crate's local copy (no copy of the archive in Python memory), or from memory for
-    an encrypted crate. The module is kept only if every file passes its hash check."""
+    an encrypted crate. The module is kept only if the archive passes its hash check."""
     torch = import_torch()
-    local = crate.localize()
+    local = crate.localize([artifact.path])
     if local is None:
         data = crate.read_bytes(artifact.path)
         check_pt2(data, artifact.path)

@@ -122,7 +122,7 @@ def crate_module(crate: Crate) -> torch.fx.GraphModule:
             f"{crate.manifest.ref} has no ONNX or torch-export artifact to rebuild a torch "
             f"module from (it has: {kinds})"
         )
-    local = crate.localize()
+    local = crate.localize([artifact.path, *artifact.data_files])
     if local is None:
         if artifact.data_files:
             raise CrateFormatError(
