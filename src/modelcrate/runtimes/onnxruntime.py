@@ -171,7 +171,7 @@ def _mentions_location(path: Path) -> bool:
     with path.open("rb", buffering=0) as stream:
         size = min(SEARCH_BLOCK, os.fstat(stream.fileno()).st_size) + len(_KEY) - 1
         buffer = np.empty(size, np.uint8)
-        view = memoryview(buffer)
+        view = buffer.data  # writable, no copy
         kept = 0  # the previous block's last bytes, which a key may straddle
         while read := stream.readinto(view[kept : kept + SEARCH_BLOCK]):
             size = kept + read
