@@ -163,3 +163,42 @@ def test_a_server_can_serve_models_from_another_servers_registry(
             break
     assert answer["model_version"] == "2.0.0"
     assert httpx.get(f"{edge.url}/v2/registry/models", timeout=5).status_code == 404
+
+
+def test_a_remote_load_downloads_only_the_files_its_runtime_reads(
+    remote: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors); a model
+    loaded for ONNX Runtime through an open connection to another registry (what a server
+    following that registry does) fetches model.onnx alone."""
+    import torch
+
+    from modelcrate.registry.remote import RemoteRegistry
+
+    local = mc.Registry.open(tmp_path / "local")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    crate = mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
+    local.publish(crate)
+    push(local, "lin@1.0.0", remote.url, WRITER)
+    fetched: list[str] = []
+    original = RemoteRegistry.open_file
+
+    def counted(self: RemoteRegistry, sha256: str) -> object:
+        fetched.append(sha256)
+        return original(self, sha256)
+
+    monkeypatch.setattr(RemoteRegistry, "open_file", counted)
+    monkeypatch.setenv("MODELCRATE_TOKEN", READER)
+    server = mc.open_registry(remote.url)
+    try:
+        model = mc.load("lin@1.0.0", registry=server)
+    finally:
+        server.close()
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    [name] = [s.name for s in model.manifest.signature.inputs]
+    want = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
+    paths = {f.sha256: f.path for f in crate.manifest.files}
+    assert len(crate.manifest.files) >= 3
+    assert [paths[sha] for sha in fetched] == ["model.onnx"]

@@ -312,9 +312,9 @@ class Crate:
         cache or a crate directory are re-hashed in the background (``LocalCopy.wait``):
         ``paths``, the files the caller reads (None: every file). A runtime hashes only its
         artifact's files, not the crate's other forms of the weights (two more copies of
-        the model's size in a packed torch model). Other sources are copied to a temporary
-        directory, verified as they are written. None for an encrypted crate: its plaintext
-        never touches the disk."""
+        the model's size in a packed torch model). From other sources (a remote registry)
+        those files alone are copied to a temporary directory, verified as they are
+        written. None for an encrypted crate: its plaintext never touches the disk."""
         if self.encrypted:
             return None
         read = [f.path for f in self.manifest.files] if paths is None else list(paths)
@@ -327,7 +327,7 @@ class Crate:
         if isinstance(self.source, DirectorySource):
             return LocalCopy(self, self.source.root, read)
         scratch = temporary_directory(self, "modelcrate-local-")
-        return LocalCopy(self, self.unpack(scratch / "crate"), [])
+        return LocalCopy(self, self.unpack(scratch / "crate", read), [])
 
     def iter_files(self) -> Iterator[tuple[FileEntry, BinaryIO]]:
         """Yield each listed file with an open stream (the caller verifies while streaming)."""
@@ -380,15 +380,20 @@ class Crate:
                 with self.open_verified(entry.path) as stream:
                     tar.addfile(tar_info(entry.path, entry.size), stream)
 
-    def unpack(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the directory form, verifying every file; refuses a non-empty target."""
+    def unpack(self, directory: str | os.PathLike[str], paths: Sequence[str] | None = None) -> Path:
+        """Write the directory form, verifying every file; refuses a non-empty target.
+        ``paths``: only these files (a partial copy, which is not a crate directory: what a
+        runtime reads, fetched from a remote registry without the crate's other files)."""
         target = Path(directory)
+        wanted = None if paths is None else set(paths)
         if target.exists() and any(target.iterdir()):
             raise CrateFormatError(f"{target} is not empty; refusing to write into it")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
         try:
             for entry in self.manifest.files:
+                if wanted is not None and entry.path not in wanted:
+                    continue
                 dest = staging / check_path(entry.path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with self.open_verified(entry.path) as stream, dest.open("wb") as out:
