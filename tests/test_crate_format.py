@@ -302,6 +302,10 @@ def test_undeclared_external_data_is_found_across_the_search_blocks(
     (tmp_path / "dir" / "crate.json").write_text(json.dumps(manifest))
     with pytest.raises(CrateFormatError, match="does not list"):
         mc.load(tmp_path / "dir")
+    from modelcrate.runtimes.from_onnx import crate_module
+
+    with pytest.raises(CrateFormatError, match="does not list"):  # the torch conversion too
+        crate_module(mc.Crate.open(tmp_path / "dir"))
 
 
 def test_onnx_with_external_data_packs_and_runs(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ class OnnxRuntime:
             path = local.path(artifact.path)
             model = str(path)
             if artifact.kind != "ort":
-                _check_declared(crate, artifact, external_data_files(path))
+                check_declared(crate, artifact, external_data_files(path))
         with local or contextlib.nullcontext():  # the session is dropped if a hash fails
             try:
                 self.session = ort.InferenceSession(
@@ -85,7 +85,7 @@ class OnnxRuntime:
         # ORT resolves external data of a model loaded from bytes against the working
         # directory, so every location must be one of the files this artifact lists.
         if artifact.kind != "ort":
-            _check_declared(crate, artifact, external_data_files(model_bytes))
+            check_declared(crate, artifact, external_data_files(model_bytes))
         return model_bytes
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,7 +119,9 @@ def _rejected(error: BaseException | str) -> InputError:
     return InputError(f"ONNX Runtime rejected the inputs: {first_line(error)}")
 
 
-def _check_declared(crate: Crate, artifact: Artifact, found: list[str]) -> None:
+def check_declared(crate: Crate, artifact: Artifact, found: list[str]) -> None:
+    """Refuse external data files the manifest does not list for ``artifact``: a load
+    hashes only the artifact's listed files, so an unlisted one would be read unchecked."""
     undeclared = sorted(set(found) - {p.rsplit("/", 1)[-1] for p in artifact.data_files})
     if undeclared:
         raise CrateFormatError(

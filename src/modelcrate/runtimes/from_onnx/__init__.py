@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from modelcrate.errors import CrateFormatError, PackError
 from modelcrate.runtimes.from_onnx.graph import Builder, Dims, Handler, Node
 from modelcrate.runtimes.from_onnx.ops import HANDLERS
+from modelcrate.runtimes.onnxruntime import check_declared, external_data_files
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
@@ -134,6 +135,7 @@ def crate_module(crate: Crate) -> torch.fx.GraphModule:
     with local:  # dropped if a hash fails
         path = local.path(artifact.path)
         model = onnx.load(str(path), load_external_data=False)
+        check_declared(crate, artifact, external_data_files(model))  # only hashed files
         return to_module(model, external_arrays(model, path.parent))
 
 
