@@ -211,8 +211,9 @@ def test_the_file_cache_is_checked_at_every_load_and_bounded(
 
 def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
     """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors): a load
-    through ONNX Runtime hashes model.onnx alone, so a damaged safetensors copy in the
-    cache does not stop it, while whoever reads that file is refused."""
+    through ONNX Runtime copies model.onnx alone out of the store into the cache and
+    hashes it alone, so a damaged safetensors copy in the cache does not stop it, while
+    whoever reads that file is refused."""
     import torch
 
     registry = mc.Registry(tmp_path / "registry")
@@ -227,6 +228,13 @@ def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
     [name] = [s.name for s in model.manifest.signature.inputs]
     np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
     [entry] = list((tmp_path / "registry" / "cache" / "crates").iterdir())
+    assert sorted(p.name for p in entry.iterdir()) == ["model.onnx"]
+    everything = registry.get("lin@1.0.0").localize()  # every file: the entry grows
+    assert everything is not None
+    everything.wait()
+    assert sorted(p.name for p in entry.iterdir()) == sorted(
+        f.path for f in registry.manifest("lin@1.0.0").files
+    )
     damaged = entry / "model.safetensors"
     damaged.chmod(0o644)
     with damaged.open("r+b") as handle:

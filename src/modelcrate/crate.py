@@ -321,7 +321,7 @@ class Crate:
         for path in read:
             self.manifest.file(path)  # a path the manifest does not list is refused here
         cached = getattr(self.source, "local_directory", None)
-        found = cached() if cached is not None else None
+        found = cached(read) if cached is not None else None
         if found is not None:
             return LocalCopy(self, found, read)
         if isinstance(self.source, DirectorySource):

@@ -22,14 +22,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from modelcrate.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
-    from modelcrate.manifest import Manifest
+    from modelcrate.manifest import FileEntry, Manifest
 
 CACHE_SIZE_ENV = "MODELCRATE_CACHE_SIZE"
 DEFAULT_CACHE_BYTES = 32 * 1024**3
@@ -60,36 +60,49 @@ class FileCache:
         self.root, self.limit = root, cache_limit() if limit is None else limit
         self.files, self.crates, self.tmp = root / "files", root / "crates", root / "tmp"
 
-    def directory(self, manifest: Manifest, write: Callable[[str, BinaryIO, str], None]) -> Path:
+    def directory(
+        self,
+        manifest: Manifest,
+        write: Callable[[str, BinaryIO, str], None],
+        paths: Sequence[str] | None = None,
+    ) -> Path:
         """The crate's files as one local directory, materialized now where missing with
-        ``write(sha256, out, path)``. Nothing here is hashed: every file the cache serves
-        is hashed by the load that uses it (``Crate.localize``), beside session creation."""
+        ``write(sha256, out, path)``: ``paths`` (None: every file), so a runtime that reads
+        one form of the weights does not copy the crate's others out of the store (a
+        torch-packed crate holds three). Nothing here is hashed: every file the cache
+        serves is hashed by the load that uses it (``Crate.localize``), beside session
+        creation."""
+        wanted = [f for f in manifest.files if paths is None or f.path in paths]
         target = self._crate_dir(manifest)
-        if _complete(target, manifest):
+        if _complete(target, wanted):
             os.utime(target)
             return target
         for folder in (self.files, self.crates, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
-        try:
-            for entry in manifest.files:
-                blob = self._blob(entry.sha256)
-                if not (blob.is_file() and blob.stat().st_size == entry.size):
-                    self._materialize(entry.path, entry.sha256, entry.size, write)
-                link = staging / entry.path
-                link.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(blob, link)
-            # Loaders race to fill the same entry (threads and processes): under one lock, a
-            # complete entry is never replaced (someone may be opening it), only a leftover.
-            with _locked(self.tmp / f"{target.name}.lock"):
-                if _complete(target, manifest):
-                    shutil.rmtree(staging, ignore_errors=True)
-                else:
-                    shutil.rmtree(target, ignore_errors=True)
+        for entry in wanted:
+            blob = self._blob(entry.sha256)
+            if not (blob.is_file() and blob.stat().st_size == entry.size):
+                self._materialize(entry.path, entry.sha256, entry.size, write)
+        # Loaders race to fill the same entry (threads and processes). Under one lock an
+        # entry only grows: a new one appears whole (one rename of a staged directory), and
+        # a missing file joins an existing one by a rename of its own. Nothing is removed,
+        # since another load may be opening the files it has.
+        with _locked(self.tmp / f"{target.name}.lock"):
+            if target.is_dir():
+                for entry in wanted:
+                    if not _complete(target, [entry]):
+                        _link_into(self._blob(entry.sha256), target / entry.path, self.tmp)
+            else:
+                staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
+                try:
+                    for entry in wanted:
+                        link = staging / entry.path
+                        link.parent.mkdir(parents=True, exist_ok=True)
+                        _link_or_copy(self._blob(entry.sha256), link)
                     os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
         self.evict(keep=target)
         return target
 
@@ -184,10 +197,9 @@ class FileCache:
         return freed
 
 
-def _complete(target: Path, manifest: Manifest) -> bool:
+def _complete(target: Path, entries: Sequence[FileEntry]) -> bool:
     return all(
-        (target / f.path).is_file() and (target / f.path).stat().st_size == f.size
-        for f in manifest.files
+        (target / f.path).is_file() and (target / f.path).stat().st_size == f.size for f in entries
     )
 
 
@@ -203,6 +215,18 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _link_into(source: Path, link: Path, scratch: Path) -> None:
+    """Put ``source`` at ``link`` in an existing entry, in one rename (a wrong-sized file
+    there, left by a damaged copy, is replaced; whoever has it open keeps it)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix="file-", dir=scratch)) / "link"
+    try:
+        _link_or_copy(source, staged)
+        os.replace(staged, link)
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def _link_or_copy(source: Path, link: Path) -> None:

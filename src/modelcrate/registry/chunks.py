@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -230,12 +230,12 @@ class StoredFiles:
     def open(self, path: str) -> BinaryIO:
         return self.files.open(self.shas[path], label=path)
 
-    def local_directory(self) -> Path | None:
-        """The crate's files in the local cache (materialized now if needed; the caller
-        hashes them); None when this registry has no cache."""
+    def local_directory(self, paths: Sequence[str] | None = None) -> Path | None:
+        """The crate's files in the local cache, ``paths`` at least (None: all; materialized
+        now if needed; the caller hashes them); None when this registry has no cache."""
         if self.files.cache is None:
             return None
-        return self.files.cache.directory(self.manifest, self.files.write_to)
+        return self.files.cache.directory(self.manifest, self.files.write_to, paths)
 
     def discard_local(self) -> None:
         """Forget the cached copy (it failed its check)."""
