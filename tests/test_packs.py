@@ -248,6 +248,43 @@ def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
         copy.wait()
 
 
+def test_loads_reading_some_files_and_all_files_race_to_one_entry(tmp_path: Path) -> None:
+    """On a cold cache, loads through ONNX Runtime (model.onnx) and copies of every file
+    fill one entry at once: each gets what it reads, intact, and the entry ends whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    registry = mc.Registry(tmp_path / "registry")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    registry.publish(
+        mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
+    )
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    want = module(torch.from_numpy(x)).detach().numpy()
+    files = sorted(f.path for f in registry.manifest("lin@1.0.0").files)
+
+    def load_or_copy(n: int) -> None:
+        if n % 2:
+            model = mc.load("lin@1.0.0", registry=registry)
+            [name] = [s.name for s in model.manifest.signature.inputs]
+            got = next(iter(model.predict({name: x}).values()))
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+        else:
+            copy = registry.get("lin@1.0.0").localize()
+            assert copy is not None
+            copy.wait()
+            assert sorted(p.name for p in copy.directory.iterdir()) == files
+
+    for _ in range(3):
+        shutil.rmtree(tmp_path / "registry" / "cache", ignore_errors=True)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(load_or_copy, range(8)))
+        [entry] = list((tmp_path / "registry" / "cache" / "crates").iterdir())
+        assert sorted(p.name for p in entry.iterdir()) == files
+
+
 def to_earlier_layout(registry: mc.Registry, ref: str) -> None:
     """Rewrite a registry as releases before packs left it: the first file of ``ref`` stored
     whole as a loose blob, the others as loose chunk blobs (schema 0003, no pack tables)."""
