@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -209,14 +210,11 @@ def test_the_file_cache_is_checked_at_every_load_and_bounded(
     assert registry.du().cache_bytes >= 2 * N * N * 4
 
 
-def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
-    """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors): a load
-    through ONNX Runtime copies model.onnx alone out of the store into the cache and
-    hashes it alone, so a damaged safetensors copy in the cache does not stop it, while
-    whoever reads that file is refused."""
+def published_linear(registry: mc.Registry) -> Callable[[], None]:
+    """Publish lin@1.0.0, a torch Linear packed with its three forms of the weights; the
+    returned check loads it through ONNX Runtime and compares a prediction with torch's."""
     import torch
 
-    registry = mc.Registry(tmp_path / "registry")
     torch.manual_seed(0)
     module = torch.nn.Linear(4, 3).eval()
     registry.publish(
@@ -224,9 +222,24 @@ def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
     )
     x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
     want = module(torch.from_numpy(x)).detach().numpy()
-    model = mc.load("lin@1.0.0", registry=registry)
-    [name] = [s.name for s in model.manifest.signature.inputs]
-    np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
+
+    def check() -> None:
+        model = mc.load("lin@1.0.0", registry=registry)
+        [name] = [s.name for s in model.manifest.signature.inputs]
+        got = next(iter(model.predict({name: x}).values()))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    return check
+
+
+def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
+    """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors): a load
+    through ONNX Runtime copies model.onnx alone out of the store into the cache and
+    hashes it alone, so a damaged safetensors copy in the cache does not stop it, while
+    whoever reads that file is refused."""
+    registry = mc.Registry(tmp_path / "registry")
+    check_linear = published_linear(registry)
+    check_linear()
     [entry] = list((tmp_path / "registry" / "cache" / "crates").iterdir())
     assert sorted(p.name for p in entry.iterdir()) == ["model.onnx"]
     everything = registry.get("lin@1.0.0").localize()  # every file: the entry grows
@@ -240,8 +253,7 @@ def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
     with damaged.open("r+b") as handle:
         handle.seek(-4, os.SEEK_END)
         handle.write(b"\xff\xff\xff\xff")
-    again = mc.load("lin@1.0.0", registry=registry)
-    np.testing.assert_allclose(next(iter(again.predict({name: x}).values())), want, rtol=1e-5)
+    check_linear()  # loads through ONNX Runtime again
     copy = registry.get("lin@1.0.0").localize()
     assert copy is not None
     with pytest.raises(mc.IntegrityError, match="model.safetensors is corrupted"):
@@ -253,24 +265,13 @@ def test_loads_reading_some_files_and_all_files_race_to_one_entry(tmp_path: Path
     fill one entry at once: each gets what it reads, intact, and the entry ends whole."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
     registry = mc.Registry(tmp_path / "registry")
-    torch.manual_seed(0)
-    module = torch.nn.Linear(4, 3).eval()
-    registry.publish(
-        mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
-    )
-    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
-    want = module(torch.from_numpy(x)).detach().numpy()
+    check_linear = published_linear(registry)
     files = sorted(f.path for f in registry.manifest("lin@1.0.0").files)
 
     def load_or_copy(n: int) -> None:
         if n % 2:
-            model = mc.load("lin@1.0.0", registry=registry)
-            [name] = [s.name for s in model.manifest.signature.inputs]
-            got = next(iter(model.predict({name: x}).values()))
-            np.testing.assert_allclose(got, want, rtol=1e-5)
+            check_linear()
         else:
             copy = registry.get("lin@1.0.0").localize()
             assert copy is not None
