@@ -223,3 +223,29 @@ def test_versions_load_at_a_lower_cpu_priority_than_requests_run(tmp_path: Path)
         registry.close()
     assert loading == child == min(19, serving + LOADER_NICENESS)
     assert batches == lookup == serving
+
+
+def test_prepacking_follows_the_size_of_the_served_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ONNX Runtime prepacks weights of models under PREPACK_BELOW: the size of the form a
+    server loads, not of the whole crate (a torch-packed one holds the weights three
+    times, which put models of a third of the bound and more on the slow path)."""
+    import torch
+
+    from modelcrate.server import hot_swap
+
+    crate = mc.pack(
+        torch.nn.Linear(64, 64).eval(),
+        example_inputs=(torch.zeros(1, 64),),
+        name="lin",
+        version="1.0.0",
+    )
+    manifest = crate.manifest
+    onnx_bytes = manifest.file("model.onnx").size
+    assert sum(f.size for f in manifest.files) > 2 * onnx_bytes
+    monkeypatch.setattr(hot_swap, "PREPACK_BELOW", onnx_bytes + 1)
+    assert BatchConfig().prepack_for(manifest) is True
+    assert BatchConfig(prepack=False).prepack_for(manifest) is False
+    monkeypatch.setattr(hot_swap, "PREPACK_BELOW", onnx_bytes)
+    assert BatchConfig().prepack_for(manifest) is False

@@ -68,7 +68,7 @@ class BatchConfig:
     def prepack_for(self, manifest: Manifest) -> bool:
         if self.prepack is not None:
             return self.prepack
-        return sum(f.size for f in manifest.files) < PREPACK_BELOW
+        return artifact_bytes(manifest) < PREPACK_BELOW
 
     def for_crate(self, manifest: Manifest) -> tuple[int, float]:
         crate = manifest.serving or Serving()
@@ -508,6 +508,15 @@ def footprint(manifest: Manifest, registry: ModelRegistry) -> int:
             footprint(registry.manifest(Ref(parse_ref(m.ref).name, digest=m.digest)), registry)
             for m in manifest.composition.members
         )
+    return artifact_bytes(manifest)
+
+
+def artifact_bytes(manifest: Manifest) -> int:
+    """Bytes of the one form of the weights a server loads (the ONNX artifact where there
+    is one), not the crate's whole size: a torch-packed crate holds the weights three
+    times."""
+    if not manifest.artifacts:
+        return sum(f.size for f in manifest.files)
     artifact = manifest.artifact("onnx") or manifest.artifacts[0]
     paths = {artifact.path, *artifact.data_files}
     return sum(f.size for f in manifest.files if f.path in paths)
