@@ -210,6 +210,36 @@ def test_kserve_manifest_matches_the_crd_fields(published: mc.Registry, tmp_path
     assert re.fullmatch(r"\d+Mi", memory) and int(memory[:-2]) >= 256
 
 
+def test_kserve_memory_is_sized_from_the_weights_the_server_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two loaded versions (a hot swap) of the ONNX weights, prepacked copies included:
+    not the crate's whole size, which holds a torch model's weights three times."""
+    import torch
+
+    from modelcrate.deploy.kserve import inference_service
+    from modelcrate.runtimes import onnxruntime
+
+    crate = mc.pack(
+        torch.nn.Linear(1024, 1024).eval(),
+        example_inputs=(torch.zeros(1, 1024),),
+        name="lin",
+        version="1.0.0",
+    )
+    served = crate.manifest.file("model.onnx").size
+    mib = 2**20
+
+    def requested() -> int:
+        container = inference_service(crate, "img")["spec"]["predictor"]["containers"][0]
+        memory: str = container["resources"]["requests"]["memory"]
+        return int(memory.removesuffix("Mi"))
+
+    assert requested() == 256 + -(-4 * served // mib)  # prepacked: two copies a version
+    monkeypatch.setattr(onnxruntime, "PREPACK_BELOW", served)  # too big to prepack
+    assert requested() == 256 + -(-2 * served // mib)
+    assert requested() < 256 + 2 * sum(f.size for f in crate.manifest.files) // mib
+
+
 def test_triton_repository_parses_and_runs(
     published: mc.Registry, tmp_path: Path, digits: Digits
 ) -> None:

@@ -233,7 +233,7 @@ def test_prepacking_follows_the_size_of_the_served_weights(
     times, which put models of a third of the bound and more on the slow path)."""
     import torch
 
-    from modelcrate.server import hot_swap
+    from modelcrate.runtimes import onnxruntime
 
     crate = mc.pack(
         torch.nn.Linear(64, 64).eval(),
@@ -244,8 +244,8 @@ def test_prepacking_follows_the_size_of_the_served_weights(
     manifest = crate.manifest
     onnx_bytes = manifest.file("model.onnx").size
     assert sum(f.size for f in manifest.files) > 2 * onnx_bytes
-    monkeypatch.setattr(hot_swap, "PREPACK_BELOW", onnx_bytes + 1)
+    monkeypatch.setattr(onnxruntime, "PREPACK_BELOW", onnx_bytes + 1)
     assert BatchConfig().prepack_for(manifest) is True
     assert BatchConfig(prepack=False).prepack_for(manifest) is False
-    monkeypatch.setattr(hot_swap, "PREPACK_BELOW", onnx_bytes)
+    monkeypatch.setattr(onnxruntime, "PREPACK_BELOW", onnx_bytes)
     assert BatchConfig().prepack_for(manifest) is False

@@ -311,6 +311,16 @@ class Manifest(_Strict, frozen=True):
     def artifact(self, kind: ArtifactKind) -> Artifact | None:
         return next((a for a in self.artifacts if a.kind == kind), None)
 
+    def served_bytes(self) -> int:
+        """Bytes of the one form of the weights a server loads (the ONNX artifact where
+        there is one, with its external data), not the crate's whole size: a torch-packed
+        crate holds the weights three times. A crate without artifacts: all its files."""
+        if not self.artifacts:
+            return sum(f.size for f in self.files)
+        artifact = self.artifact("onnx") or self.artifacts[0]
+        paths = {artifact.path, *artifact.data_files}
+        return sum(f.size for f in self.files if f.path in paths)
+
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
 

@@ -1,8 +1,9 @@
 """A KServe ``InferenceService`` running the crate's image (``modelcrate export --format
 docker``) as a custom predictor speaking the Open Inference Protocol v2.
 
-Resources are sized from the crate (memory: twice the model's bytes, for a hot
-swap, plus 256 MiB); readiness and liveness probes use the OIP health routes.
+Resources are sized from the crate (memory: two loaded versions, for a hot swap, of the
+weights the server loads, prepacked copies included, plus 256 MiB); readiness and
+liveness probes use the OIP health routes.
 Authentication is left to the cluster's ingress / mesh, as is usual for KServe,
 so the container runs with ``MODELCRATE_INSECURE=1``.
 """
@@ -18,6 +19,7 @@ import yaml
 
 from modelcrate.crate import Crate
 from modelcrate.deploy.docker import PORT, image_name
+from modelcrate.runtimes.onnxruntime import resident_bytes
 
 API_VERSION = "serving.kserve.io/v1beta1"
 
@@ -31,8 +33,7 @@ def service_name(name: str) -> str:
 
 def inference_service(crate: Crate, image: str) -> dict[str, Any]:
     manifest = crate.manifest
-    model_bytes = sum(f.size for f in manifest.files)
-    memory_mib = 256 + math.ceil(2 * model_bytes / 2**20)
+    memory_mib = 256 + math.ceil(2 * resident_bytes(manifest) / 2**20)
     probe = {
         "httpGet": {"path": "/v2/health/ready", "port": PORT},
         "initialDelaySeconds": 5,

@@ -16,9 +16,13 @@ from modelcrate.errors import CrateFormatError, InputError, first_line
 
 if TYPE_CHECKING:
     from modelcrate.crate import Crate
-    from modelcrate.manifest import Artifact
+    from modelcrate.manifest import Artifact, Manifest
 
 
+# By default weights of models under this size are prepacked (ONNX Runtime's faster layout,
+# a second copy): a hot swap of a bigger model then holds two versions in about twice its
+# size, not four times.
+PREPACK_BELOW = 1024**3
 SEARCH_BLOCK = 16 * 1024 * 1024  # bytes of a model file searched at a time (_mentions_location)
 _KEY = b"location"
 
@@ -117,6 +121,17 @@ Outcome = dict[str, np.ndarray] | BaseException
 
 def _rejected(error: BaseException | str) -> InputError:
     return InputError(f"ONNX Runtime rejected the inputs: {first_line(error)}")
+
+
+def prepacked_by_default(manifest: Manifest) -> bool:
+    return manifest.served_bytes() < PREPACK_BELOW
+
+
+def resident_bytes(manifest: Manifest, prepack: bool | None = None) -> int:
+    """Memory one loaded version's weights take: the served form, twice when prepacked
+    (``prepack`` None: the default for its size)."""
+    packed = prepacked_by_default(manifest) if prepack is None else prepack
+    return manifest.served_bytes() * (2 if packed else 1)
 
 
 def check_declared(crate: Crate, artifact: Artifact, found: list[str]) -> None:

@@ -38,7 +38,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
-from modelcrate.runtimes.onnxruntime import OnnxRuntime
+from modelcrate.runtimes.onnxruntime import OnnxRuntime, prepacked_by_default
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
@@ -48,7 +48,6 @@ from modelcrate.trust.signing import Policy
 
 log = logging.getLogger("modelcrate.server")
 MEMORY_MARGIN = 1.5  # a swap needs free memory for the new version times this
-PREPACK_BELOW = 1024**3  # bigger models are served without prepacked weight copies
 LOADER_NICENESS = 10  # added to the server's: a busy server still gives a load ~10% of a core
 
 
@@ -56,8 +55,7 @@ LOADER_NICENESS = 10  # added to the server's: a busy server still gives a load 
 class BatchConfig:
     """Per-model serving options from the command line: batching limits (None defers to the
     crate's ``serving``), the queue bound, the response cache, and whether ONNX Runtime
-    prepacks weights (None: only for models under PREPACK_BELOW, so a
-    hot swap of a big model holds two versions in about twice its size, not four times)."""
+    prepacks weights (None: by the size of the weights served, ``prepacked_by_default``)."""
 
     max_batch_size: int | None = None
     max_delay_ms: float | None = None
@@ -68,7 +66,7 @@ class BatchConfig:
     def prepack_for(self, manifest: Manifest) -> bool:
         if self.prepack is not None:
             return self.prepack
-        return artifact_bytes(manifest) < PREPACK_BELOW
+        return prepacked_by_default(manifest)
 
     def for_crate(self, manifest: Manifest) -> tuple[int, float]:
         crate = manifest.serving or Serving()
@@ -508,18 +506,7 @@ def footprint(manifest: Manifest, registry: ModelRegistry) -> int:
             footprint(registry.manifest(Ref(parse_ref(m.ref).name, digest=m.digest)), registry)
             for m in manifest.composition.members
         )
-    return artifact_bytes(manifest)
-
-
-def artifact_bytes(manifest: Manifest) -> int:
-    """Bytes of the one form of the weights a server loads (the ONNX artifact where there
-    is one), not the crate's whole size: a torch-packed crate holds the weights three
-    times."""
-    if not manifest.artifacts:
-        return sum(f.size for f in manifest.files)
-    artifact = manifest.artifact("onnx") or manifest.artifacts[0]
-    paths = {artifact.path, *artifact.data_files}
-    return sum(f.size for f in manifest.files if f.path in paths)
+    return manifest.served_bytes()
 
 
 def _check_memory(manifest: Manifest, registry: ModelRegistry) -> None:
