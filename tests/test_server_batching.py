@@ -237,7 +237,9 @@ def test_answered_requests_leave_nothing_for_the_garbage_collector(tmp_path: Pat
     on the model's thread or on ONNX Runtime's own: nothing is left in a reference cycle
     for the garbage collector, whose passes under load were milliseconds of the p99 (a
     batch's callback closed over its own future: ~12 objects a request)."""
-    registry, _, manager = slow_model(tmp_path, 1024, max_batch_size=8)
+    # Wide enough that a batch of 8 takes over a millisecond on a fast machine (1024 wide
+    # took 0.75 ms there, and its batches stayed on the model's thread).
+    registry, _, manager = slow_model(tmp_path, 2048, max_batch_size=8)
     rows = [np.full((1, 4), i, np.float32) for i in range(48)]
 
     async def scenario() -> tuple[int, int]:
