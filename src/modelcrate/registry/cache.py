@@ -79,30 +79,30 @@ class FileCache:
             return target
         for folder in (self.files, self.crates, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        for entry in wanted:
-            blob = self._blob(entry.sha256)
-            if not (blob.is_file() and blob.stat().st_size == entry.size):
-                self._materialize(entry.path, entry.sha256, entry.size, write)
-        # Loaders race to fill the same entry (threads and processes). Under one lock an
-        # entry only grows: a new one appears whole (one rename of a staged directory), and
-        # a missing file joins an existing one by a rename of its own. Nothing is removed,
-        # since another load may be opening the files it has.
-        with _locked(self.tmp / f"{target.name}.lock"):
-            if target.is_dir():
-                for entry in wanted:
-                    if not _complete(target, [entry]):
-                        _link_into(self._blob(entry.sha256), target / entry.path, self.tmp)
-            else:
-                staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
-                try:
+        # Each file is linked into a staging directory as soon as it is in the cache, so an
+        # eviction meanwhile (which drops files no entry links) cannot take it.
+        staging = Path(tempfile.mkdtemp(prefix="crate-", dir=self.tmp))
+        try:
+            for entry in wanted:
+                blob = self._blob(entry.sha256)
+                if not (blob.is_file() and blob.stat().st_size == entry.size):
+                    self._materialize(entry.path, entry.sha256, entry.size, write)
+                link = staging / entry.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(blob, link)
+            # Loaders race to fill the same entry (threads and processes). Under one lock an
+            # entry only grows: a new one appears whole (the staged directory renamed), and a
+            # missing file joins an existing one by a rename of its own. Nothing is removed,
+            # since another load may be opening the files it has.
+            with _locked(self.tmp / f"{target.name}.lock"):
+                if target.is_dir():
                     for entry in wanted:
-                        link = staging / entry.path
-                        link.parent.mkdir(parents=True, exist_ok=True)
-                        _link_or_copy(self._blob(entry.sha256), link)
+                        if not _complete(target, [entry]):
+                            _link_into(staging / entry.path, target / entry.path, self.tmp)
+                else:
                     os.replace(staging, target)
-                except BaseException:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         self.evict(keep=target)
         return target
 
