@@ -53,7 +53,7 @@ def measure(
         parent=parent.manifest.digest,
         data=data.source,
         samples=int(next(iter(data.inputs.values())).shape[0]),
-        size_ratio=artifact_bytes(child) / artifact_bytes(parent),
+        size_ratio=child.manifest.served_bytes() / parent.manifest.served_bytes(),
         max_abs_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
         top1_agreement=agreement,
@@ -62,13 +62,6 @@ def measure(
         latency_ratio=latency(child, data) / latency(parent, data),
         sparsity=sparsity,
     )
-
-
-def artifact_bytes(model: Model) -> int:
-    """Bytes of the artifact the runtime runs (what a server would load)."""
-    artifact = model.manifest.artifact("onnx") or model.manifest.artifacts[0]
-    paths = {artifact.path, *artifact.data_files}
-    return sum(f.size for f in model.manifest.files if f.path in paths)
 
 
 def latency(model: Model, data: EvalData, repeats: int = 15) -> float:
