@@ -249,3 +249,41 @@ def test_prepacking_follows_the_size_of_the_served_weights(
     assert BatchConfig(prepack=False).prepack_for(manifest) is False
     monkeypatch.setattr(onnxruntime, "PREPACK_BELOW", onnx_bytes)
     assert BatchConfig().prepack_for(manifest) is False
+
+
+def test_a_version_that_would_not_fit_in_memory_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load needs memory for the weights it serves, prepacked copies included, with a
+    margin: short of it the new version is refused and the old one keeps serving."""
+    from modelcrate.server import hot_swap
+
+    registry = mc.Registry.open(tmp_path / "registry")
+    for seed in (0, 1):
+        source = make_onnx(tmp_path / f"v{seed}" / "m.onnx", seed=seed)
+        registry.publish(mc.pack(source, name="tiny", version=f"1.0.{seed}"))
+    registry.set_alias("tiny", "prod", "1.0.0")
+    served_bytes = registry.manifest("tiny@1.0.1").served_bytes()
+    manager = ModelManager(registry, ["tiny@prod"], batch=BatchConfig(), metrics=Metrics())
+
+    async def scenario() -> tuple[str | None, str | None, list[float]]:
+        await manager.start()
+        served = manager.models["tiny"]
+        # Enough for the weights once with the margin, not for them prepacked (twice).
+        monkeypatch.setattr(hot_swap, "_available_memory", lambda: int(2.5 * served_bytes))
+        registry.set_alias("tiny", "prod", "1.0.1")
+        await manager.refresh(served)
+        assert served.current is not None
+        version = served.current.version
+        answer = await manager.infer(served.current, {"x": X})
+        await manager.stop()
+        return version, served.error, [float(v) for v in answer["y"].ravel()]
+
+    try:
+        version, error, answer = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert version == "1.0.0"
+    assert error is not None and "MiB are available" in error and "tiny@1.0.1" in error
+    old = mc.load("tiny@1.0.0", registry=mc.Registry.open(tmp_path / "registry"))
+    np.testing.assert_allclose(answer, old.predict(X)["y"].ravel(), rtol=1e-6)

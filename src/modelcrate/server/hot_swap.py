@@ -38,7 +38,7 @@ from modelcrate.manifest import Manifest, Serving, TensorSpec
 from modelcrate.model import Model, prepare_inputs
 from modelcrate.refs import Ref, parse_ref
 from modelcrate.registry import ModelRegistry
-from modelcrate.runtimes.onnxruntime import OnnxRuntime, prepacked_by_default
+from modelcrate.runtimes.onnxruntime import OnnxRuntime, prepacked_by_default, resident_bytes
 from modelcrate.server.batching import Batcher, Feeds
 from modelcrate.server.metrics import Metrics
 from modelcrate.server.response_cache import ResponseCache
@@ -251,7 +251,7 @@ class ModelManager:
         # Exactly what refresh resolved; signatures checked first when policy asks for them.
         crate = unlock(self.registry.get(Ref(name, digest=digest), trust=self.trust), self.identity)
         manifest = crate.manifest
-        _check_memory(manifest, self.registry)
+        _check_memory(manifest, self.registry, self.batch)
         batchable = all(s.shape[:1] == [-1] for s in manifest.signature.inputs) and all(
             s.shape[:1] == [-1] for s in manifest.signature.outputs
         )
@@ -499,19 +499,22 @@ def golden_input(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def footprint(manifest: Manifest, registry: ModelRegistry) -> int:
-    """Bytes of the artifact a server loads (for a composition, of all its members)."""
+def footprint(manifest: Manifest, registry: ModelRegistry, batch: BatchConfig) -> int:
+    """Bytes a loaded version's weights take: the form a server loads, prepacked copies
+    included (for a composition, of all its members)."""
     if manifest.composition is not None:
         return sum(
-            footprint(registry.manifest(Ref(parse_ref(m.ref).name, digest=m.digest)), registry)
+            footprint(
+                registry.manifest(Ref(parse_ref(m.ref).name, digest=m.digest)), registry, batch
+            )
             for m in manifest.composition.members
         )
-    return manifest.served_bytes()
+    return resident_bytes(manifest, batch.prepack_for(manifest))
 
 
-def _check_memory(manifest: Manifest, registry: ModelRegistry) -> None:
+def _check_memory(manifest: Manifest, registry: ModelRegistry, batch: BatchConfig) -> None:
     """Refuse a load that would not fit in available memory (keeps the old version serving)."""
-    needed = footprint(manifest, registry) * MEMORY_MARGIN
+    needed = footprint(manifest, registry, batch) * MEMORY_MARGIN
     available = _available_memory()
     if available is not None and needed > available:
         raise RegistryError(
