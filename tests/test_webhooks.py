@@ -4,6 +4,8 @@ fails first gets the event again from a running server; bad input is refused cle
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +138,22 @@ def test_bad_webhooks_are_refused_clearly(tmp_path: Path, home: Path) -> None:
     hook = registry.add_webhook("http://127.0.0.1:9/x", ["alias"], SECRET)
     run_cli("webhooks", "remove", str(hook.id), check=True)
     assert registry.webhooks() == []
+
+
+def test_a_poll_with_nothing_due_imports_no_http_client(tmp_path: Path) -> None:
+    """A server polls for due deliveries every second. With none due, the poll must not
+    import httpx: with what its command line brings, ~0.1 s of imports holding the GIL,
+    a second after startup, while the server answers its first requests."""
+    code = (
+        "import sys, modelcrate as mc\n"
+        "registry = mc.Registry.open(sys.argv[1])\n"
+        "assert registry.deliver_webhooks() == []\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "registry")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "False"

@@ -97,13 +97,16 @@ def _send_quietly(db: Database) -> None:
 def deliver(db: Database, *, webhook: int | None = None, limit: int = 50) -> list[Delivery]:
     """Send the deliveries that are due (of one ``webhook``, or all) and record each
     attempt; returns what happened to each."""
-    import httpx
-
     now = time.time()
     due = "d.delivered_at IS NULL AND d.next_attempt_at <= ?"
     with db.read() as tx:  # most calls find nothing: no write lock for that
         if tx.scalar(f"SELECT d.id FROM webhook_deliveries d WHERE {due} LIMIT 1", now) is None:
             return []
+    # Imported once there is something to send: a server polls every second, and httpx
+    # (with the rich and pygments its command line brings) took ~0.1 s of imports holding
+    # the GIL a second after startup, while the server answered its first requests.
+    import httpx
+
     claimed: list[tuple[int, int, str, str, str, str]] = []
     with db.write() as tx:
         query = (
