@@ -317,9 +317,12 @@ class Crate:
         written. None for an encrypted crate: its plaintext never touches the disk."""
         if self.encrypted:
             return None
-        read = [f.path for f in self.manifest.files] if paths is None else list(paths)
-        for path in read:
-            self.manifest.file(path)  # a path the manifest does not list is refused here
+        if paths is None:
+            read = [f.path for f in self.manifest.files]
+        else:
+            read = list(paths)
+            for path in read:
+                self.manifest.file(path)  # a path the manifest does not list is refused here
         cached = getattr(self.source, "local_directory", None)
         found = cached(read) if cached is not None else None
         if found is not None:

@@ -72,7 +72,8 @@ class FileCache:
         torch-packed crate holds three). Nothing here is hashed: every file the cache
         serves is hashed by the load that uses it (``Crate.localize``), beside session
         creation."""
-        wanted = [f for f in manifest.files if paths is None or f.path in paths]
+        chosen = None if paths is None else set(paths)
+        wanted = [f for f in manifest.files if chosen is None or f.path in chosen]
         target = self._crate_dir(manifest)
         if _complete(target, wanted):
             os.utime(target)
