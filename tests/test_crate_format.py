@@ -308,6 +308,21 @@ def test_undeclared_external_data_is_found_across_the_search_blocks(
         crate_module(mc.Crate.open(tmp_path / "dir"))
 
 
+def test_a_local_copy_of_files_the_manifest_does_not_list_is_refused(
+    tiny_crate: Path, tmp_path: Path
+) -> None:
+    """``localize(paths)`` and ``unpack(dir, paths)`` name the files a caller reads; a name
+    the manifest does not list is refused, naming it, before anything is written."""
+    crate = mc.Crate.open(tiny_crate)
+    with pytest.raises(CrateFormatError, match="no file 'weights.bin'"):
+        crate.localize(["model.onnx", "weights.bin"])
+    with pytest.raises(CrateFormatError, match="no file 'weights.bin'"):
+        crate.unpack(tmp_path / "out", ["weights.bin"])
+    assert not (tmp_path / "out").exists()
+    copy = crate.unpack(tmp_path / "some", ["model.onnx"])
+    assert sorted(p.name for p in copy.iterdir()) == ["crate.json", "model.onnx"]
+
+
 def test_onnx_with_external_data_packs_and_runs(tmp_path: Path) -> None:
     from conftest import tiny_weights
 

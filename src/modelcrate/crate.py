@@ -389,6 +389,8 @@ class Crate:
         runtime reads, fetched from a remote registry without the crate's other files)."""
         target = Path(directory)
         wanted = None if paths is None else set(paths)
+        for path in sorted(wanted or ()):
+            self.manifest.file(path)  # a path the manifest does not list is refused here
         if target.exists() and any(target.iterdir()):
             raise CrateFormatError(f"{target} is not empty; refusing to write into it")
         target.parent.mkdir(parents=True, exist_ok=True)
