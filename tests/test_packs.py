@@ -260,6 +260,49 @@ def test_a_load_hashes_only_the_files_its_runtime_reads(tmp_path: Path) -> None:
         copy.wait()
 
 
+@pytest.mark.parametrize("form", ["directory", "crate file"])
+def test_a_local_crate_load_hashes_only_the_files_its_runtime_reads(
+    form: str, tmp_path: Path
+) -> None:
+    """``mc.load`` of a crate directory or ``.crate`` file screens every file (there, its
+    listed size, not a pickle) and hashes what its runtime reads: a damaged .pt2 does not
+    stop a load through ONNX Runtime, and is refused by ``to_torch()``, which reads it.
+    A file of the wrong size is refused at load."""
+    import tarfile
+
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    crate = mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
+    pt2 = next(f.path for f in crate.manifest.files if f.path.endswith(".pt2"))
+    directory = crate.unpack(tmp_path / "lin")
+    archive = crate.save(tmp_path / "lin.crate")
+    if form == "directory":
+        target, damaged, at = directory, directory / pt2, (directory / pt2).stat().st_size // 2
+    else:
+        with tarfile.open(archive) as tar:
+            member = tar.getmember(pt2)
+        target, damaged, at = archive, archive, member.offset_data + member.size // 2
+    with damaged.open("r+b") as handle:
+        handle.seek(at)
+        flipped = bytes([handle.read(1)[0] ^ 0xFF])
+        handle.seek(at)
+        handle.write(flipped)
+    model = mc.load(target)
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    [name] = [s.name for s in model.manifest.signature.inputs]
+    want = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
+    with pytest.raises(mc.IntegrityError, match=f"{pt2} is corrupted"):
+        model.to_torch()
+    if form == "directory":
+        weights = directory / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+        with pytest.raises(mc.IntegrityError, match=r"model.safetensors is corrupted \(expected"):
+            mc.load(directory)
+
+
 def test_loads_reading_some_files_and_all_files_race_to_one_entry(tmp_path: Path) -> None:
     """On a cold cache, loads through ONNX Runtime (model.onnx) and copies of every file
     fill one entry at once: each gets what it reads, intact, and the entry ends whole."""

@@ -165,12 +165,17 @@ def test_a_server_can_serve_models_from_another_servers_registry(
     assert httpx.get(f"{edge.url}/v2/registry/models", timeout=5).status_code == 404
 
 
+@pytest.mark.parametrize("form", ["url", "connection"])
 def test_a_remote_load_downloads_only_the_files_its_runtime_reads(
-    remote: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    form: str, remote: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors); a model
-    loaded for ONNX Runtime through an open connection to another registry (what a server
-    following that registry does) fetches model.onnx alone."""
+    loaded for ONNX Runtime from another registry fetches model.onnx alone: through an open
+    connection (what a server following that registry does) or by URL. Loaded by URL, the
+    model keeps its connection while it lives: ``to_torch()`` then fetches the .pt2, and
+    the connection closes when the model goes."""
+    import gc
+
     import torch
 
     from modelcrate.registry.remote import RemoteRegistry
@@ -182,19 +187,28 @@ def test_a_remote_load_downloads_only_the_files_its_runtime_reads(
     local.publish(crate)
     push(local, "lin@1.0.0", remote.url, WRITER)
     fetched: list[str] = []
-    original = RemoteRegistry.open_file
+    closed: list[RemoteRegistry] = []
+    original_open, original_close = RemoteRegistry.open_file, RemoteRegistry.close
 
     def counted(self: RemoteRegistry, sha256: str) -> object:
         fetched.append(sha256)
-        return original(self, sha256)
+        return original_open(self, sha256)
+
+    def close(self: RemoteRegistry) -> None:
+        closed.append(self)
+        original_close(self)
 
     monkeypatch.setattr(RemoteRegistry, "open_file", counted)
+    monkeypatch.setattr(RemoteRegistry, "close", close)
     monkeypatch.setenv("MODELCRATE_TOKEN", READER)
-    server = mc.open_registry(remote.url)
-    try:
-        model = mc.load("lin@1.0.0", registry=server)
-    finally:
-        server.close()
+    if form == "url":
+        model = mc.load(f"{remote.url}/lin@1.0.0")
+    else:
+        server = mc.open_registry(remote.url)
+        try:
+            model = mc.load("lin@1.0.0", registry=server)
+        finally:
+            server.close()
     x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
     [name] = [s.name for s in model.manifest.signature.inputs]
     want = module(torch.from_numpy(x)).detach().numpy()
@@ -202,3 +216,12 @@ def test_a_remote_load_downloads_only_the_files_its_runtime_reads(
     paths = {f.sha256: f.path for f in crate.manifest.files}
     assert len(crate.manifest.files) >= 3
     assert [paths[sha] for sha in fetched] == ["model.onnx"]
+    if form == "url":
+        assert closed == []
+        rebuilt = model.to_torch(trainable=False)
+        got = rebuilt(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert [paths[sha] for sha in fetched] == ["model.onnx", "model.pt2"]
+        del model, rebuilt
+        gc.collect()
+        assert len(closed) == 1, "the model's connection was not closed when it went"

@@ -74,6 +74,27 @@ def test_missing_blob_store_and_unreachable_database_are_clear_errors(postgres: 
         mc.Registry.open("postgresql://postgres@127.0.0.1:1/nowhere?blobs=/tmp/x")
 
 
+def test_a_password_never_shows_in_a_registry_location_or_error(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Registry.location`` (shown to people, and naming the machine's cache for the
+    registry) and every error keep the database address without its password."""
+    url = postgres.database().replace("postgres@", "postgres:s3cret-pw@", 1)
+    registry = mc.Registry.open(f"{url}?blobs={tmp_path / 'blobs'}")  # trust auth: any password
+    assert "s3cret-pw" not in registry.location
+    assert registry.location.startswith("postgresql://postgres:***@127.0.0.1:")
+    assert registry.location.endswith(f"?blobs={tmp_path / 'blobs'}")
+    unreachable = "postgresql://me:s3cret-pw@127.0.0.1:1/nowhere?blobs=/tmp/x&password=other-pw"
+    with pytest.raises(mc.RegistryError) as caught:
+        mc.Registry.open(unreachable)
+    assert "me:***@127.0.0.1:1" in str(caught.value) and "password=***" in str(caught.value)
+    monkeypatch.setenv("MODELCRATE_REGISTRY", unreachable)
+    listed = run_cli("list")
+    assert listed.returncode != 0 and "cannot reach PostgreSQL" in listed.stderr
+    assert "s3cret-pw" not in listed.stderr + listed.stdout
+    assert "other-pw" not in listed.stderr + listed.stdout + str(caught.value)
+
+
 def _publish(url: str, path: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     try:
         mc.Registry.open(url).publish(path)

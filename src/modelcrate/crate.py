@@ -105,6 +105,9 @@ class DirectorySource:
             raise UnsafeContentError(f"{path!r} is not a regular file in {self.root.name}")
         return full.open("rb")
 
+    def size(self, path: str) -> int:
+        return (self.root / check_path(path)).lstat().st_size
+
 
 class ArchiveSource:
     """Reads members of an uncompressed tar by offset, after they were all checked."""
@@ -121,6 +124,11 @@ class ArchiveSource:
         handle = self.archive.open("rb")
         handle.seek(start)
         return io.BufferedReader(_Slice(handle, size), CHUNK)
+
+    def size(self, path: str) -> int:
+        if path not in self.offsets:
+            raise CrateFormatError(f"{self.archive.name} has no member {path!r}")
+        return self.offsets[path][1]
 
 
 class _Slice(io.RawIOBase):
@@ -279,7 +287,7 @@ class Crate:
             )
         plain = self.decryptor.decrypt(path, data)
         if sniff_pickle(plain[:64]):
-            raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+            raise pickled(path)
         return plain
 
     def open_verified(self, path: str) -> BinaryIO:
@@ -295,16 +303,8 @@ class Crate:
         if self.manifest.encrypted(path) is None:
             with self.source.open(path) as probe:
                 if sniff_pickle(probe.read(64)):
-                    raise UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
+                    raise pickled(path)
         return self.source.open(path)
-
-    def detached(self) -> Crate:
-        """This crate with its files copied (and verified) into a temporary directory, so
-        it outlives its source (a server connection); the copy goes with the object."""
-        holder = Crate(self.manifest, self.source, self.decryptor)
-        scratch = temporary_directory(holder, "modelcrate-crate-")
-        holder.source = DirectorySource(self.unpack(scratch / "crate"))
-        return holder
 
     def localize(self, paths: Sequence[str] | None = None) -> LocalCopy | None:
         """The crate's files as local paths, for runtimes that open models by path (ONNX
@@ -343,19 +343,32 @@ class Crate:
         for entry, stream in self.iter_files():
             self.check_stream(entry, stream)
 
+    def screen(self) -> None:
+        """What a load checks of every file before it runs anything, without hashing: each
+        is there, with its listed size (local crates), and none is a pickle (its first
+        64 bytes). The files a runtime reads are then hashed as it reads them, and any
+        other file when something reads it (``read_bytes``, ``localize``). ``verify``
+        hashes every file at once."""
+        sizes = getattr(self.source, "size", None)
+        for entry in self.manifest.files:
+            with self.source.open(entry.path) as stream:
+                self._check_head(entry, stream.read(64))
+            found = sizes(entry.path) if sizes is not None else entry.size
+            if found != entry.size:
+                raise corrupted(entry, found, ref=self.manifest.ref)
+
+    def _check_head(self, entry: FileEntry, head: bytes) -> None:
+        if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
+            raise pickled(entry.path)
+
     def check_stream(self, entry: FileEntry, stream: BinaryIO) -> None:
         """Read ``stream`` to its end; raise unless it is exactly the file ``entry`` lists
         (and, unless encrypted, not a pickle)."""
         head = stream.read(64)
-        if self.manifest.encrypted(entry.path) is None and sniff_pickle(head):
-            raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
+        self._check_head(entry, head)
         sha, size = hash_stream(stream, head)
         if size != entry.size or sha != entry.sha256:
-            raise IntegrityError(
-                f"{self.manifest.ref}: {entry.path} is corrupted "
-                f"(expected {entry.size} bytes sha256 {entry.sha256[:12]}…, "
-                f"found {size} bytes sha256 {sha[:12]}…)"
-            )
+            raise corrupted(entry, size, sha, ref=self.manifest.ref)
 
     # -- writing -------------------------------------------------------------
 
@@ -430,7 +443,7 @@ class _Verifying(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
         if self.size == 0 and self.sniff and sniff_pickle(data[:64]):
-            raise UnsafeContentError(f"{self.entry.path} is a pickle; crates never hold pickles")
+            raise pickled(self.entry.path)
         self.hash.update(data)
         self.size += len(data)
         if self.size > self.entry.size:
@@ -439,11 +452,9 @@ class _Verifying(io.RawIOBase):
             )
         if (not data or self.size == self.entry.size) and not self.checked:
             self.checked = True
-            if self.size != self.entry.size or self.hash.hexdigest() != self.entry.sha256:
-                raise IntegrityError(
-                    f"{self.entry.path} does not match crate.json "
-                    f"(size {self.size} vs {self.entry.size}, or sha256 differs)"
-                )
+            sha = self.hash.hexdigest()
+            if self.size != self.entry.size or sha != self.entry.sha256:
+                raise corrupted(self.entry, self.size, sha)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -456,12 +467,24 @@ def check_bytes(entry: FileEntry, data: bytes, *, sniff: bool = True) -> None:
     """Raise unless ``data`` is exactly the file ``entry`` describes (and, with ``sniff``,
     is not a pickle; ciphertext is sniffed after decryption instead)."""
     if sniff and sniff_pickle(data[:64]):
-        raise UnsafeContentError(f"{entry.path} is a pickle; crates never hold pickles")
-    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise IntegrityError(
-            f"{entry.path} is corrupted (expected {entry.size} bytes with sha256 "
-            f"{entry.sha256[:12]}…, got {len(data)} bytes)"
-        )
+        raise pickled(entry.path)
+    sha = hashlib.sha256(data).hexdigest()
+    if len(data) != entry.size or sha != entry.sha256:
+        raise corrupted(entry, len(data), sha)
+
+
+def corrupted(entry: FileEntry, size: int, sha256: str = "", *, ref: str = "") -> IntegrityError:
+    """The error for a file whose bytes are not the ones ``entry`` lists: ``size`` bytes
+    (hashing to ``sha256``, when it was hashed) were found."""
+    found = f"{size} bytes" + (f" sha256 {sha256[:12]}…" if sha256 else "")
+    return IntegrityError(
+        f"{ref + ': ' if ref else ''}{entry.path} is corrupted "
+        f"(expected {entry.size} bytes sha256 {entry.sha256[:12]}…, found {found})"
+    )
+
+
+def pickled(path: str) -> UnsafeContentError:
+    return UnsafeContentError(f"{path} is a pickle; crates never hold pickles")
 
 
 def file_entry(path: Path, name: str) -> FileEntry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import CrateFormatError, InputError, UsageError
 from modelcrate.manifest import Manifest, TensorSpec
 from modelcrate.refs import is_local_crate, is_remote, split_remote
-from modelcrate.registry import as_registry, open_registry
+from modelcrate.registry import as_registry
 from modelcrate.runtimes import RuntimeName, make_runtime
 from modelcrate.trust.crypto import unlock
 
@@ -155,36 +156,46 @@ def load(
     from modelcrate.trust.signing import as_policy, verify_local
 
     policy = as_policy(trust)
-    if isinstance(ref, Crate):
-        crate = ref
-        crate.verify()
-    elif not isinstance(ref, os.PathLike) and is_remote(str(ref)):
+    if not isinstance(ref, (Crate, os.PathLike)) and is_remote(str(ref)):
         remote = split_remote(str(ref))
         if remote is None:
             raise UsageError(f"{ref}: expected https://host/name@version")
-        server = open_registry(remote[0])
-        try:  # files fetched (and verified) while the server is open
-            crate = server.get(remote[1], trust=policy).detached()
-        finally:
-            server.close()
+        registry, ref = remote  # that server, opened below as the registry
+    if isinstance(ref, Crate):
+        crate = ref
+        crate.screen()  # hashes come as files are read
     elif isinstance(ref, os.PathLike) or is_local_crate(str(ref)):
         crate = Crate.open(ref)
-        crate.verify()
+        crate.screen()  # hashes come as files are read
         if policy is not None:
             verify_local(crate, ref, policy)
     else:
-        opened = as_registry(registry)
-        crate = opened.get(str(ref), trust=policy)  # every file is verified as it is read
-        if opened is not registry and crate.manifest.composition is None:
-            from modelcrate.registry.api import Registry
-
-            if not isinstance(opened, Registry):  # a connection this call opened: copy, close
-                crate = crate.detached()
-                opened.close()
-        registry = opened
+        crate, registry = _from_registry(str(ref), registry, policy)
     crate = unlock(crate, identity, passphrase=passphrase)
     ident = None if identity is None else os.fspath(identity)
     return Model(crate, runtime, registry=registry, trust=policy, identity=ident)
+
+
+def _from_registry(
+    ref: str, registry: ModelRegistry | str | None, policy: Policy | None
+) -> tuple[Crate, ModelRegistry]:
+    """``ref``'s crate from ``registry`` (opened here if not open). Files are fetched when
+    read and verified as they are (a runtime reads only its own: model.onnx, not the .pt2
+    and safetensors forms beside it). A connection to a server opened here stays open as
+    long as the crate can read files, and closes when it goes."""
+    from modelcrate.registry.api import Registry
+
+    opened = as_registry(registry)
+    connection = opened is not registry and not isinstance(opened, Registry)
+    try:
+        crate = opened.get(ref, trust=policy)
+    except BaseException:
+        if connection:
+            opened.close()
+        raise
+    if connection:
+        weakref.finalize(crate.source, opened.close)
+    return crate, opened
 
 
 def fingerprint(*arrays: np.ndarray) -> str:

@@ -28,6 +28,7 @@ from modelcrate.registry.db import (
     Row,
     Transaction,
     postgres_database,
+    redacted,
     sqlite_database,
     stored_manifest,
 )
@@ -131,7 +132,8 @@ class Registry(AliasMixin, TrustMixin, WebhookMixin, EvaluationMixin, RolloutMix
         kind = registry_kind(text)
         if kind == "postgresql":
             db, blob_location = postgres_database(text)
-            return cls(db=db, blobs=open_blob_store(blob_location), location=text, actor=actor)
+            blobs = open_blob_store(blob_location)
+            return cls(db=db, blobs=blobs, location=redacted(text), actor=actor)
         if kind != "embedded":
             raise UsageError(
                 f"registry {text!r}: Registry is the embedded and PostgreSQL backend; open "

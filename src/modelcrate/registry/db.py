@@ -326,6 +326,21 @@ def sqlite_database(path: Path) -> Database:
     return database
 
 
+def redacted(url: str) -> str:
+    """``url`` as shown to people and kept in ``Registry.location``: a password, in the
+    address or as a ``password=`` parameter, reads ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if any(key == "password" for key, _ in pairs):
+        shown = [(key, "***" if key == "password" else value) for key, value in pairs]
+        query = urllib.parse.urlencode(shown, safe="/:*")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def postgres_database(url: str) -> tuple[Database, str]:
     """The database of a ``postgresql://…?blobs=LOCATION`` URL, and the blob location."""
     try:
@@ -345,7 +360,7 @@ def postgres_database(url: str) -> tuple[Database, str]:
         )
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "blobs"])
     conninfo = urllib.parse.urlunsplit(parts._replace(query=rest))
-    shown = conninfo.replace(f":{parts.password}@", ":***@") if parts.password else conninfo
+    shown = redacted(conninfo)
 
     def connect() -> Any:
         try:
