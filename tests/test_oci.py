@@ -79,3 +79,57 @@ def test_a_foreign_or_tampered_artifact_is_refused(
     )
     assert missing.returncode == 1 and "no such tag" in missing.stderr
     assert all(check.problem is None for check in published.verify("tiny@1.0.0"))
+
+
+def test_a_pull_checks_each_layer_as_it_arrives(
+    tmp_path: Path, home: Path, oci_registry: OciRegistry
+) -> None:
+    """A pull hashes each file while it downloads (no second pass) and writes nothing on a
+    mismatch: a layer crate.json does not list, a layer that is not the listed file, and a
+    blob whose stored bytes were altered in the OCI registry are each refused, naming it."""
+    import oras.client
+
+    source = make_onnx(tmp_path / "src" / "tiny.onnx", external="tiny.onnx.data", seed=7)
+    crate = mc.pack(source, name="tiny", version="7.0.0")
+    unpacked = crate.unpack(tmp_path / "crate")
+    client = oras.client.OrasClient(hostname=oci_registry.host, insecure=True)
+
+    def push_as_crate(repository: str, files: dict[str, bytes]) -> str:
+        """Push crate.json as the config and ``files`` as layers titled by their names."""
+        folder = tmp_path / repository
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        config = f"{unpacked / 'crate.json'}:application/vnd.modelcrate.crate.v1+json"
+        client.push(
+            target=f"{oci_registry.host}/ml/{repository}:1",
+            files=[str(folder / name) for name in files],
+            manifest_config=config,
+            disable_path_validation=True,
+            quiet=True,
+        )
+        return f"oci://{oci_registry.host}/ml/{repository}:1"
+
+    listed = {f.path: (unpacked / f.path).read_bytes() for f in crate.manifest.files}
+    extra = push_as_crate("extra", {**listed, "evil.txt": b"not listed"})
+    with pytest.raises(mc.UnsafeContentError, match="does not list: 'evil.txt'"):
+        mc.pull(extra, tmp_path / "a")
+    other = dict(listed)
+    other["tiny.onnx.data"] = bytes(len(other["tiny.onnx.data"]))  # same size, other bytes
+    swapped = push_as_crate("swapped", other)
+    with pytest.raises(mc.IntegrityError, match="layer 'tiny.onnx.data' is not the file"):
+        mc.pull(swapped, tmp_path / "b")
+
+    target = push_as_crate("altered", listed)
+    assert mc.pull(target, tmp_path / "intact").is_dir()  # pulls while the blob is intact
+    entry = crate.manifest.file("tiny.onnx.data")
+    [blob] = (oci_registry.root / "data").rglob(
+        f"blobs/sha256/{entry.sha256[:2]}/{entry.sha256}/data"
+    )
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    failed = run_cli("pull", target, "--to", str(tmp_path / "c"))
+    assert failed.returncode == 1 and "tiny.onnx.data is corrupted" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".oci-pull-*"))
