@@ -133,3 +133,40 @@ def test_a_pull_checks_each_layer_as_it_arrives(
     assert failed.returncode == 1 and "tiny.onnx.data is corrupted" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".oci-pull-*"))
+
+
+def test_a_load_through_an_oci_registry_fetches_only_the_files_its_runtime_reads(
+    tmp_path: Path, home: Path, oci_registry: OciRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch-packed crate holds the weights three times (ONNX, .pt2, safetensors); loaded
+    from an OCI registry for ONNX Runtime, crate.json and model.onnx alone are downloaded.
+    ``to_torch()`` then downloads the .pt2, and every file is verified as it streams."""
+    import oras.provider
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    crate = mc.pack(module, example_inputs=(torch.zeros(1, 4),), name="lin", version="1.0.0")
+    mc.Registry.open().publish(crate)
+    location = f"oci://{oci_registry.host}/loads"
+    pushed = run_cli("push", "lin@1.0.0", f"{location}/lin:1.0.0")
+    assert pushed.returncode == 0, pushed.stderr
+    fetched: list[str] = []
+    original = oras.provider.Registry.get_blob
+
+    def counted(self: object, container: object, digest: str, **options: object) -> object:
+        fetched.append(digest)
+        return original(self, container, digest, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(oras.provider.Registry, "get_blob", counted)
+    model = mc.load("lin@1.0.0", registry=location)
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    [name] = [s.name for s in model.manifest.signature.inputs]
+    want = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(next(iter(model.predict({name: x}).values())), want, rtol=1e-5)
+    paths = {f"sha256:{f.sha256}": f.path for f in crate.manifest.files}
+    assert len(paths) >= 3
+    assert [paths.get(digest, "crate.json") for digest in fetched] == ["crate.json", "model.onnx"]
+    rebuilt = model.to_torch(trainable=False)
+    np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-5)
+    assert paths[fetched[-1]] == "model.pt2" and len(fetched) == 3

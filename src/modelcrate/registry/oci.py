@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from modelcrate.compatibility import check_move
-from modelcrate.crate import Crate, check_path, corrupted, temporary_directory
+from modelcrate.crate import Crate, check_path, corrupted
 from modelcrate.errors import (
     CrateFormatError,
     IntegrityError,
@@ -83,18 +84,7 @@ class OciRegistry:
 
     def manifest(self, ref: str | Ref) -> Manifest:
         """crate.json alone (the artifact's config blob): no layer is downloaded."""
-        source = self.target(ref)
-        client, reference = _client(source)
-        with tempfile.TemporaryDirectory(prefix="modelcrate-oci-") as scratch:
-            try:
-                container = client.get_container(reference)
-                config = _config(_oci_manifest(client, container, source), source)
-                client.download_blob(container, config["digest"], f"{scratch}/{MANIFEST_NAME}")
-            except RegistryError:
-                raise
-            except Exception as exc:
-                raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
-            return parse_manifest(Path(scratch, MANIFEST_NAME).read_bytes())
+        return Artifact(self.target(ref)).manifest
 
     def resolve(self, ref: str | Ref) -> VersionInfo:
         manifest = self.manifest(ref)
@@ -107,7 +97,11 @@ class OciRegistry:
         )
 
     def get(self, ref: str | Ref, *, trust: Policy | None = None) -> Crate:
-        crate = self._pull(ref)
+        """The crate ``ref`` tags; each file is downloaded when read, and verified by the
+        crate as it streams (a runtime reads only its own: model.onnx, not the .pt2 and
+        safetensors forms beside it)."""
+        artifact = Artifact(self.target(ref))
+        crate = Crate(artifact.manifest, artifact)
         if trust is not None:
             from modelcrate.trust.signing import enforce
 
@@ -132,7 +126,7 @@ class OciRegistry:
     ) -> AliasEvent:
         """Tag ``version`` as ``alias`` too (its layers are already there: nothing moves),
         refused when it breaks the signature of the version the tag names now."""
-        crate = self._pull(f"{name}@{version}")
+        crate = self.get(f"{name}@{version}")
         try:
             current: Manifest | None = self.manifest(f"{name}@{alias}")
         except NotFound:
@@ -153,16 +147,6 @@ class OciRegistry:
 
     def close(self) -> None:
         pass
-
-    def _pull(self, ref: str | Ref) -> Crate:
-        holder = _Scratch()
-        crate = pull(self.target(ref), temporary_directory(holder, "modelcrate-oci-") / "crate")
-        crate._scratch = holder  # type: ignore[attr-defined]  # keeps the files while in use
-        return crate
-
-
-class _Scratch:
-    """Lifetime anchor for a pulled crate's temporary directory."""
 
 
 def push(crate: Crate, target: str) -> str:
@@ -214,15 +198,7 @@ def push(crate: Crate, target: str) -> str:
 def pull(source: str, to: str | os.PathLike[str]) -> Crate:
     """Fetch ``oci://host/repository:tag`` into the directory ``to`` (new or empty) and
     return the verified crate there."""
-    client, reference = _client(source)
-    try:
-        container = client.get_container(reference)
-        oci_manifest = _oci_manifest(client, container, source)
-    except RegistryError:
-        raise
-    except Exception as exc:
-        raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
-    config = _config(oci_manifest, source)
+    artifact = Artifact(source)
     target = Path(to)
     if target.exists() and any(target.iterdir()):
         raise CrateFormatError(f"{target} is not empty; refusing to write into it")
@@ -232,25 +208,11 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
     with tempfile.TemporaryDirectory(prefix=".oci-pull-", dir=target.parent) as scratch:
         staging = Path(scratch) / "crate"
         staging.mkdir()
-        config_bytes = _download(client, container, config["digest"], None, source)
-        manifest = parse_manifest(config_bytes)
-        expected = (oci_manifest.get("annotations") or {}).get(DIGEST_ANNOTATION)
-        if expected is not None and expected != manifest.digest:
-            raise IntegrityError(
-                f"{source}: crate.json does not match the digest it was pushed with"
-            )
-        (staging / MANIFEST_NAME).write_bytes(config_bytes)
-        entries = {f.path: f for f in manifest.files}
-        layers = [
-            _listed_layer(layer, entries, source) for layer in oci_manifest.get("layers") or []
-        ]
-        missing = set(entries) - {entry.path for entry, _ in layers}
-        if missing:
-            raise IntegrityError(f"{source} has no layer for {sorted(missing)[0]}")
-        for entry, digest in layers:
+        (staging / MANIFEST_NAME).write_bytes(artifact.config)
+        for entry in artifact.manifest.files:
             destination = staging / entry.path
             destination.parent.mkdir(parents=True, exist_ok=True)
-            _download(client, container, digest, destination, source, entry)
+            artifact.download(entry.path, destination)
         crate = Crate.open(staging)
         crate.screen()  # no pickle anywhere; sizes and hashes were checked as files came
         if target.exists():
@@ -259,17 +221,95 @@ def pull(source: str, to: str | os.PathLike[str]) -> Crate:
     return Crate.open(target)
 
 
+class Artifact:
+    """A modelcrate artifact in an OCI registry, read as far as its crate.json: the config
+    blob, checked against its digest and the crate digest annotation, and the layers, each
+    a file crate.json lists with the same digest and size. Files are then fetched one by
+    one: ``open`` (a stream the crate verifies) or ``download`` (hashed as it is written)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.client, reference = _client(source)
+        try:
+            self.container = self.client.get_container(reference)
+            oci_manifest = _oci_manifest(self.client, self.container, source)
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
+        config = _config(oci_manifest, source)
+        self.config = _download(self.client, self.container, config["digest"], None, source)
+        self.manifest = parse_manifest(self.config)
+        expected = (oci_manifest.get("annotations") or {}).get(DIGEST_ANNOTATION)
+        if expected is not None and expected != self.manifest.digest:
+            raise IntegrityError(
+                f"{source}: crate.json does not match the digest it was pushed with"
+            )
+        entries = {f.path: f for f in self.manifest.files}
+        self.layers = dict(
+            _listed_layer(layer, entries, source) for layer in oci_manifest.get("layers") or []
+        )
+        missing = set(entries) - set(self.layers)
+        if missing:
+            raise IntegrityError(f"{source} has no layer for {sorted(missing)[0]}")
+
+    def open(self, path: str) -> BinaryIO:
+        """One file's bytes, streamed from the registry as they are read."""
+        self.manifest.file(path)
+        try:
+            response = self.client.get_blob(self.container, self.layers[path], stream=True)
+        except Exception as exc:  # requests' connection errors
+            raise RegistryError(f"cannot read {self.source}: {first_line(exc)}") from None
+        if response.status_code != 200:
+            response.close()
+            raise RegistryError(f"cannot read {self.source}: HTTP {response.status_code}")
+        return io.BufferedReader(_Body(response), BLOCK)
+
+    def download(self, path: str, destination: Path) -> None:
+        _download(
+            self.client,
+            self.container,
+            self.layers[path],
+            destination,
+            self.source,
+            self.manifest.file(path),
+        )
+
+
+class _Body(io.RawIOBase):
+    """A streamed HTTP response body as a raw binary stream."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self.response.raw.read(len(buffer), decode_content=True)
+        except Exception as exc:  # urllib3's protocol and connection errors
+            raise RegistryError(f"download failed: {first_line(exc)}") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.response.close()
+        super().close()
+
+
 def _listed_layer(
     layer: dict[str, Any], entries: dict[str, FileEntry], source: str
-) -> tuple[FileEntry, str]:
-    """The file a layer holds, which crate.json must list with the layer's digest."""
+) -> tuple[str, str]:
+    """The path of the file a layer holds, which crate.json must list with the layer's
+    digest and size, and that digest."""
     title = check_path((layer.get("annotations") or {}).get(TITLE, ""))
     entry = entries.get(title)
     if entry is None:
         raise UnsafeContentError(f"{source} has a layer crate.json does not list: {title!r}")
     if layer.get("digest") != f"sha256:{entry.sha256}" or layer.get("size") != entry.size:
         raise IntegrityError(f"{source}: layer {title!r} is not the file crate.json lists")
-    return entry, layer["digest"]
+    return title, layer["digest"]
 
 
 def _download(
