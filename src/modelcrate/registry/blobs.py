@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -291,6 +291,41 @@ class _Window(io.RawIOBase):
 
     def close(self) -> None:
         self.stream.close()
+        super().close()
+
+
+def checked_blocks(
+    blocks: Iterator[bytes], errors: tuple[type[BaseException], ...]
+) -> Iterator[bytes]:
+    """The ``blocks`` of a streamed HTTP response, with the client library's ``errors``
+    while reading them raised as RegistryError."""
+    try:
+        yield from blocks
+    except errors as exc:
+        raise RegistryError(f"download interrupted: {first_line(exc)}") from None
+
+
+class ResponseStream(io.RawIOBase):
+    """A streamed HTTP response body, given as its ``blocks`` (see ``checked_blocks``), as
+    a readable stream; closing it calls ``close`` (the response's)."""
+
+    def __init__(self, blocks: Iterator[bytes], close: Callable[[], None]) -> None:
+        self.blocks, self.close_response = blocks, close
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self.pending:
+            self.pending = next(self.blocks, b"")
+        count = min(len(buffer), len(self.pending))
+        buffer[:count] = self.pending[:count]
+        self.pending = self.pending[count:]
+        return count
+
+    def close(self) -> None:
+        self.close_response()
         super().close()
 
 

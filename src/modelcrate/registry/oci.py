@@ -38,7 +38,6 @@ from modelcrate.crate import Crate, check_path, corrupted
 from modelcrate.errors import (
     CrateFormatError,
     IntegrityError,
-    ModelcrateError,
     NotFound,
     RegistryError,
     RuntimeUnavailable,
@@ -54,6 +53,7 @@ from modelcrate.manifest import (
     parse_manifest,
 )
 from modelcrate.refs import Ref, parse_ref
+from modelcrate.registry.blobs import ResponseStream, checked_blocks
 from modelcrate.registry.records import AliasEvent, ModelSummary, PublishResult, VersionInfo
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Artifact:
         except Exception as exc:
             raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
         config = _config(oci_manifest, source)
-        self.config = _download(self.client, self.container, config["digest"], None, source)
+        self.config = self._fetch(config["digest"])
         self.manifest = parse_manifest(self.config)
         expected = (oci_manifest.get("annotations") or {}).get(DIGEST_ANNOTATION)
         if expected is not None and expected != self.manifest.digest:
@@ -255,47 +255,58 @@ class Artifact:
 
     def open(self, path: str) -> BinaryIO:
         """One file's bytes, streamed from the registry as they are read."""
-        self.manifest.file(path)
+        return self._stream(self.layers[self.manifest.file(path).path])
+
+    def download(self, path: str, destination: Path) -> None:
+        self._fetch(self.layers[path], destination, self.manifest.file(path))
+
+    def _stream(self, digest: str) -> BinaryIO:
+        """One blob's bytes as they arrive (requests' errors are RegistryError)."""
+        response = self._get(digest)
+        blocks = checked_blocks(response.iter_content(BLOCK), (Exception,))
+        return io.BufferedReader(ResponseStream(blocks, response.close), BLOCK)
+
+    def _get(self, digest: str) -> Any:
+        """The streamed response for one blob (requests')."""
         try:
-            response = self.client.get_blob(self.container, self.layers[path], stream=True)
+            response = self.client.get_blob(self.container, digest, stream=True)
         except Exception as exc:  # requests' connection errors
             raise RegistryError(f"cannot read {self.source}: {first_line(exc)}") from None
         if response.status_code != 200:
             response.close()
             raise RegistryError(f"cannot read {self.source}: HTTP {response.status_code}")
-        return io.BufferedReader(_Body(response), BLOCK)
+        return response
 
-    def download(self, path: str, destination: Path) -> None:
-        _download(
-            self.client,
-            self.container,
-            self.layers[path],
-            destination,
-            self.source,
-            self.manifest.file(path),
-        )
-
-
-class _Body(io.RawIOBase):
-    """A streamed HTTP response body as a raw binary stream."""
-
-    def __init__(self, response: Any) -> None:
-        self.response = response
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def _fetch(
+        self, digest: str, destination: Path | None = None, entry: FileEntry | None = None
+    ) -> bytes:
+        """One blob, hashed as it arrives (the response's own blocks, not copied again):
+        into ``destination`` (the file ``entry`` lists), or returned (no ``destination``:
+        crate.json, at most MAX_MANIFEST_BYTES)."""
+        hasher, size, kept = hashlib.sha256(), 0, bytearray()
         try:
-            data = self.response.raw.read(len(buffer), decode_content=True)
-        except Exception as exc:  # urllib3's protocol and connection errors
-            raise RegistryError(f"download failed: {first_line(exc)}") from None
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self.response.close()
-        super().close()
+            with contextlib.ExitStack() as stack:
+                out = stack.enter_context(destination.open("wb")) if destination else None
+                response = stack.enter_context(self._get(digest))
+                for block in checked_blocks(response.iter_content(BLOCK), (Exception,)):
+                    hasher.update(block)
+                    size += len(block)
+                    if entry is not None and size > entry.size:
+                        raise corrupted(entry, size)
+                    if out is not None:
+                        out.write(block)
+                    elif size > MAX_MANIFEST_BYTES:
+                        raise CrateFormatError(f"{self.source}: crate.json is too large")
+                    else:
+                        kept += block
+        except OSError as exc:  # the local file (a full disk, no permission)
+            raise RegistryError(f"pulling {self.source}: {first_line(exc)}") from None
+        found = "sha256:" + hasher.hexdigest()
+        if entry is not None and (size != entry.size or found != digest):
+            raise corrupted(entry, size, found.removeprefix("sha256:"))
+        if found != digest:
+            raise IntegrityError(f"{self.source}: blob {digest[:19]}… arrived as {found[:19]}…")
+        return bytes(kept)
 
 
 def _listed_layer(
@@ -310,46 +321,6 @@ def _listed_layer(
     if layer.get("digest") != f"sha256:{entry.sha256}" or layer.get("size") != entry.size:
         raise IntegrityError(f"{source}: layer {title!r} is not the file crate.json lists")
     return title, layer["digest"]
-
-
-def _download(
-    client: Any,
-    container: Any,
-    digest: str,
-    destination: Path | None,
-    source: str,
-    entry: FileEntry | None = None,
-) -> bytes:
-    """One blob, hashed as it arrives: into ``destination`` (the file ``entry`` lists), or
-    returned (``destination`` None: crate.json, at most MAX_MANIFEST_BYTES)."""
-    hasher, size, kept = hashlib.sha256(), 0, bytearray()
-    try:
-        with client.get_blob(container, digest, stream=True) as response:
-            if response.status_code != 200:
-                raise RegistryError(f"cannot read {source}: HTTP {response.status_code}")
-            with contextlib.ExitStack() as stack:
-                out = stack.enter_context(destination.open("wb")) if destination else None
-                for block in response.iter_content(chunk_size=BLOCK):
-                    hasher.update(block)
-                    size += len(block)
-                    if entry is not None and size > entry.size:
-                        raise corrupted(entry, size)
-                    if out is not None:
-                        out.write(block)
-                    elif size > MAX_MANIFEST_BYTES:
-                        raise CrateFormatError(f"{source}: crate.json is too large")
-                    else:
-                        kept += block
-    except ModelcrateError:
-        raise
-    except Exception as exc:  # requests' connection and protocol errors
-        raise RegistryError(f"cannot read {source}: {first_line(exc)}") from None
-    found = "sha256:" + hasher.hexdigest()
-    if entry is not None and (size != entry.size or found != digest):
-        raise corrupted(entry, size, found.removeprefix("sha256:"))
-    if found != digest:
-        raise IntegrityError(f"{source}: blob {digest[:19]}… arrived as {found[:19]}…")
-    return bytes(kept)
 
 
 def _oci_manifest(client: Any, container: Any, source: str) -> dict[str, Any]:

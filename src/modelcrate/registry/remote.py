@@ -22,6 +22,7 @@ from modelcrate.crate import Crate
 from modelcrate.errors import IntegrityError, NotAuthorized, RegistryError, from_http
 from modelcrate.manifest import Manifest, parse_manifest
 from modelcrate.refs import Ref
+from modelcrate.registry.blobs import ResponseStream, checked_blocks
 from modelcrate.registry.records import AliasEvent, ModelSummary, PublishResult, VersionInfo
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ class RemoteRegistry:
             response.read()
             response.close()
             self._check(response)
-        return io.BufferedReader(_Download(response), BLOCK)
+        blocks = checked_blocks(response.iter_raw(BLOCK), (httpx.HTTPError,))
+        body = ResponseStream(blocks, response.close)
+        return io.BufferedReader(body, BLOCK)
 
     # -- writing ---------------------------------------------------------------
 
@@ -180,32 +183,6 @@ class RemoteRegistry:
 def _blocks(stream: BinaryIO) -> Iterator[bytes]:
     while block := stream.read(BLOCK):
         yield block
-
-
-class _Download(io.RawIOBase):
-    """The body of a streamed HTTP response as a readable stream."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response, self.blocks = response, response.iter_raw(BLOCK)
-        self.pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if not self.pending:
-            try:
-                self.pending = next(self.blocks, b"")
-            except httpx.HTTPError as exc:
-                raise RegistryError(f"download interrupted: {exc}") from None
-        count = min(len(buffer), len(self.pending))
-        buffer[:count] = self.pending[:count]
-        self.pending = self.pending[count:]
-        return count
-
-    def close(self) -> None:
-        self.response.close()
-        super().close()
 
 
 class _RemoteFiles:
